@@ -1,0 +1,43 @@
+# Build: make            -> ./run and ./export
+#        make test       -> the whole test suite (last line: N passed, N failed)
+#        make debug      -> -O0 -g with AddressSanitizer and UBSan
+#        make PORTABLE=1 -> no -march=native (scalar kernels unless CFLAGS adds SIMD flags)
+CC ?= cc
+OPT ?= -O3
+ifeq ($(PORTABLE),1)
+ARCH ?=
+else
+ARCH ?= -march=native
+endif
+CFLAGS ?= $(OPT) $(ARCH)
+CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-function
+LDLIBS += -lm -lpthread
+
+ENGINE = model.h kernels.h tokenizer.h tokenizer.c
+
+all: run export
+
+run: run.c $(ENGINE)
+	$(CC) $(CFLAGS) -o $@ run.c tokenizer.c $(LDLIBS)
+
+export: export.c $(ENGINE)
+	$(CC) $(CFLAGS) -o $@ export.c tokenizer.c $(LDLIBS)
+
+tests/bin/%: tests/%.c $(ENGINE)
+	@mkdir -p tests/bin
+	$(CC) $(CFLAGS) -o $@ $< tokenizer.c $(LDLIBS)
+
+TEST_BINS = tests/bin/test_kernels tests/bin/test_tokenizer tests/bin/test_model
+
+test: all $(TEST_BINS)
+	@sh tests/run_tests.sh
+
+debug:
+	$(MAKE) clean
+	$(MAKE) all $(TEST_BINS) OPT="-O1 -g" CFLAGS="-O1 -g $(ARCH) -fsanitize=address,undefined -fno-omit-frame-pointer"
+
+clean:
+	rm -f run export
+	rm -rf tests/bin tests/tmp
+
+.PHONY: all test debug clean

@@ -1,0 +1,565 @@
+/* kernels.h - weight types, quantization blocks, dot-product kernels and the
+ * thread pool. Included by model.h; not a public API of its own.
+ *
+ * Every kernel has a portable scalar version, which is the reference the
+ * tests compare against, and SIMD versions chosen at compile time (AVX2+FMA+F16C,
+ * AVX-512 VNNI for the int8 dots, NEON on ARM). SIMD and scalar agree to float
+ * rounding; the integer parts of the quantized dots agree exactly.
+ */
+#ifndef KERNELS_H
+#define KERNELS_H
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define KERNELS_AVX2 1
+#endif
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
+#define KERNELS_NEON 1
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Types. The numbering is part of the model file format (docs/FORMAT.md).
+ */
+enum {
+    TYPE_F32 = 0,
+    TYPE_F16 = 1,
+    TYPE_BF16 = 2,
+    TYPE_Q8_0 = 3, /* groups of 32: f16 scale + 32 int8, 8.5 bits per weight */
+    TYPE_Q4_0 = 4, /* groups of 32: f16 scale + 16 bytes of 4-bit values, 4.5 bits */
+    TYPE_U8 = 5,   /* raw bytes (tokenizer pieces, per-layer flags) */
+    TYPE_U32 = 6,
+    TYPE_COUNT
+};
+
+#define QK 32 /* weights per quantization group */
+
+/* The scale sits beside its quants, as in ggml; the byte layout matches
+   ggml's Q8_0 and Q4_0 blocks (q4_0: element j in the low nibble of qs[j],
+   element j+16 in the high nibble; value = (nibble - 8) * d). */
+typedef struct {
+    uint16_t d; /* f16 scale */
+    int8_t qs[QK];
+} BlockQ8_0;
+
+typedef struct {
+    uint16_t d; /* f16 scale */
+    uint8_t qs[QK / 2];
+} BlockQ4_0;
+
+/* Activations quantized for the integer dot products: one f32 scale per
+   32 values. Weights are dotted with these, never with each other. */
+typedef struct {
+    float d;
+    int8_t qs[QK];
+} BlockQ8A;
+
+_Static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must be packed as in the file");
+_Static_assert(sizeof(BlockQ4_0) == 18, "BlockQ4_0 must be packed as in the file");
+
+static inline const char *type_name(int type) {
+    static const char *names[TYPE_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0", "u8", "u32"};
+    return type >= 0 && type < TYPE_COUNT ? names[type] : "unknown";
+}
+
+static inline int type_is_quantized(int type) { return type == TYPE_Q8_0 || type == TYPE_Q4_0; }
+
+/* Bytes of one row of n elements, or 0 when n does not fit the type's groups. */
+static inline size_t type_row_bytes(int type, int64_t n) {
+    switch (type) {
+    case TYPE_F32: case TYPE_U32: return (size_t)n * 4;
+    case TYPE_F16: case TYPE_BF16: return (size_t)n * 2;
+    case TYPE_U8: return (size_t)n;
+    case TYPE_Q8_0: return n % QK ? 0 : (size_t)(n / QK) * sizeof(BlockQ8_0);
+    case TYPE_Q4_0: return n % QK ? 0 : (size_t)(n / QK) * sizeof(BlockQ4_0);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Half-precision conversions (portable bit manipulation; F16C when present).
+ */
+static inline float f16_to_f32(uint16_t h) {
+#if defined(KERNELS_AVX2)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000u | (mant << 13);           /* inf, nan */
+    else if (exp) bits = sign | ((exp + 112) << 23) | (mant << 13);       /* normal */
+    else if (!mant) bits = sign;                                          /* zero */
+    else {                                                                /* subnormal */
+        int e = -1;
+        do { mant <<= 1; e++; } while (!(mant & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* Round to nearest even, as IEEE and F16C do. */
+static inline uint16_t f32_to_f16(float f) {
+#if defined(KERNELS_AVX2)
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
+    if (ax >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* rounds to inf */
+    if (ax < 0x38800000) {                                  /* subnormal or zero in f16 */
+        if (ax < 0x33000000) return (uint16_t)sign;
+        uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e, r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return (uint16_t)(sign | r);
+    }
+    uint32_t r = ax - 0x38000000; /* rebias exponent 127 -> 15 */
+    uint32_t h = r >> 13, rem = r & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+#endif
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* quiet nan */
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+/* ---------------------------------------------------------------------------
+ * Quantization of one row (n a multiple of QK for the block types).
+ */
+static inline void quantize_row_q8_0(const float *x, BlockQ8_0 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_f16(d);
+        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
+    }
+}
+
+/* The value of largest magnitude maps to -8, so its sign uses the extra level. */
+static inline void quantize_row_q4_0(const float *x, BlockQ4_0 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < QK; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+        float d = max / -8.0f, id = d ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_f16(d);
+        for (int j = 0; j < QK / 2; j++) {
+            int lo = (int)lrintf(x[j] * id) + 8, hi = (int)lrintf(x[j + QK / 2] * id) + 8;
+            lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
+            hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
+            y[b].qs[j] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}
+
+/* Converts n floats to a row of the given weight type. */
+static inline void quantize_row(int type, const float *x, void *out, int64_t n) {
+    switch (type) {
+    case TYPE_F32: memcpy(out, x, (size_t)n * 4); break;
+    case TYPE_F16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_f16(x[i]); break;
+    case TYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_bf16(x[i]); break;
+    case TYPE_Q8_0: quantize_row_q8_0(x, out, n); break;
+    case TYPE_Q4_0: quantize_row_q4_0(x, out, n); break;
+    }
+}
+
+static inline void dequantize_row(int type, const void *row, float *y, int64_t n) {
+    switch (type) {
+    case TYPE_F32: memcpy(y, row, (size_t)n * 4); break;
+    case TYPE_F16: for (int64_t i = 0; i < n; i++) y[i] = f16_to_f32(((const uint16_t *)row)[i]); break;
+    case TYPE_BF16: for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(((const uint16_t *)row)[i]); break;
+    case TYPE_Q8_0:
+        for (int64_t b = 0; b < n / QK; b++) {
+            const BlockQ8_0 *blk = (const BlockQ8_0 *)row + b;
+            float d = f16_to_f32(blk->d);
+            for (int j = 0; j < QK; j++) y[b * QK + j] = blk->qs[j] * d;
+        }
+        break;
+    case TYPE_Q4_0:
+        for (int64_t b = 0; b < n / QK; b++) {
+            const BlockQ4_0 *blk = (const BlockQ4_0 *)row + b;
+            float d = f16_to_f32(blk->d);
+            for (int j = 0; j < QK / 2; j++) {
+                y[b * QK + j] = ((blk->qs[j] & 15) - 8) * d;
+                y[b * QK + j + QK / 2] = ((blk->qs[j] >> 4) - 8) * d;
+            }
+        }
+        break;
+    }
+}
+
+/* Activations: f32 scale, symmetric int8. */
+static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        y[b].d = d;
+        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Dot products: one weight row against one activation row.
+ * The scalar versions are the reference; `*_ref` names are always compiled so
+ * the tests can compare the SIMD build against them.
+ */
+static inline float dot_f32_ref(const float *a, const float *b, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline float dot_f16_ref(const uint16_t *w, const float *x, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += f16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static inline float dot_bf16_ref(const uint16_t *w, const float *x, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static inline float dot_q8_0_ref(const BlockQ8_0 *w, const BlockQ8A *x, int n) {
+    float s = 0;
+    for (int b = 0; b < n / QK; b++) {
+        int32_t acc = 0;
+        for (int j = 0; j < QK; j++) acc += w[b].qs[j] * x[b].qs[j];
+        s += (float)acc * f16_to_f32(w[b].d) * x[b].d;
+    }
+    return s;
+}
+
+static inline float dot_q4_0_ref(const BlockQ4_0 *w, const BlockQ8A *x, int n) {
+    float s = 0;
+    for (int b = 0; b < n / QK; b++) {
+        int32_t acc = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            acc += ((w[b].qs[j] & 15) - 8) * x[b].qs[j];
+            acc += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
+        }
+        s += (float)acc * f16_to_f32(w[b].d) * x[b].d;
+    }
+    return s;
+}
+
+#if defined(KERNELS_AVX2)
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Sum of products of 32 signed bytes, as 8 int32 lanes. maddubs wants one
+   unsigned operand, so the sign of a moves onto b (|a| * sign(a)b = ab). */
+static inline __m256i dot_i8x32(__m256i a, __m256i b) {
+    __m256i ua = _mm256_sign_epi8(a, a), sb = _mm256_sign_epi8(b, a);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ua, sb);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ua, sb);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+static inline float dot_f32(const float *a, const float *b, int n) {
+#if defined(KERNELS_AVX2)
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    float s = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+#else
+    return dot_f32_ref(a, b, n);
+#endif
+}
+
+static inline float dot_f16(const uint16_t *w, const float *x, int n) {
+#if defined(KERNELS_AVX2)
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8))), _mm256_loadu_ps(x + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), s0);
+    float s = hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += f16_to_f32(w[i]) * x[i];
+    return s;
+#else
+    return dot_f16_ref(w, x, n);
+#endif
+}
+
+static inline float dot_bf16(const uint16_t *w, const float *x, int n) {
+#if defined(KERNELS_AVX2)
+    __m256 s0 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i wi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i))), 16);
+        s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(wi), _mm256_loadu_ps(x + i), s0);
+    }
+    float s = hsum256(s0);
+    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
+    return s;
+#else
+    return dot_bf16_ref(w, x, n);
+#endif
+}
+
+static inline float dot_q8_0(const BlockQ8_0 *w, const BlockQ8A *x, int n) {
+#if defined(KERNELS_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < n / QK; b++) {
+        __m256i wq = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 p = _mm256_cvtepi32_ps(dot_i8x32(wq, xq));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(w[b].d) * x[b].d), p, acc);
+    }
+    return hsum256(acc);
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+    float32x4_t acc = vdupq_n_f32(0);
+    for (int b = 0; b < n / QK; b++) {
+        int8x16_t w0 = vld1q_s8(w[b].qs), w1 = vld1q_s8(w[b].qs + 16);
+        int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
+#if defined(__ARM_FEATURE_DOTPROD)
+        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+        int16x8_t l0 = vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), h0 = vmull_s8(vget_high_s8(w0), vget_high_s8(x0));
+        int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = vmull_s8(vget_high_s8(w1), vget_high_s8(x1));
+        int32x4_t p = vaddq_s32(vaddq_s32(vpaddlq_s16(l0), vpaddlq_s16(h0)), vaddq_s32(vpaddlq_s16(l1), vpaddlq_s16(h1)));
+#endif
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_to_f32(w[b].d) * x[b].d);
+    }
+    return vaddvq_f32(acc);
+#else
+    return dot_q8_0_ref(w, x, n);
+#endif
+}
+
+static inline float dot_q4_0(const BlockQ4_0 *w, const BlockQ8A *x, int n) {
+#if defined(KERNELS_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    const __m128i low4 = _mm_set1_epi8(15);
+    const __m256i eight = _mm256_set1_epi8(8);
+    for (int b = 0; b < n / QK; b++) {
+        __m128i packed = _mm_loadu_si128((const __m128i *)w[b].qs);
+        __m128i lo = _mm_and_si128(packed, low4), hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
+        __m256i wq = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        __m256 p = _mm256_cvtepi32_ps(dot_i8x32(wq, xq));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(w[b].d) * x[b].d), p, acc);
+    }
+    return hsum256(acc);
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+    float32x4_t acc = vdupq_n_f32(0);
+    const uint8x16_t low4 = vdupq_n_u8(15);
+    const int8x16_t eight = vdupq_n_s8(8);
+    for (int b = 0; b < n / QK; b++) {
+        uint8x16_t packed = vld1q_u8(w[b].qs);
+        int8x16_t w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, low4)), eight);
+        int8x16_t w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), eight);
+        int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
+#if defined(__ARM_FEATURE_DOTPROD)
+        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+        int16x8_t l0 = vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), h0 = vmull_s8(vget_high_s8(w0), vget_high_s8(x0));
+        int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = vmull_s8(vget_high_s8(w1), vget_high_s8(x1));
+        int32x4_t p = vaddq_s32(vaddq_s32(vpaddlq_s16(l0), vpaddlq_s16(h0)), vaddq_s32(vpaddlq_s16(l1), vpaddlq_s16(h1)));
+#endif
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_to_f32(w[b].d) * x[b].d);
+    }
+    return vaddvq_f32(acc);
+#else
+    return dot_q4_0_ref(w, x, n);
+#endif
+}
+
+/* y += a * x */
+static inline void axpy(float *y, float a, const float *x, int n) {
+    int i = 0;
+#if defined(KERNELS_AVX2)
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* ---------------------------------------------------------------------------
+ * Thread pool: n-1 workers plus the calling thread. pool_run(fn, arg) calls
+ * fn(arg, i, n) once for each i in [0, n) and returns when all are done.
+ * Workers spin briefly on a generation counter (a decode step issues hundreds
+ * of short jobs) and sleep on a condition variable when idle.
+ */
+typedef void (*PoolTask)(void *arg, int ith, int nth);
+
+typedef struct ThreadPool ThreadPool;
+
+typedef struct {
+    ThreadPool *pool;
+    int ith;
+    pthread_t thread;
+} PoolWorker;
+
+struct ThreadPool {
+    int n_threads;
+    PoolWorker *workers;
+    PoolTask task;
+    void *arg;
+    atomic_int generation; /* bumped once per job */
+    atomic_int pending;    /* workers still running the current job */
+    int stop;
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int sleepers, waiting;
+};
+
+#define POOL_SPINS 20000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *pool_worker_main(void *p) {
+    PoolWorker *w = p;
+    ThreadPool *pool = w->pool;
+    int seen = 0;
+    for (;;) {
+        int gen, spins = 0;
+        while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
+            if (++spins < POOL_SPINS) { cpu_relax(); continue; }
+            pthread_mutex_lock(&pool->lock);
+            pool->sleepers++;
+            while (atomic_load(&pool->generation) == seen) pthread_cond_wait(&pool->wake, &pool->lock);
+            pool->sleepers--;
+            pthread_mutex_unlock(&pool->lock);
+            spins = 0;
+        }
+        seen = gen;
+        if (pool->stop) return NULL;
+        pool->task(pool->arg, w->ith, pool->n_threads);
+        if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&pool->lock);
+            if (pool->waiting) pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->lock);
+        }
+    }
+}
+
+static void pool_run(ThreadPool *pool, PoolTask task, void *arg) {
+    if (pool->n_threads == 1) { task(arg, 0, 1); return; }
+    pool->task = task;
+    pool->arg = arg;
+    atomic_store(&pool->pending, pool->n_threads - 1);
+    pthread_mutex_lock(&pool->lock);
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    if (pool->sleepers) pthread_cond_broadcast(&pool->wake);
+    pthread_mutex_unlock(&pool->lock);
+    task(arg, 0, pool->n_threads);
+    for (int spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire); spins++) {
+        if (spins < POOL_SPINS) { cpu_relax(); continue; }
+        pthread_mutex_lock(&pool->lock);
+        pool->waiting = 1;
+        while (atomic_load(&pool->pending)) pthread_cond_wait(&pool->done, &pool->lock);
+        pool->waiting = 0;
+        pthread_mutex_unlock(&pool->lock);
+    }
+}
+
+static void pool_free(ThreadPool *pool) {
+    if (!pool) return;
+    if (pool->workers) {
+        pthread_mutex_lock(&pool->lock);
+        pool->stop = 1;
+        atomic_fetch_add(&pool->generation, 1);
+        pthread_cond_broadcast(&pool->wake);
+        pthread_mutex_unlock(&pool->lock);
+        for (int i = 1; i < pool->n_threads; i++) pthread_join(pool->workers[i].thread, NULL);
+        free(pool->workers);
+    }
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->wake);
+    pthread_cond_destroy(&pool->done);
+    free(pool);
+}
+
+static ThreadPool *pool_new(int n_threads) {
+    ThreadPool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NULL;
+    pool->n_threads = n_threads < 1 ? 1 : n_threads;
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->wake, NULL);
+    pthread_cond_init(&pool->done, NULL);
+    if (pool->n_threads == 1) return pool;
+    pool->workers = calloc((size_t)pool->n_threads, sizeof *pool->workers);
+    if (!pool->workers) { pool_free(pool); return NULL; }
+    for (int i = 1; i < pool->n_threads; i++) {
+        pool->workers[i].pool = pool;
+        pool->workers[i].ith = i;
+        if (pthread_create(&pool->workers[i].thread, NULL, pool_worker_main, &pool->workers[i])) {
+            pool->n_threads = i; /* join the ones that started */
+            pool_free(pool);
+            return NULL;
+        }
+    }
+    return pool;
+}
+
+/* The half-open range [*lo, *hi) of n items that thread ith of nth handles,
+   in whole multiples of `align` so the split never changes what one item computes. */
+static inline void split_range(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
+    int64_t units = (n + align - 1) / align;
+    int64_t a = units * ith / nth, b = units * (ith + 1) / nth;
+    *lo = a * align < n ? a * align : n;
+    *hi = b * align < n ? b * align : n;
+}
+
+#endif

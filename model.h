@@ -1,0 +1,933 @@
+/* model.h - the engine: model file format, weights, run state, forward pass.
+ *
+ * A single header in the stb style. Include it anywhere for the declarations;
+ * in exactly one C file write
+ *
+ *     #define MODEL_IMPLEMENTATION
+ *     #include "model.h"
+ *
+ * to compile the implementation, and link tokenizer.c, -lm and -lpthread.
+ * There is no global state: a program may load several models and run many
+ * sequences against each.
+ *
+ * The pieces, from the bottom up:
+ *   Model     the mapped model file: config, tensor table, weights, tokenizer.
+ *             Read-only once loaded; shared by everything that runs it.
+ *   Sequence  one token stream's KV cache, allocated once for its capacity.
+ *   Context   scratch buffers for a batch of tokens, the RoPE tables and the
+ *             thread pool. One forward call runs a batch whose tokens may
+ *             belong to different sequences (NBCE's rows), so the weights are
+ *             read once for all of them.
+ */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "tokenizer.h"
+
+/* ---------------------------------------------------------------------------
+ * The model file format (docs/FORMAT.md has the full description).
+ * Little-endian; the header is followed by the tensor table; every tensor's
+ * data starts on a 64-byte boundary and is used in place from the mapping.
+ */
+#define MODEL_MAGIC "RUNM"
+#define MODEL_VERSION 1
+#define MODEL_ALIGN 64
+#define MODEL_HEADER_BYTES 1024
+#define TENSOR_NAME_BYTES 48
+
+enum { ARCH_LLAMA = 1 };                               /* llama-family decoder */
+enum { POS_ROPE = 0, POS_NONE = 1 };                   /* per-layer position scheme */
+enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR = 1, ROPE_SCALING_NTK = 2, ROPE_SCALING_DYNAMIC = 3,
+       ROPE_SCALING_YARN = 4, ROPE_SCALING_LLAMA3 = 5 };
+enum { ROPE_PAIRS_ADJACENT = 0 };                      /* (2m, 2m+1); the converter permutes other layouts */
+enum { ATTN_GQA = 0, ATTN_MLA = 1 };
+enum { FFN_SWIGLU = 0, FFN_MOE = 1 };
+enum { ROUTER_SOFTMAX = 0, ROUTER_SIGMOID = 1 };
+
+/* Every field is 4 bytes; the layout is fixed and later features fill
+   fields rather than move them. Zero means "absent / default" throughout. */
+typedef struct {
+    int32_t arch;              /* ARCH_* */
+    int32_t dim;               /* residual stream width */
+    int32_t n_layers;
+    int32_t n_heads;           /* query heads */
+    int32_t n_kv_heads;        /* key/value heads; divides n_heads */
+    int32_t head_dim;          /* query/key size per head */
+    int32_t v_head_dim;        /* value size per head */
+    int32_t hidden_dim;        /* SwiGLU inner width (dense layers) */
+    int32_t vocab_size;
+    int32_t max_seq_len;       /* the context length the model was trained at */
+    float norm_eps;            /* RMSNorm epsilon */
+    float rope_theta;          /* RoPE base */
+    int32_t rope_dim;          /* rotated dims per head (partial rotary when < head_dim) */
+    int32_t rope_pairs;        /* ROPE_PAIRS_* */
+    int32_t rope_scaling;      /* ROPE_SCALING_* */
+    float rope_factor;         /* scaling factor s */
+    int32_t rope_orig_ctx;     /* original context for YaRN / llama3 / dynamic NTK */
+    float rope_beta_fast, rope_beta_slow;    /* YaRN ramp */
+    float rope_mscale, rope_mscale_all_dim;  /* YaRN attention-scale terms */
+    float rope_low_freq_factor, rope_high_freq_factor; /* llama3 scaling */
+    int32_t attn_kind;         /* ATTN_* */
+    int32_t q_lora_rank;       /* MLA: 0 = plain query projection */
+    int32_t kv_lora_rank;      /* MLA latent size */
+    int32_t qk_nope_head_dim, qk_rope_head_dim;
+    int32_t ffn_kind;          /* FFN_* */
+    int32_t n_experts, n_experts_used, n_shared_experts, moe_hidden_dim;
+    int32_t first_k_dense;     /* MoE: the first k layers are dense */
+    int32_t moe_layer_freq;    /* MoE: every n-th layer after those is MoE */
+    int32_t router;            /* ROUTER_* */
+    int32_t n_expert_groups, topk_groups, norm_topk_prob;
+    float routed_scaling;
+    int32_t qkv_bias;          /* q, k, v projections have biases */
+    int32_t out_bias;          /* output projection has a bias */
+    int32_t tied_embeddings;   /* classifier = token embedding */
+    int32_t reserved[24];
+} ModelConfig;
+
+/* The tokenizer's scalars; its arrays are tensors named tokenizer.*. */
+typedef struct {
+    int32_t kind;              /* TOKENIZER_*; 0 = the file has no tokenizer */
+    int32_t n_vocab;
+    int32_t bos_id, eos_id;    /* -1 = none */
+    int32_t add_bos;
+    int32_t add_prefix_space;
+    int32_t reserved[10];
+} TokenizerConfig;
+
+typedef struct {
+    char magic[4];             /* "RUNM" */
+    uint32_t version;          /* MODEL_VERSION */
+    uint32_t header_bytes;     /* MODEL_HEADER_BYTES */
+    uint32_t n_tensors;
+    uint64_t table_offset;     /* n_tensors TensorEntry records */
+    uint64_t file_bytes;       /* the whole file, to detect truncation up front */
+    ModelConfig config;
+    TokenizerConfig tokenizer;
+    uint8_t reserved[MODEL_HEADER_BYTES - 32 - sizeof(ModelConfig) - sizeof(TokenizerConfig)];
+} FileHeader;
+
+typedef struct {
+    char name[TENSOR_NAME_BYTES]; /* NUL-terminated */
+    uint32_t type;             /* TYPE_* */
+    uint32_t ndim;             /* 1..4 */
+    uint64_t shape[4];         /* outermost first: a matrix is [rows = outputs, cols = inputs] */
+    uint64_t offset;           /* from the start of the file; a multiple of MODEL_ALIGN */
+    uint64_t nbytes;
+} TensorEntry;
+
+_Static_assert(sizeof(FileHeader) == MODEL_HEADER_BYTES, "header size is part of the format");
+_Static_assert(sizeof(TensorEntry) == 104, "tensor entry size is part of the format");
+
+/* ---------------------------------------------------------------------------
+ * In memory.
+ */
+typedef struct {
+    char name[TENSOR_NAME_BYTES];
+    int type;
+    int ndim;
+    int64_t shape[4];
+    const void *data;
+    size_t nbytes;
+} Tensor;
+
+/* A weight matrix W[rows][cols]; y = W x. */
+typedef struct {
+    int type;
+    int rows, cols;
+    size_t row_bytes;
+    const void *data;
+} Matrix;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    Matrix wq, wk, wv, wo;
+    const float *bq, *bk, *bv; /* NULL when the model has no q/k/v biases */
+    Matrix w1, w2, w3;         /* gate, down, up */
+    int pos;                   /* POS_* */
+} Layer;
+
+enum { SOURCE_NATIVE = 0, SOURCE_LLAMA2C_V0 = 1, SOURCE_LLAMA2C_V1 = 2, SOURCE_LLAMA2C_V2 = 3 };
+
+typedef struct {
+    ModelConfig cfg;
+    TokenizerConfig tok_cfg;
+    int source;                /* SOURCE_*: what the file was */
+    int n_tensors;
+    Tensor *tensors;
+    Matrix tok_emb, output;
+    const float *final_norm;
+    Layer *layers;
+    Tokenizer *tokenizer;      /* NULL when the file carries none */
+    void *map;                 /* the file, mapped read-only */
+    size_t map_bytes;
+    void *owned;               /* weights the loader had to convert (llama2.c int8 files) */
+} Model;
+
+/* One sequence's KV cache. Layout: k[layer][position][kv_head][head_dim] and
+   v[layer][position][kv_head][v_head_dim], f32, allocated for `capacity`
+   positions. n_past positions are filled. */
+typedef struct {
+    int n_past;
+    int capacity;
+    float *k, *v;
+} Sequence;
+
+typedef struct {
+    const Model *model;
+    int ctx_len;               /* longest sequence this context serves */
+    int max_batch;             /* most tokens in one forward call */
+    int max_logits;            /* most logit rows one call returns */
+    ThreadPool *pool;
+    float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2] */
+    /* batch scratch, [max_batch][width] each */
+    float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
+    BlockQ8A *xq;              /* quantized activations */
+    int *pos;                  /* position of each batch token */
+    float *scores;             /* attention scores, [n_threads][ctx_len] */
+    float *logits;             /* [max_logits][vocab] */
+    char error[256];
+} Context;
+
+/* Loads a model file written by ./export, or a llama2.c checkpoint (versions
+   0, 1 and 2). Returns 0, or -1 with one line in err. */
+int model_load(Model *m, const char *path, char *err, size_t errlen);
+void model_free(Model *m);
+const Tensor *model_tensor(const Model *m, const char *name);
+/* KV-cache bytes one token takes in one sequence. */
+size_t model_kv_bytes_per_token(const Model *m);
+
+int sequence_init(Sequence *s, const Model *m, int capacity, char *err, size_t errlen);
+void sequence_free(Sequence *s);
+
+Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits, int n_threads,
+                     char *err, size_t errlen);
+void context_free(Context *c);
+
+/* Runs n tokens forward. tokens[i] is appended to sequence seqs[i] (the same
+   sequence may appear several times, in order: a prompt). For the tokens with
+   want[i] != 0 (want NULL: only the last token), the next-token logits are
+   written, in order, to c->logits. Returns the number of logit rows, or -1
+   with c->error set. */
+int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want);
+
+/* ===========================================================================
+ * Implementation
+ */
+#ifdef MODEL_IMPLEMENTATION
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int seterr(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+const Tensor *model_tensor(const Model *m, const char *name) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}
+
+size_t model_kv_bytes_per_token(const Model *m) {
+    const ModelConfig *c = &m->cfg;
+    return (size_t)c->n_layers * c->n_kv_heads * (c->head_dim + c->v_head_dim) * sizeof(float);
+}
+
+/* Bytes a tensor of this type and shape takes, or 0 if the shape cannot be
+   stored in that type (rows not a multiple of the group size). */
+static size_t tensor_bytes(int type, int ndim, const int64_t *shape) {
+    int64_t rows = 1;
+    for (int i = 0; i < ndim - 1; i++) rows *= shape[i];
+    return (size_t)rows * type_row_bytes(type, shape[ndim - 1]);
+}
+
+/* ---------------------------------------------------------------------------
+ * Binding: from the tensor table to the Layer/Matrix structs, checking every
+ * shape against the config so nothing downstream reads out of bounds.
+ */
+static int bind_matrix(Model *m, Matrix *out, const char *name, int64_t rows, int64_t cols, char *err, size_t errlen) {
+    const Tensor *t = model_tensor(m, name);
+    if (!t) return seterr(err, errlen, "tensor '%s' is missing", name);
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        return seterr(err, errlen, "tensor '%s' has the wrong shape (expected [%lld, %lld])", name,
+                      (long long)rows, (long long)cols);
+    if (t->type > TYPE_Q4_0) return seterr(err, errlen, "tensor '%s' has type %s, not a weight type", name, type_name(t->type));
+    out->type = t->type;
+    out->rows = (int)rows;
+    out->cols = (int)cols;
+    out->row_bytes = type_row_bytes(t->type, cols);
+    out->data = t->data;
+    return 0;
+}
+
+static int bind_vector(Model *m, const float **out, const char *name, int64_t n, int optional, char *err, size_t errlen) {
+    const Tensor *t = model_tensor(m, name);
+    *out = NULL;
+    if (!t) return optional ? 0 : seterr(err, errlen, "tensor '%s' is missing", name);
+    if (t->ndim != 1 || t->shape[0] != n || t->type != TYPE_F32)
+        return seterr(err, errlen, "tensor '%s' should be f32 [%lld]", name, (long long)n);
+    *out = t->data;
+    return 0;
+}
+
+static int check_config(const ModelConfig *c, char *err, size_t errlen) {
+    if (c->arch != ARCH_LLAMA) return seterr(err, errlen, "unknown architecture %d", c->arch);
+    if (c->attn_kind != ATTN_GQA) return seterr(err, errlen, "attention kind %d (MLA) is not supported yet", c->attn_kind);
+    if (c->ffn_kind != FFN_SWIGLU) return seterr(err, errlen, "feed-forward kind %d (MoE) is not supported yet", c->ffn_kind);
+    if (c->rope_scaling != ROPE_SCALING_NONE && c->rope_scaling != ROPE_SCALING_LINEAR)
+        return seterr(err, errlen, "rope scaling kind %d is not supported yet", c->rope_scaling);
+    if (c->rope_pairs != ROPE_PAIRS_ADJACENT) return seterr(err, errlen, "unknown rotary pairing %d", c->rope_pairs);
+    const int64_t big = 1 << 20;
+    if (c->dim <= 0 || c->dim > big || c->n_layers <= 0 || c->n_layers > 4096 || c->n_heads <= 0 ||
+        c->n_heads > 4096 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->head_dim > 4096 || c->v_head_dim <= 0 ||
+        c->v_head_dim > 4096 || c->hidden_dim <= 0 || c->hidden_dim > big || c->vocab_size <= 0 ||
+        c->vocab_size > (1 << 24) || c->max_seq_len <= 0)
+        return seterr(err, errlen, "impossible dimensions in the model config");
+    if (c->n_heads % c->n_kv_heads)
+        return seterr(err, errlen, "n_heads (%d) is not a multiple of n_kv_heads (%d)", c->n_heads, c->n_kv_heads);
+    if (c->rope_dim < 0 || c->rope_dim > c->head_dim || c->rope_dim % 2)
+        return seterr(err, errlen, "rotary dims (%d) must be even and at most head_dim (%d)", c->rope_dim, c->head_dim);
+    if (!(c->norm_eps > 0 && c->norm_eps < 1) || !(c->rope_theta > 0) || !isfinite(c->rope_theta))
+        return seterr(err, errlen, "impossible norm epsilon or rope theta in the model config");
+    if (c->rope_scaling == ROPE_SCALING_LINEAR && !(c->rope_factor >= 1))
+        return seterr(err, errlen, "linear rope scaling needs a factor >= 1");
+    return 0;
+}
+
+static int model_bind(Model *m, char *err, size_t errlen) {
+    const ModelConfig *c = &m->cfg;
+    if (check_config(c, err, errlen)) return -1;
+    char name[TENSOR_NAME_BYTES];
+    int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t att_dim = (int64_t)c->n_heads * c->v_head_dim, v_dim = (int64_t)c->n_kv_heads * c->v_head_dim;
+    if (bind_matrix(m, &m->tok_emb, "tok_embeddings", c->vocab_size, c->dim, err, errlen)) return -1;
+    if (c->tied_embeddings) m->output = m->tok_emb;
+    else if (bind_matrix(m, &m->output, "output", c->vocab_size, c->dim, err, errlen)) return -1;
+    if (bind_vector(m, &m->final_norm, "norm", c->dim, 0, err, errlen)) return -1;
+    const Tensor *layer_pos = model_tensor(m, "layer_pos");
+    if (layer_pos && (layer_pos->type != TYPE_U8 || layer_pos->ndim != 1 || layer_pos->shape[0] != c->n_layers))
+        return seterr(err, errlen, "tensor 'layer_pos' should be u8 [%d]", c->n_layers);
+    m->layers = calloc((size_t)c->n_layers, sizeof(Layer));
+    if (!m->layers) return seterr(err, errlen, "out of memory");
+    for (int l = 0; l < c->n_layers; l++) {
+        Layer *L = &m->layers[l];
+#define LAYER_NAME(suffix) (snprintf(name, sizeof name, "layers.%d." suffix, l), name)
+        if (bind_vector(m, &L->attn_norm, LAYER_NAME("attention_norm"), c->dim, 0, err, errlen) ||
+            bind_vector(m, &L->ffn_norm, LAYER_NAME("ffn_norm"), c->dim, 0, err, errlen) ||
+            bind_matrix(m, &L->wq, LAYER_NAME("attention.wq"), q_dim, c->dim, err, errlen) ||
+            bind_matrix(m, &L->wk, LAYER_NAME("attention.wk"), kv_dim, c->dim, err, errlen) ||
+            bind_matrix(m, &L->wv, LAYER_NAME("attention.wv"), v_dim, c->dim, err, errlen) ||
+            bind_matrix(m, &L->wo, LAYER_NAME("attention.wo"), c->dim, att_dim, err, errlen) ||
+            bind_matrix(m, &L->w1, LAYER_NAME("feed_forward.w1"), c->hidden_dim, c->dim, err, errlen) ||
+            bind_matrix(m, &L->w2, LAYER_NAME("feed_forward.w2"), c->dim, c->hidden_dim, err, errlen) ||
+            bind_matrix(m, &L->w3, LAYER_NAME("feed_forward.w3"), c->hidden_dim, c->dim, err, errlen) ||
+            bind_vector(m, &L->bq, LAYER_NAME("attention.bq"), q_dim, !c->qkv_bias, err, errlen) ||
+            bind_vector(m, &L->bk, LAYER_NAME("attention.bk"), kv_dim, !c->qkv_bias, err, errlen) ||
+            bind_vector(m, &L->bv, LAYER_NAME("attention.bv"), v_dim, !c->qkv_bias, err, errlen))
+            return -1;
+#undef LAYER_NAME
+        L->pos = layer_pos ? ((const uint8_t *)layer_pos->data)[l] : POS_ROPE;
+        if (L->pos != POS_ROPE && L->pos != POS_NONE) return seterr(err, errlen, "layer %d has unknown position scheme %d", l, L->pos);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Native model files.
+ */
+static int load_tokenizer_tensors(Model *m, char *err, size_t errlen) {
+    const TokenizerConfig *tc = &m->tok_cfg;
+    if (tc->kind == TOKENIZER_NONE) return 0;
+    const Tensor *off = model_tensor(m, "tokenizer.offsets"), *pieces = model_tensor(m, "tokenizer.pieces");
+    const Tensor *scores = model_tensor(m, "tokenizer.scores"), *types = model_tensor(m, "tokenizer.types");
+    if (!off || !pieces || !scores || !types) return seterr(err, errlen, "the tokenizer's tensors are missing");
+    int64_t n = tc->n_vocab;
+    if (n <= 0 || off->type != TYPE_U32 || off->ndim != 1 || off->shape[0] != n + 1 || pieces->type != TYPE_U8 ||
+        pieces->ndim != 1 || scores->type != TYPE_F32 || scores->ndim != 1 || scores->shape[0] != n ||
+        types->type != TYPE_U8 || types->ndim != 1 || types->shape[0] != n)
+        return seterr(err, errlen, "the tokenizer's tensors have the wrong shapes");
+    if (((const uint32_t *)off->data)[n] > pieces->shape[0])
+        return seterr(err, errlen, "the tokenizer's pieces are truncated");
+    TokenizerData d = {
+        .kind = tc->kind, .n_vocab = (int)n, .bos_id = tc->bos_id, .eos_id = tc->eos_id, .add_bos = tc->add_bos,
+        .add_prefix_space = tc->add_prefix_space, .piece_offset = off->data, .piece_bytes = pieces->data,
+        .scores = scores->data, .types = types->data,
+    };
+    char terr[200];
+    m->tokenizer = tokenizer_new(&d, terr, sizeof terr);
+    return m->tokenizer ? 0 : seterr(err, errlen, "tokenizer: %s", terr);
+}
+
+static int load_native(Model *m, char *err, size_t errlen) {
+    const uint8_t *base = m->map;
+    FileHeader h;
+    if (m->map_bytes < sizeof h) return seterr(err, errlen, "truncated header");
+    memcpy(&h, base, sizeof h);
+    if (h.version != MODEL_VERSION) return seterr(err, errlen, "unsupported format version %u (this build reads %d)", h.version, MODEL_VERSION);
+    if (h.header_bytes != MODEL_HEADER_BYTES) return seterr(err, errlen, "corrupt header (header size %u)", h.header_bytes);
+    if (h.file_bytes != m->map_bytes)
+        return seterr(err, errlen, "truncated or padded: the header says %llu bytes, the file has %zu",
+                      (unsigned long long)h.file_bytes, m->map_bytes);
+    if (h.n_tensors == 0 || h.n_tensors > 1000000 || h.table_offset < sizeof h ||
+        h.table_offset > m->map_bytes || (m->map_bytes - h.table_offset) / sizeof(TensorEntry) < h.n_tensors)
+        return seterr(err, errlen, "corrupt tensor table");
+    m->cfg = h.config;
+    m->tok_cfg = h.tokenizer;
+    m->n_tensors = (int)h.n_tensors;
+    m->tensors = calloc(h.n_tensors, sizeof(Tensor));
+    if (!m->tensors) return seterr(err, errlen, "out of memory");
+    for (uint32_t i = 0; i < h.n_tensors; i++) {
+        TensorEntry e;
+        memcpy(&e, base + h.table_offset + (size_t)i * sizeof e, sizeof e);
+        Tensor *t = &m->tensors[i];
+        if (!memchr(e.name, 0, sizeof e.name) || !e.name[0]) return seterr(err, errlen, "tensor %u has a corrupt name", i);
+        memcpy(t->name, e.name, sizeof t->name);
+        if (e.type >= TYPE_COUNT) return seterr(err, errlen, "tensor '%s' has unknown type %u", t->name, e.type);
+        if (e.ndim < 1 || e.ndim > 4) return seterr(err, errlen, "tensor '%s' has %u dimensions", t->name, e.ndim);
+        t->type = (int)e.type;
+        t->ndim = (int)e.ndim;
+        for (uint32_t d = 0; d < e.ndim; d++) {
+            if (e.shape[d] == 0 || e.shape[d] > (1ull << 40)) return seterr(err, errlen, "tensor '%s' has an impossible shape", t->name);
+            t->shape[d] = (int64_t)e.shape[d];
+        }
+        size_t want = tensor_bytes(t->type, t->ndim, t->shape);
+        if (!want || want != e.nbytes)
+            return seterr(err, errlen, "tensor '%s': %llu bytes do not match type %s and its shape", t->name,
+                          (unsigned long long)e.nbytes, type_name(t->type));
+        if (e.offset % MODEL_ALIGN || e.offset > m->map_bytes || e.nbytes > m->map_bytes - e.offset)
+            return seterr(err, errlen, "tensor '%s' lies outside the file (truncated?)", t->name);
+        t->data = base + e.offset;
+        t->nbytes = e.nbytes;
+    }
+    if (model_bind(m, err, errlen)) return -1;
+    if (m->tok_cfg.kind != TOKENIZER_NONE && m->tok_cfg.n_vocab != m->cfg.vocab_size)
+        return seterr(err, errlen, "the tokenizer has %d tokens, the model %d", m->tok_cfg.n_vocab, m->cfg.vocab_size);
+    return load_tokenizer_tensors(m, err, errlen);
+}
+
+/* ---------------------------------------------------------------------------
+ * llama2.c checkpoints. Version 0: seven int32 (dim, hidden_dim, n_layers,
+ * n_heads, n_kv_heads, vocab_size (negative: separate classifier), seq_len),
+ * then f32 weights grouped by kind across layers, and a RoPE table we ignore.
+ * Versions 1 and 2 (export.py): a 256-byte header with magic "ak42"; version
+ * 2 stores the matrices as int8 groups with f32 scales, which the loader
+ * expands to f32 (such files are small models; ./export requantizes them).
+ */
+#define LLAMA2C_MAGIC 0x616b3432u
+
+typedef struct {
+    const char *name; /* "%d" for per-layer tensors */
+    int per_layer;
+    int64_t rows, cols; /* rows == 0: a vector of cols */
+} Llama2cTensor;
+
+static int add_tensor(Model *m, int *cap, const char *name, int type, int64_t rows, int64_t cols, const void *data) {
+    if (m->n_tensors == *cap) {
+        int ncap = *cap ? *cap * 2 : 64;
+        Tensor *t = realloc(m->tensors, (size_t)ncap * sizeof *t);
+        if (!t) return -1;
+        m->tensors = t;
+        *cap = ncap;
+    }
+    Tensor *t = &m->tensors[m->n_tensors++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->type = type;
+    t->ndim = rows ? 2 : 1;
+    t->shape[0] = rows ? rows : cols;
+    t->shape[1] = rows ? cols : 0;
+    t->data = data;
+    t->nbytes = tensor_bytes(type, t->ndim, t->shape);
+    return 0;
+}
+
+static int load_llama2c(Model *m, char *err, size_t errlen) {
+    const uint8_t *base = m->map;
+    int32_t hdr[7];
+    size_t pos;
+    int version, shared, group = 0;
+    uint32_t magic = 0;
+    if (m->map_bytes >= 4) memcpy(&magic, base, 4);
+    if (magic == LLAMA2C_MAGIC) {
+        if (m->map_bytes < 256) return seterr(err, errlen, "truncated llama2.c header");
+        memcpy(&version, base + 4, 4);
+        if (version != 1 && version != 2) return seterr(err, errlen, "unsupported llama2.c checkpoint version %d", version);
+        memcpy(hdr, base + 8, sizeof hdr);
+        shared = base[36];
+        if (version == 2) memcpy(&group, base + 37, 4);
+        pos = 256;
+    } else {
+        if (m->map_bytes < sizeof hdr) return seterr(err, errlen, "not a model file (too short)");
+        memcpy(hdr, base, sizeof hdr);
+        version = 0;
+        shared = hdr[5] > 0;
+        hdr[5] = hdr[5] < 0 ? -hdr[5] : hdr[5];
+        pos = sizeof hdr;
+    }
+    int64_t dim = hdr[0], hidden = hdr[1], n_layers = hdr[2], n_heads = hdr[3], n_kv = hdr[4], vocab = hdr[5], seq_len = hdr[6];
+    if (dim <= 0 || hidden <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv <= 0 || vocab <= 0 || seq_len <= 0 ||
+        dim > (1 << 20) || hidden > (1 << 22) || n_layers > 4096 || n_heads > dim || n_kv > n_heads ||
+        vocab > (1 << 24) || seq_len > (1 << 24) || dim % n_heads || n_heads % n_kv || (dim / n_heads) % 2)
+        return seterr(err, errlen, version ? "impossible dimensions in the llama2.c header"
+                                           : "not a model file (unknown magic, and not a llama2.c checkpoint)");
+    int64_t hs = dim / n_heads, kv_dim = n_kv * hs;
+    ModelConfig *c = &m->cfg;
+    memset(c, 0, sizeof *c);
+    *c = (ModelConfig){.arch = ARCH_LLAMA, .dim = (int)dim, .n_layers = (int)n_layers, .n_heads = (int)n_heads,
+                       .n_kv_heads = (int)n_kv, .head_dim = (int)hs, .v_head_dim = (int)hs, .hidden_dim = (int)hidden,
+                       .vocab_size = (int)vocab, .max_seq_len = (int)seq_len, .norm_eps = 1e-5f,
+                       .rope_theta = 10000.0f, .rope_dim = (int)hs, .tied_embeddings = shared};
+    /* Tensors in file order for each version. */
+    const Llama2cTensor emb = {"tok_embeddings", 0, vocab, dim}, fnorm = {"norm", 0, 0, dim};
+    const Llama2cTensor an = {"layers.%d.attention_norm", 1, 0, dim}, fn = {"layers.%d.ffn_norm", 1, 0, dim};
+    const Llama2cTensor mats[7] = {
+        {"layers.%d.attention.wq", 1, dim, dim},       {"layers.%d.attention.wk", 1, kv_dim, dim},
+        {"layers.%d.attention.wv", 1, kv_dim, dim},    {"layers.%d.attention.wo", 1, dim, dim},
+        {"layers.%d.feed_forward.w1", 1, hidden, dim}, {"layers.%d.feed_forward.w2", 1, dim, hidden},
+        {"layers.%d.feed_forward.w3", 1, hidden, dim},
+    };
+    const Llama2cTensor out = {"output", 0, vocab, dim};
+    Llama2cTensor order[16];
+    int n = 0, n_f32;
+    if (version == 0) {
+        order[n++] = emb; order[n++] = an;
+        for (int i = 0; i < 4; i++) order[n++] = mats[i];
+        order[n++] = fn;
+        for (int i = 4; i < 7; i++) order[n++] = mats[i];
+        order[n++] = fnorm;
+        order[n++] = (Llama2cTensor){"rope_table", 0, 0, seq_len * hs}; /* freq_cis real + imag, skipped */
+        n_f32 = n;
+    } else if (version == 1) {
+        order[n++] = an; order[n++] = fn; order[n++] = fnorm; order[n++] = emb;
+        for (int i = 0; i < 7; i++) order[n++] = mats[i];
+        n_f32 = n;
+    } else {
+        order[n++] = an; order[n++] = fn; order[n++] = fnorm;
+        n_f32 = n;
+        order[n++] = emb;
+        for (int i = 0; i < 7; i++) order[n++] = mats[i];
+    }
+    if (!shared) order[n++] = out;
+    if (version != 2) n_f32 = n;
+
+    /* Sizes first: the file must be exactly this long. */
+    int64_t total_q = 0, expect = (int64_t)pos;
+    for (int i = 0; i < n; i++) {
+        int64_t numel = (order[i].rows ? order[i].rows : 1) * order[i].cols * (order[i].per_layer ? n_layers : 1);
+        if (i < n_f32) expect += numel * 4;
+        else total_q += numel;
+    }
+    if (version == 2) {
+        if (group <= 0 || dim % group) return seterr(err, errlen, "corrupt llama2.c int8 group size %d", group);
+        expect += total_q + total_q / group * 4;
+    }
+    if ((int64_t)m->map_bytes != expect)
+        return seterr(err, errlen, version ? "truncated or corrupt llama2.c checkpoint: %zu bytes, expected %lld"
+                                           : "not a model file (unknown magic; as a llama2.c checkpoint it would be %2$lld bytes, not %1$zu)",
+                      m->map_bytes, (long long)expect);
+    float *deq = NULL;
+    if (version == 2) {
+        deq = m->owned = malloc((size_t)total_q * sizeof(float));
+        if (!deq) return seterr(err, errlen, "out of memory expanding the int8 checkpoint");
+        const int8_t *q = (const int8_t *)(base + pos + (expect - (int64_t)pos - total_q - total_q / group * 4));
+        const uint8_t *scales = (const uint8_t *)q + total_q;
+        for (int64_t i = 0; i < total_q; i++) {
+            float s;
+            memcpy(&s, scales + (i / group) * 4, 4);
+            deq[i] = q[i] * s;
+        }
+    }
+    int cap = 0;
+    char name[TENSOR_NAME_BYTES];
+    const uint8_t *p = base + pos;
+    const float *pq = deq;
+    for (int i = 0; i < n; i++) {
+        const Llama2cTensor *t = &order[i];
+        int64_t numel = (t->rows ? t->rows : 1) * t->cols;
+        for (int64_t l = 0; l < (t->per_layer ? n_layers : 1); l++) {
+            const void *data = i < n_f32 ? (const void *)p : (const void *)pq;
+            snprintf(name, sizeof name, t->name, (int)l);
+            if (strcmp(t->name, "rope_table") && add_tensor(m, &cap, name, TYPE_F32, t->rows, t->cols, data))
+                return seterr(err, errlen, "out of memory");
+            if (i < n_f32) p += numel * 4;
+            else pq += numel;
+        }
+    }
+    m->source = SOURCE_LLAMA2C_V0 + version;
+    return model_bind(m, err, errlen);
+}
+
+int model_load(Model *m, const char *path, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    char why[256];
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return seterr(err, errlen, "cannot open model '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return seterr(err, errlen, "model '%s' is not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return seterr(err, errlen, "model '%s' is larger than this platform can map", path);
+    }
+    m->map_bytes = (size_t)st.st_size;
+    if (m->map_bytes == 0) {
+        close(fd);
+        return seterr(err, errlen, "model '%s' is empty", path);
+    }
+    m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m->map == MAP_FAILED) {
+        m->map = NULL;
+        return seterr(err, errlen, "cannot map model '%s': %s", path, strerror(errno));
+    }
+    int rc = m->map_bytes >= 4 && !memcmp(m->map, MODEL_MAGIC, 4) ? load_native(m, why, sizeof why)
+                                                                   : load_llama2c(m, why, sizeof why);
+    if (rc) {
+        model_free(m);
+        return seterr(err, errlen, "model '%s': %s", path, why);
+    }
+    return 0;
+}
+
+void model_free(Model *m) {
+    if (m->tokenizer) tokenizer_free(m->tokenizer);
+    free(m->layers);
+    free(m->tensors);
+    free(m->owned);
+    if (m->map) munmap(m->map, m->map_bytes);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------------------
+ * Sequences and contexts.
+ */
+int sequence_init(Sequence *s, const Model *m, int capacity, char *err, size_t errlen) {
+    const ModelConfig *c = &m->cfg;
+    memset(s, 0, sizeof *s);
+    if (capacity <= 0) return seterr(err, errlen, "context length must be positive");
+    size_t per_layer = (size_t)capacity * c->n_kv_heads;
+    s->k = calloc(per_layer * c->n_layers * c->head_dim, sizeof(float));
+    s->v = calloc(per_layer * c->n_layers * c->v_head_dim, sizeof(float));
+    if (!s->k || !s->v) {
+        sequence_free(s);
+        return seterr(err, errlen, "out of memory for a %d-token KV cache (%zu bytes)", capacity,
+                      (size_t)capacity * model_kv_bytes_per_token(m));
+    }
+    s->capacity = capacity;
+    return 0;
+}
+
+void sequence_free(Sequence *s) {
+    free(s->k);
+    free(s->v);
+    memset(s, 0, sizeof *s);
+}
+
+static void rope_tables(Context *c) {
+    const ModelConfig *cfg = &c->model->cfg;
+    int half = cfg->rope_dim / 2;
+    double scale = cfg->rope_scaling == ROPE_SCALING_LINEAR ? 1.0 / cfg->rope_factor : 1.0;
+    for (int m = 0; m < half; m++) {
+        double freq = pow((double)cfg->rope_theta, -2.0 * m / cfg->rope_dim) * scale;
+        for (int p = 0; p < c->ctx_len; p++) {
+            double angle = p * freq;
+            c->rope_cos[(size_t)p * half + m] = (float)cos(angle);
+            c->rope_sin[(size_t)p * half + m] = (float)sin(angle);
+        }
+    }
+}
+
+void context_free(Context *c) {
+    if (!c) return;
+    pool_free(c->pool);
+    free(c->rope_cos); free(c->rope_sin);
+    free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
+    free(c->xq); free(c->pos); free(c->scores); free(c->logits);
+    free(c);
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits, int n_threads, char *err, size_t errlen) {
+    const ModelConfig *cfg = &m->cfg;
+    if (ctx_len <= 0 || max_batch <= 0 || max_logits <= 0 || n_threads <= 0) {
+        seterr(err, errlen, "context sizes must be positive");
+        return NULL;
+    }
+    Context *c = calloc(1, sizeof *c);
+    if (!c) { seterr(err, errlen, "out of memory"); return NULL; }
+    c->model = m;
+    c->ctx_len = ctx_len;
+    c->max_batch = max_batch;
+    c->max_logits = max_logits;
+    int64_t q_dim = (int64_t)cfg->n_heads * cfg->head_dim, att_dim = (int64_t)cfg->n_heads * cfg->v_head_dim;
+    int64_t wide = max64(max64(cfg->dim, q_dim), max64(att_dim, cfg->hidden_dim));
+    size_t B = (size_t)max_batch, half = (size_t)(cfg->rope_dim / 2);
+    c->pool = pool_new(n_threads);
+    c->rope_cos = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
+    c->rope_sin = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
+    c->x = malloc(B * cfg->dim * sizeof(float));
+    c->xb = malloc(B * wide * sizeof(float));
+    c->xb2 = malloc(B * cfg->dim * sizeof(float));
+    c->q = malloc(B * q_dim * sizeof(float));
+    c->k = malloc(B * cfg->n_kv_heads * cfg->head_dim * sizeof(float));
+    c->v = malloc(B * cfg->n_kv_heads * cfg->v_head_dim * sizeof(float));
+    c->hb = malloc(B * cfg->hidden_dim * sizeof(float));
+    c->hb2 = malloc(B * cfg->hidden_dim * sizeof(float));
+    c->xq = malloc(B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
+    c->pos = malloc(B * sizeof(int));
+    c->scores = malloc((size_t)(c->pool ? c->pool->n_threads : 1) * ctx_len * sizeof(float));
+    c->logits = malloc((size_t)max_logits * cfg->vocab_size * sizeof(float));
+    if (!c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
+        !c->hb || !c->hb2 || !c->xq || !c->pos || !c->scores || !c->logits) {
+        context_free(c);
+        seterr(err, errlen, "out of memory for the run state");
+        return NULL;
+    }
+    rope_tables(c);
+    return c;
+}
+
+/* ---------------------------------------------------------------------------
+ * Matrix multiplication: out[t][r] = W[r] . in[t] for a batch of tokens and
+ * one or more matrices that read the same input (q/k/v, gate/up), so the
+ * input is quantized once and one pool job covers them all. Threads split the
+ * rows; each output is one dot product, computed the same way whatever the
+ * split or the batch size, so results are bit-identical for any --threads
+ * and a token gives the same numbers in a prompt batch as alone.
+ */
+typedef struct {
+    float *out;
+    const Matrix *w;
+} MatmulOut;
+
+typedef struct {
+    const float *in;
+    const BlockQ8A *inq;
+    int n, cols;
+    const MatmulOut *outs;
+    int n_outs;
+    int64_t total_rows;
+} MatmulJob;
+
+static inline float row_dot(const Matrix *w, int r, const float *x, const BlockQ8A *xq) {
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+    switch (w->type) {
+    case TYPE_F32: return dot_f32((const float *)row, x, w->cols);
+    case TYPE_F16: return dot_f16((const uint16_t *)row, x, w->cols);
+    case TYPE_BF16: return dot_bf16((const uint16_t *)row, x, w->cols);
+    case TYPE_Q8_0: return dot_q8_0((const BlockQ8_0 *)row, xq, w->cols);
+    default: return dot_q4_0((const BlockQ4_0 *)row, xq, w->cols);
+    }
+}
+
+#define MATMUL_TILE 16 /* rows kept hot in cache while the batch streams past */
+
+static void matmul_task(void *arg, int ith, int nth) {
+    const MatmulJob *job = arg;
+    int64_t lo, hi;
+    split_range(job->total_rows, ith, nth, MATMUL_TILE, &lo, &hi);
+    int64_t first = 0; /* first global row of the current matrix */
+    size_t blocks = (size_t)job->cols / QK;
+    for (int o = 0; o < job->n_outs && lo < hi; o++) {
+        const Matrix *w = job->outs[o].w;
+        int64_t end = first + w->rows;
+        for (int64_t r0 = lo > first ? lo : first; r0 < hi && r0 < end; r0 += MATMUL_TILE) {
+            int64_t r1 = r0 + MATMUL_TILE;
+            if (r1 > hi) r1 = hi;
+            if (r1 > end) r1 = end;
+            for (int t = 0; t < job->n; t++) {
+                const float *x = job->in + (size_t)t * job->cols;
+                const BlockQ8A *xq = job->inq + (size_t)t * blocks;
+                float *y = job->outs[o].out + (size_t)t * w->rows - first;
+                for (int64_t r = r0; r < r1; r++) y[r] = row_dot(w, (int)(r - first), x, xq);
+            }
+        }
+        first = end;
+    }
+}
+
+typedef struct {
+    const float *in;
+    BlockQ8A *out;
+    int n, cols;
+} QuantizeJob;
+
+static void quantize_task(void *arg, int ith, int nth) {
+    const QuantizeJob *job = arg;
+    int64_t lo, hi;
+    split_range(job->n, ith, nth, 1, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++)
+        quantize_row_q8a(job->in + t * job->cols, job->out + t * (job->cols / QK), job->cols);
+}
+
+static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, int n_outs) {
+    MatmulJob job = {.in = in, .inq = c->xq, .n = n, .cols = outs[0].w->cols, .outs = outs, .n_outs = n_outs};
+    int quantized = 0;
+    for (int o = 0; o < n_outs; o++) {
+        job.total_rows += outs[o].w->rows;
+        quantized |= type_is_quantized(outs[o].w->type);
+    }
+    if (quantized) {
+        QuantizeJob q = {in, c->xq, n, job.cols};
+        pool_run(c->pool, quantize_task, &q);
+    }
+    pool_run(c->pool, matmul_task, &job);
+}
+
+/* ---------------------------------------------------------------------------
+ * The forward pass.
+ */
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+    float ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / n + eps);
+    for (int i = 0; i < n; i++) out[i] = w[i] * (scale * x[i]);
+}
+
+/* Rotates adjacent pairs (2m, 2m+1) of the first rope_dim dims of each head. */
+static void rope(float *vec, int n_heads, int head_dim, int rope_dim, const float *cos_p, const float *sin_p) {
+    for (int h = 0; h < n_heads; h++) {
+        float *v = vec + (size_t)h * head_dim;
+        for (int m = 0; m < rope_dim / 2; m++) {
+            float x0 = v[2 * m], x1 = v[2 * m + 1];
+            v[2 * m] = x0 * cos_p[m] - x1 * sin_p[m];
+            v[2 * m + 1] = x0 * sin_p[m] + x1 * cos_p[m];
+        }
+    }
+}
+
+typedef struct {
+    Context *c;
+    Sequence *const *seqs;
+    int layer, n;
+} AttentionJob;
+
+/* One (token, head) pair per work item: scores against the sequence's cached
+   keys up to the token's own position, softmax, weighted sum of values. */
+static void attention_task(void *arg, int ith, int nth) {
+    const AttentionJob *job = arg;
+    Context *c = job->c;
+    const ModelConfig *cfg = &c->model->cfg;
+    int hd = cfg->head_dim, vd = cfg->v_head_dim, group = cfg->n_heads / cfg->n_kv_heads;
+    size_t kv_stride = (size_t)cfg->n_kv_heads * hd, v_stride = (size_t)cfg->n_kv_heads * vd;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *att = c->scores + (size_t)ith * c->ctx_len;
+    int64_t lo, hi;
+    split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
+    for (int64_t item = lo; item < hi; item++) {
+        int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), kvh = h / group;
+        const Sequence *s = job->seqs[t];
+        int p = c->pos[t];
+        const float *q = c->q + (size_t)t * cfg->n_heads * hd + (size_t)h * hd;
+        const float *kc = s->k + (size_t)job->layer * s->capacity * kv_stride + (size_t)kvh * hd;
+        const float *vc = s->v + (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd;
+        float max = -INFINITY;
+        for (int j = 0; j <= p; j++) {
+            att[j] = dot_f32(q, kc + (size_t)j * kv_stride, hd) * scale;
+            if (att[j] > max) max = att[j];
+        }
+        float sum = 0;
+        for (int j = 0; j <= p; j++) {
+            att[j] = expf(att[j] - max);
+            sum += att[j];
+        }
+        float *out = c->xb + (size_t)t * cfg->n_heads * vd + (size_t)h * vd;
+        memset(out, 0, (size_t)vd * sizeof(float));
+        for (int j = 0; j <= p; j++) axpy(out, att[j] / sum, vc + (size_t)j * v_stride, vd);
+    }
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want) {
+    const Model *m = c->model;
+    const ModelConfig *cfg = &m->cfg;
+    int dim = cfg->dim, hd = cfg->head_dim, vd = cfg->v_head_dim, half = cfg->rope_dim / 2;
+    int q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd, v_dim = cfg->n_kv_heads * vd;
+    if (n <= 0 || n > c->max_batch) return seterr(c->error, sizeof c->error, "batch of %d tokens (at most %d)", n, c->max_batch);
+    int n_out = 0;
+    for (int t = 0; t < n; t++) n_out += want ? !!want[t] : t == n - 1;
+    if (n_out > c->max_logits) return seterr(c->error, sizeof c->error, "%d logit rows requested (at most %d)", n_out, c->max_logits);
+    for (int t = 0; t < n; t++) {
+        if (tokens[t] < 0 || tokens[t] >= cfg->vocab_size)
+            return seterr(c->error, sizeof c->error, "token id %d out of range", tokens[t]);
+        int p = seqs[t]->n_past;
+        for (int u = 0; u < t; u++) p += seqs[u] == seqs[t];
+        if (p >= seqs[t]->capacity || p >= c->ctx_len)
+            return seterr(c->error, sizeof c->error, "context full (%d tokens)", p);
+        c->pos[t] = p;
+    }
+    for (int t = 0; t < n; t++)
+        dequantize_row(m->tok_emb.type, (const uint8_t *)m->tok_emb.data + (size_t)tokens[t] * m->tok_emb.row_bytes,
+                       c->x + (size_t)t * dim, dim);
+
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        /* attention */
+        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
+        MatmulOut qkv[3] = {{c->q, &L->wq}, {c->k, &L->wk}, {c->v, &L->wv}};
+        matmul(c, c->xb, n, qkv, 3);
+        for (int t = 0; t < n; t++) {
+            float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * kv_dim, *v = c->v + (size_t)t * v_dim;
+            if (L->bq) {
+                for (int i = 0; i < q_dim; i++) q[i] += L->bq[i];
+                for (int i = 0; i < kv_dim; i++) k[i] += L->bk[i];
+                for (int i = 0; i < v_dim; i++) v[i] += L->bv[i];
+            }
+            if (L->pos == POS_ROPE) {
+                const float *cs = c->rope_cos + (size_t)c->pos[t] * half, *sn = c->rope_sin + (size_t)c->pos[t] * half;
+                rope(q, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
+                rope(k, cfg->n_kv_heads, hd, cfg->rope_dim, cs, sn);
+            }
+            Sequence *s = seqs[t];
+            memcpy(s->k + ((size_t)l * s->capacity + c->pos[t]) * kv_dim, k, (size_t)kv_dim * sizeof(float));
+            memcpy(s->v + ((size_t)l * s->capacity + c->pos[t]) * v_dim, v, (size_t)v_dim * sizeof(float));
+        }
+        AttentionJob aj = {c, seqs, l, n};
+        pool_run(c->pool, attention_task, &aj);
+        MatmulOut o[1] = {{c->xb2, &L->wo}};
+        matmul(c, c->xb, n, o, 1);
+        for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i];
+
+        /* feed-forward: w2(silu(w1 x) * w3 x) */
+        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
+        MatmulOut gate_up[2] = {{c->hb, &L->w1}, {c->hb2, &L->w3}};
+        matmul(c, c->xb, n, gate_up, 2);
+        for (size_t i = 0; i < (size_t)n * cfg->hidden_dim; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+        MatmulOut down[1] = {{c->xb2, &L->w2}};
+        matmul(c, c->hb, n, down, 1);
+        for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i];
+    }
+    for (int t = 0; t < n; t++) seqs[t]->n_past++;
+
+    /* final norm and classifier for the wanted rows only */
+    int r = 0;
+    for (int t = 0; t < n; t++)
+        if (want ? want[t] : t == n - 1)
+            rmsnorm(c->xb + (size_t)r++ * dim, c->x + (size_t)t * dim, m->final_norm, dim, cfg->norm_eps);
+    MatmulOut cls[1] = {{c->logits, &m->output}};
+    if (n_out) matmul(c, c->xb, n_out, cls, 1);
+    return n_out;
+}
+
+#endif /* MODEL_IMPLEMENTATION */
+#endif /* MODEL_H */
