@@ -124,8 +124,20 @@ int main(int argc, char **argv) {
     }
     if (!tok) fprintf(stderr, "note: no tokenizer given (--tokenizer); ./run will need -z for this model\n");
 
+    /* Create the output first, so an unwritable destination fails before any work. */
+    if (snprintf(temp_path, sizeof temp_path, "%s.tmp.XXXXXX", out) >= (int)sizeof temp_path) die("output path too long");
+    int fd = mkstemp(temp_path);
+    if (fd < 0) {
+        temp_path[0] = 0;
+        die("cannot create a temporary file beside '%s': %s", out, strerror(errno));
+    }
+    FILE *f = fdopen(fd, "wb");
+    if (!f) die("cannot write '%s': %s", temp_path, strerror(errno));
+
     /* The output's tensor table: weights in the chosen type, vectors in f32. */
     OutTable tab = {0};
+    int n_fallback = 0;
+    const char *fallback_example = NULL;
     for (int i = 0; i < m.n_tensors; i++) {
         const Tensor *t = &m.tensors[i];
         if (!strncmp(t->name, "tokenizer.", 10)) continue; /* rewritten below */
@@ -133,13 +145,15 @@ int main(int argc, char **argv) {
         if (t->ndim == 2 && t->type <= TYPE_Q4_0) {
             type = quant;
             if (!type_row_bytes(type, t->shape[1])) {
-                fprintf(stderr, "note: %s has rows of %lld, not a multiple of %d: stored as f16\n", t->name,
-                        (long long)t->shape[1], QK);
+                if (!n_fallback++) fallback_example = t->name;
                 type = TYPE_F16;
             }
         }
         out_add(&tab, t->name, type, t->type, t->data, t->ndim, t->shape);
     }
+    if (n_fallback)
+        fprintf(stderr, "note: %d matrices have rows that are not a multiple of %d (e.g. %s): stored as f16\n", n_fallback,
+                QK, fallback_example);
     TokenizerConfig tc = {0};
     if (tok) {
         const TokenizerData *d = tokenizer_data(tok);
@@ -173,14 +187,6 @@ int main(int argc, char **argv) {
     h.config = m.cfg;
     h.tokenizer = tc;
 
-    if (snprintf(temp_path, sizeof temp_path, "%s.tmp.XXXXXX", out) >= (int)sizeof temp_path) die("output path too long");
-    int fd = mkstemp(temp_path);
-    if (fd < 0) {
-        temp_path[0] = 0;
-        die("cannot create a temporary file beside '%s': %s", out, strerror(errno));
-    }
-    FILE *f = fdopen(fd, "wb");
-    if (!f) die("cannot write '%s': %s", temp_path, strerror(errno));
     write_all(f, &h, sizeof h);
     for (int i = 0; i < tab.n; i++) {
         TensorEntry e;
@@ -197,15 +203,16 @@ int main(int argc, char **argv) {
     void *row_out = malloc((size_t)widest * sizeof(float));
     if (!row_f32 || !row_out) die("out of memory");
     static const uint8_t zeros[MODEL_ALIGN];
+    int progress = isatty(STDERR_FILENO); /* a line per tensor would flood a log */
     uint64_t at = MODEL_HEADER_BYTES + (uint64_t)tab.n * sizeof(TensorEntry);
     for (int i = 0; i < tab.n; i++) {
         const OutTensor *o = &tab.t[i];
         write_all(f, zeros, o->offset - at);
         write_tensor(f, o, row_f32, row_out);
         at = o->offset + o->nbytes;
-        fprintf(stderr, "\r[%d/%d] %-40s %-5s", i + 1, tab.n, o->name, type_name(o->type));
+        if (progress) fprintf(stderr, "\r[%d/%d] %-40s %-5s", i + 1, tab.n, o->name, type_name(o->type));
     }
-    fprintf(stderr, "\n");
+    if (progress) fprintf(stderr, "\n");
     if (fflush(f) || fsync(fileno(f)) || fclose(f)) die("cannot write '%s': %s", temp_path, strerror(errno));
     if (rename(temp_path, out)) die("cannot rename '%s' to '%s': %s", temp_path, out, strerror(errno));
     temp_path[0] = 0;

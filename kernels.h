@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -86,10 +87,7 @@ static inline size_t type_row_bytes(int type, int64_t n) {
 /* ---------------------------------------------------------------------------
  * Half-precision conversions (portable bit manipulation; F16C when present).
  */
-static inline float f16_to_f32(uint16_t h) {
-#if defined(KERNELS_AVX2)
-    return _cvtsh_ss(h);
-#else
+static inline float f16_to_f32_soft(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
     if (exp == 0x1f) bits = sign | 0x7f800000u | (mant << 13);           /* inf, nan */
     else if (exp) bits = sign | ((exp + 112) << 23) | (mant << 13);       /* normal */
@@ -102,14 +100,10 @@ static inline float f16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
-#endif
 }
 
 /* Round to nearest even, as IEEE and F16C do. */
-static inline uint16_t f32_to_f16(float f) {
-#if defined(KERNELS_AVX2)
-    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
-#else
+static inline uint16_t f32_to_f16_soft(float f) {
     uint32_t x;
     memcpy(&x, &f, 4);
     uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
@@ -126,6 +120,21 @@ static inline uint16_t f32_to_f16(float f) {
     uint32_t h = r >> 13, rem = r & 0x1fff;
     if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
     return (uint16_t)(sign | h);
+}
+
+static inline float f16_to_f32(uint16_t h) {
+#if defined(KERNELS_AVX2)
+    return _cvtsh_ss(h);
+#else
+    return f16_to_f32_soft(h);
+#endif
+}
+
+static inline uint16_t f32_to_f16(float f) {
+#if defined(KERNELS_AVX2)
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    return f32_to_f16_soft(f);
 #endif
 }
 
@@ -150,8 +159,8 @@ static inline void quantize_row_q8_0(const float *x, BlockQ8_0 *y, int64_t n) {
     for (int64_t b = 0; b < n / QK; b++, x += QK) {
         float amax = 0;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-        y[b].d = f32_to_f16(d);
+        y[b].d = f32_to_f16(amax / 127.0f);
+        float d = f16_to_f32(y[b].d), id = d ? 1.0f / d : 0.0f; /* quantize with the scale as stored */
         for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
     }
 }
@@ -162,8 +171,8 @@ static inline void quantize_row_q4_0(const float *x, BlockQ4_0 *y, int64_t n) {
         float amax = 0, max = 0;
         for (int j = 0; j < QK; j++)
             if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
-        float d = max / -8.0f, id = d ? 1.0f / d : 0.0f;
-        y[b].d = f32_to_f16(d);
+        y[b].d = f32_to_f16(max / -8.0f);
+        float d = f16_to_f32(y[b].d), id = d ? 1.0f / d : 0.0f;
         for (int j = 0; j < QK / 2; j++) {
             int lo = (int)lrintf(x[j] * id) + 8, hi = (int)lrintf(x[j + QK / 2] * id) + 8;
             lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;

@@ -1,0 +1,455 @@
+/* test_model.c - the forward pass and the model file, on the real stories260K
+ * checkpoint (../shared/assets):
+ *   - logits against a naive f32 reference forward written here, apart from
+ *     model.h's kernels (llama2.c's run.c is the model for it), for every
+ *     weight type ./export writes;
+ *   - a prompt prefilled as one batch equals the same tokens fed one by one,
+ *     bit for bit, and so do several sequences sharing one batch;
+ *   - logits are bit-identical for 1, 2, 3 and 4 threads;
+ *   - llama2.c versions 0, 1 and 2 load the same weights (version 2 written
+ *     here from export.py's description of it);
+ *   - ./export round trips: config, tokenizer and every tensor come back
+ *     within the type's rounding, f32 exactly.
+ * Usage: test_model [ASSETS_DIR]   (run from the repository root)
+ */
+#define MODEL_IMPLEMENTATION
+#include "../model.h"
+#include "check.h"
+
+#include <sys/stat.h>
+
+static char path_v0[4096], path_v1[4096], path_tok[4096];
+
+/* ---------------------------------------------------------------------------
+ * Naive reference forward: one token at a time, plain loops, f32, weights
+ * dequantized up front.
+ */
+typedef struct {
+    ModelConfig c;
+    float *emb, *out, *final_norm;
+    float **wq, **wk, **wv, **wo, **w1, **w2, **w3, **an, **fn;
+    float *kc, *vc; /* [layer][pos][kv_dim] */
+} RefModel;
+
+static float *deq_matrix(const Matrix *m) {
+    float *x = malloc((size_t)m->rows * m->cols * sizeof(float));
+    for (int r = 0; r < m->rows; r++)
+        dequantize_row(m->type, (const uint8_t *)m->data + (size_t)r * m->row_bytes, x + (size_t)r * m->cols, m->cols);
+    return x;
+}
+
+static float *copy_vec(const float *v, int n) {
+    float *x = malloc(n * sizeof(float));
+    memcpy(x, v, n * sizeof(float));
+    return x;
+}
+
+static void ref_init(RefModel *r, const Model *m, int ctx) {
+    r->c = m->cfg;
+    int L = r->c.n_layers;
+    r->emb = deq_matrix(&m->tok_emb);
+    r->out = deq_matrix(&m->output);
+    r->final_norm = copy_vec(m->final_norm, r->c.dim);
+    float ***all[] = {&r->wq, &r->wk, &r->wv, &r->wo, &r->w1, &r->w2, &r->w3, &r->an, &r->fn};
+    for (int i = 0; i < 9; i++) *all[i] = malloc(L * sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        const Layer *y = &m->layers[l];
+        r->wq[l] = deq_matrix(&y->wq); r->wk[l] = deq_matrix(&y->wk); r->wv[l] = deq_matrix(&y->wv);
+        r->wo[l] = deq_matrix(&y->wo); r->w1[l] = deq_matrix(&y->w1); r->w2[l] = deq_matrix(&y->w2);
+        r->w3[l] = deq_matrix(&y->w3);
+        r->an[l] = copy_vec(y->attn_norm, r->c.dim);
+        r->fn[l] = copy_vec(y->ffn_norm, r->c.dim);
+    }
+    size_t kv = (size_t)r->c.n_kv_heads * r->c.head_dim;
+    r->kc = calloc((size_t)L * ctx * kv, sizeof(float));
+    r->vc = calloc((size_t)L * ctx * kv, sizeof(float));
+}
+
+static void ref_free(RefModel *r) {
+    for (int l = 0; l < r->c.n_layers; l++) {
+        free(r->wq[l]); free(r->wk[l]); free(r->wv[l]); free(r->wo[l]); free(r->w1[l]); free(r->w2[l]); free(r->w3[l]);
+        free(r->an[l]); free(r->fn[l]);
+    }
+    free(r->wq); free(r->wk); free(r->wv); free(r->wo); free(r->w1); free(r->w2); free(r->w3); free(r->an); free(r->fn);
+    free(r->emb); free(r->out); free(r->final_norm); free(r->kc); free(r->vc);
+}
+
+static void ref_matvec(float *y, const float *w, const float *x, int rows, int cols) {
+    for (int i = 0; i < rows; i++) {
+        double s = 0;
+        for (int j = 0; j < cols; j++) s += (double)w[(size_t)i * cols + j] * x[j];
+        y[i] = (float)s;
+    }
+}
+
+static void ref_rmsnorm(float *o, const float *x, const float *w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    double s = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) o[i] = (float)(w[i] * x[i] * s);
+}
+
+/* Logits of the token at position pos (the cache holds positions < pos). */
+static void ref_forward(RefModel *r, int ctx, int token, int pos, float *logits) {
+    const ModelConfig *c = &r->c;
+    int dim = c->dim, hd = c->head_dim, kv = c->n_kv_heads * hd, hidden = c->hidden_dim;
+    float x[4096], xb[4096], q[4096], k[4096], v[4096], att[4096], h1[16384], h3[16384], o[4096];
+    memcpy(x, r->emb + (size_t)token * dim, dim * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        ref_rmsnorm(xb, x, r->an[l], dim, c->norm_eps);
+        ref_matvec(q, r->wq[l], xb, c->n_heads * hd, dim);
+        ref_matvec(k, r->wk[l], xb, kv, dim);
+        ref_matvec(v, r->wv[l], xb, kv, dim);
+        for (int i = 0; i < c->n_heads * hd; i += 2) { /* adjacent pairs, angle pos * theta^(-2m/d) */
+            int m = (i % hd) / 2;
+            double a = pos * pow(c->rope_theta, -2.0 * m / hd), cs = cos(a), sn = sin(a);
+            float q0 = q[i], q1 = q[i + 1];
+            q[i] = (float)(q0 * cs - q1 * sn); q[i + 1] = (float)(q0 * sn + q1 * cs);
+            if (i < kv) {
+                float k0 = k[i], k1 = k[i + 1];
+                k[i] = (float)(k0 * cs - k1 * sn); k[i + 1] = (float)(k0 * sn + k1 * cs);
+            }
+        }
+        float *kc = r->kc + (size_t)l * ctx * kv, *vc = r->vc + (size_t)l * ctx * kv;
+        memcpy(kc + (size_t)pos * kv, k, kv * sizeof(float));
+        memcpy(vc + (size_t)pos * kv, v, kv * sizeof(float));
+        for (int h = 0; h < c->n_heads; h++) {
+            int g = h / (c->n_heads / c->n_kv_heads);
+            double max = -1e300, sum = 0;
+            for (int j = 0; j <= pos; j++) {
+                double s = 0;
+                for (int d = 0; d < hd; d++) s += (double)q[h * hd + d] * kc[(size_t)j * kv + g * hd + d];
+                att[j] = (float)(s / sqrt(hd));
+                if (att[j] > max) max = att[j];
+            }
+            for (int j = 0; j <= pos; j++) sum += exp(att[j] - max);
+            for (int d = 0; d < hd; d++) {
+                double s = 0;
+                for (int j = 0; j <= pos; j++) s += exp(att[j] - max) / sum * vc[(size_t)j * kv + g * hd + d];
+                o[h * hd + d] = (float)s;
+            }
+        }
+        ref_matvec(xb, r->wo[l], o, dim, c->n_heads * hd);
+        for (int i = 0; i < dim; i++) x[i] += xb[i];
+        ref_rmsnorm(xb, x, r->fn[l], dim, c->norm_eps);
+        ref_matvec(h1, r->w1[l], xb, hidden, dim);
+        ref_matvec(h3, r->w3[l], xb, hidden, dim);
+        for (int i = 0; i < hidden; i++) h1[i] = (float)(h1[i] / (1 + exp(-(double)h1[i])) * h3[i]);
+        ref_matvec(xb, r->w2[l], h1, dim, hidden);
+        for (int i = 0; i < dim; i++) x[i] += xb[i];
+    }
+    ref_rmsnorm(xb, x, r->final_norm, dim, c->norm_eps);
+    ref_matvec(logits, r->out, xb, c->vocab_size, dim);
+}
+
+static const int prompt[] = {1, 403, 407, 261, 378, 289, 31, 44, 280, 401, 260, 301, 288, 269, 339, 394, 270, 30, 46, 259};
+#define N_PROMPT ((int)(sizeof prompt / sizeof *prompt))
+
+static double rel_error(const float *a, const float *b, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
+
+/* Runs the prompt through the engine as one batch (all logits) and through
+   the reference one token at a time; returns the worst relative error. */
+static double compare_with_reference(const Model *m) {
+    int V = m->cfg.vocab_size, ctx = 64;
+    char err[256];
+    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, err, sizeof err);
+    Sequence s;
+    sequence_init(&s, m, ctx, err, sizeof err);
+    Sequence *seqs[N_PROMPT];
+    uint8_t want[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s, want[i] = 1;
+    model_forward(c, seqs, prompt, N_PROMPT, want);
+    RefModel r;
+    ref_init(&r, m, ctx);
+    float *ref = malloc(V * sizeof(float));
+    double worst = 0;
+    for (int t = 0; t < N_PROMPT; t++) {
+        ref_forward(&r, ctx, prompt[t], t, ref);
+        double e = rel_error(c->logits + (size_t)t * V, ref, V);
+        if (e > worst) worst = e;
+    }
+    free(ref);
+    ref_free(&r);
+    sequence_free(&s);
+    context_free(c);
+    return worst;
+}
+
+/* ---------------------------------------------------------------------------
+ * Batching and threads.
+ */
+static void test_batching_and_threads(const Model *m) {
+    int V = m->cfg.vocab_size, ctx = 64;
+    char err[256];
+    float *batch_logits = malloc((size_t)N_PROMPT * V * sizeof(float));
+    Sequence s, s2;
+    Sequence *seqs[2 * N_PROMPT];
+    uint8_t want[2 * N_PROMPT];
+    memset(want, 1, sizeof want);
+
+    /* one batch, 1 thread: the baseline */
+    Context *c = context_new(m, ctx, 2 * N_PROMPT, 2 * N_PROMPT, 1, err, sizeof err);
+    sequence_init(&s, m, ctx, err, sizeof err);
+    for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s;
+    int rows = model_forward(c, seqs, prompt, N_PROMPT, want);
+    memcpy(batch_logits, c->logits, (size_t)N_PROMPT * V * sizeof(float));
+    CHECK(rows == N_PROMPT && s.n_past == N_PROMPT, "a %d-token batch returns a logit row per wanted token", N_PROMPT);
+
+    /* token by token */
+    int same = 1;
+    s.n_past = 0;
+    for (int t = 0; t < N_PROMPT; t++) {
+        model_forward(c, seqs, prompt + t, 1, NULL);
+        same &= !memcmp(c->logits, batch_logits + (size_t)t * V, V * sizeof(float));
+    }
+    CHECK(same, "prefill as one batch == token-by-token decode, bit for bit");
+
+    /* two sequences interleaved in one batch: A gets the prompt, B its reverse */
+    int tokens[2 * N_PROMPT];
+    sequence_init(&s2, m, ctx, err, sizeof err);
+    s.n_past = 0;
+    for (int t = 0; t < N_PROMPT; t++) {
+        tokens[2 * t] = prompt[t], seqs[2 * t] = &s;
+        tokens[2 * t + 1] = prompt[N_PROMPT - 1 - t], seqs[2 * t + 1] = &s2;
+    }
+    model_forward(c, seqs, tokens, 2 * N_PROMPT, want);
+    same = 1;
+    for (int t = 0; t < N_PROMPT; t++) same &= !memcmp(c->logits + (size_t)2 * t * V, batch_logits + (size_t)t * V, V * sizeof(float));
+    float *b_logits = malloc((size_t)N_PROMPT * V * sizeof(float));
+    for (int t = 0; t < N_PROMPT; t++) memcpy(b_logits + (size_t)t * V, c->logits + (size_t)(2 * t + 1) * V, V * sizeof(float));
+    s2.n_past = 0;
+    int rev[N_PROMPT];
+    for (int t = 0; t < N_PROMPT; t++) rev[t] = prompt[N_PROMPT - 1 - t], seqs[t] = &s2;
+    model_forward(c, seqs, rev, N_PROMPT, want);
+    same &= !memcmp(c->logits, b_logits, (size_t)N_PROMPT * V * sizeof(float));
+    CHECK(same, "two sequences sharing a batch == each run alone, bit for bit");
+    context_free(c);
+
+    for (int threads = 2; threads <= 4; threads++) {
+        c = context_new(m, ctx, N_PROMPT, N_PROMPT, threads, err, sizeof err);
+        s.n_past = 0;
+        for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s;
+        model_forward(c, seqs, prompt, N_PROMPT, want);
+        CHECK(!memcmp(c->logits, batch_logits, (size_t)N_PROMPT * V * sizeof(float)),
+              "%d threads give bit-identical logits to 1 thread", threads);
+        context_free(c);
+    }
+
+    c = context_new(m, ctx, 4, 4, 1, err, sizeof err);
+    s.n_past = 0;
+    for (int i = 0; i < 4; i++) seqs[i] = &s;
+    rows = model_forward(c, seqs, prompt, 5, NULL);
+    CHECK(rows < 0 && strstr(c->error, "batch"), "a batch larger than the context's maximum is refused: %s", c->error);
+    int bad_token = m->cfg.vocab_size;
+    rows = model_forward(c, seqs, &bad_token, 1, NULL);
+    CHECK(rows < 0 && strstr(c->error, "out of range"), "an out-of-range token id is refused: %s", c->error);
+    s.n_past = s.capacity;
+    rows = model_forward(c, seqs, prompt, 1, NULL);
+    CHECK(rows < 0 && strstr(c->error, "context full"), "a full sequence is refused: %s", c->error);
+    context_free(c);
+    sequence_free(&s);
+    sequence_free(&s2);
+    free(batch_logits);
+    free(b_logits);
+}
+
+/* ---------------------------------------------------------------------------
+ * llama2.c formats.
+ */
+static float *deq_tensor(const Tensor *t, size_t *numel) {
+    int64_t cols = t->shape[t->ndim - 1], rows = 1;
+    for (int d = 0; d < t->ndim - 1; d++) rows *= t->shape[d];
+    float *x = malloc((size_t)rows * cols * sizeof(float));
+    for (int64_t r = 0; r < rows; r++)
+        dequantize_row(t->type, (const uint8_t *)t->data + r * type_row_bytes(t->type, cols), x + r * cols, cols);
+    *numel = (size_t)rows * cols;
+    return x;
+}
+
+/* Same names and shapes, and every value within tol of the reference, measured
+   against the largest magnitude of its scale group: `group` consecutive
+   elements (0: a row). The worst error goes to *worst. */
+static int same_tensors(const Model *ref, const Model *b, int group, double tol, double *worst) {
+    *worst = 0;
+    if (ref->n_tensors != b->n_tensors) return 0;
+    for (int i = 0; i < ref->n_tensors; i++) {
+        const Tensor *ta = &ref->tensors[i], *tb = model_tensor(b, ta->name);
+        if (!tb || ta->ndim != tb->ndim || memcmp(ta->shape, tb->shape, sizeof ta->shape)) return 0;
+        size_t n, n2, g = group ? (size_t)group : (size_t)ta->shape[ta->ndim - 1];
+        float *xa = deq_tensor(ta, &n), *xb = deq_tensor(tb, &n2);
+        for (size_t s = 0; s < n; s += g) {
+            float amax = 0;
+            for (size_t j = s; j < s + g && j < n; j++) amax = fmaxf(amax, fabsf(xa[j]));
+            for (size_t j = s; j < s + g && j < n; j++) {
+                double e = fabs(xa[j] - xb[j]) / (amax + 1e-30);
+                if (e > *worst) *worst = e;
+            }
+        }
+        free(xa);
+        free(xb);
+    }
+    return *worst <= tol;
+}
+
+/* Writes stories260K as a llama2.c version-2 file: 256-byte header (magic,
+   version 2, seven ints, shared-classifier byte, group size), f32 norms,
+   then every matrix's int8 values, then all their f32 scales. */
+static int write_v2(const Model *m, const char *path, int group) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    uint8_t hdr[256] = {0};
+    uint32_t magic = 0x616b3432u;
+    int32_t ints[9] = {0, 2, m->cfg.dim, m->cfg.hidden_dim, m->cfg.n_layers, m->cfg.n_heads, m->cfg.n_kv_heads,
+                       m->cfg.vocab_size, m->cfg.max_seq_len};
+    memcpy(ints, &magic, 4);
+    memcpy(hdr, ints, sizeof ints);
+    hdr[36] = 1;
+    memcpy(hdr + 37, &group, 4);
+    fwrite(hdr, 1, 256, f);
+    char name[64];
+    const char *norms[] = {"attention_norm", "ffn_norm"};
+    for (int k = 0; k < 2; k++)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            snprintf(name, sizeof name, "layers.%d.%s", l, norms[k]);
+            const Tensor *t = model_tensor(m, name);
+            fwrite(t->data, 1, t->nbytes, f);
+        }
+    fwrite(model_tensor(m, "norm")->data, 1, m->cfg.dim * 4, f);
+    const char *mats[] = {"attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"};
+    const Tensor *order[64];
+    int n = 0;
+    order[n++] = model_tensor(m, "tok_embeddings");
+    for (int k = 0; k < 7; k++)
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            snprintf(name, sizeof name, "layers.%d.%s", l, mats[k]);
+            order[n++] = model_tensor(m, name);
+        }
+    for (int pass = 0; pass < 2; pass++) /* values, then scales */
+        for (int i = 0; i < n; i++) {
+            const float *w = order[i]->data;
+            size_t numel = order[i]->nbytes / 4;
+            for (size_t g = 0; g < numel / group; g++) {
+                float amax = 0;
+                for (int j = 0; j < group; j++) amax = fmaxf(amax, fabsf(w[g * group + j]));
+                float scale = amax / 127.0f;
+                if (pass == 1) { fwrite(&scale, 4, 1, f); continue; }
+                for (int j = 0; j < group; j++) {
+                    int8_t q = (int8_t)roundf(scale ? w[g * group + j] / scale : 0);
+                    fwrite(&q, 1, 1, f);
+                }
+            }
+        }
+    return fclose(f);
+}
+
+static void test_llama2c_versions(const Model *v0) {
+    char err[512];
+    Model v1;
+    int rc = model_load(&v1, path_v1, err, sizeof err);
+    CHECK(rc == 0, "llama2.c version 1 file loads %s", rc ? err : "");
+    if (rc) return;
+    double worst;
+    int same = same_tensors(v0, &v1, 0, 0, &worst);
+    CHECK(same && !memcmp(&v0->cfg, &v1.cfg, sizeof v0->cfg),
+          "versions 0 and 1 hold the same config and weights");
+    model_free(&v1);
+
+    const char *p2 = "tests/tmp/stories260K_v2.bin";
+    Model v2;
+    rc = write_v2(v0, p2, 64) || model_load(&v2, p2, err, sizeof err);
+    CHECK(rc == 0, "llama2.c version 2 (int8, groups of 64) file loads %s", rc ? err : "");
+    if (rc) return;
+    same = same_tensors(v0, &v2, 64, 0.5 / 127 * 1.0001, &worst);
+    CHECK(v2.source == SOURCE_LLAMA2C_V2 && same,
+          "version 2 weights equal version 0 within half an int8 step of each group (worst %.5f of the group's max)", worst);
+    double e = compare_with_reference(&v2);
+    CHECK(e < 1e-5, "version 2 forward matches the reference on its own weights (rel %.2g)", e);
+    model_free(&v2);
+}
+
+/* ---------------------------------------------------------------------------
+ * ./export round trips.
+ */
+static void test_export(const Model *v0) {
+    const char *types[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+    /* Worst element error relative to the row's largest value: f16 and bf16
+       round each value; q8_0 steps are max/127, q4_0 steps max/8 (one step
+       where the 4-bit range clamps). */
+    const double tol[] = {0, 1.0 / 2048, 1.0 / 256, 0.5 / 127 * 1.01, 1.0 / 8 * 1.01};
+    const int group[] = {0, 0, 0, QK, QK};
+    const double fwd_tol[] = {1e-5, 1e-5, 1e-5, 1e-5, 1e-5};
+    char cmd[16384], out[4096], err[512];
+    for (int i = 0; i < 5; i++) {
+        snprintf(out, sizeof out, "tests/tmp/stories260K_%s.bin", types[i]);
+        snprintf(cmd, sizeof cmd, "./export '%s' '%s' --tokenizer '%s' --quant %s 2>/dev/null", path_v0, out, path_tok, types[i]);
+        int rc = system(cmd);
+        Model m;
+        rc = rc || model_load(&m, out, err, sizeof err);
+        CHECK(rc == 0, "export --quant %s writes a file that loads %s", types[i], rc ? err : "");
+        if (rc) continue;
+        Model stripped = m; /* compare weights only: the tokenizer tensors are extra */
+        stripped.n_tensors = v0->n_tensors;
+        double worst;
+        int ok = same_tensors(v0, &stripped, group[i], tol[i], &worst);
+        CHECK(ok && !memcmp(&m.cfg, &v0->cfg, sizeof m.cfg), "export %s: config equal, weights within %.3g of their group's max (worst %.3g)",
+              types[i], tol[i], worst);
+        if (i == 0) {
+            int exact = 1;
+            for (int t = 0; t < v0->n_tensors; t++) {
+                const Tensor *a = &v0->tensors[t], *b = model_tensor(&m, a->name);
+                exact &= b && a->nbytes == b->nbytes && !memcmp(a->data, b->data, a->nbytes);
+            }
+            CHECK(exact, "export f32: every tensor byte-identical to the source");
+        }
+        for (int t = 0; t < m.n_tensors; t++) {
+            size_t off = (const uint8_t *)m.tensors[t].data - (const uint8_t *)m.map;
+            if (off % MODEL_ALIGN) { ok = 0; break; }
+        }
+        CHECK(ok, "export %s: every tensor is 64-byte aligned", types[i]);
+        double e = compare_with_reference(&m);
+        CHECK(e < (type_is_quantized(m.layers[0].wq.type) ? 2e-2 : fwd_tol[i]),
+              "export %s: forward matches the f32 reference on the dequantized weights (rel %.2g)", types[i], e);
+        if (i == 3) {
+            CHECK(m.layers[0].w1.type == TYPE_Q8_0 && m.layers[0].w2.type == TYPE_F16,
+                  "rows of 172 (not a multiple of 32) fall back to f16, the rest stay q8_0");
+            Tokenizer *t = tokenizer_load_llama2c(path_tok, m.cfg.vocab_size, err, sizeof err);
+            const TokenizerData *a = tokenizer_data(t), *b = tokenizer_data(m.tokenizer);
+            int same = a->n_vocab == b->n_vocab && a->bos_id == b->bos_id && a->eos_id == b->eos_id &&
+                       !memcmp(a->piece_offset, b->piece_offset, (a->n_vocab + 1) * 4) &&
+                       !memcmp(a->piece_bytes, b->piece_bytes, a->piece_offset[a->n_vocab]) &&
+                       !memcmp(a->scores, b->scores, a->n_vocab * 4) && !memcmp(a->types, b->types, a->n_vocab);
+            CHECK(same, "the embedded tokenizer equals tokenizer.bin");
+            tokenizer_free(t);
+        }
+        model_free(&m);
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *assets = assets_dir(argc, argv);
+    if (!assets) return check_summary();
+    mkdir("tests/tmp", 0755);
+    snprintf(path_v0, sizeof path_v0, "%s/llama2c/stories260K.bin", assets);
+    snprintf(path_v1, sizeof path_v1, "%s/llama2c/stories260K_v1.bin", assets);
+    snprintf(path_tok, sizeof path_tok, "%s/llama2c/tok512.bin", assets);
+    Model m;
+    char err[512];
+    if (model_load(&m, path_v0, err, sizeof err)) {
+        CHECK(0, "stories260K loads: %s", err);
+        return check_summary();
+    }
+    double e = compare_with_reference(&m);
+    CHECK(e < 1e-5, "stories260K forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", e);
+    test_batching_and_threads(&m);
+    test_llama2c_versions(&m);
+    test_export(&m);
+    model_free(&m);
+    return check_summary();
+}
