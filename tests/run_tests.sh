@@ -12,8 +12,8 @@ failed=0
 pass() { passed=$((passed + 1)); echo "PASS $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL $1"; }
 check() { # check NAME CONDITION-COMMAND...
-    name=$1; shift
-    if "$@"; then pass "$name"; else fail "$name"; fi
+    _check_name=$1; shift
+    if "$@"; then pass "$_check_name"; else fail "$_check_name"; fi
 }
 
 # C unit tests report their own lines and a summary we add up.
@@ -45,14 +45,14 @@ fi
 # expect_error NAME COMMAND...: exit status 1 (no signal), exactly one line on
 # stderr, and it starts with "error: ".
 expect_error() {
-    name=$1; shift
+    _check_name=$1; shift
     "$@" > $TMP/err.out 2> $TMP/err.txt
     status=$?
     lines=$(wc -l < $TMP/err.txt)
     if [ $status -eq 1 ] && [ "$lines" -eq 1 ] && grep -q '^error: ' $TMP/err.txt; then
-        pass "$name: $(cat $TMP/err.txt)"
+        pass "$_check_name: $(cat $TMP/err.txt)"
     else
-        fail "$name (status $status, $lines lines on stderr: $(head -c 300 $TMP/err.txt))"
+        fail "$_check_name (status $status, $lines lines on stderr: $(head -c 300 $TMP/err.txt))"
     fi
 }
 
@@ -144,6 +144,36 @@ assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)
 "
     ./run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
     check "--verbose prints the KV cache bytes per token" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
+
+    # The float64 transformers oracle (tests/oracle): same ids, same NLL, same greedy tokens.
+    FIX=tests/fixtures/stories260K_oracle.json
+    head -c 1000 $ASSETS/text/tinystories_sample_cs336.txt > $TMP/oracle_tiny.txt
+    head -c 3000 $ASSETS/text/pg1342_pride_and_prejudice.txt > $TMP/oracle_pride.txt
+    for case in tiny:tinystories:512 pride:pride_ctx128:128; do
+        f=${case%%:*}; rest=${case#*:}; name=${rest%%:*}; ctx=${rest#*:}
+        ./run $V0 -z $TOK -f $TMP/oracle_$f.txt --tokenize > $TMP/oracle_$f.ids
+        check "oracle $name: --tokenize equals SentencePiece's ids" python3 -c "
+import json
+assert json.load(open('$TMP/oracle_$f.ids'))==json.load(open('$FIX'))['cases']['$name']['ids']"
+        for model in $V0 $TMP/s_f32.bin; do
+            ./run $model -z $TOK -f $TMP/oracle_$f.txt --ppl --json --ctx $ctx > $TMP/oracle_$f.ppl
+            check "oracle $name: --ppl of $(basename $model) within 1e-4 of transformers' float64 NLL" python3 -c "
+import json
+got=json.load(open('$TMP/oracle_$f.ppl')); want=json.load(open('$FIX'))['cases']['$name']
+assert got['tokens']==want['n_tokens'], got
+assert abs(got['mean_nll']-want['mean_nll'])<=1e-4*want['mean_nll'], (got, want['mean_nll'])"
+        done
+        ./run $TMP/s_q8_0.bin -f $TMP/oracle_$f.txt --ppl --json --ctx $ctx > $TMP/oracle_$f.q8
+        check "oracle $name: --ppl of the q8_0 export within 1% of transformers' float64 NLL" python3 -c "
+import json
+got=json.load(open('$TMP/oracle_$f.q8')); want=json.load(open('$FIX'))['cases']['$name']
+assert abs(got['mean_nll']-want['mean_nll'])<=1e-2*want['mean_nll'], (got, want['mean_nll'])"
+    done
+    ./run $V0 -z $TOK -t 0 -n 64 --json > $TMP/oracle_greedy.json 2>/dev/null
+    check "oracle: 64 greedy tokens from BOS equal transformers' float64 argmax" python3 -c "
+import json
+got=json.loads(open('$TMP/oracle_greedy.json').read().splitlines()[-1])['ids']
+assert got==json.load(open('$FIX'))['greedy']['ids'], got"
 
     # Malformed model files: truncated at several points, corrupted fields.
     size=$(wc -c < $TMP/s_q8_0.bin)
