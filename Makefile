@@ -1,6 +1,6 @@
 # Build: make            -> ./run and ./export
 #        make test       -> the whole test suite (last line: N passed, N failed)
-#        make debug      -> -O0 -g with AddressSanitizer and UBSan
+#        make sanitize   -> the test suite on ASan + UBSan builds (build/sanitize)
 #        make PORTABLE=1 -> no -march=native (scalar kernels unless CFLAGS adds SIMD flags)
 CC ?= cc
 OPT ?= -O3
@@ -32,12 +32,19 @@ TEST_BINS = tests/bin/test_kernels tests/bin/test_tokenizer tests/bin/test_model
 test: all $(TEST_BINS)
 	@sh tests/run_tests.sh
 
-debug:
-	$(MAKE) clean
-	$(MAKE) all $(TEST_BINS) OPT="-O1 -g" CFLAGS="-O1 -g $(ARCH) -fsanitize=address,undefined -fno-omit-frame-pointer"
+# The same suite on binaries built with AddressSanitizer and UBSan, in build/sanitize.
+SAN = build/sanitize
+SANFLAGS = -O1 -g $(ARCH) -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+sanitize:
+	@mkdir -p $(SAN)
+	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/run run.c tokenizer.c $(LDLIBS)
+	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/export export.c tokenizer.c $(LDLIBS)
+	for t in test_kernels test_tokenizer test_model; do \
+	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/$$t tests/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
+	@BIN=$(SAN) sh tests/run_tests.sh
 
 clean:
 	rm -f run export
-	rm -rf tests/bin tests/tmp
+	rm -rf tests/bin tests/tmp build
 
-.PHONY: all test debug clean
+.PHONY: all test sanitize clean

@@ -422,6 +422,24 @@ static void run_generate(Engine *e, const int *prompt, int n_prompt, const Optio
     free(s.index);
 }
 
+/* Generation or scoring: the context and the sequence live only here. */
+static void run_model(Engine *e, const int *tokens, int n, const Options *o) {
+    char err[512];
+    e->ctx_len = o->ctx ? o->ctx : e->model.cfg.max_seq_len;
+    if (!o->ppl && n > e->ctx_len) die("the prompt has %d tokens, more than the context of %d", n, e->ctx_len);
+    int batch = o->ppl ? (e->ctx_len < 256 ? e->ctx_len : 256) : (e->ctx_len < 512 ? e->ctx_len : 512);
+    e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl ? batch : 1, o->threads, err, sizeof err);
+    if (!e->ctx) die("%s", err);
+    if (sequence_init(&e->seq, &e->model, e->ctx_len, err, sizeof err)) die("%s", err);
+    if (o->verbose) print_verbose(e, o);
+
+    if (o->ppl) run_ppl(e, tokens, n, o);
+    else run_generate(e, tokens, n, o);
+
+    sequence_free(&e->seq);
+    context_free(e->ctx);
+}
+
 int main(int argc, char **argv) {
     Options o = parse_options(argc, argv);
     Engine e = {0};
@@ -453,26 +471,14 @@ int main(int argc, char **argv) {
         printf("[");
         for (int i = 0; i < n; i++) printf(i ? ", %d" : "%d", tokens[i]);
         printf("]\n");
-        return 0;
+    } else {
+        if (n == 0) die("the prompt is empty and the model has no beginning-of-sequence token");
+        run_model(&e, tokens, n, &o);
     }
-    if (n == 0) die("the prompt is empty and the model has no beginning-of-sequence token");
-
-    e.ctx_len = o.ctx ? o.ctx : e.model.cfg.max_seq_len;
-    if (!o.ppl && n > e.ctx_len) die("the prompt has %d tokens, more than the context of %d", n, e.ctx_len);
-    int batch = o.ppl ? (e.ctx_len < 256 ? e.ctx_len : 256) : (e.ctx_len < 512 ? e.ctx_len : 512);
-    e.ctx = context_new(&e.model, e.ctx_len, batch, o.ppl ? batch : 1, o.threads, err, sizeof err);
-    if (!e.ctx) die("%s", err);
-    if (sequence_init(&e.seq, &e.model, e.ctx_len, err, sizeof err)) die("%s", err);
-    if (o.verbose) print_verbose(&e, &o);
-
-    if (o.ppl) run_ppl(&e, tokens, n, &o);
-    else run_generate(&e, tokens, n, &o);
-
-    sequence_free(&e.seq);
-    context_free(e.ctx);
     tokenizer_free(e.own_tokenizer);
     model_free(&e.model);
     free(tokens);
     free(text);
     return 0;
 }
+

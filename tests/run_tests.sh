@@ -4,6 +4,11 @@
 # "N passed, N failed". Tests that need ../shared/assets skip when it is
 # missing, and fail when CI=true.
 ASSETS=${ASSETS:-../shared/assets}
+# BIN: where run, export and the test programs are (make sanitize sets it)
+BIN=${BIN:-.}
+TESTBIN=$BIN
+[ "$BIN" = . ] && TESTBIN=tests/bin
+export EXPORT="$BIN/export"
 TMP=tests/tmp
 mkdir -p $TMP
 passed=0
@@ -19,7 +24,7 @@ check() { # check NAME CONDITION-COMMAND...
 # C unit tests report their own lines and a summary we add up.
 for t in test_kernels test_tokenizer test_model; do
     echo "== $t"
-    tests/bin/$t "$ASSETS" > $TMP/$t.log 2>&1
+    $TESTBIN/$t "$ASSETS" > $TMP/$t.log 2>&1
     status=$?
     grep -E '^(PASS|FAIL|SKIP)' $TMP/$t.log
     summary=$(tail -n 1 $TMP/$t.log)
@@ -57,14 +62,14 @@ expect_error() {
 }
 
 # Option errors need no model file at all.
-expect_error "no such model" ./run $TMP/does-not-exist.bin -p hi
-expect_error "model is a folder" ./run tests -p hi
+expect_error "no such model" $BIN/run $TMP/does-not-exist.bin -p hi
+expect_error "model is a folder" $BIN/run tests -p hi
 printf 'this is not a model file, just text' > $TMP/garbage.bin
-expect_error "unknown magic" ./run $TMP/garbage.bin -p hi
+expect_error "unknown magic" $BIN/run $TMP/garbage.bin -p hi
 : > $TMP/empty.bin
-expect_error "empty model file" ./run $TMP/empty.bin
-expect_error "export from a missing file" ./export $TMP/does-not-exist.bin $TMP/x.bin
-expect_error "export of a text file" ./export $TMP/garbage.bin $TMP/x.bin
+expect_error "empty model file" $BIN/run $TMP/empty.bin
+expect_error "export from a missing file" $BIN/export $TMP/does-not-exist.bin $TMP/x.bin
+expect_error "export of a text file" $BIN/export $TMP/garbage.bin $TMP/x.bin
 check "a failed export leaves no output" test ! -e $TMP/x.bin
 
 if [ $have_assets -eq 1 ]; then
@@ -74,47 +79,47 @@ if [ $have_assets -eq 1 ]; then
     GOLDEN=$ASSETS/golden/stories260K_t0_n200.stdout
 
     # llama2.c's own test: exact greedy output of stories260K.
-    ./run $V0 -z $TOK -t 0 -n 200 > $TMP/golden.out 2> $TMP/golden.err
+    $BIN/run $V0 -z $TOK -t 0 -n 200 > $TMP/golden.out 2> $TMP/golden.err
     check "stories260K.bin -z tok512.bin -t 0 -n 200 prints llama2.c's expected text exactly" cmp -s $TMP/golden.out $GOLDEN
     check "the stats line reports prompt and generated tokens with tok/s" \
         grep -Eq '^prompt: 1 tokens, [0-9.]+ tok/s \| generated: 200 tokens, [0-9.]+ tok/s$' $TMP/golden.err
-    ./run $V1 -z $TOK -t 0 -n 200 --threads 1 > $TMP/golden1.out 2>/dev/null
+    $BIN/run $V1 -z $TOK -t 0 -n 200 --threads 1 > $TMP/golden1.out 2>/dev/null
     check "the version-1 checkpoint prints the same text" cmp -s $TMP/golden1.out $GOLDEN
 
     for q in f32 f16 q8_0 q4_0; do
-        ./export $V0 $TMP/s_$q.bin --tokenizer $TOK --quant $q 2> $TMP/export_$q.err
+        $BIN/export $V0 $TMP/s_$q.bin --tokenizer $TOK --quant $q 2> $TMP/export_$q.err
         check "export --quant $q succeeds" test -s $TMP/s_$q.bin
     done
     check "export notes the f16 fallback for rows of 172" grep -q 'note: 5 matrices have rows that are not a multiple of 32 (e.g. layers.0.feed_forward.w2): stored as f16' $TMP/export_q8_0.err
-    ./run $TMP/s_f32.bin -t 0 -n 200 > $TMP/golden_f32.out 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -t 0 -n 200 > $TMP/golden_f32.out 2>/dev/null
     check "the exported f32 model (tokenizer inside) prints the expected text" cmp -s $TMP/golden_f32.out $GOLDEN
-    ./run $TMP/s_q8_0.bin -t 0 -n 40 > $TMP/q8.out 2>/dev/null
+    $BIN/run $TMP/s_q8_0.bin -t 0 -n 40 > $TMP/q8.out 2>/dev/null
     check "the q8_0 model still tells the story" grep -q '^Once upon a time, there was a little girl named Lily' $TMP/q8.out
 
     # Sampling: the same seed gives the same text for every thread count.
     for t in 1 2 3; do
-        ./run $TMP/s_q8_0.bin -t 0.9 --top-p 0.9 -s 42 -n 120 --threads $t > $TMP/sample_$t.out 2>/dev/null
+        $BIN/run $TMP/s_q8_0.bin -t 0.9 --top-p 0.9 -s 42 -n 120 --threads $t > $TMP/sample_$t.out 2>/dev/null
     done
     check "sampled text with a fixed seed is identical for 1, 2 and 3 threads" \
         sh -c "cmp -s $TMP/sample_1.out $TMP/sample_2.out && cmp -s $TMP/sample_1.out $TMP/sample_3.out"
-    ./run $TMP/s_q8_0.bin -t 0.9 -s 43 -n 120 > $TMP/sample_43.out 2>/dev/null
+    $BIN/run $TMP/s_q8_0.bin -t 0.9 -s 43 -n 120 > $TMP/sample_43.out 2>/dev/null
     check "another seed gives another text" sh -c "! cmp -s $TMP/sample_1.out $TMP/sample_43.out"
-    ./run $TMP/s_q8_0.bin -t 1 --top-k 1 -s 7 -n 50 > $TMP/topk1.out 2>/dev/null
-    ./run $TMP/s_q8_0.bin -t 0 -n 50 > $TMP/greedy50.out 2>/dev/null
+    $BIN/run $TMP/s_q8_0.bin -t 1 --top-k 1 -s 7 -n 50 > $TMP/topk1.out 2>/dev/null
+    $BIN/run $TMP/s_q8_0.bin -t 0 -n 50 > $TMP/greedy50.out 2>/dev/null
     check "--top-k 1 samples the greedy text" cmp -s $TMP/topk1.out $TMP/greedy50.out
 
     # -f reads the prompt byte for byte, same as -p.
     printf 'Once upon a time' > $TMP/prompt.txt
-    ./run $TMP/s_f32.bin -f $TMP/prompt.txt -t 0 -n 30 > $TMP/f.out 2>/dev/null
-    ./run $TMP/s_f32.bin -p 'Once upon a time' -t 0 -n 30 > $TMP/p.out 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -f $TMP/prompt.txt -t 0 -n 30 > $TMP/f.out 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -t 0 -n 30 > $TMP/p.out 2>/dev/null
     check "-f FILE and -p TEXT give the same output" cmp -s $TMP/f.out $TMP/p.out
-    ./run $TMP/s_f32.bin -f - -t 0 -n 30 < $TMP/prompt.txt > $TMP/stdin.out 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -f - -t 0 -n 30 < $TMP/prompt.txt > $TMP/stdin.out 2>/dev/null
     check "-f - reads the prompt from stdin" cmp -s $TMP/stdin.out $TMP/p.out
 
     # --tokenize and --json.
-    ids=$(./run $TMP/s_f32.bin -p 'Once upon a time' --tokenize)
+    ids=$($BIN/run $TMP/s_f32.bin -p 'Once upon a time' --tokenize)
     check "--tokenize prints the ids with BOS as a JSON array" test "$ids" = "[1, 403, 407, 261, 378]"
-    ./run $TMP/s_f32.bin -p 'Once upon a time' -t 0 -n 25 --json > $TMP/gen.json 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -t 0 -n 25 --json > $TMP/gen.json 2>/dev/null
     check "--json prints one valid object with text, ids and counts" python3 -c "
 import json,sys
 o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
@@ -129,20 +134,20 @@ s=open('$TMP/p.out',encoding='utf-8').read()
 # p.out holds 30 tokens, the JSON 25; the JSON text must be its beginning
 assert s.startswith(o['text']) and len(o['text'])>20, (s,o['text'])
 "
-    ./run $TMP/s_f32.bin -f $ASSETS/text/tinystories_sample_cs336.txt --ppl --json > $TMP/ppl.json 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -f $ASSETS/text/tinystories_sample_cs336.txt --ppl --json > $TMP/ppl.json 2>/dev/null
     check "--ppl --json prints tokens, mean_nll and ppl = exp(mean_nll)" python3 -c "
 import json,math
 o=json.loads(open('$TMP/ppl.json').read())
 assert set(o)=={'tokens','mean_nll','ppl'} and o['tokens']>100, o
 assert 0.5<o['mean_nll']<4 and abs(math.exp(o['mean_nll'])-o['ppl'])<1e-3*o['ppl'], o
 "
-    ./run $TMP/s_f32.bin -f $ASSETS/text/tinystories_sample_cs336.txt --ppl --json --ctx 64 > $TMP/ppl64.json 2>/dev/null
+    $BIN/run $TMP/s_f32.bin -f $ASSETS/text/tinystories_sample_cs336.txt --ppl --json --ctx 64 > $TMP/ppl64.json 2>/dev/null
     check "--ppl over a text longer than --ctx scores it in windows (same token count, higher loss)" python3 -c "
 import json
 a=json.loads(open('$TMP/ppl.json').read()); b=json.loads(open('$TMP/ppl64.json').read())
 assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)
 "
-    ./run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
+    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
     check "--verbose prints the KV cache bytes per token" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
 
     # The float64 transformers oracle (tests/oracle): same ids, same NLL, same greedy tokens.
@@ -151,25 +156,25 @@ assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)
     head -c 3000 $ASSETS/text/pg1342_pride_and_prejudice.txt > $TMP/oracle_pride.txt
     for case in tiny:tinystories:512 pride:pride_ctx128:128; do
         f=${case%%:*}; rest=${case#*:}; name=${rest%%:*}; ctx=${rest#*:}
-        ./run $V0 -z $TOK -f $TMP/oracle_$f.txt --tokenize > $TMP/oracle_$f.ids
+        $BIN/run $V0 -z $TOK -f $TMP/oracle_$f.txt --tokenize > $TMP/oracle_$f.ids
         check "oracle $name: --tokenize equals SentencePiece's ids" python3 -c "
 import json
 assert json.load(open('$TMP/oracle_$f.ids'))==json.load(open('$FIX'))['cases']['$name']['ids']"
         for model in $V0 $TMP/s_f32.bin; do
-            ./run $model -z $TOK -f $TMP/oracle_$f.txt --ppl --json --ctx $ctx > $TMP/oracle_$f.ppl
+            $BIN/run $model -z $TOK -f $TMP/oracle_$f.txt --ppl --json --ctx $ctx > $TMP/oracle_$f.ppl
             check "oracle $name: --ppl of $(basename $model) within 1e-4 of transformers' float64 NLL" python3 -c "
 import json
 got=json.load(open('$TMP/oracle_$f.ppl')); want=json.load(open('$FIX'))['cases']['$name']
 assert got['tokens']==want['n_tokens'], got
 assert abs(got['mean_nll']-want['mean_nll'])<=1e-4*want['mean_nll'], (got, want['mean_nll'])"
         done
-        ./run $TMP/s_q8_0.bin -f $TMP/oracle_$f.txt --ppl --json --ctx $ctx > $TMP/oracle_$f.q8
+        $BIN/run $TMP/s_q8_0.bin -f $TMP/oracle_$f.txt --ppl --json --ctx $ctx > $TMP/oracle_$f.q8
         check "oracle $name: --ppl of the q8_0 export within 1% of transformers' float64 NLL" python3 -c "
 import json
 got=json.load(open('$TMP/oracle_$f.q8')); want=json.load(open('$FIX'))['cases']['$name']
 assert abs(got['mean_nll']-want['mean_nll'])<=1e-2*want['mean_nll'], (got, want['mean_nll'])"
     done
-    ./run $V0 -z $TOK -t 0 -n 64 --json > $TMP/oracle_greedy.json 2>/dev/null
+    $BIN/run $V0 -z $TOK -t 0 -n 64 --json > $TMP/oracle_greedy.json 2>/dev/null
     check "oracle: 64 greedy tokens from BOS equal transformers' float64 argmax" python3 -c "
 import json
 got=json.loads(open('$TMP/oracle_greedy.json').read().splitlines()[-1])['ids']
@@ -179,49 +184,49 @@ assert got==json.load(open('$FIX'))['greedy']['ids'], got"
     size=$(wc -c < $TMP/s_q8_0.bin)
     for cut in 3 100 1024 1500 $((size / 2)) $((size - 1)); do
         head -c $cut $TMP/s_q8_0.bin > $TMP/cut.bin
-        expect_error "model truncated to $cut bytes" ./run $TMP/cut.bin -p hi
+        expect_error "model truncated to $cut bytes" $BIN/run $TMP/cut.bin -p hi
     done
     cp $TMP/s_q8_0.bin $TMP/padded.bin; printf 'x' >> $TMP/padded.bin
-    expect_error "model with trailing bytes" ./run $TMP/padded.bin -p hi
+    expect_error "model with trailing bytes" $BIN/run $TMP/padded.bin -p hi
     corrupt() { # corrupt OFFSET BYTES-AS-PRINTF
         cp $TMP/s_q8_0.bin $TMP/bad.bin
         printf "$2" | dd of=$TMP/bad.bin bs=1 seek=$1 conv=notrunc 2>/dev/null
     }
-    corrupt 4 '\143'; expect_error "unsupported format version" ./run $TMP/bad.bin -p hi
-    corrupt 0 'XXXX'; expect_error "wrong magic" ./run $TMP/bad.bin -p hi
-    corrupt 44 '\377\377\377\177'; expect_error "impossible dim in the config" ./run $TMP/bad.bin -p hi
-    corrupt 52 '\003\000\000\000'; expect_error "n_heads not a multiple of n_kv_heads" ./run $TMP/bad.bin -p hi
-    corrupt $((1024 + 48)) '\115\000\000\000'; expect_error "unknown tensor type" ./run $TMP/bad.bin -p hi
-    corrupt $((1024 + 88)) '\001'; expect_error "misaligned tensor offset" ./run $TMP/bad.bin -p hi
-    corrupt $((1024 + 56)) '\377\000\000\000'; expect_error "tensor shape that does not match its size" ./run $TMP/bad.bin -p hi
-    corrupt 1024 'nonexistent_tensor\000'; expect_error "a required tensor missing" ./run $TMP/bad.bin -p hi
+    corrupt 4 '\143'; expect_error "unsupported format version" $BIN/run $TMP/bad.bin -p hi
+    corrupt 0 'XXXX'; expect_error "wrong magic" $BIN/run $TMP/bad.bin -p hi
+    corrupt 44 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
+    corrupt 52 '\003\000\000\000'; expect_error "n_heads not a multiple of n_kv_heads" $BIN/run $TMP/bad.bin -p hi
+    corrupt $((1024 + 48)) '\115\000\000\000'; expect_error "unknown tensor type" $BIN/run $TMP/bad.bin -p hi
+    corrupt $((1024 + 88)) '\001'; expect_error "misaligned tensor offset" $BIN/run $TMP/bad.bin -p hi
+    corrupt $((1024 + 56)) '\377\000\000\000'; expect_error "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
+    corrupt 1024 'nonexistent_tensor\000'; expect_error "a required tensor missing" $BIN/run $TMP/bad.bin -p hi
     head -c 500000 $V0 > $TMP/cut_v0.bin
-    expect_error "truncated llama2.c checkpoint" ./run $TMP/cut_v0.bin -z $TOK -p hi
+    expect_error "truncated llama2.c checkpoint" $BIN/run $TMP/cut_v0.bin -z $TOK -p hi
     head -c 100000 $V1 > $TMP/cut_v1.bin
-    expect_error "truncated llama2.c version-1 checkpoint" ./run $TMP/cut_v1.bin -z $TOK -p hi
+    expect_error "truncated llama2.c version-1 checkpoint" $BIN/run $TMP/cut_v1.bin -z $TOK -p hi
     head -c 3000 $TOK > $TMP/cut_tok.bin
-    expect_error "truncated tokenizer.bin" ./run $V0 -z $TMP/cut_tok.bin -p hi
-    expect_error "llama2.c checkpoint without -z" ./run $V0 -p hi
-    expect_error "missing tokenizer file" ./run $V0 -z $TMP/nope.bin -p hi
+    expect_error "truncated tokenizer.bin" $BIN/run $V0 -z $TMP/cut_tok.bin -p hi
+    expect_error "llama2.c checkpoint without -z" $BIN/run $V0 -p hi
+    expect_error "missing tokenizer file" $BIN/run $V0 -z $TMP/nope.bin -p hi
 
     # Bad options.
     M=$TMP/s_q8_0.bin
-    expect_error "-n not a number" ./run $M -n abc
-    expect_error "-n negative" ./run $M -n -5
-    expect_error "--threads 0" ./run $M --threads 0
-    expect_error "--top-p above 1" ./run $M --top-p 1.5
-    expect_error "-t negative" ./run $M -t -1
-    expect_error "--ctx 0" ./run $M --ctx 0
-    expect_error "unknown option" ./run $M --frobnicate
-    expect_error "option without its value" ./run $M -p
-    expect_error "-p and -f together" ./run $M -p hi -f $TMP/prompt.txt
-    expect_error "missing prompt file" ./run $M -f $TMP/nope.txt
-    expect_error "prompt longer than the context" ./run $M --ctx 8 -p 'Once upon a time there was a little girl named Lily who loved to play'
-    expect_error "--ppl on a one-token text" ./run $M --ppl -p ''
-    expect_error "export with an unknown --quant" ./export $V0 $TMP/y.bin --quant q3_k
-    expect_error "export with a truncated tokenizer" ./export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
+    expect_error "-n not a number" $BIN/run $M -n abc
+    expect_error "-n negative" $BIN/run $M -n -5
+    expect_error "--threads 0" $BIN/run $M --threads 0
+    expect_error "--top-p above 1" $BIN/run $M --top-p 1.5
+    expect_error "-t negative" $BIN/run $M -t -1
+    expect_error "--ctx 0" $BIN/run $M --ctx 0
+    expect_error "unknown option" $BIN/run $M --frobnicate
+    expect_error "option without its value" $BIN/run $M -p
+    expect_error "-p and -f together" $BIN/run $M -p hi -f $TMP/prompt.txt
+    expect_error "missing prompt file" $BIN/run $M -f $TMP/nope.txt
+    expect_error "prompt longer than the context" $BIN/run $M --ctx 8 -p 'Once upon a time there was a little girl named Lily who loved to play'
+    expect_error "--ppl on a one-token text" $BIN/run $M --ppl -p ''
+    expect_error "export with an unknown --quant" $BIN/export $V0 $TMP/y.bin --quant q3_k
+    expect_error "export with a truncated tokenizer" $BIN/export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
     check "failed exports leave no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"
-    expect_error "export into a missing folder" ./export $V0 $TMP/no/such/dir/out.bin --tokenizer $TOK
+    expect_error "export into a missing folder" $BIN/export $V0 $TMP/no/such/dir/out.bin --tokenizer $TOK
 fi
 
 echo "$passed passed, $failed failed"

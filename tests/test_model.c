@@ -388,7 +388,8 @@ static void test_export(const Model *v0) {
     char cmd[16384], out[4096], err[512];
     for (int i = 0; i < 5; i++) {
         snprintf(out, sizeof out, "tests/tmp/stories260K_%s.bin", types[i]);
-        snprintf(cmd, sizeof cmd, "./export '%s' '%s' --tokenizer '%s' --quant %s 2>/dev/null", path_v0, out, path_tok, types[i]);
+        const char *exporter = getenv("EXPORT") ? getenv("EXPORT") : "./export";
+        snprintf(cmd, sizeof cmd, "'%s' '%s' '%s' --tokenizer '%s' --quant %s 2>/dev/null", exporter, path_v0, out, path_tok, types[i]);
         int rc = system(cmd);
         Model m;
         rc = rc || model_load(&m, out, err, sizeof err);
