@@ -28,6 +28,11 @@
 #include "kernels.h"
 #include "tokenizer.h"
 
+/* Model files are little-endian and mapped as they are. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#error "big-endian hosts are not supported: model files are little-endian and used in place"
+#endif
+
 /* ---------------------------------------------------------------------------
  * The model file format (docs/FORMAT.md has the full description).
  * Little-endian; the header is followed by the tensor table; every tensor's
@@ -85,7 +90,7 @@ typedef struct {
     int32_t qkv_bias;          /* q, k, v projections have biases */
     int32_t out_bias;          /* output projection has a bias */
     int32_t tied_embeddings;   /* classifier = token embedding */
-    int32_t reserved[24];
+    int32_t reserved[21];
 } ModelConfig;
 
 /* The tokenizer's scalars; its arrays are tensors named tokenizer.*. */
@@ -119,6 +124,8 @@ typedef struct {
     uint64_t nbytes;
 } TensorEntry;
 
+_Static_assert(sizeof(ModelConfig) == 256, "config size is part of the format");
+_Static_assert(sizeof(TokenizerConfig) == 64, "tokenizer config size is part of the format");
 _Static_assert(sizeof(FileHeader) == MODEL_HEADER_BYTES, "header size is part of the format");
 _Static_assert(sizeof(TensorEntry) == 104, "tensor entry size is part of the format");
 
@@ -410,7 +417,8 @@ static int load_native(Model *m, char *err, size_t errlen) {
         if (!want || want != e.nbytes)
             return seterr(err, errlen, "tensor '%s': %llu bytes do not match type %s and its shape", t->name,
                           (unsigned long long)e.nbytes, type_name(t->type));
-        if (e.offset % MODEL_ALIGN || e.offset > m->map_bytes || e.nbytes > m->map_bytes - e.offset)
+        if (e.offset % MODEL_ALIGN) return seterr(err, errlen, "tensor '%s' is not %d-byte aligned", t->name, MODEL_ALIGN);
+        if (e.offset > m->map_bytes || e.nbytes > m->map_bytes - e.offset)
             return seterr(err, errlen, "tensor '%s' lies outside the file (truncated?)", t->name);
         t->data = base + e.offset;
         t->nbytes = e.nbytes;

@@ -194,8 +194,8 @@ assert got==json.load(open('$FIX'))['greedy']['ids'], got"
     }
     corrupt 4 '\143'; expect_error "unsupported format version" $BIN/run $TMP/bad.bin -p hi
     corrupt 0 'XXXX'; expect_error "wrong magic" $BIN/run $TMP/bad.bin -p hi
-    corrupt 44 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
-    corrupt 52 '\003\000\000\000'; expect_error "n_heads not a multiple of n_kv_heads" $BIN/run $TMP/bad.bin -p hi
+    corrupt 36 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
+    corrupt 48 '\003\000\000\000'; expect_error "n_heads not a multiple of n_kv_heads" $BIN/run $TMP/bad.bin -p hi
     corrupt $((1024 + 48)) '\115\000\000\000'; expect_error "unknown tensor type" $BIN/run $TMP/bad.bin -p hi
     corrupt $((1024 + 88)) '\001'; expect_error "misaligned tensor offset" $BIN/run $TMP/bad.bin -p hi
     corrupt $((1024 + 56)) '\377\000\000\000'; expect_error "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
