@@ -24,6 +24,8 @@
 #   --ours-formats "v0 v2"  which SHAPE-FMT.bin files our engine is timed on (default: v0 v2)
 #   --timeout S           per-command timeout in seconds (default 1800)
 #   --note TEXT           a line printed above the table (e.g. peer commits); repeatable
+#   --wait-idle S         before each row wait up to S s for the cores to be idle
+#                         (others compiling on the same 2 cores skew results; default 0 = don't wait)
 #   -v                    show the raw output of every command on stderr
 #
 # Output: a Markdown table on stdout (progress and notes on stderr).
@@ -37,7 +39,7 @@ set -u -o pipefail
 
 LLAMA_BENCH="" ; L2C_RUN="" ; L2C_RUNQ="" ; OURS=""
 MODELS="" ; SHAPES="tinyllama stories110m" ; THREADS="1 2" ; QUANTS="f32 q8_0 q4_0"
-NOTES=() ; PP=512 ; TG=128 ; REPS=3 ; TOKENIZER="" ; OURS_FORMATS="v0 v2" ; TIMEOUT=1800 ; VERBOSE=0
+NOTES=() ; PP=512 ; TG=128 ; REPS=3 ; TOKENIZER="" ; OURS_FORMATS="v0 v2" ; TIMEOUT=1800 ; VERBOSE=0 ; WAIT_IDLE=0
 
 die() { echo "bench.sh: $*" >&2; exit 2; }
 log() { echo "# $*" >&2; }
@@ -58,6 +60,7 @@ while [ $# -gt 0 ]; do
         --reps)          REPS="$2"; shift 2 ;;
         --tokenizer)     TOKENIZER="$2"; shift 2 ;;
         --timeout)       TIMEOUT="$2"; shift 2 ;;
+        --wait-idle)     WAIT_IDLE="$2"; shift 2 ;;
         --note)          NOTES+=("$2"); shift 2 ;;
         -v)              VERBOSE=1; shift ;;
         -h|--help)       sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -81,11 +84,43 @@ if [ -n "$L2C_RUN$L2C_RUNQ" ] && [ ! -f "$TOKENIZER" ]; then
     die "llama2.c needs a tokenizer.bin: give --tokenizer PATH"
 fi
 
-TMP="$(mktemp -d)"; trap 'rm -rf "$TMP"' EXIT
+TMP="$(mktemp -d)"; trap '[ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null; rm -rf "$TMP"' EXIT
 ROWS="$TMP/rows"; : > "$ROWS"
 
-# row ENGINE MODEL FORMAT THREADS PP_CELL TG_CELL
-row() { printf '| %s | %s | %s | %s | %s | %s |\n' "$@" >> "$ROWS"; }
+# row ENGINE MODEL FORMAT THREADS PP_CELL TG_CELL, + an "other" column: the
+# mean number of runnable tasks in the kernel (/proc/stat procs_running, all
+# containers) during the measurement, minus our own threads and the sampler.
+# Clearly > 0 (say > 0.3) = something else competed for the 2 cores: the
+# numbers of that row are suspect (multi-threaded ones most of all).
+SAMPLER="" ; OTHER=""
+# --wait-idle S: before each measurement wait (at most S seconds) until no
+# other task has been runnable for 2 s, i.e. the 2 cores are free.
+wait_idle() {
+    [ "$WAIT_IDLE" -gt 0 ] || return 0
+    local t0=$SECONDS i busy
+    while :; do
+        busy=0
+        for i in 1 2 3 4 5 6 7 8; do
+            [ "$(sed -n 's/^procs_running //p' /proc/stat)" -gt 1 ] && busy=1
+            sleep 0.25
+        done
+        [ $busy = 0 ] && return 0
+        if [ $((SECONDS - t0)) -ge "$WAIT_IDLE" ]; then log "machine still busy after ${WAIT_IDLE}s, measuring anyway"; return 0; fi
+        sleep 3
+    done
+}
+sampler_start() {  # sampler_start NTHREADS
+    wait_idle
+    SAMPLER_N="$1"; : > "$TMP/procs"
+    ( while :; do sed -n 's/^procs_running //p' /proc/stat >> "$TMP/procs"; sleep 0.25; done ) &
+    SAMPLER=$!
+}
+sampler_stop() {
+    [ -n "$SAMPLER" ] && { kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; }
+    SAMPLER=""
+    OTHER="$(awk -v n="$SAMPLER_N" '{ s += $1; c++ } END { if (c) printf "%.2f", s / c - n - 1; else print "?" }' "$TMP/procs")"
+}
+row() { printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$@" "$OTHER" >> "$ROWS"; }
 
 # stats: reads numbers (one per line), prints "mean ± sd" (sample sd; 0 for n=1)
 stats() {
@@ -108,28 +143,32 @@ runcmd() {  # runcmd OUTFILE ERRFILE cmd...   (with timeout; -v echoes output)
 # llama.cpp: llama-bench -p PP -n TG -t N -r REPS, one call per model,
 # all thread counts in one call; parses the markdown table it prints.
 bench_llamacpp() {
-    local shape="$1" q m tcsv
-    tcsv="$(echo $THREADS | tr ' ' ',')"
+    local shape="$1" q m n
     for q in $QUANTS; do
         m="$MODELS/$shape-$q.gguf"
         [ -f "$m" ] || { log "skip llama.cpp $shape $q: no $m"; continue; }
-        log "llama.cpp $shape $q threads $tcsv ..."
-        if ! runcmd "$TMP/lb.out" "$TMP/lb.err" "$LLAMA_BENCH" -m "$m" -p "$PP" -n "$TG" -t "$tcsv" -r "$REPS" -o md; then
-            log "llama-bench failed on $m:"; tail -5 "$TMP/lb.err" >&2
-            row "llama.cpp" "$shape" "$q" "-" "FAILED" "FAILED"; continue
-        fi
-        local build; build="$(grep -o 'build: .*' "$TMP/lb.out" "$TMP/lb.err" | head -1 | sed 's/^[^:]*:build: //')"
-        [ -n "$build" ] && echo "$build" > "$TMP/llamacpp_build"
-        # columns located by header name: threads, test, t/s
-        awk -F'|' -v shape="$shape" -v q="$q" -v pp="pp$PP" -v tg="tg$TG" '
-            function trim(s) { gsub(/^ +| +$/, "", s); return s }
-            /^\| *-/ { next }
-            /^\| *model/ { for (i = 1; i <= NF; i++) { h = trim($i); if (h == "threads") ct = i; if (h == "test") cx = i; if (h == "t/s") cs = i } next }
-            /^\|/ && ct && cx && cs { t = trim($ct); x = trim($cx); v = trim($cs)
-                if (x == pp) P[t] = v; else if (x == tg) G[t] = v; if (!(t in seen)) { seen[t] = 1; order[no++] = t } }
-            END { for (k = 0; k < no; k++) { t = order[k]
-                    printf "| llama.cpp | %s | %s | %s | %s | %s |\n", shape, q, t, (t in P) ? P[t] : "-", (t in G) ? G[t] : "-" } }
-        ' "$TMP/lb.out" >> "$ROWS"
+        for n in $THREADS; do
+            log "llama.cpp $shape $q threads $n ..."
+            sampler_start "$n"
+            if ! runcmd "$TMP/lb.out" "$TMP/lb.err" "$LLAMA_BENCH" -m "$m" -p "$PP" -n "$TG" -t "$n" -r "$REPS" -o md; then
+                sampler_stop
+                log "llama-bench failed on $m:"; tail -5 "$TMP/lb.err" >&2
+                row "llama.cpp" "$shape" "$q" "$n" "FAILED" "FAILED"; continue
+            fi
+            sampler_stop
+            local build; build="$(grep -ho 'build: .*' "$TMP/lb.out" "$TMP/lb.err" | head -1)"
+            [ -n "$build" ] && echo "$build" > "$TMP/llamacpp_build"
+            # columns located by header name: threads, test, t/s
+            awk -F'|' -v shape="$shape" -v q="$q" -v other="$OTHER" -v pp="pp$PP" -v tg="tg$TG" '
+                function trim(s) { gsub(/^ +| +$/, "", s); return s }
+                /^\| *-/ { next }
+                /^\| *model/ { for (i = 1; i <= NF; i++) { h = trim($i); if (h == "threads") ct = i; if (h == "test") cx = i; if (h == "t/s") cs = i } next }
+                /^\|/ && ct && cx && cs { t = trim($ct); x = trim($cx); v = trim($cs)
+                    if (x == pp) P[t] = v; else if (x == tg) G[t] = v; if (!(t in seen)) { seen[t] = 1; order[no++] = t } }
+                END { for (k = 0; k < no; k++) { t = order[k]
+                        printf "| llama.cpp | %s | %s | %s | %s | %s | %s |\n", shape, q, t, (t in P) ? P[t] : "-", (t in G) ? G[t] : "-", other } }
+            ' "$TMP/lb.out" >> "$ROWS"
+        done
     done
 }
 
@@ -146,6 +185,7 @@ bench_llama2c() {
         : > "$TMP/vals"
         # one untimed warm-up run (page cache)
         OMP_NUM_THREADS="$n" runcmd "$TMP/l2.out" "$TMP/l2.err" "$bin" "$m" -z "$TOKENIZER" -n 8 -t 0 -i "" || true
+        sampler_start "$n"
         for r in $(seq "$REPS"); do
             if OMP_NUM_THREADS="$n" runcmd "$TMP/l2.out" "$TMP/l2.err" "$bin" "$m" -z "$TOKENIZER" -n $((TG + 1)) -t 0 -i ""; then
                 v="$(sed -n 's/^achieved tok\/s: *\([0-9.eE+-]*\).*/\1/p' "$TMP/l2.err" | tail -1)"
@@ -154,6 +194,7 @@ bench_llama2c() {
                 log "$label failed on $m:"; tail -3 "$TMP/l2.err" >&2
             fi
         done
+        sampler_stop
         row "$label" "$shape" "$fmt" "$n" "-" "$(stats < "$TMP/vals")"
     done
 }
@@ -177,6 +218,7 @@ bench_ours() {
             log "ours $shape $fmt threads $n ..."
             : > "$TMP/ppv"; : > "$TMP/tgv"; np=""; ng=""
             runcmd "$TMP/o.out" "$TMP/o.err" "$OURS" "$m" -p "hello" -n 8 -t 0 --threads "$n" || true  # warm-up
+            sampler_start "$n"
             for r in $(seq "$REPS"); do
                 if ! runcmd "$TMP/o.out" "$TMP/o.err" "$OURS" "$m" -p "$prompt" -n "$TG" -t 0 --threads "$n"; then
                     log "ours failed on $m (threads $n):"; tail -3 "$TMP/o.err" >&2; continue
@@ -188,6 +230,7 @@ bench_ours() {
                 echo "$line" | sed -E 's/.*prompt: *[0-9]+ tokens, *([0-9.]+) tok\/s.*/\1/' >> "$TMP/ppv"
                 echo "$line" | sed -E 's/.*generated: *[0-9]+ tokens, *([0-9.]+) tok\/s.*/\1/' >> "$TMP/tgv"
             done
+            sampler_stop
             local ppc tgc
             ppc="$(stats < "$TMP/ppv")"; tgc="$(stats < "$TMP/tgv")"
             [ -n "$np" ] && [ "$np" != "$PP" ] && ppc="$ppc (pp$np)"
@@ -210,8 +253,9 @@ cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //')"
 echo "CPU: ${cpu:-?}, $(nproc) cores visible; load average at end: $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')"
 [ -f "$TMP/llamacpp_build" ] && echo "llama.cpp $(cat "$TMP/llamacpp_build")"
 for n in "${NOTES[@]+"${NOTES[@]}"}"; do echo "$n"; done
+echo "other = mean runnable tasks besides this benchmark during the row (> ~0.3: contended, suspect)"
 echo "pp = prompt of $PP tokens, tg = $TG generated tokens, tok/s, mean ± sd over $REPS runs"
 echo
-echo "| engine | model | format | threads | pp$PP tok/s | tg$TG tok/s |"
-echo "|---|---|---|---:|---:|---:|"
+echo "| engine | model | format | threads | pp$PP tok/s | tg$TG tok/s | other |"
+echo "|---|---|---|---:|---:|---:|---:|"
 cat "$ROWS"
