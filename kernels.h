@@ -283,17 +283,52 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Sum of products of 32 signed bytes, as 8 int32 lanes. maddubs wants one
-   unsigned operand, so the sign of a moves onto b (|a| * sign(a)b = ab). */
-static inline __m256i dot_i8x32(__m256i a, __m256i b) {
-    __m256i ua = _mm256_sign_epi8(a, a), sb = _mm256_sign_epi8(b, a);
+/* Sum of products of 32 unsigned by 32 signed bytes, as 8 int32 lanes. */
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), ua, sb);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 #elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ua, sb);
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
 #else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(ua, sb), _mm256_set1_epi16(1));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
+}
+
+/* Block b of a q8_0 or q4_0 row as 32 signed bytes, with its scale. */
+static inline __m256i weight_block_i8(const void *w, int type, int b, float *d) {
+    if (type == TYPE_Q8_0) {
+        const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
+        *d = f16_to_f32(blk->d);
+        return _mm256_loadu_si256((const __m256i *)blk->qs);
+    }
+    const BlockQ4_0 *blk = (const BlockQ4_0 *)w + b;
+    *d = f16_to_f32(blk->d);
+    const __m128i low4 = _mm_set1_epi8(15);
+    __m128i packed = _mm_loadu_si128((const __m128i *)blk->qs);
+    __m128i lo = _mm_and_si128(packed, low4), hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
+    return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+}
+
+/* One quantized weight row against n_x activation rows (stride blocks
+   apart). Each result goes through exactly the operations it would alone,
+   in the same order, so a batch gives the same bits as single tokens; the
+   weight block is loaded and made unsigned once for all of them. maddubs and
+   dpbusd want one unsigned operand, so the weight's sign moves onto the
+   activation: |w| * sign(w)x = wx. */
+static inline __attribute__((always_inline)) void dot_quant_avx2(const void *w, int type, const BlockQ8A *x,
+                                                                  size_t stride, int n_x, int n, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < n / QK; b++) {
+        float dw;
+        __m256i wq = weight_block_i8(w, type, b, &dw), uw = _mm256_sign_epi8(wq, wq);
+        for (int k = 0; k < n_x; k++) {
+            const BlockQ8A *xb = x + k * stride + b;
+            __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->qs), wq);
+            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(uw, sx));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), p, acc[k]);
+        }
+    }
+    for (int k = 0; k < n_x; k++) out[k] = hsum256(acc[k]);
 }
 #endif
 
@@ -360,20 +395,25 @@ static inline float dot_bf16(const uint16_t *w, const float *x, int n) {
 #endif
 }
 
-static inline float dot_q8_0(const BlockQ8_0 *w, const BlockQ8A *x, int n) {
-#if defined(KERNELS_AVX2)
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < n / QK; b++) {
-        __m256i wq = _mm256_loadu_si256((const __m256i *)w[b].qs);
-        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        __m256 p = _mm256_cvtepi32_ps(dot_i8x32(wq, xq));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(w[b].d) * x[b].d), p, acc);
-    }
-    return hsum256(acc);
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
+#if defined(KERNELS_NEON) && defined(__aarch64__)
+/* One quantized weight row against one activation row, NEON: the block's
+   weights as two vectors of 16 signed bytes, multiplied with the dot-product
+   instructions where the CPU has them, widening multiplies where not. */
+static inline float dot_quant_neon(const void *w, int type, const BlockQ8A *x, int n) {
     float32x4_t acc = vdupq_n_f32(0);
     for (int b = 0; b < n / QK; b++) {
-        int8x16_t w0 = vld1q_s8(w[b].qs), w1 = vld1q_s8(w[b].qs + 16);
+        int8x16_t w0, w1;
+        float dw;
+        if (type == TYPE_Q8_0) {
+            const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
+            w0 = vld1q_s8(blk->qs), w1 = vld1q_s8(blk->qs + 16), dw = f16_to_f32(blk->d);
+        } else {
+            const BlockQ4_0 *blk = (const BlockQ4_0 *)w + b;
+            uint8x16_t packed = vld1q_u8(blk->qs);
+            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(15))), vdupq_n_s8(8));
+            w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), vdupq_n_s8(8));
+            dw = f16_to_f32(blk->d);
+        }
         int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
 #if defined(__ARM_FEATURE_DOTPROD)
         int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
@@ -382,49 +422,34 @@ static inline float dot_q8_0(const BlockQ8_0 *w, const BlockQ8A *x, int n) {
         int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = vmull_s8(vget_high_s8(w1), vget_high_s8(x1));
         int32x4_t p = vaddq_s32(vaddq_s32(vpaddlq_s16(l0), vpaddlq_s16(h0)), vaddq_s32(vpaddlq_s16(l1), vpaddlq_s16(h1)));
 #endif
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_to_f32(w[b].d) * x[b].d);
+        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), dw * x[b].d);
     }
     return vaddvq_f32(acc);
+}
+#endif
+
+/* A q8_0 or q4_0 weight row against one activation row. */
+static inline float dot_quant(const void *w, int type, const BlockQ8A *x, int n) {
+#if defined(KERNELS_AVX2)
+    float r;
+    if (type == TYPE_Q8_0) dot_quant_avx2(w, TYPE_Q8_0, x, 0, 1, n, &r); /* constant types: two specialized copies */
+    else dot_quant_avx2(w, TYPE_Q4_0, x, 0, 1, n, &r);
+    return r;
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+    return dot_quant_neon(w, type, x, n);
 #else
-    return dot_q8_0_ref(w, x, n);
+    return type == TYPE_Q8_0 ? dot_q8_0_ref(w, x, n) : dot_q4_0_ref(w, x, n);
 #endif
 }
 
-static inline float dot_q4_0(const BlockQ4_0 *w, const BlockQ8A *x, int n) {
+/* The same row against four activation rows, `stride` blocks apart: the same
+   results as four dot_quant calls, bit for bit. */
+static inline void dot_quant_x4(const void *w, int type, const BlockQ8A *x, size_t stride, int n, float out[4]) {
 #if defined(KERNELS_AVX2)
-    __m256 acc = _mm256_setzero_ps();
-    const __m128i low4 = _mm_set1_epi8(15);
-    const __m256i eight = _mm256_set1_epi8(8);
-    for (int b = 0; b < n / QK; b++) {
-        __m128i packed = _mm_loadu_si128((const __m128i *)w[b].qs);
-        __m128i lo = _mm_and_si128(packed, low4), hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-        __m256i wq = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
-        __m256i xq = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        __m256 p = _mm256_cvtepi32_ps(dot_i8x32(wq, xq));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_to_f32(w[b].d) * x[b].d), p, acc);
-    }
-    return hsum256(acc);
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
-    float32x4_t acc = vdupq_n_f32(0);
-    const uint8x16_t low4 = vdupq_n_u8(15);
-    const int8x16_t eight = vdupq_n_s8(8);
-    for (int b = 0; b < n / QK; b++) {
-        uint8x16_t packed = vld1q_u8(w[b].qs);
-        int8x16_t w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, low4)), eight);
-        int8x16_t w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), eight);
-        int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
-#if defined(__ARM_FEATURE_DOTPROD)
-        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+    if (type == TYPE_Q8_0) dot_quant_avx2(w, TYPE_Q8_0, x, stride, 4, n, out);
+    else dot_quant_avx2(w, TYPE_Q4_0, x, stride, 4, n, out);
 #else
-        int16x8_t l0 = vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), h0 = vmull_s8(vget_high_s8(w0), vget_high_s8(x0));
-        int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = vmull_s8(vget_high_s8(w1), vget_high_s8(x1));
-        int32x4_t p = vaddq_s32(vaddq_s32(vpaddlq_s16(l0), vpaddlq_s16(h0)), vaddq_s32(vpaddlq_s16(l1), vpaddlq_s16(h1)));
-#endif
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), f16_to_f32(w[b].d) * x[b].d);
-    }
-    return vaddvq_f32(acc);
-#else
-    return dot_q4_0_ref(w, x, n);
+    for (int k = 0; k < 4; k++) out[k] = dot_quant(w, type, x + k * stride, n);
 #endif
 }
 

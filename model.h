@@ -742,8 +742,7 @@ static inline float row_dot(const Matrix *w, int r, const float *x, const BlockQ
     case TYPE_F32: return dot_f32((const float *)row, x, w->cols);
     case TYPE_F16: return dot_f16((const uint16_t *)row, x, w->cols);
     case TYPE_BF16: return dot_bf16((const uint16_t *)row, x, w->cols);
-    case TYPE_Q8_0: return dot_q8_0((const BlockQ8_0 *)row, xq, w->cols);
-    default: return dot_q4_0((const BlockQ4_0 *)row, xq, w->cols);
+    default: return dot_quant(row, w->type, xq, w->cols);
     }
 }
 
@@ -762,7 +761,17 @@ static void matmul_task(void *arg, int ith, int nth) {
             int64_t r1 = r0 + MATMUL_TILE;
             if (r1 > hi) r1 = hi;
             if (r1 > end) r1 = end;
-            for (int t = 0; t < job->n; t++) {
+            int t = 0;
+            if (type_is_quantized(w->type)) /* four tokens per weight row: the row is unpacked once */
+                for (; t + 4 <= job->n; t += 4) {
+                    float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
+                    for (int64_t r = r0; r < r1; r++) {
+                        const void *row = (const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes;
+                        dot_quant_x4(row, w->type, job->inq + (size_t)t * blocks, blocks, w->cols, r4);
+                        for (int k = 0; k < 4; k++) y[(size_t)k * w->rows + r] = r4[k];
+                    }
+                }
+            for (; t < job->n; t++) {
                 const float *x = job->in + (size_t)t * job->cols;
                 const BlockQ8A *xq = job->inq + (size_t)t * blocks;
                 float *y = job->outs[o].out + (size_t)t * w->rows - first;

@@ -140,8 +140,8 @@ static void test_dots(void) {
                 case TYPE_F32: got = dot_f32(wq, x, n); ref = dot_f32_ref(wq, x, n); break;
                 case TYPE_F16: got = dot_f16(wq, x, n); ref = dot_f16_ref(wq, x, n); break;
                 case TYPE_BF16: got = dot_bf16(wq, x, n); ref = dot_bf16_ref(wq, x, n); break;
-                case TYPE_Q8_0: got = dot_q8_0(wq, xq, n); ref = dot_q8_0_ref(wq, xq, n); break;
-                default: got = dot_q4_0(wq, xq, n); ref = dot_q4_0_ref(wq, xq, n); break;
+                case TYPE_Q8_0: got = dot_quant(wq, type, xq, n); ref = dot_q8_0_ref(wq, xq, n); break;
+                default: got = dot_quant(wq, type, xq, n); ref = dot_q4_0_ref(wq, xq, n); break;
                 }
                 double tol = 1e-5 * mag + 1e-6;
                 if (fabs(got - want) > tol) bad_simd++;
@@ -164,10 +164,41 @@ static void test_dots(void) {
             a[b].qs[j] = (int8_t)(j % 3 ? -128 + j : 127);
         }
     }
-    CHECK(dot_q8_0(w, a, 4 * QK) == dot_q8_0_ref(w, a, 4 * QK), "q8_0 dot at the int8 extremes is exact");
+    CHECK(dot_quant(w, TYPE_Q8_0, a, 4 * QK) == dot_q8_0_ref(w, a, 4 * QK), "q8_0 dot at the int8 extremes is exact");
+}
+
+/* The four-token kernel gives each token the bits the one-token kernel gives. */
+static void test_dot_x4(void) {
+    enum { N = 2048, B = N / QK };
+    static float w[N], x[4][N];
+    static BlockQ8_0 w8[B];
+    static BlockQ4_0 w4[B];
+    static BlockQ8A xq[4 * B];
+    int same = 1;
+    for (int rep = 0; rep < 10; rep++) {
+        fill(w, N, 0.05f);
+        for (int k = 0; k < 4; k++) {
+            fill(x[k], N, 1.0f);
+            quantize_row_q8a(x[k], xq + k * B, N);
+        }
+        quantize_row_q8_0(w, w8, N);
+        quantize_row_q4_0(w, w4, N);
+        const void *rows[2] = {w8, w4};
+        const int types[2] = {TYPE_Q8_0, TYPE_Q4_0};
+        for (int i = 0; i < 2; i++) {
+            float out[4];
+            dot_quant_x4(rows[i], types[i], xq, B, N, out);
+            for (int k = 0; k < 4; k++) {
+                float one = dot_quant(rows[i], types[i], xq + k * B, N);
+                same &= !memcmp(&one, &out[k], sizeof one);
+            }
+        }
+    }
+    CHECK(same, "q8_0 and q4_0: four tokens at once == one at a time, bit for bit");
 }
 
 int main(void) {
+    test_dot_x4();
     test_half_conversions();
     test_quant_roundtrip();
     test_dots();
