@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -494,7 +495,11 @@ struct ThreadPool {
 
 #define POOL_SPINS 20000
 
-static inline void cpu_relax(void) {
+/* One step of a spin-wait. Every so often the core is offered to another
+   runnable thread: on a busy machine the thread we wait for may be the one
+   that needs it. */
+static inline void spin_pause(int spins) {
+    if (spins % 1024 == 1023) { sched_yield(); return; }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
@@ -509,7 +514,7 @@ static void *pool_worker_main(void *p) {
     for (;;) {
         int gen, spins = 0;
         while ((gen = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen) {
-            if (++spins < POOL_SPINS) { cpu_relax(); continue; }
+            if (++spins < POOL_SPINS) { spin_pause(spins); continue; }
             pthread_mutex_lock(&pool->lock);
             pool->sleepers++;
             while (atomic_load(&pool->generation) == seen) pthread_cond_wait(&pool->wake, &pool->lock);
@@ -539,7 +544,7 @@ static void pool_run(ThreadPool *pool, PoolTask task, void *arg) {
     pthread_mutex_unlock(&pool->lock);
     task(arg, 0, pool->n_threads);
     for (int spins = 0; atomic_load_explicit(&pool->pending, memory_order_acquire); spins++) {
-        if (spins < POOL_SPINS) { cpu_relax(); continue; }
+        if (spins < POOL_SPINS) { spin_pause(spins); continue; }
         pthread_mutex_lock(&pool->lock);
         pool->waiting = 1;
         while (atomic_load(&pool->pending)) pthread_cond_wait(&pool->done, &pool->lock);
