@@ -884,14 +884,18 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
     int n_out = 0;
     for (int t = 0; t < n; t++) n_out += want ? !!want[t] : t == n - 1;
     if (n_out > c->max_logits) return seterr(c->error, sizeof c->error, "%d logit rows requested (at most %d)", n_out, c->max_logits);
-    for (int t = 0; t < n; t++) {
+    for (int t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= cfg->vocab_size)
             return seterr(c->error, sizeof c->error, "token id %d out of range", tokens[t]);
+    /* Each token takes the next position of its sequence; on a full sequence
+       the positions taken so far are given back and nothing has changed. */
+    for (int t = 0; t < n; t++) {
         int p = seqs[t]->n_past;
-        for (int u = 0; u < t; u++) p += seqs[u] == seqs[t];
-        if (p >= seqs[t]->capacity || p >= c->ctx_len)
+        if (p >= seqs[t]->capacity || p >= c->ctx_len) {
+            for (int u = 0; u < t; u++) seqs[u]->n_past--;
             return seterr(c->error, sizeof c->error, "context full (%d tokens)", p);
-        c->pos[t] = p;
+        }
+        c->pos[t] = seqs[t]->n_past++;
     }
     for (int t = 0; t < n; t++)
         dequantize_row(m->tok_emb.type, (const uint8_t *)m->tok_emb.data + (size_t)tokens[t] * m->tok_emb.row_bytes,
@@ -934,8 +938,6 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         matmul(c, c->hb, n, down, 1);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i];
     }
-    for (int t = 0; t < n; t++) seqs[t]->n_past++;
-
     /* final norm and classifier for the wanted rows only */
     int r = 0;
     for (int t = 0; t < n; t++)

@@ -250,9 +250,10 @@ static void test_batching_and_threads(const Model *m) {
     int bad_token = m->cfg.vocab_size;
     rows = model_forward(c, seqs, &bad_token, 1, NULL);
     CHECK(rows < 0 && strstr(c->error, "out of range"), "an out-of-range token id is refused: %s", c->error);
-    s.n_past = s.capacity;
-    rows = model_forward(c, seqs, prompt, 1, NULL);
-    CHECK(rows < 0 && strstr(c->error, "context full"), "a full sequence is refused: %s", c->error);
+    s.n_past = s.capacity - 2;
+    rows = model_forward(c, seqs, prompt, 4, NULL);
+    CHECK(rows < 0 && strstr(c->error, "context full") && s.n_past == s.capacity - 2,
+          "a batch that overflows its sequence is refused and leaves it as it was: %s", c->error);
     context_free(c);
     sequence_free(&s);
     sequence_free(&s2);
