@@ -131,6 +131,9 @@ int main(int argc, char **argv) {
         temp_path[0] = 0;
         die("cannot create a temporary file beside '%s': %s", out, strerror(errno));
     }
+    mode_t mask = umask(0); /* mkstemp makes the file private; give it the usual permissions */
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
     FILE *f = fdopen(fd, "wb");
     if (!f) die("cannot write '%s': %s", temp_path, strerror(errno));
 

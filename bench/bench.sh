@@ -12,6 +12,8 @@
 #   --models DIR          directory with the model files, named by shape:
 #                           SHAPE-f32.gguf SHAPE-q8_0.gguf SHAPE-q4_0.gguf  (llama.cpp)
 #                           SHAPE-v0.bin (llama2.c run, f32)  SHAPE-v2.bin (runq, int8)
+#                           SHAPE-run-{f32,q8_0,q4_0}.bin (ours: ./export SHAPE-v0.bin SHAPE-run-q8_0.bin
+#                             --tokenizer tokenizer.bin --quant q8_0)
 #                         (made by bench/mkmodel.py + llama.cpp's llama2c converter
 #                          and llama-quantize)
 #   --shapes "A B"        shapes to run (default: "tinyllama stories110m"; missing files skipped)
@@ -21,7 +23,7 @@
 #   --reps N              repetitions (default 3; llama-bench -r N)
 #   --tokenizer PATH      llama2.c tokenizer.bin (default: the repo's shared copy if found)
 #   --ours PATH           our engine's ./run (see bench_ours below)
-#   --ours-formats "v0 v2"  which SHAPE-FMT.bin files our engine is timed on (default: v0 v2)
+#   --ours-formats "f32 q8_0 q4_0"  which SHAPE-run-FMT.bin files our engine is timed on
 #   --timeout S           per-command timeout in seconds (default 1800)
 #   --note TEXT           a line printed above the table (e.g. peer commits); repeatable
 #   --wait-idle S         before each row wait up to S s for the cores to be idle
@@ -39,7 +41,7 @@ set -u -o pipefail
 
 LLAMA_BENCH="" ; L2C_RUN="" ; L2C_RUNQ="" ; OURS=""
 MODELS="" ; SHAPES="tinyllama stories110m" ; THREADS="1 2" ; QUANTS="f32 q8_0 q4_0"
-NOTES=() ; PP=512 ; TG=128 ; REPS=3 ; TOKENIZER="" ; OURS_FORMATS="v0 v2" ; TIMEOUT=1800 ; VERBOSE=0 ; WAIT_IDLE=0
+NOTES=() ; PP=512 ; TG=128 ; REPS=3 ; TOKENIZER="" ; OURS_FORMATS="f32 q8_0 q4_0" ; TIMEOUT=1800 ; VERBOSE=0 ; WAIT_IDLE=0
 
 die() { echo "bench.sh: $*" >&2; exit 2; }
 log() { echo "# $*" >&2; }
@@ -212,7 +214,7 @@ bench_ours() {
     local shape="$1" fmt m n r line prompt np ng
     prompt="$(yes hello | head -n $((PP - 1)) | tr '\n' ' ' | sed 's/ $//')"
     for fmt in $OURS_FORMATS; do
-        m="$MODELS/$shape-$fmt.bin"
+        m="$MODELS/$shape-run-$fmt.bin"
         [ -f "$m" ] || { log "skip ours $shape $fmt: no $m"; continue; }
         for n in $THREADS; do
             log "ours $shape $fmt threads $n ..."
