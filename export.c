@@ -158,16 +158,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "note: %d matrices have rows that are not a multiple of %d (e.g. %s): stored as f16\n", n_fallback,
                 QK, fallback_example);
     TokenizerConfig tc = {0};
+    TokenizerArray tok_arrays[TOKENIZER_MAX_ARRAYS];
     if (tok) {
-        const TokenizerData *d = tokenizer_data(tok);
-        tc = (TokenizerConfig){.kind = d->kind, .n_vocab = d->n_vocab, .bos_id = d->bos_id, .eos_id = d->eos_id,
-                               .add_bos = d->add_bos, .add_prefix_space = d->add_prefix_space};
-        int64_t n1 = d->n_vocab + 1, n = d->n_vocab, nbytes = d->piece_offset[d->n_vocab];
-        out_add(&tab, "tokenizer.offsets", TYPE_U32, TYPE_U32, d->piece_offset, 1, &n1);
-        if (nbytes) out_add(&tab, "tokenizer.pieces", TYPE_U8, TYPE_U8, d->piece_bytes, 1, &nbytes);
-        else die("the tokenizer has no piece bytes");
-        out_add(&tab, "tokenizer.scores", TYPE_F32, TYPE_F32, d->scores, 1, &n);
-        out_add(&tab, "tokenizer.types", TYPE_U8, TYPE_U8, d->types, 1, &n);
+        int n_arrays = tokenizer_serialize(tok, &tc, tok_arrays);
+        for (int i = 0; i < n_arrays; i++) {
+            char name[TENSOR_NAME_BYTES];
+            snprintf(name, sizeof name, "tokenizer.%s", tok_arrays[i].name);
+            if (tok_arrays[i].n > 0)
+                out_add(&tab, name, tok_arrays[i].type, tok_arrays[i].type, tok_arrays[i].data, 1, &tok_arrays[i].n);
+        }
     }
 
     /* Layout: header, table, then each tensor on a 64-byte boundary. */

@@ -93,16 +93,6 @@ typedef struct {
     int32_t reserved[21];
 } ModelConfig;
 
-/* The tokenizer's scalars; its arrays are tensors named tokenizer.*. */
-typedef struct {
-    int32_t kind;              /* TOKENIZER_*; 0 = the file has no tokenizer */
-    int32_t n_vocab;
-    int32_t bos_id, eos_id;    /* -1 = none */
-    int32_t add_bos;
-    int32_t add_prefix_space;
-    int32_t reserved[10];
-} TokenizerConfig;
-
 typedef struct {
     char magic[4];             /* "RUNM" */
     uint32_t version;          /* MODEL_VERSION */
@@ -126,6 +116,8 @@ typedef struct {
 
 _Static_assert(sizeof(ModelConfig) == 256, "config size is part of the format");
 _Static_assert(sizeof(TokenizerConfig) == 64, "tokenizer config size is part of the format");
+_Static_assert((int)TOKENIZER_ARRAY_F32 == (int)TYPE_F32 && (int)TOKENIZER_ARRAY_U8 == (int)TYPE_U8 && (int)TOKENIZER_ARRAY_U32 == (int)TYPE_U32,
+               "tokenizer arrays are stored as tensors of these types");
 _Static_assert(sizeof(FileHeader) == MODEL_HEADER_BYTES, "header size is part of the format");
 _Static_assert(sizeof(TensorEntry) == 104, "tensor entry size is part of the format");
 
@@ -358,27 +350,22 @@ static int model_bind(Model *m, char *err, size_t errlen) {
 /* ---------------------------------------------------------------------------
  * Native model files.
  */
+/* Every tensor named tokenizer.* goes to the tokenizer, which knows what they mean. */
 static int load_tokenizer_tensors(Model *m, char *err, size_t errlen) {
-    const TokenizerConfig *tc = &m->tok_cfg;
-    if (tc->kind == TOKENIZER_NONE) return 0;
-    const Tensor *off = model_tensor(m, "tokenizer.offsets"), *pieces = model_tensor(m, "tokenizer.pieces");
-    const Tensor *scores = model_tensor(m, "tokenizer.scores"), *types = model_tensor(m, "tokenizer.types");
-    if (!off || !pieces || !scores || !types) return seterr(err, errlen, "the tokenizer's tensors are missing");
-    int64_t n = tc->n_vocab;
-    if (n <= 0 || off->type != TYPE_U32 || off->ndim != 1 || off->shape[0] != n + 1 || pieces->type != TYPE_U8 ||
-        pieces->ndim != 1 || scores->type != TYPE_F32 || scores->ndim != 1 || scores->shape[0] != n ||
-        types->type != TYPE_U8 || types->ndim != 1 || types->shape[0] != n)
-        return seterr(err, errlen, "the tokenizer's tensors have the wrong shapes");
-    if (((const uint32_t *)off->data)[n] > pieces->shape[0])
-        return seterr(err, errlen, "the tokenizer's pieces are truncated");
-    TokenizerData d = {
-        .kind = tc->kind, .n_vocab = (int)n, .bos_id = tc->bos_id, .eos_id = tc->eos_id, .add_bos = tc->add_bos,
-        .add_prefix_space = tc->add_prefix_space, .piece_offset = off->data, .piece_bytes = pieces->data,
-        .scores = scores->data, .types = types->data,
-    };
+    if (m->tok_cfg.kind == TOKENIZER_NONE) return 0;
+    TokenizerArray arrays[TOKENIZER_MAX_ARRAYS];
+    int n = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const Tensor *t = &m->tensors[i];
+        if (strncmp(t->name, "tokenizer.", 10)) continue;
+        if (n == TOKENIZER_MAX_ARRAYS) return seterr(err, errlen, "too many tokenizer tensors");
+        if (t->ndim != 1 || (t->type != TYPE_U8 && t->type != TYPE_U32 && t->type != TYPE_F32))
+            return seterr(err, errlen, "tensor '%s' should be a vector of u8, u32 or f32", t->name);
+        arrays[n++] = (TokenizerArray){t->name + 10, t->type, t->shape[0], t->data};
+    }
     char terr[200];
-    m->tokenizer = tokenizer_new(&d, terr, sizeof terr);
-    return m->tokenizer ? 0 : seterr(err, errlen, "tokenizer: %s", terr);
+    m->tokenizer = tokenizer_new(&m->tok_cfg, arrays, n, terr, sizeof terr);
+    return m->tokenizer ? 0 : seterr(err, errlen, "%s", terr);
 }
 
 static int load_native(Model *m, char *err, size_t errlen) {

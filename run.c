@@ -143,12 +143,17 @@ static char *read_file(const char *path, size_t *len) {
  * Sampling, as llama2.c does it: xorshift RNG, temperature, top-p; plus top-k.
  */
 typedef struct {
+    float prob;
+    int id;
+} Candidate;
+
+typedef struct {
     int vocab;
     float temperature, top_p;
     int top_k;
     unsigned long long rng;
     float *probs;   /* [vocab] */
-    int *index;     /* [vocab] candidates, sorted */
+    Candidate *cand; /* [vocab] tokens that can still be drawn, most likely first */
 } Sampler;
 
 static unsigned int random_u32(unsigned long long *state) {
@@ -173,21 +178,18 @@ static void softmax(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] /= sum;
 }
 
-static const float *sort_probs;
 static int by_prob_desc(const void *a, const void *b) {
-    float pa = sort_probs[*(const int *)a], pb = sort_probs[*(const int *)b];
+    float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
     return pa > pb ? -1 : pa < pb;
 }
 
-/* Sorts the candidates with p >= cutoff by probability, descending, and
-   returns how many there are. (qsort's comparator gets no context pointer,
-   so the array it compares is passed through sort_probs for the call.) */
+/* Sorts the tokens with p >= cutoff by probability, descending, into
+   s->cand, and returns how many there are. */
 static int sorted_candidates(Sampler *s, float cutoff) {
     int n = 0;
     for (int i = 0; i < s->vocab; i++)
-        if (s->probs[i] >= cutoff) s->index[n++] = i;
-    sort_probs = s->probs;
-    qsort(s->index, (size_t)n, sizeof(int), by_prob_desc);
+        if (s->probs[i] >= cutoff) s->cand[n++] = (Candidate){s->probs[i], i};
+    qsort(s->cand, (size_t)n, sizeof *s->cand, by_prob_desc);
     return n;
 }
 
@@ -197,9 +199,9 @@ static int sample(Sampler *s, const float *logits) {
     if (s->top_k > 0 && s->top_k < s->vocab) { /* keep the k largest: everything below the k-th goes */
         softmax(s->probs, s->vocab);
         int n = sorted_candidates(s, 0);
-        float kth = s->probs[s->index[s->top_k - 1]];
+        float kth = s->cand[s->top_k - 1].prob;
         for (int i = 0; i < n; i++)
-            if (s->probs[s->index[i]] < kth) s->probs[s->index[i]] = 0;
+            if (s->cand[i].prob < kth) s->probs[s->cand[i].id] = 0;
         float sum = 0;
         for (int i = 0; i < s->vocab; i++) sum += s->probs[i];
         for (int i = 0; i < s->vocab; i++) s->probs[i] /= sum;
@@ -221,15 +223,15 @@ static int sample(Sampler *s, const float *logits) {
     float cum = 0;
     int last = n - 1;
     for (int i = 0; i < n; i++) {
-        cum += s->probs[s->index[i]];
+        cum += s->cand[i].prob;
         if (cum > s->top_p) { last = i; break; }
     }
     float r = coin * cum, cdf = 0;
     for (int i = 0; i <= last; i++) {
-        cdf += s->probs[s->index[i]];
-        if (r < cdf) return s->index[i];
+        cdf += s->cand[i].prob;
+        if (r < cdf) return s->cand[i].id;
     }
-    return s->index[last];
+    return s->cand[last].id;
 }
 
 /* ---------------------------------------------------------------------------
@@ -374,16 +376,19 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
 }
 
 static void run_generate(Engine *e, const int *prompt, int n_prompt, const Options *o) {
-    const TokenizerData *td = tokenizer_data(e->tokenizer);
     const int vocab = e->model.cfg.vocab_size;
     Sampler s = {.vocab = vocab, .temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k, .rng = o->seed};
     s.probs = malloc((size_t)vocab * sizeof(float));
-    s.index = malloc((size_t)vocab * sizeof(int));
+    s.cand = malloc((size_t)vocab * sizeof *s.cand);
     int max_new = e->ctx_len - n_prompt + 1; /* the last token is printed but never fed */
     if (o->steps >= 0 && o->steps < max_new) max_new = o->steps;
     int *ids = malloc((size_t)(max_new > 0 ? max_new : 1) * sizeof(int));
-    if (!s.probs || !s.index || !ids) die("out of memory");
     TextOut out = {0};
+    if (o->json) { /* room for the longest piece at every step: no allocation in the loop */
+        out.cap = (size_t)(max_new > 0 ? max_new : 1) * tokenizer_max_piece_bytes(e->tokenizer) + 1;
+        out.text = malloc(out.cap);
+    }
+    if (!s.probs || !s.cand || !ids || (o->json && !out.text)) die("out of memory");
 
     double t0 = now_seconds();
     feed(e, prompt, n_prompt, NULL);
@@ -391,7 +396,8 @@ static void run_generate(Engine *e, const int *prompt, int n_prompt, const Optio
     int n_gen = 0, prev = prompt[n_prompt - 1];
     while (n_gen < max_new) {
         int next = sample(&s, e->ctx->logits);
-        if (!o->ignore_eos && (next == td->eos_id || next == td->bos_id)) break;
+        /* llama2.c's models end a story with BOS, so BOS stops generation too */
+        if (!o->ignore_eos && (tokenizer_is_eos(e->tokenizer, next) || next == tokenizer_bos(e->tokenizer))) break;
         ids[n_gen++] = next;
         size_t len;
         const char *piece = tokenizer_decode(e->tokenizer, prev, next, &len);
@@ -419,7 +425,7 @@ static void run_generate(Engine *e, const int *prompt, int n_prompt, const Optio
     free(out.text);
     free(ids);
     free(s.probs);
-    free(s.index);
+    free(s.cand);
 }
 
 /* Generation or scoring: the context and the sequence live only here. */
@@ -464,8 +470,7 @@ int main(int argc, char **argv) {
     if (text_len > (size_t)INT_MAX - 3) die("prompt too long");
     int *tokens = malloc((text_len + 3) * sizeof(int));
     if (!tokens) die("out of memory");
-    const TokenizerData *td = tokenizer_data(e.tokenizer);
-    int n = tokenizer_encode(e.tokenizer, text, text_len, td->add_bos, tokens, (int)text_len + 3);
+    int n = tokenizer_encode(e.tokenizer, text, text_len, tokenizer_add_bos(e.tokenizer), tokens, (int)text_len + 3);
     if (n < 0) die("cannot tokenize the prompt");
     if (o.tokenize) {
         printf("[");

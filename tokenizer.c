@@ -275,10 +275,70 @@ fail:
     return NULL;
 }
 
-Tokenizer *tokenizer_new(const TokenizerData *data, char *err, size_t errlen)
+Tokenizer *tokenizer_from_data(const TokenizerData *data, char *err, size_t errlen)
 {
     return build(data, NULL, err, errlen);
 }
+
+static const TokenizerArray *find_array(const TokenizerArray *arrays, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(arrays[i].name, name) == 0) return &arrays[i];
+    return NULL;
+}
+
+Tokenizer *tokenizer_new(const TokenizerConfig *cfg, const TokenizerArray *arrays, int n_arrays, char *err,
+                         size_t errlen)
+{
+    const TokenizerArray *off = find_array(arrays, n_arrays, "offsets");
+    const TokenizerArray *pieces = find_array(arrays, n_arrays, "pieces");
+    const TokenizerArray *scores = find_array(arrays, n_arrays, "scores");
+    const TokenizerArray *types = find_array(arrays, n_arrays, "types");
+    int64_t n = cfg->n_vocab;
+    if (!off || !pieces || !scores || !types) {
+        set_err(err, errlen, "tokenizer: arrays missing");
+        return NULL;
+    }
+    if (n <= 0 || off->type != TOKENIZER_ARRAY_U32 || off->n != n + 1 || pieces->type != TOKENIZER_ARRAY_U8 ||
+        scores->type != TOKENIZER_ARRAY_F32 || scores->n != n || types->type != TOKENIZER_ARRAY_U8 || types->n != n) {
+        set_err(err, errlen, "tokenizer: arrays have the wrong types or sizes");
+        return NULL;
+    }
+    if (((const uint32_t *)off->data)[n] > (uint64_t)pieces->n) {
+        set_err(err, errlen, "tokenizer: pieces are truncated");
+        return NULL;
+    }
+    TokenizerData d = {
+        .kind = cfg->kind, .n_vocab = (int)n, .bos_id = cfg->bos_id, .eos_id = cfg->eos_id, .add_bos = cfg->add_bos,
+        .add_prefix_space = cfg->add_prefix_space, .piece_offset = off->data, .piece_bytes = pieces->data,
+        .scores = scores->data, .types = types->data,
+    };
+    return build(&d, NULL, err, errlen);
+}
+
+int tokenizer_serialize(const Tokenizer *t, TokenizerConfig *cfg, TokenizerArray arrays[TOKENIZER_MAX_ARRAYS])
+{
+    const TokenizerData *d = &t->data;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->kind = d->kind;
+    cfg->n_vocab = d->n_vocab;
+    cfg->bos_id = d->bos_id;
+    cfg->eos_id = d->eos_id;
+    cfg->add_bos = d->add_bos;
+    cfg->add_prefix_space = d->add_prefix_space;
+    int n = 0;
+    arrays[n++] = (TokenizerArray){"offsets", TOKENIZER_ARRAY_U32, d->n_vocab + 1, d->piece_offset};
+    arrays[n++] = (TokenizerArray){"pieces", TOKENIZER_ARRAY_U8, d->piece_offset[d->n_vocab], d->piece_bytes};
+    arrays[n++] = (TokenizerArray){"scores", TOKENIZER_ARRAY_F32, d->n_vocab, d->scores};
+    arrays[n++] = (TokenizerArray){"types", TOKENIZER_ARRAY_U8, d->n_vocab, d->types};
+    return n;
+}
+
+int tokenizer_n_vocab(const Tokenizer *t) { return t->data.n_vocab; }
+int tokenizer_bos(const Tokenizer *t) { return t->data.bos_id; }
+int tokenizer_add_bos(const Tokenizer *t) { return t->data.add_bos && t->data.bos_id >= 0; }
+int tokenizer_is_eos(const Tokenizer *t, int id) { return id >= 0 && id == t->data.eos_id; }
+size_t tokenizer_max_piece_bytes(const Tokenizer *t) { return t->max_piece_len > 1 ? t->max_piece_len : 1; }
 
 void tokenizer_free(Tokenizer *t)
 {

@@ -49,7 +49,50 @@ typedef struct Tokenizer Tokenizer;
    Returns NULL and writes one line to err on invalid data. The struct has no
    size for piece_bytes: the caller makes sure it holds piece_offset[n_vocab]
    bytes. When two tokens have the same piece, encoding uses the lower id. */
-Tokenizer *tokenizer_new(const TokenizerData *data, char *err, size_t errlen);
+Tokenizer *tokenizer_from_data(const TokenizerData *data, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------------------
+ * How a model file stores a tokenizer: a few scalars in the file header
+ * (TokenizerConfig, 64 bytes, part of the format) and named arrays, stored as
+ * tensors "tokenizer.NAME". Only tokenizer.c knows what the arrays mean; the
+ * converter writes whatever tokenizer_serialize lists and the loader hands
+ * every tokenizer.* tensor back to tokenizer_new.
+ */
+typedef struct {
+    int32_t kind;              /* TOKENIZER_*; 0 = the file has no tokenizer */
+    int32_t n_vocab;
+    int32_t bos_id, eos_id;    /* -1 = none */
+    int32_t add_bos;
+    int32_t add_prefix_space;
+    int32_t reserved[10];
+} TokenizerConfig;
+
+/* Element types of the arrays: the model file's tensor type numbers. */
+enum { TOKENIZER_ARRAY_F32 = 0, TOKENIZER_ARRAY_U8 = 5, TOKENIZER_ARRAY_U32 = 6 };
+
+typedef struct {
+    const char *name;          /* without the "tokenizer." prefix */
+    int type;                  /* TOKENIZER_ARRAY_* */
+    int64_t n;                 /* elements */
+    const void *data;
+} TokenizerArray;
+
+#define TOKENIZER_MAX_ARRAYS 16
+
+/* A tokenizer over arrays read from a model file (borrowed: they must outlive
+   it). Returns NULL and writes one line to err when something is missing or
+   inconsistent. */
+Tokenizer *tokenizer_new(const TokenizerConfig *cfg, const TokenizerArray *arrays, int n_arrays, char *err,
+                         size_t errlen);
+
+/* What to store in a model file for t: fills *cfg and arrays, returns how many arrays. */
+int tokenizer_serialize(const Tokenizer *t, TokenizerConfig *cfg, TokenizerArray arrays[TOKENIZER_MAX_ARRAYS]);
+
+int tokenizer_n_vocab(const Tokenizer *t);
+int tokenizer_bos(const Tokenizer *t);            /* -1 when none */
+int tokenizer_add_bos(const Tokenizer *t);        /* does a prompt start with BOS */
+int tokenizer_is_eos(const Tokenizer *t, int id); /* does id end generation */
+size_t tokenizer_max_piece_bytes(const Tokenizer *t); /* the longest a decoded token can be */
 
 /* Reads a llama2.c tokenizer.bin (the vocabulary size is not in that file, so
    the model's is passed). BOS = 1, EOS = 2, byte tokens are the pieces

@@ -422,11 +422,15 @@ static void test_export(const Model *v0) {
             CHECK(m.layers[0].w1.type == TYPE_Q8_0 && m.layers[0].w2.type == TYPE_F16,
                   "rows of 172 (not a multiple of 32) fall back to f16, the rest stay q8_0");
             Tokenizer *t = tokenizer_load_llama2c(path_tok, m.cfg.vocab_size, err, sizeof err);
-            const TokenizerData *a = tokenizer_data(t), *b = tokenizer_data(m.tokenizer);
-            int same = a->n_vocab == b->n_vocab && a->bos_id == b->bos_id && a->eos_id == b->eos_id &&
-                       !memcmp(a->piece_offset, b->piece_offset, (a->n_vocab + 1) * 4) &&
-                       !memcmp(a->piece_bytes, b->piece_bytes, a->piece_offset[a->n_vocab]) &&
-                       !memcmp(a->scores, b->scores, a->n_vocab * 4) && !memcmp(a->types, b->types, a->n_vocab);
+            TokenizerConfig ca, cb;
+            TokenizerArray aa[TOKENIZER_MAX_ARRAYS], ab[TOKENIZER_MAX_ARRAYS];
+            int na = tokenizer_serialize(t, &ca, aa), nb = tokenizer_serialize(m.tokenizer, &cb, ab);
+            int same = na == nb && !memcmp(&ca, &cb, sizeof ca);
+            for (int k = 0; same && k < na; k++) {
+                size_t elem = aa[k].type == TOKENIZER_ARRAY_U8 ? 1 : 4;
+                same = !strcmp(aa[k].name, ab[k].name) && aa[k].type == ab[k].type && aa[k].n == ab[k].n &&
+                       !memcmp(aa[k].data, ab[k].data, (size_t)aa[k].n * elem);
+            }
             CHECK(same, "the embedded tokenizer equals tokenizer.bin");
             tokenizer_free(t);
         }

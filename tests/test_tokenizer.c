@@ -422,7 +422,7 @@ static void test_synthetic(Report *r)
     }
     TokenizerData d = {TOKENIZER_SPM, N, -1, -1, 0, 0, off, bytes, scores, types};
     char err[256] = "";
-    Tokenizer *t = tokenizer_new(&d, err, sizeof(err));
+    Tokenizer *t = tokenizer_from_data(&d, err, sizeof(err));
     check(r, t != NULL, "synthetic_new", "%s", err);
     if (!t) return;
 
@@ -477,7 +477,7 @@ static void test_synthetic(Report *r)
         case 7: b.types = NULL; break;
         }
         err[0] = '\0';
-        t = tokenizer_new(&b, err, sizeof(err));
+        t = tokenizer_from_data(&b, err, sizeof(err));
         check(r, t == NULL && err[0] != '\0' && !strchr(err, '\n'), names[k], "t=%p err=\"%s\"",
               (void *)t, err);
         tokenizer_free(t);
