@@ -27,7 +27,7 @@ tests/bin/%: tests/%.c $(ENGINE)
 	@mkdir -p tests/bin
 	$(CC) $(CFLAGS) -o $@ $< tokenizer.c $(LDLIBS)
 
-TEST_BINS = tests/bin/test_kernels tests/bin/test_tokenizer tests/bin/test_model
+TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model
 
 test: all $(TEST_BINS)
 	@sh tests/run_tests.sh
@@ -39,7 +39,7 @@ sanitize:
 	@mkdir -p $(SAN)
 	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/run run.c tokenizer.c $(LDLIBS)
 	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/export export.c tokenizer.c $(LDLIBS)
-	for t in test_kernels test_tokenizer test_model; do \
+	for t in test_kernels test_json test_tokenizer test_model; do \
 	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/$$t tests/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
 	@BIN=$(SAN) sh tests/run_tests.sh
 

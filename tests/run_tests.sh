@@ -22,7 +22,7 @@ check() { # check NAME CONDITION-COMMAND...
 }
 
 # C unit tests report their own lines and a summary we add up.
-for t in test_kernels test_tokenizer test_model; do
+for t in test_kernels test_json test_tokenizer test_model; do
     echo "== $t"
     $TESTBIN/$t "$ASSETS" > $TMP/$t.log 2>&1
     status=$?
