@@ -1,19 +1,24 @@
 /* export.c - the checkpoint converter.
  *
- *   ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin]
+ *   ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin|none]
  *
- * SRC is read through the engine's own loader (model_load), so anything ./run
- * can open can be converted: llama2.c checkpoints (versions 0, 1, 2) and
- * model files written by this tool (to change their weight type). Every
- * source becomes a Model, a table of named tensors with a config; writing
- * that out is one function, so a new source format only needs a reader that
- * produces a Model (Hugging Face folders are the next one).
+ * SRC is one of
+ *   - a file ./run can open, read through the engine's own loader
+ *     (model_load): llama2.c checkpoints (versions 0, 1, 2) and model files
+ *     written by this tool (to change their weight type);
+ *   - a Hugging Face model folder (config.json and safetensors weights) of a
+ *     Llama-family architecture, read by hf_load below.
+ * Every source becomes a Model, a table of named tensors with a config;
+ * writing that out is one function, so a new source format only needs a
+ * reader that produces a Model.
  *
  * OUT is written to a temporary file beside it and renamed at the end, so a
  * failed export never leaves a partial OUT.
  */
 #define MODEL_IMPLEMENTATION
 #include "model.h"
+
+#include "json.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -34,10 +39,609 @@ static void die(const char *fmt, ...) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin]\n"
-                    "  SRC: a llama2.c checkpoint (.bin, versions 0-2) or a model file written by ./export\n");
+    fprintf(stderr, "usage: ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin|none]\n"
+                    "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, or a\n"
+                    "       Hugging Face model folder (Llama, Mistral, Qwen2, SmolLM3; safetensors weights)\n");
     exit(1);
 }
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) die("out of memory");
+    return p;
+}
+
+/* ===========================================================================
+ * Hugging Face model folders.
+ *
+ * config.json says what the model is; the weights are model.safetensors, or
+ * shards listed by model.safetensors.index.json. The shards are mapped
+ * read-only and the model's tensors point into them, so even a large model
+ * is converted without a copy of its weights in memory. Only the norms and
+ * biases, which are small, are converted to f32 up front (the file format
+ * stores vectors as f32).
+ *
+ * The reader accepts only what it can convert exactly: a config key or a
+ * tensor that would change the model's math and that the engine does not
+ * run is an error that names it, never a silently different model.
+ */
+
+/* One safetensors tensor, as its file's header describes it. */
+typedef struct {
+    char *name;
+    int type;                /* TYPE_F32, TYPE_F16 or TYPE_BF16; -1 for a dtype we do not convert */
+    char dtype[16];          /* the dtype as the file spells it, for messages */
+    int ndim;
+    int64_t shape[4];
+    const uint8_t *data;     /* inside a mapped shard; not necessarily aligned */
+    size_t nbytes;
+    int file;                /* index into HfCheckpoint.files */
+    int used;
+} HfTensor;
+
+typedef struct {
+    char path[4096];
+    void *map;
+    size_t bytes;
+} HfFile;
+
+typedef struct {
+    char dir[4096];
+    HfFile *files;
+    int n_files;
+    HfTensor *tensors;
+    int n_tensors, cap_tensors;
+    float *vectors;          /* norms and biases converted to f32, owned */
+    uint8_t *layer_pos;      /* POS_* per layer, owned; NULL when every layer uses RoPE */
+} HfCheckpoint;
+
+/* Reads a small file (a JSON document) whole. */
+static char *read_small_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) die("'%s' is not a regular file", path);
+    if (st.st_size > (64 << 20)) die("'%s' is too large for a JSON file (%lld bytes)", path, (long long)st.st_size);
+    char *buf = xcalloc((size_t)st.st_size + 1, 1);
+    if (fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) die("cannot read '%s'", path);
+    fclose(f);
+    *len = (size_t)st.st_size;
+    return buf;
+}
+
+static void parse_json_file(JsonDoc *doc, const char *path) {
+    size_t len;
+    char *text = read_small_file(path, &len), err[256];
+    if (json_parse(doc, text, len, err, sizeof err)) die("%s: %s", path, err);
+    free(text);
+    if (doc->root.type != JSON_OBJECT) die("%s: expected a JSON object at the top", path);
+}
+
+/* ---------------------------------------------------------------------------
+ * safetensors: a little-endian u64 header length, a JSON header mapping each
+ * tensor name to {dtype, shape, data_offsets: [begin, end)}, then the data,
+ * with offsets relative to the end of the header.
+ */
+static int dtype_size(const char *dtype, int *type) {
+    static const struct { const char *name; int size, type; } dtypes[] = {
+        {"F32", 4, TYPE_F32}, {"F16", 2, TYPE_F16}, {"BF16", 2, TYPE_BF16}, {"F64", 8, -1}, {"I64", 8, -1},
+        {"U64", 8, -1}, {"I32", 4, -1}, {"U32", 4, -1}, {"I16", 2, -1}, {"U16", 2, -1}, {"I8", 1, -1},
+        {"U8", 1, -1}, {"BOOL", 1, -1}, {"F8_E4M3", 1, -1}, {"F8_E5M2", 1, -1},
+    };
+    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+        if (!strcmp(dtype, dtypes[i].name)) {
+            *type = dtypes[i].type;
+            return dtypes[i].size;
+        }
+    return 0;
+}
+
+/* A JSON number that is a whole count of bytes or elements (exact up to 2^53). */
+static int json_count(const JsonValue *v, uint64_t *out) {
+    double d;
+    if (json_double(v, &d) || !(d >= 0 && d <= 9007199254740992.0) || d != (double)(uint64_t)d) return -1;
+    *out = (uint64_t)d;
+    return 0;
+}
+
+static HfTensor *hf_find(HfCheckpoint *ck, const char *name) {
+    for (int i = 0; i < ck->n_tensors; i++)
+        if (!strcmp(ck->tensors[i].name, name)) return &ck->tensors[i];
+    return NULL;
+}
+
+/* Maps one safetensors file and adds its tensors; returns its file index. */
+static int read_safetensors(HfCheckpoint *ck, const char *file) {
+    for (int i = 0; i < ck->n_files; i++) /* a shard named twice in the index is read once */
+        if (!strcmp(strrchr(ck->files[i].path, '/') + 1, file)) return i;
+    HfFile *hf = &ck->files[ck->n_files];
+    if (snprintf(hf->path, sizeof hf->path, "%s/%s", ck->dir, file) >= (int)sizeof hf->path) die("path too long: %s/%s", ck->dir, file);
+    const char *path = hf->path;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die("cannot open '%s': %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) die("'%s' is not a regular file", path);
+    if (st.st_size < 8) die("%s: truncated safetensors file (%lld bytes)", path, (long long)st.st_size);
+    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) die("%s: larger than this platform can map", path);
+    hf->bytes = (size_t)st.st_size;
+    hf->map = mmap(NULL, hf->bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (hf->map == MAP_FAILED) die("cannot map '%s': %s", path, strerror(errno));
+    int index = ck->n_files++;
+
+    const uint8_t *base = hf->map;
+    uint64_t header_len;
+    memcpy(&header_len, base, 8);
+    if (header_len > hf->bytes - 8)
+        die("%s: the header is %llu bytes long but the file has only %zu (truncated, or not a safetensors file)", path,
+            (unsigned long long)header_len, hf->bytes);
+    JsonDoc doc;
+    char err[256];
+    if (json_parse(&doc, (const char *)base + 8, (size_t)header_len, err, sizeof err)) die("%s: header: %s", path, err);
+    if (doc.root.type != JSON_OBJECT) die("%s: the header is not a JSON object", path);
+    const uint8_t *data = base + 8 + header_len;
+    uint64_t data_len = hf->bytes - 8 - header_len;
+
+    for (size_t i = 0; i < doc.root.len; i++) {
+        const JsonValue *v = &doc.root.items[i];
+        const char *name = v->key;
+        if (!strcmp(name, "__metadata__")) continue;
+        if (strlen(name) != v->key_len || !name[0]) die("%s: a tensor has an empty or corrupt name", path);
+        if (hf_find(ck, name)) die("%s: tensor '%s' appears twice in the checkpoint", path, name);
+        const char *dtype = json_string(json_get(v, "dtype"));
+        const JsonValue *shape = json_get(v, "shape"), *offsets = json_get(v, "data_offsets");
+        if (!dtype || !shape || shape->type != JSON_ARRAY || !offsets || offsets->type != JSON_ARRAY || offsets->len != 2)
+            die("%s: tensor '%s' needs dtype, shape and data_offsets [begin, end]", path, name);
+        HfTensor t = {0};
+        int size = dtype_size(dtype, &t.type);
+        if (!size) die("%s: tensor '%s' has unknown dtype '%s'", path, name, dtype);
+        snprintf(t.dtype, sizeof t.dtype, "%s", dtype);
+        if (shape->len > 4) die("%s: tensor '%s' has %zu dimensions (at most 4)", path, name, shape->len);
+        t.ndim = (int)shape->len;
+        uint64_t numel = 1, begin, end;
+        for (int d = 0; d < t.ndim; d++) {
+            uint64_t n;
+            if (json_count(&shape->items[d], &n)) die("%s: tensor '%s' has a corrupt shape", path, name);
+            if (n && numel > data_len / n) die("%s: tensor '%s' has a shape larger than the file", path, name);
+            numel *= n; /* stays at most data_len: no overflow below */
+            t.shape[d] = (int64_t)n;
+        }
+        if (json_count(&offsets->items[0], &begin) || json_count(&offsets->items[1], &end) || begin > end)
+            die("%s: tensor '%s' has corrupt data_offsets", path, name);
+        if (end > data_len)
+            die("%s: tensor '%s' ends at byte %llu of the data, which has only %llu (truncated?)", path, name,
+                (unsigned long long)end, (unsigned long long)data_len);
+        if (end - begin != numel * (uint64_t)size)
+            die("%s: tensor '%s' has %llu bytes, but dtype %s and its shape need %llu", path, name,
+                (unsigned long long)(end - begin), dtype, (unsigned long long)(numel * size));
+        t.name = strdup(name);
+        if (!t.name) die("out of memory");
+        t.data = data + begin;
+        t.nbytes = (size_t)(end - begin);
+        t.file = index;
+        if (ck->n_tensors == ck->cap_tensors) {
+            ck->cap_tensors = ck->cap_tensors ? 2 * ck->cap_tensors : 256;
+            ck->tensors = realloc(ck->tensors, (size_t)ck->cap_tensors * sizeof *ck->tensors);
+            if (!ck->tensors) die("out of memory");
+        }
+        ck->tensors[ck->n_tensors++] = t;
+    }
+    json_free(&doc);
+    return index;
+}
+
+/* model.safetensors, or every shard model.safetensors.index.json lists. */
+static void read_weights(HfCheckpoint *ck) {
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/model.safetensors", ck->dir);
+    if (!stat(path, &st)) {
+        ck->files = xcalloc(1, sizeof *ck->files);
+        read_safetensors(ck, "model.safetensors");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", ck->dir);
+    if (stat(path, &st)) {
+        snprintf(path, sizeof path, "%s/pytorch_model.bin", ck->dir);
+        die("'%s' has no model.safetensors or model.safetensors.index.json%s", ck->dir,
+            stat(path, &st) ? "" : " (PyTorch .bin weights are not supported: save the model with safetensors)");
+    }
+    JsonDoc doc;
+    parse_json_file(&doc, path);
+    const JsonValue *map = json_get(&doc.root, "weight_map");
+    if (!map || map->type != JSON_OBJECT || !map->len) die("%s: missing or empty 'weight_map'", path);
+    ck->files = xcalloc(map->len, sizeof *ck->files);
+    for (size_t i = 0; i < map->len; i++) {
+        const char *file = json_string(&map->items[i]);
+        if (!file || !file[0] || strchr(file, '/') || !strcmp(file, "..") || strlen(file) != map->items[i].len)
+            die("%s: weight_map entry '%s' is not a file name in the folder", path, map->items[i].key);
+        int f = read_safetensors(ck, file);
+        const HfTensor *t = hf_find(ck, map->items[i].key);
+        if (!t || t->file != f) die("%s: tensor '%s' is not in %s, where the index puts it", path, map->items[i].key, file);
+    }
+    json_free(&doc);
+}
+
+static void hf_free(HfCheckpoint *ck) {
+    for (int i = 0; i < ck->n_files; i++) munmap(ck->files[i].map, ck->files[i].bytes);
+    for (int i = 0; i < ck->n_tensors; i++) free(ck->tensors[i].name);
+    free(ck->files);
+    free(ck->tensors);
+    free(ck->vectors);
+    free(ck->layer_pos);
+    memset(ck, 0, sizeof *ck);
+}
+
+/* ---------------------------------------------------------------------------
+ * config.json. Keys set to null count as absent, as transformers treats them.
+ */
+static const JsonValue *cfg_get(const JsonValue *obj, const char *key) {
+    const JsonValue *v = json_get(obj, key);
+    return v && v->type != JSON_NULL ? v : NULL;
+}
+
+static int cfg_int(const char *file, const JsonValue *obj, const char *key, int def, int required) {
+    const JsonValue *v = cfg_get(obj, key);
+    int x;
+    if (!v) {
+        if (required) die("%s: missing '%s'", file, key);
+        return def;
+    }
+    if (json_int(v, &x)) die("%s: '%s' should be an integer", file, key);
+    return x;
+}
+
+static double cfg_num(const char *file, const JsonValue *obj, const char *key, double def, int required) {
+    const JsonValue *v = cfg_get(obj, key);
+    double x;
+    if (!v) {
+        if (required) die("%s: missing '%s'", file, key);
+        return def;
+    }
+    if (json_double(v, &x) || !isfinite(x)) die("%s: '%s' should be a number", file, key);
+    return x;
+}
+
+static int cfg_bool(const char *file, const JsonValue *obj, const char *key, int def) {
+    const JsonValue *v = cfg_get(obj, key);
+    int x;
+    if (!v) return def;
+    if (json_bool(v, &x)) die("%s: '%s' should be true or false", file, key);
+    return x;
+}
+
+static const char *cfg_str(const char *file, const JsonValue *obj, const char *key, const char *def) {
+    const JsonValue *v = cfg_get(obj, key);
+    if (!v) return def;
+    if (!json_string(v)) die("%s: '%s' should be a string", file, key);
+    return v->str;
+}
+
+/* The architectures this reader converts. They share the Llama decoder
+   (RMSNorm, rotary attention with rotate_half, SwiGLU) and differ in a few
+   details. Defaults are the config classes' own, for keys a config.json may
+   leave out (transformers omits values equal to the base class defaults, so
+   tie_word_embeddings can be missing where the model class defaults to true). */
+typedef struct {
+    const char *name;
+    int qkv_bias;            /* 1: q/k/v always have biases (Qwen2); 0: attention_bias decides; -1: never (Mistral) */
+    int tied_default;
+    double theta_default;
+    int nope_layers;         /* no_rope_layers / no_rope_layer_interval (SmolLM3) */
+    int sliding_all;         /* a set sliding_window applies to every layer (Mistral) */
+} HfArch;
+
+static const HfArch hf_archs[] = {
+    {"LlamaForCausalLM", 0, 0, 10000.0, 0, 0},
+    {"MistralForCausalLM", -1, 0, 10000.0, 0, 1},
+    {"Qwen2ForCausalLM", 1, 0, 10000.0, 0, 0},
+    {"SmolLM3ForCausalLM", 0, 1, 2000000.0, 1, 0},
+};
+
+/* Keys that do not change the forward pass (or that the code below reads);
+   anything else gets a note, so a key we never heard of is at least seen. */
+static const char *const hf_known_keys[] = {
+    "architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings",
+    "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor",
+    "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act", "sliding_window", "use_sliding_window",
+    "max_window_layers", "layer_types", "no_rope_layers", "no_rope_layer_interval", "quantization_config",
+    "pretraining_tp", "attention_dropout", "initializer_range", "use_cache", "bos_token_id", "eos_token_id",
+    "pad_token_id", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "auto_map", "tokenizer_class",
+    "use_mrope", "_attn_implementation", "_attn_implementation_autoset", "output_attentions",
+    "output_hidden_states", "return_dict", "is_decoder", "is_encoder_decoder", "chunk_size_feed_forward",
+    "id2label", "label2id", "problem_type", "task_specific_params", "finetuning_task", "prefix",
+    "sep_token_id", "decoder_start_token_id", "cross_attention_hidden_size", "add_cross_attention",
+    "tie_encoder_decoder", "torchscript", "pruned_heads", "num_labels",
+};
+
+static int hf_known_key(const char *key) {
+    for (size_t i = 0; i < sizeof hf_known_keys / sizeof hf_known_keys[0]; i++)
+        if (!strcmp(key, hf_known_keys[i])) return 1;
+    return 0;
+}
+
+/* Rotary settings. Older configs have rope_theta and rope_scaling ({"type" or
+   "rope_type", "factor", ...}) at the top level; newer ones put everything,
+   rope_theta included, in one rope_parameters object. */
+static void read_rope(const char *file, const JsonValue *root, const HfArch *arch, ModelConfig *c) {
+    const JsonValue *params = cfg_get(root, "rope_parameters"), *scaling = cfg_get(root, "rope_scaling");
+    if (params && params->type != JSON_OBJECT) die("%s: 'rope_parameters' should be an object", file);
+    if (scaling && scaling->type != JSON_OBJECT) die("%s: 'rope_scaling' should be an object", file);
+    if (params)
+        for (size_t i = 0; i < params->len; i++)
+            if (params->items[i].type == JSON_OBJECT) /* one set per layer type (e.g. sliding vs full) */
+                die("%s: rope_parameters per layer type ('%s') are not supported", file, params->items[i].key);
+    const JsonValue *s = params ? params : scaling;
+    double theta = cfg_num(file, root, "rope_theta", arch->theta_default, 0);
+    if (params) theta = cfg_num(file, params, "rope_theta", theta, 0);
+    double partial = cfg_num(file, root, "partial_rotary_factor", 1.0, 0);
+    if (params) partial = cfg_num(file, params, "partial_rotary_factor", partial, 0);
+    if (!(partial > 0 && partial <= 1)) die("%s: partial_rotary_factor %g is not in (0, 1]", file, partial);
+    c->rope_theta = (float)theta;
+    c->rope_dim = (int)(c->head_dim * partial); /* int() in transformers: truncates */
+
+    const char *type = "default";
+    if (s) type = cfg_str(file, s, "rope_type", cfg_str(file, s, "type", "default"));
+    if (!strcmp(type, "default")) {
+        c->rope_scaling = ROPE_SCALING_NONE;
+    } else if (!strcmp(type, "linear")) {
+        c->rope_scaling = ROPE_SCALING_LINEAR;
+        c->rope_factor = (float)cfg_num(file, s, "factor", 0, 1);
+    } else if (!strcmp(type, "llama3")) {
+        c->rope_scaling = ROPE_SCALING_LLAMA3;
+        c->rope_factor = (float)cfg_num(file, s, "factor", 0, 1);
+        c->rope_low_freq_factor = (float)cfg_num(file, s, "low_freq_factor", 0, 1);
+        c->rope_high_freq_factor = (float)cfg_num(file, s, "high_freq_factor", 0, 1);
+        c->rope_orig_ctx = cfg_int(file, s, "original_max_position_embeddings", 0, 1);
+    } else {
+        die("%s: rope scaling type '%s' is not supported yet (this build runs default, linear and llama3)", file, type);
+    }
+}
+
+/* Which layers use a sliding window, and how wide it is (0: none). The
+   engine attends to the whole context, which is exact while a sequence is no
+   longer than the window; the caller caps the default context to it. */
+static int read_sliding_window(const char *file, const JsonValue *root, const HfArch *arch, int n_layers,
+                               const uint8_t *layer_pos) {
+    const JsonValue *types = cfg_get(root, "layer_types");
+    int window = cfg_int(file, root, "sliding_window", 0, 0), sliding = 0;
+    if (window < 0) die("%s: 'sliding_window' is negative", file);
+    if (types) {
+        if (types->type != JSON_ARRAY || types->len < (size_t)n_layers)
+            die("%s: 'layer_types' should list a type for each of the %d layers", file, n_layers);
+        for (int l = 0; l < n_layers; l++) {
+            const char *t = json_string(&types->items[l]);
+            if (!t) die("%s: 'layer_types' should hold strings", file);
+            if (!strcmp(t, "sliding_attention")) sliding = 1;
+            else if (strcmp(t, "full_attention")) die("%s: layer %d has attention type '%s', which is not supported", file, l, t);
+        }
+    } else if (arch->sliding_all) {
+        sliding = window > 0;
+    } else if (cfg_bool(file, root, "use_sliding_window", 0) && window > 0) {
+        if (arch->nope_layers) { /* SmolLM3 slides its NoPE layers only */
+            for (int l = 0; l < n_layers; l++) sliding |= layer_pos && layer_pos[l] == POS_NONE;
+        } else { /* Qwen2: the layers from max_window_layers on */
+            sliding = cfg_int(file, root, "max_window_layers", n_layers, 0) < n_layers;
+        }
+    }
+    return sliding ? window : 0;
+}
+
+/* Per-layer position scheme of SmolLM3: no_rope_layers[l] is 1 where layer l
+   uses RoPE and 0 where it uses none (NoPE); without the list, every
+   no_rope_layer_interval-th layer is NoPE. */
+static uint8_t *read_layer_pos(const char *file, const JsonValue *root, int n_layers) {
+    uint8_t *pos = xcalloc((size_t)n_layers, 1);
+    const JsonValue *list = cfg_get(root, "no_rope_layers");
+    int any = 0;
+    if (list) {
+        if (list->type != JSON_ARRAY || list->len < (size_t)n_layers)
+            die("%s: 'no_rope_layers' should have an entry for each of the %d layers", file, n_layers);
+        for (int l = 0; l < n_layers; l++) {
+            int use_rope;
+            if (json_int(&list->items[l], &use_rope) || (use_rope != 0 && use_rope != 1))
+                die("%s: 'no_rope_layers' entries should be 0 (no RoPE) or 1 (RoPE)", file);
+            pos[l] = use_rope ? POS_ROPE : POS_NONE;
+        }
+    } else {
+        int interval = cfg_int(file, root, "no_rope_layer_interval", 4, 0);
+        if (interval <= 0) die("%s: 'no_rope_layer_interval' should be positive", file);
+        for (int l = 0; l < n_layers; l++) pos[l] = (l + 1) % interval ? POS_ROPE : POS_NONE;
+    }
+    for (int l = 0; l < n_layers; l++) any |= pos[l] != POS_ROPE;
+    if (!any) {
+        free(pos);
+        return NULL;
+    }
+    return pos;
+}
+
+/* ---------------------------------------------------------------------------
+ * Rotary layout. Hugging Face's Llama-family attention rotates dims m and
+ * m + rope_dim/2 of each head together (rotate_half); the kernel rotates
+ * adjacent pairs (2m, 2m+1). So the rows of q_proj and k_proj, and their
+ * biases, are reordered within each head: output row 2m is source row m and
+ * output row 2m+1 is source row m + rope_dim/2, for m < rope_dim/2; rows past
+ * rope_dim (partial rotary) stay in place. Both use frequency theta^(-2m /
+ * rope_dim) for pair m. q and k are permuted alike, so q.k, and with it
+ * attention, is unchanged; v and o_proj are not touched.
+ */
+static int64_t rope_source_row(int64_t r, int head_dim, int rope_dim) {
+    int64_t head = r / head_dim, i = r % head_dim;
+    if (i >= rope_dim) return r;
+    return head * head_dim + (i % 2 ? rope_dim / 2 + i / 2 : i / 2);
+}
+
+/* f32 copy of a vector (norm or bias), optionally in rotary order. */
+static void vector_to_f32(const HfTensor *t, float *out, int head_dim, int rope_dim) {
+    int64_t n = t->shape[0];
+    for (int64_t r = 0; r < n; r++) {
+        int64_t s = head_dim ? rope_source_row(r, head_dim, rope_dim) : r;
+        if (t->type == TYPE_F32) {
+            memcpy(&out[r], t->data + 4 * s, 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, t->data + 2 * s, 2); /* the data need not be aligned */
+            out[r] = t->type == TYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+    }
+}
+
+/* Looks up a tensor the model needs and checks its dtype and shape
+   (cols == 0: a vector of rows). */
+static const HfTensor *hf_need(HfCheckpoint *ck, const char *name, int64_t rows, int64_t cols) {
+    HfTensor *t = hf_find(ck, name);
+    if (!t) die("'%s': tensor '%s' is missing", ck->dir, name);
+    if (t->type < 0)
+        die("'%s': tensor '%s' has dtype %s (this converter reads F32, F16 and BF16; quantized checkpoints are not supported)",
+            ck->dir, name, t->dtype);
+    int ndim = cols ? 2 : 1;
+    if (t->ndim != ndim || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
+        char got[96] = "", want[64];
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        if (cols) snprintf(want, sizeof want, "[%lld, %lld]", (long long)rows, (long long)cols);
+        else snprintf(want, sizeof want, "[%lld]", (long long)rows);
+        die("'%s': tensor '%s' has shape [%s], but config.json implies %s", ck->dir, name, got, want);
+    }
+    t->used = 1;
+    return t;
+}
+
+/* Reads a Hugging Face model folder into m: the config, and a tensor table
+   under the engine's names that points into the mapped shards. */
+static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
+    memset(m, 0, sizeof *m);
+    memset(ck, 0, sizeof *ck);
+    size_t dl = strlen(dir);
+    while (dl > 1 && dir[dl - 1] == '/') dl--; /* "folder/" and "folder" alike */
+    if (dl >= sizeof ck->dir - 64) die("path too long: %s", dir);
+    memcpy(ck->dir, dir, dl);
+
+    char file[4200];
+    snprintf(file, sizeof file, "%s/config.json", ck->dir);
+    JsonDoc doc;
+    parse_json_file(&doc, file);
+    const JsonValue *root = &doc.root;
+
+    const JsonValue *archs = cfg_get(root, "architectures");
+    const char *arch_name = archs && archs->type == JSON_ARRAY && archs->len ? json_string(&archs->items[0]) : NULL;
+    if (!arch_name) die("%s: 'architectures' should list the model class (e.g. [\"LlamaForCausalLM\"])", file);
+    const HfArch *arch = NULL;
+    for (size_t i = 0; i < sizeof hf_archs / sizeof hf_archs[0]; i++)
+        if (!strcmp(arch_name, hf_archs[i].name)) arch = &hf_archs[i];
+    if (!arch)
+        die("%s: architecture '%s' is not supported (this build converts LlamaForCausalLM, MistralForCausalLM, "
+            "Qwen2ForCausalLM and SmolLM3ForCausalLM)", file, arch_name);
+
+    /* What would change the math and is not run by the engine. */
+    if (cfg_get(root, "quantization_config")) die("%s: quantized checkpoints (quantization_config) are not supported", file);
+    const char *act = cfg_str(file, root, "hidden_act", "silu");
+    if (strcmp(act, "silu") && strcmp(act, "swish")) die("%s: hidden_act '%s' is not supported (only silu)", file, act);
+    if (cfg_bool(file, root, "mlp_bias", 0)) die("%s: mlp_bias = true is not supported (the feed-forward has no biases)", file);
+    if (cfg_bool(file, root, "use_mrope", 0)) die("%s: use_mrope = true (multimodal rotary) is not supported", file);
+    if (arch->qkv_bias == 0 && cfg_bool(file, root, "attention_bias", 0))
+        die("%s: attention_bias = true gives o_proj a bias, which the engine does not run yet", file);
+
+    ModelConfig *c = &m->cfg;
+    c->arch = ARCH_LLAMA;
+    c->dim = cfg_int(file, root, "hidden_size", 0, 1);
+    c->n_layers = cfg_int(file, root, "num_hidden_layers", 0, 1);
+    c->n_heads = cfg_int(file, root, "num_attention_heads", 0, 1);
+    c->n_kv_heads = cfg_int(file, root, "num_key_value_heads", c->n_heads, 0);
+    c->hidden_dim = cfg_int(file, root, "intermediate_size", 0, 1);
+    c->vocab_size = cfg_int(file, root, "vocab_size", 0, 1);
+    c->max_seq_len = cfg_int(file, root, "max_position_embeddings", 0, 1);
+    c->norm_eps = (float)cfg_num(file, root, "rms_norm_eps", 1e-6, 0);
+    if (c->n_heads <= 0 || c->dim <= 0) die("%s: hidden_size and num_attention_heads should be positive", file);
+    if (!cfg_get(root, "head_dim") && c->dim % c->n_heads)
+        die("%s: hidden_size %d is not a multiple of num_attention_heads %d (and there is no head_dim)", file, c->dim, c->n_heads);
+    c->head_dim = cfg_int(file, root, "head_dim", c->dim / c->n_heads, 0);
+    c->v_head_dim = c->head_dim;
+    c->tied_embeddings = cfg_bool(file, root, "tie_word_embeddings", arch->tied_default);
+    c->qkv_bias = arch->qkv_bias == 1;
+    c->rope_pairs = ROPE_PAIRS_ADJACENT; /* after the permutation below */
+    read_rope(file, root, arch, c);
+    if (c->n_layers <= 0 || c->n_layers > 4096) die("%s: num_hidden_layers %d is impossible", file, c->n_layers);
+    if (arch->nope_layers) ck->layer_pos = read_layer_pos(file, root, c->n_layers);
+    int window = read_sliding_window(file, root, arch, c->n_layers, ck->layer_pos);
+    if (window > 0 && window < c->max_seq_len) {
+        fprintf(stderr,
+                "note: the model uses a sliding attention window of %d tokens; the engine attends to the whole "
+                "context, which is exact up to %d tokens: the default context is set to %d (max_position_embeddings "
+                "is %d)\n", window, window, window, c->max_seq_len);
+        c->max_seq_len = window;
+    }
+    for (size_t i = 0; i < root->len; i++)
+        if (!hf_known_key(root->items[i].key))
+            fprintf(stderr, "note: %s: key '%s' is not known to the converter; ignored\n", file, root->items[i].key);
+    json_free(&doc);
+    char err[256];
+    if (check_config(c, err, sizeof err)) die("%s: %s", file, err);
+
+    read_weights(ck);
+
+    /* The tensor table, under the engine's names. Vectors go to one f32 block. */
+    int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    size_t n_vec = (size_t)c->dim * (2 * (size_t)c->n_layers + 1) + (c->qkv_bias ? (size_t)c->n_layers * (q_dim + 2 * kv_dim) : 0);
+    float *vec = ck->vectors = xcalloc(n_vec, sizeof(float));
+    int cap = 0;
+    char name[256], ours[TENSOR_NAME_BYTES];
+#define MATRIX(engine_name, hf_name, rows, cols)                                                                   \
+    do {                                                                                                           \
+        const HfTensor *t_ = hf_need(ck, hf_name, rows, cols);                                                     \
+        if (add_tensor(m, &cap, engine_name, t_->type, rows, cols, t_->data)) die("out of memory");              \
+    } while (0)
+#define VECTOR(engine_name, hf_name, n, head_dim, rope_dim)                                                        \
+    do {                                                                                                           \
+        vector_to_f32(hf_need(ck, hf_name, n, 0), vec, head_dim, rope_dim);                                        \
+        if (add_tensor(m, &cap, engine_name, TYPE_F32, 0, n, vec)) die("out of memory");                          \
+        vec += n;                                                                                                  \
+    } while (0)
+    MATRIX("tok_embeddings", "model.embed_tokens.weight", c->vocab_size, c->dim);
+    VECTOR("norm", "model.norm.weight", c->dim, 0, 0);
+    HfTensor *lm_head = hf_find(ck, "lm_head.weight");
+    if (!c->tied_embeddings) MATRIX("output", "lm_head.weight", c->vocab_size, c->dim);
+    else if (lm_head) { /* transformers ties it to the embedding whatever the file holds */
+        lm_head->used = 1;
+        fprintf(stderr, "note: lm_head.weight ignored: tie_word_embeddings is true, so the classifier is the embedding\n");
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+#define HF(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
+#define OURS(suffix) (snprintf(ours, sizeof ours, "layers.%d.%s", l, suffix), ours)
+        VECTOR(OURS("attention_norm"), HF("input_layernorm.weight"), c->dim, 0, 0);
+        VECTOR(OURS("ffn_norm"), HF("post_attention_layernorm.weight"), c->dim, 0, 0);
+        MATRIX(OURS("attention.wq"), HF("self_attn.q_proj.weight"), q_dim, c->dim);
+        MATRIX(OURS("attention.wk"), HF("self_attn.k_proj.weight"), kv_dim, c->dim);
+        MATRIX(OURS("attention.wv"), HF("self_attn.v_proj.weight"), kv_dim, c->dim);
+        MATRIX(OURS("attention.wo"), HF("self_attn.o_proj.weight"), c->dim, q_dim);
+        MATRIX(OURS("feed_forward.w1"), HF("mlp.gate_proj.weight"), c->hidden_dim, c->dim);
+        MATRIX(OURS("feed_forward.w2"), HF("mlp.down_proj.weight"), c->dim, c->hidden_dim);
+        MATRIX(OURS("feed_forward.w3"), HF("mlp.up_proj.weight"), c->hidden_dim, c->dim);
+        if (c->qkv_bias) {
+            VECTOR(OURS("attention.bq"), HF("self_attn.q_proj.bias"), q_dim, c->head_dim, c->rope_dim);
+            VECTOR(OURS("attention.bk"), HF("self_attn.k_proj.bias"), kv_dim, c->head_dim, c->rope_dim);
+            VECTOR(OURS("attention.bv"), HF("self_attn.v_proj.bias"), kv_dim, 0, 0);
+        }
+        HfTensor *inv_freq = hf_find(ck, HF("self_attn.rotary_emb.inv_freq"));
+        if (inv_freq) inv_freq->used = 1; /* older checkpoints saved the RoPE table; it is recomputed */
+#undef HF
+#undef OURS
+    }
+#undef MATRIX
+#undef VECTOR
+    if (ck->layer_pos && add_tensor(m, &cap, "layer_pos", TYPE_U8, 0, c->n_layers, ck->layer_pos)) die("out of memory");
+    for (int i = 0; i < ck->n_tensors; i++)
+        if (!ck->tensors[i].used)
+            die("'%s': tensor '%s' is not part of a %s with this config.json (an unsupported variant?)", ck->dir,
+                ck->tensors[i].name, arch->name);
+    if (model_bind(m, err, sizeof err)) die("'%s': %s", ck->dir, err);
+}
+
+/* ===========================================================================
+ * Writing the model file.
+ */
 
 /* One tensor of the output file: where its data comes from and its new type. */
 typedef struct {
@@ -48,6 +652,7 @@ typedef struct {
     const void *src;
     size_t nbytes;
     uint64_t offset;
+    int rope_head_dim, rope_dim; /* rope_head_dim > 0: rows reordered by rope_source_row */
 } OutTensor;
 
 typedef struct {
@@ -84,15 +689,26 @@ static void write_all(FILE *f, const void *p, size_t n) {
     if (n && fwrite(p, 1, n, f) != n) die("cannot write '%s': %s", temp_path, strerror(errno));
 }
 
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
 /* Writes one tensor, converting row by row so no second copy of a large
-   matrix is ever held. Same type in and out: the bytes are copied as they are. */
-static void write_tensor(FILE *f, const OutTensor *o, float *row_f32, void *row_out) {
-    if (o->type == o->src_type) { write_all(f, o->src, o->nbytes); return; }
+   matrix is ever held. Same type in and out: the bytes are copied as they are
+   (row by row when the rows are reordered). Each source row is first copied
+   to row_in, because a safetensors file does not align its data. */
+static void write_tensor(FILE *f, const OutTensor *o, void *row_in, float *row_f32, void *row_out) {
+    if (o->type == o->src_type && !o->rope_head_dim) { write_all(f, o->src, o->nbytes); return; }
     int64_t cols = o->shape[o->ndim - 1], rows = 1;
     for (int d = 0; d < o->ndim - 1; d++) rows *= o->shape[d];
     size_t in_bytes = type_row_bytes(o->src_type, cols), out_bytes = type_row_bytes(o->type, cols);
     for (int64_t r = 0; r < rows; r++) {
-        dequantize_row(o->src_type, (const uint8_t *)o->src + (size_t)r * in_bytes, row_f32, cols);
+        int64_t s = o->rope_head_dim ? rope_source_row(r, o->rope_head_dim, o->rope_dim) : r;
+        const uint8_t *src = (const uint8_t *)o->src + (size_t)s * in_bytes;
+        if (o->type == o->src_type) { write_all(f, src, in_bytes); continue; }
+        memcpy(row_in, src, in_bytes);
+        dequantize_row(o->src_type, row_in, row_f32, cols);
         quantize_row(o->type, row_f32, row_out, cols);
         write_all(f, row_out, out_bytes);
     }
@@ -108,21 +724,33 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--quant") || !strcmp(argv[i], "--tokenizer")) die("option %s needs a value", argv[i]);
         else die("unknown option '%s'", argv[i]);
     }
-    struct stat st;
-    if (!stat(src, &st) && S_ISDIR(st.st_mode))
-        die("'%s' is a folder: Hugging Face model folders are not supported by this build yet", src);
+    int no_tokenizer = tok_path && !strcmp(tok_path, "none");
+    if (no_tokenizer) tok_path = NULL;
 
     char err[512];
     Model m;
-    if (model_load(&m, src, err, sizeof err)) die("%s", err);
+    HfCheckpoint hf = {0};
+    struct stat st;
+    int is_hf = !stat(src, &st) && S_ISDIR(st.st_mode);
+    if (is_hf) hf_load(&m, &hf, src);
+    else if (model_load(&m, src, err, sizeof err)) die("%s", err);
     Tokenizer *own_tok = NULL;
-    const Tokenizer *tok = m.tokenizer;
+    const Tokenizer *tok = no_tokenizer ? NULL : m.tokenizer;
     if (tok_path) {
         own_tok = tokenizer_load_llama2c(tok_path, m.cfg.vocab_size, err, sizeof err);
         if (!own_tok) die("%s", err);
         tok = own_tok;
+    } else if (is_hf && !no_tokenizer) {
+        /* tokenizer.json (or tokenizer.model), tokenizer_config.json and
+           generation_config.json: tokenizer.c knows what they mean. */
+        own_tok = tokenizer_load_hf(hf.dir, err, sizeof err);
+        if (!own_tok) die("%s (--tokenizer none converts the model without one)", err);
+        tok = own_tok;
     }
-    if (!tok) fprintf(stderr, "note: no tokenizer given (--tokenizer); ./run will need -z for this model\n");
+    /* The loader insists on this, so a file that disagrees is never written. */
+    if (tok && tokenizer_n_vocab(tok) != m.cfg.vocab_size)
+        die("the tokenizer has %d tokens but the model's vocabulary is %d", tokenizer_n_vocab(tok), m.cfg.vocab_size);
+    if (!tok) fprintf(stderr, "note: no tokenizer %s; ./run will need -z for this model\n", no_tokenizer ? "(--tokenizer none)" : "given (--tokenizer)");
 
     /* Create the output first, so an unwritable destination fails before any work. */
     if (snprintf(temp_path, sizeof temp_path, "%s.tmp.XXXXXX", out) >= (int)sizeof temp_path) die("output path too long");
@@ -152,7 +780,13 @@ int main(int argc, char **argv) {
                 type = TYPE_F16;
             }
         }
-        out_add(&tab, t->name, type, t->type, t->data, t->ndim, t->shape);
+        OutTensor *o = out_add(&tab, t->name, type, t->type, t->data, t->ndim, t->shape);
+        /* Hugging Face's q and k rows are in rotate_half order (see rope_source_row);
+           their biases were reordered when they were read. */
+        if (is_hf && (ends_with(t->name, ".attention.wq") || ends_with(t->name, ".attention.wk"))) {
+            o->rope_head_dim = m.cfg.head_dim;
+            o->rope_dim = m.cfg.rope_dim;
+        }
     }
     if (n_fallback)
         fprintf(stderr, "note: %d matrices have rows that are not a multiple of %d (e.g. %s): stored as f16\n", n_fallback,
@@ -202,15 +836,15 @@ int main(int argc, char **argv) {
         write_all(f, &e, sizeof e);
     }
     float *row_f32 = malloc((size_t)widest * sizeof(float));
-    void *row_out = malloc((size_t)widest * sizeof(float));
-    if (!row_f32 || !row_out) die("out of memory");
+    void *row_in = malloc((size_t)widest * sizeof(float)), *row_out = malloc((size_t)widest * sizeof(float));
+    if (!row_f32 || !row_in || !row_out) die("out of memory");
     static const uint8_t zeros[MODEL_ALIGN];
     int progress = isatty(STDERR_FILENO); /* a line per tensor would flood a log */
     uint64_t at = MODEL_HEADER_BYTES + (uint64_t)tab.n * sizeof(TensorEntry);
     for (int i = 0; i < tab.n; i++) {
         const OutTensor *o = &tab.t[i];
         write_all(f, zeros, o->offset - at);
-        write_tensor(f, o, row_f32, row_out);
+        write_tensor(f, o, row_in, row_f32, row_out);
         at = o->offset + o->nbytes;
         if (progress) fprintf(stderr, "\r[%d/%d] %-40s %-5s", i + 1, tab.n, o->name, type_name(o->type));
     }
@@ -220,9 +854,11 @@ int main(int argc, char **argv) {
     temp_path[0] = 0;
     fprintf(stderr, "wrote %s: %d tensors, %.2f MiB, weights %s\n", out, tab.n, offset / 1048576.0, type_name(quant));
     free(row_f32);
+    free(row_in);
     free(row_out);
     free(tab.t);
     tokenizer_free(own_tok);
     model_free(&m);
+    hf_free(&hf);
     return 0;
 }

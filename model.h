@@ -289,7 +289,7 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
     if (c->arch != ARCH_LLAMA) return seterr(err, errlen, "unknown architecture %d", c->arch);
     if (c->attn_kind != ATTN_GQA) return seterr(err, errlen, "attention kind %d (MLA) is not supported yet", c->attn_kind);
     if (c->ffn_kind != FFN_SWIGLU) return seterr(err, errlen, "feed-forward kind %d (MoE) is not supported yet", c->ffn_kind);
-    if (c->rope_scaling != ROPE_SCALING_NONE && c->rope_scaling != ROPE_SCALING_LINEAR)
+    if (c->rope_scaling != ROPE_SCALING_NONE && c->rope_scaling != ROPE_SCALING_LINEAR && c->rope_scaling != ROPE_SCALING_LLAMA3)
         return seterr(err, errlen, "rope scaling kind %d is not supported yet", c->rope_scaling);
     if (c->rope_pairs != ROPE_PAIRS_ADJACENT) return seterr(err, errlen, "unknown rotary pairing %d", c->rope_pairs);
     const int64_t big = 1 << 20;
@@ -306,6 +306,11 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
         return seterr(err, errlen, "impossible norm epsilon or rope theta in the model config");
     if (c->rope_scaling == ROPE_SCALING_LINEAR && !(c->rope_factor >= 1))
         return seterr(err, errlen, "linear rope scaling needs a factor >= 1");
+    if (c->rope_scaling == ROPE_SCALING_LLAMA3 &&
+        !(c->rope_factor >= 1 && isfinite(c->rope_factor) && c->rope_low_freq_factor > 0 &&
+          c->rope_high_freq_factor > c->rope_low_freq_factor && isfinite(c->rope_high_freq_factor) && c->rope_orig_ctx > 0))
+        return seterr(err, errlen, "llama3 rope scaling needs factor >= 1, 0 < low_freq_factor < high_freq_factor "
+                                   "and a positive original context");
     return 0;
 }
 
@@ -642,6 +647,20 @@ static void rope_tables(Context *c) {
     double scale = cfg->rope_scaling == ROPE_SCALING_LINEAR ? 1.0 / cfg->rope_factor : 1.0;
     for (int m = 0; m < half; m++) {
         double freq = pow((double)cfg->rope_theta, -2.0 * m / cfg->rope_dim) * scale;
+        if (cfg->rope_scaling == ROPE_SCALING_LLAMA3) {
+            /* Llama 3: rotations with a wavelength longer than orig_ctx /
+               low_freq_factor (too slow to have turned much in training) are
+               slowed by the factor, as in linear scaling; those shorter than
+               orig_ctx / high_freq_factor are kept; in between, the two blend
+               linearly in orig_ctx / wavelength. */
+            double wavelen = 2 * M_PI / freq, ctx = cfg->rope_orig_ctx;
+            double lo = cfg->rope_low_freq_factor, hi = cfg->rope_high_freq_factor;
+            if (wavelen > ctx / lo) freq /= cfg->rope_factor;
+            else if (wavelen >= ctx / hi) {
+                double smooth = (ctx / wavelen - lo) / (hi - lo);
+                freq = (1 - smooth) * freq / cfg->rope_factor + smooth * freq;
+            }
+        }
         for (int p = 0; p < c->ctx_len; p++) {
             double angle = p * freq;
             c->rope_cos[(size_t)p * half + m] = (float)cos(angle);
