@@ -541,8 +541,6 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
     if (strcmp(act, "silu") && strcmp(act, "swish")) die("%s: hidden_act '%s' is not supported (only silu)", file, act);
     if (cfg_bool(file, root, "mlp_bias", 0)) die("%s: mlp_bias = true is not supported (the feed-forward has no biases)", file);
     if (cfg_bool(file, root, "use_mrope", 0)) die("%s: use_mrope = true (multimodal rotary) is not supported", file);
-    if (arch->qkv_bias == 0 && cfg_bool(file, root, "attention_bias", 0))
-        die("%s: attention_bias = true gives o_proj a bias, which the engine does not run yet", file);
 
     ModelConfig *c = &m->cfg;
     c->arch = ARCH_LLAMA;
@@ -560,7 +558,10 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
     c->head_dim = cfg_int(file, root, "head_dim", c->dim / c->n_heads, 0);
     c->v_head_dim = c->head_dim;
     c->tied_embeddings = cfg_bool(file, root, "tie_word_embeddings", arch->tied_default);
-    c->qkv_bias = arch->qkv_bias == 1;
+    /* Llama-style attention_bias puts biases on q, k, v and o; Qwen2 always has q/k/v biases, never o */
+    int attention_bias = arch->qkv_bias == 0 && cfg_bool(file, root, "attention_bias", 0);
+    c->qkv_bias = arch->qkv_bias == 1 || attention_bias;
+    c->out_bias = attention_bias;
     c->rope_pairs = ROPE_PAIRS_ADJACENT; /* after the permutation below */
     read_rope(file, root, arch, c);
     if (c->n_layers <= 0 || c->n_layers > 4096) die("%s: num_hidden_layers %d is impossible", file, c->n_layers);
@@ -584,7 +585,8 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
 
     /* The tensor table, under the engine's names. Vectors go to one f32 block. */
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
-    size_t n_vec = (size_t)c->dim * (2 * (size_t)c->n_layers + 1) + (c->qkv_bias ? (size_t)c->n_layers * (q_dim + 2 * kv_dim) : 0);
+    size_t n_vec = (size_t)c->dim * (2 * (size_t)c->n_layers + 1) + (c->qkv_bias ? (size_t)c->n_layers * (q_dim + 2 * kv_dim) : 0) +
+                   (c->out_bias ? (size_t)c->n_layers * c->dim : 0);
     float *vec = ck->vectors = xcalloc(n_vec, sizeof(float));
     int cap = 0;
     char name[256], ours[TENSOR_NAME_BYTES];
@@ -624,6 +626,7 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
             VECTOR(OURS("attention.bk"), HF("self_attn.k_proj.bias"), kv_dim, c->head_dim, c->rope_dim);
             VECTOR(OURS("attention.bv"), HF("self_attn.v_proj.bias"), kv_dim, 0, 0);
         }
+        if (c->out_bias) VECTOR(OURS("attention.bo"), HF("self_attn.o_proj.bias"), c->dim, 0, 0);
         HfTensor *inv_freq = hf_find(ck, HF("self_attn.rotary_emb.inv_freq"));
         if (inv_freq) inv_freq->used = 1; /* older checkpoints saved the RoPE table; it is recomputed */
 #undef HF

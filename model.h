@@ -145,6 +145,7 @@ typedef struct {
     const float *attn_norm, *ffn_norm;
     Matrix wq, wk, wv, wo;
     const float *bq, *bk, *bv; /* NULL when the model has no q/k/v biases */
+    const float *bo;           /* NULL when the output projection has no bias */
     Matrix w1, w2, w3;         /* gate, down, up */
     int pos;                   /* POS_* */
 } Layer;
@@ -343,7 +344,8 @@ static int model_bind(Model *m, char *err, size_t errlen) {
             bind_matrix(m, &L->w3, LAYER_NAME("feed_forward.w3"), c->hidden_dim, c->dim, err, errlen) ||
             bind_vector(m, &L->bq, LAYER_NAME("attention.bq"), q_dim, !c->qkv_bias, err, errlen) ||
             bind_vector(m, &L->bk, LAYER_NAME("attention.bk"), kv_dim, !c->qkv_bias, err, errlen) ||
-            bind_vector(m, &L->bv, LAYER_NAME("attention.bv"), v_dim, !c->qkv_bias, err, errlen))
+            bind_vector(m, &L->bv, LAYER_NAME("attention.bv"), v_dim, !c->qkv_bias, err, errlen) ||
+            bind_vector(m, &L->bo, LAYER_NAME("attention.bo"), c->dim, !c->out_bias, err, errlen))
             return -1;
 #undef LAYER_NAME
         L->pos = layer_pos ? ((const uint8_t *)layer_pos->data)[l] : POS_ROPE;
@@ -933,7 +935,7 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         pool_run(c->pool, attention_task, &aj);
         MatmulOut o[1] = {{c->xb2, &L->wo}};
         matmul(c, c->xb, n, o, 1);
-        for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i];
+        for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i] + (L->bo ? L->bo[i % dim] : 0.0f);
 
         /* feed-forward: w2(silu(w1 x) * w3 x) */
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
