@@ -13,7 +13,7 @@ CFLAGS ?= $(OPT) $(ARCH)
 CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-function
 LDLIBS += -lm -lpthread
 
-ENGINE = model.h kernels.h tokenizer.h tokenizer.c
+ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h unicode_tables.h
 
 all: run export
 

@@ -1,10 +1,16 @@
 /* tokenizer.h - text <-> token ids for the engine (implemented in tokenizer.c).
  *
- * The tokenizer's data (pieces, scores, token types) lives either in a model
- * file written by ./export (mapped, used in place) or in a llama2.c
- * tokenizer.bin read with tokenizer_load_llama2c (owned by the tokenizer).
- * Everything else (the piece lookup index) is built once at creation.
- * There is no global state: two tokenizers can live in one process.
+ * Two algorithms cover the common LLM vocabularies:
+ *   SentencePiece-style BPE (Llama 2, TinyLlama, Mistral, Phi-3, llama2.c):
+ *     merges by piece score, byte fallback, "\xe2\x96\x81" stored as ' '.
+ *   Byte-level / rank BPE (GPT-2, Llama 3, Qwen2, SmolLM, DeepSeek, Falcon,
+ *     StarCoder, MPT, ...; and Hugging Face's BPE form of SentencePiece
+ *     vocabularies): a regex pre-tokenizer, then merges by rank.
+ * The tokenizer's data lives either in a model file written by ./export
+ * (mapped, used in place) or in memory read by one of the loaders below
+ * (llama2.c tokenizer.bin, GGUF, Hugging Face folder, SentencePiece
+ * tokenizer.model). Everything else (lookup indexes, compiled regexes) is
+ * built once at creation. There is no global state.
  */
 #ifndef TOKENIZER_H
 #define TOKENIZER_H
@@ -18,7 +24,26 @@ enum {
     TOKENIZER_SPM = 1, /* SentencePiece-style BPE: merge the adjacent pair whose merged
                           piece has the highest score; byte fallback <0xNN>; spaces are
                           stored as ' ' in the pieces (llama2.c convention) */
+    TOKENIZER_BPE = 2, /* rank BPE: the text is split by the pre-tokenizer regexes, then
+                          the pair listed first in the merges merges first. With
+                          TOKENIZER_BYTE_LEVEL the pieces of normal tokens are stored as
+                          raw bytes (GPT-2's byte-to-unicode mapping undone); without it,
+                          as for TOKENIZER_SPM, ' ' stands for U+2581 */
 };
+
+/* TokenizerConfig.flags / TokenizerData.flags */
+enum {
+    TOKENIZER_BYTE_LEVEL = 1 << 0,    /* BPE over bytes; every byte is a token */
+    TOKENIZER_IGNORE_MERGES = 1 << 1, /* a pre-token that is a whole piece is taken as is (Llama 3) */
+    TOKENIZER_NFC = 1 << 2,           /* NFC-normalize text before pre-tokenization */
+    TOKENIZER_REMOVE_EXTRA_WS = 1 << 3, /* SentencePiece: drop leading/trailing spaces, collapse runs */
+    TOKENIZER_FUSE_UNK = 1 << 4,      /* consecutive <unk> become one */
+    TOKENIZER_PREFIX_FIRST = 1 << 5,  /* add_prefix_space only at the very start of the text
+                                         (Metaspace prepend_scheme "first"), not after special tokens */
+};
+
+/* Per-token flags of added tokens (the "strip" array). */
+enum { TOKENIZER_LSTRIP = 1, TOKENIZER_RSTRIP = 2 };
 
 /* Token types, numbered as SentencePiece numbers them. */
 enum {
@@ -41,6 +66,18 @@ typedef struct {
     const char *piece_bytes;
     const float *scores;          /* [n_vocab] merge priority (TOKENIZER_SPM) */
     const uint8_t *types;         /* [n_vocab] TOKEN_* */
+    /* Added with the second tokenizer kind; zero / NULL when unused. */
+    int flags;                    /* TOKENIZER_* flags */
+    const uint32_t *merges;       /* [2 * n_merges] (left id, right id), best rank first (BPE) */
+    int n_merges;
+    const char *pretok;           /* pre-tokenizer regexes, each NUL-terminated, applied in turn */
+    size_t pretok_len;            /* bytes, the NULs included */
+    const char *chat_template;    /* not NUL-terminated */
+    size_t chat_template_len;
+    const uint32_t *eos_ids;      /* more ids that end generation (besides eos_id) */
+    int n_eos;
+    const uint32_t *strip;        /* [2 * n_strip] (id, TOKENIZER_LSTRIP | TOKENIZER_RSTRIP) */
+    int n_strip;
 } TokenizerData;
 
 typedef struct Tokenizer Tokenizer;
@@ -64,7 +101,8 @@ typedef struct {
     int32_t bos_id, eos_id;    /* -1 = none */
     int32_t add_bos;
     int32_t add_prefix_space;
-    int32_t reserved[10];
+    int32_t flags;             /* TOKENIZER_BYTE_LEVEL, ... */
+    int32_t reserved[9];
 } TokenizerConfig;
 
 /* Element types of the arrays: the model file's tensor type numbers. */
@@ -94,6 +132,30 @@ int tokenizer_add_bos(const Tokenizer *t);        /* does a prompt start with BO
 int tokenizer_is_eos(const Tokenizer *t, int id); /* does id end generation */
 size_t tokenizer_max_piece_bytes(const Tokenizer *t); /* the longest a decoded token can be */
 
+/* Loaders. Each returns NULL and writes one line to err on failure, naming
+   what is wrong or unsupported (e.g. a WordPiece or Unigram vocabulary).
+
+   tokenizer_load_gguf: the tokenizer.ggml.* metadata of a GGUF file (model
+   "llama" = SentencePiece, "gpt2" = byte-level BPE with the pre-tokenizer
+   llama.cpp names in tokenizer.ggml.pre), plus tokenizer.chat_template.
+   tokenizer_load_hf: a Hugging Face model folder: tokenizer.json (BPE models),
+   tokenizer_config.json (add_bos_token, bos/eos, chat_template) and
+   generation_config.json (eos_token_id, one or a list); tokenizer.model when
+   there is no tokenizer.json.
+   tokenizer_load_spm: a SentencePiece tokenizer.model (BPE model type). */
+Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen);
+Tokenizer *tokenizer_load_hf(const char *dir, char *err, size_t errlen);
+Tokenizer *tokenizer_load_spm(const char *path, char *err, size_t errlen);
+
+/* The chat template (Jinja source) the vocabulary came with, or NULL; *len
+   gets its length (it is not NUL-terminated). */
+const char *tokenizer_chat_template(const Tokenizer *t, size_t *len);
+
+/* The lowest id whose piece is exactly the NUL-terminated text (special
+   tokens such as "<|im_end|>" included), or -1. Pieces are compared as
+   stored: SentencePiece's U+2581 is a space, byte-level pieces are raw bytes. */
+int tokenizer_find(const Tokenizer *t, const char *piece);
+
 /* Reads a llama2.c tokenizer.bin (the vocabulary size is not in that file, so
    the model's is passed). BOS = 1, EOS = 2, byte tokens are the pieces
    spelled "<0xNN>", piece 0 is <unk>. Returns NULL and writes err on failure. */
@@ -106,13 +168,25 @@ const TokenizerData *tokenizer_data(const Tokenizer *t);
 
 /* Encodes len bytes of text (any bytes; not NUL-terminated). With add_bos
    (and the vocabulary having a BOS) ids[0] = BOS. Returns the number of ids,
-   or -1 if more than max_ids would be needed. len + 3 ids always suffice.
+   or -1 if more than max_ids would be needed. len + 3 ids always suffice
+   (with tokenizer_encode_ex and parse_special, 2 * len + 3 do).
    (Also -1 if memory runs out: encode allocates O(len) scratch, all freed.)
    Runs in O(len log len), so whole books can be encoded. Bytes that are not
    well-formed UTF-8 each become a byte token, so (given byte tokens in the
-   vocabulary) decoding gives back the exact input. */
+   vocabulary) decoding gives back the exact input.
+   Special (control) tokens are NOT recognised in the text: "<s>" or
+   "<|im_end|>" in a prompt are plain text, so user text cannot forge them.
+   Added tokens that are not special (USER_DEFINED) are always recognised,
+   as SentencePiece, Hugging Face and llama.cpp do. */
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
                      int *ids, int max_ids);
+
+/* tokenizer_encode with a choice: parse_special = 1 turns the text of
+   control tokens (e.g. "<|im_start|>" in a rendered chat template) into
+   those tokens, matched before normalization and pre-tokenization, leftmost
+   and longest first, honouring their lstrip/rstrip flags. */
+int tokenizer_encode_ex(const Tokenizer *t, const char *text, size_t len, int add_bos,
+                        int parse_special, int *ids, int max_ids);
 
 /* The bytes token id stands for, to print after token prev (prev = -1 at the
    start): byte tokens give their byte, and a leading space is dropped right

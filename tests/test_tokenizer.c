@@ -1,5 +1,7 @@
-/* test_tokenizer.c - checks tokenizer.c against llama.cpp's Llama 2 test
- * vectors, SentencePiece's output on whole texts, round trips, and bad files.
+/* test_tokenizer.c - checks tokenizer.c against llama.cpp's test vectors
+ * (Llama 2 through tokenizer.bin, and all the ggml-vocab GGUF files),
+ * Hugging Face tokenizers' ids on the fixture folders, SentencePiece's output
+ * on whole texts, round trips (encode/decode, serialize/new), and bad files.
  *
  *   cc -O2 -o tests/bin/test_tokenizer tests/test_tokenizer.c tokenizer.c
  *   tests/bin/test_tokenizer [ASSETS]      (default ../shared/assets)
@@ -8,9 +10,10 @@
  * last; exits 1 if anything failed. Without the assets folder it skips (exit
  * 0), except under CI=true, where missing assets are a failure.
  */
-#define _POSIX_C_SOURCE 200809L /* mkstemp, stat, close, unlink */
+#define _POSIX_C_SOURCE 200809L /* mkstemp, mkdtemp, stat, close, unlink, rmdir */
 
 #include "../tokenizer.h"
+#include "../json.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -420,7 +423,8 @@ static void test_synthetic(Report *r)
         memcpy(bytes + off[i], pieces[i], l);
         off[i + 1] = off[i] + (uint32_t)l;
     }
-    TokenizerData d = {TOKENIZER_SPM, N, -1, -1, 0, 0, off, bytes, scores, types};
+    TokenizerData d = {.kind = TOKENIZER_SPM, .n_vocab = N, .bos_id = -1, .eos_id = -1, .piece_offset = off,
+                       .piece_bytes = bytes, .scores = scores, .types = types};
     char err[256] = "";
     Tokenizer *t = tokenizer_from_data(&d, err, sizeof(err));
     check(r, t != NULL, "synthetic_new", "%s", err);
@@ -588,6 +592,451 @@ static void test_bad_files(Report *r, const char *good_path)
 }
 
 /* ------------------------------------------------------------------------ */
+/* GGUF vocabularies (llama.cpp's models/ggml-vocab-*.gguf and their vectors) */
+
+typedef struct {
+    char **text;
+    size_t *len;
+    int **ids;
+    int *n_ids;
+    int n;
+} Vectors;
+
+static void vectors_free(Vectors *v)
+{
+    for (int i = 0; i < v->n; i++) {
+        free(v->text[i]);
+        free(v->ids[i]);
+    }
+    free(v->text);
+    free(v->len);
+    free(v->ids);
+    free(v->n_ids);
+    memset(v, 0, sizeof(*v));
+}
+
+/* Reads NAME.gguf.inp / .out (see test_ggml_vectors for the format). */
+static int vectors_read(const Report *r, const char *name, Vectors *v)
+{
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    char rel[256];
+    memset(v, 0, sizeof(*v));
+    snprintf(rel, sizeof(rel), "ggml-vocab/ggml-vocab-%s.gguf.inp", name);
+    char *ip = asset_path(r, rel);
+    snprintf(rel, sizeof(rel), "ggml-vocab/ggml-vocab-%s.gguf.out", name);
+    char *op = asset_path(r, rel);
+    size_t inp_n, out_n;
+    char *inp = read_all(ip, &inp_n), *out = read_all(op, &out_n);
+    free(ip);
+    free(op);
+    if (!inp || !out) {
+        free(inp);
+        free(out);
+        return -1;
+    }
+    int cap = 0;
+    for (const char *p = inp; (p = strstr(p, sep)) != NULL; p += strlen(sep)) cap++;
+    v->text = calloc((size_t)cap, sizeof(char *));
+    v->len = calloc((size_t)cap, sizeof(size_t));
+    v->ids = calloc((size_t)cap, sizeof(int *));
+    v->n_ids = calloc((size_t)cap, sizeof(int));
+    if (!v->text || !v->len || !v->ids || !v->n_ids) abort();
+    const char *s = inp, *line = out;
+    for (int k = 0; k < cap; k++) {
+        const char *end = strstr(s, sep), *eol = strchr(line, '\n');
+        if (!eol) break;
+        v->len[k] = (size_t)(end - s);
+        v->text[k] = malloc(v->len[k] + 1);
+        v->ids[k] = malloc(((size_t)(eol - line) / 2 + 1) * sizeof(int));
+        if (!v->text[k] || !v->ids[k]) abort();
+        memcpy(v->text[k], s, v->len[k]);
+        for (const char *p = line; p < eol;) {
+            char *q;
+            long x = strtol(p, &q, 10);
+            if (q == p) break;
+            v->ids[k][v->n_ids[k]++] = (int)x;
+            p = q;
+        }
+        v->n++;
+        s = end + strlen(sep);
+        line = eol + 1;
+    }
+    free(inp);
+    free(out);
+    return v->n == cap ? 0 : -1;
+}
+
+/* How many vectors t reproduces exactly; the first miss is described in detail. */
+static int vectors_check(const Tokenizer *t, const Vectors *v, char *detail, size_t cap)
+{
+    int ok = 0;
+    detail[0] = '\0';
+    for (int k = 0; k < v->n; k++) {
+        int *got = malloc((2 * v->len[k] + 3) * sizeof(int));
+        if (!got) abort();
+        int n = tokenizer_encode_ex(t, v->text[k], v->len[k], 0, 0, got, (int)(2 * v->len[k] + 3));
+        int same = n == v->n_ids[k];
+        for (int i = 0; same && i < n; i++) same = got[i] == v->ids[k][i];
+        if (same) ok++;
+        else if (!detail[0]) {
+            char ws[512], gs[512];
+            fmt_ids(ws, sizeof(ws), v->ids[k], v->n_ids[k]);
+            fmt_ids(gs, sizeof(gs), got, n);
+            snprintf(detail, cap, "string %d: expected [%s] got [%s]", k, ws, gs);
+        }
+        free(got);
+    }
+    return ok;
+}
+
+/* decode(encode(x)) == x, tokens decoded one after another (after BOS, which
+   drops SentencePiece's dummy prefix). */
+static int roundtrip_ok(const Tokenizer *t, const char *text, size_t len)
+{
+    int *ids = malloc((2 * len + 3) * sizeof(int));
+    if (!ids) abort();
+    int n = tokenizer_encode(t, text, len, 1, ids, (int)(2 * len + 3));
+    size_t dl = 0;
+    char *dec = n >= 0 ? decode_all(t, ids, n, &dl) : NULL;
+    int ok = dec && dl == len && memcmp(dec, text, len) == 0;
+    free(dec);
+    free(ids);
+    return ok;
+}
+
+static void test_gguf_vocabs(Report *r)
+{
+    static const struct {
+        const char *name;
+        int all_bytes; /* every byte has a token: arbitrary bytes round-trip too (the
+                          others lack tokens for bytes that never occur in UTF-8) */
+    } vocabs[] = {
+        {"gpt-2", 1}, {"llama-spm", 1}, {"phi-3", 1}, {"deepseek-llm", 0}, {"deepseek-coder", 0},
+        {"falcon", 0}, {"mpt", 0}, {"starcoder", 0}, {"refact", 0},
+    };
+    for (size_t i = 0; i < sizeof(vocabs) / sizeof(vocabs[0]); i++) {
+        char rel[256], name[128], err[512] = "", detail[1200];
+        snprintf(rel, sizeof(rel), "ggml-vocab/ggml-vocab-%s.gguf", vocabs[i].name);
+        char *path = asset_path(r, rel);
+        Tokenizer *t = tokenizer_load_gguf(path, err, sizeof(err));
+        snprintf(name, sizeof(name), "gguf_load_%s", vocabs[i].name);
+        check(r, t != NULL, name, "%s", err);
+        Vectors v;
+        if (!t || vectors_read(r, vocabs[i].name, &v) < 0) {
+            if (t) check(r, 0, name, "cannot read the .inp/.out vectors");
+            tokenizer_free(t);
+            free(path);
+            continue;
+        }
+        int ok = vectors_check(t, &v, detail, sizeof(detail));
+        snprintf(name, sizeof(name), "gguf_vectors_%s", vocabs[i].name);
+        check(r, ok == v.n, name, "%d of %d strings match; %s", ok, v.n, detail);
+
+        /* through the model-file form and back */
+        TokenizerConfig cfg;
+        TokenizerArray arrays[TOKENIZER_MAX_ARRAYS];
+        int na = tokenizer_serialize(t, &cfg, arrays);
+        Tokenizer *t2 = tokenizer_new(&cfg, arrays, na, err, sizeof(err));
+        snprintf(name, sizeof(name), "gguf_serialized_%s", vocabs[i].name);
+        if (t2) {
+            ok = vectors_check(t2, &v, detail, sizeof(detail));
+            check(r, ok == v.n && tokenizer_bos(t2) == tokenizer_bos(t) && tokenizer_add_bos(t2) == tokenizer_add_bos(t),
+                  name, "%d of %d strings match after tokenizer_new; %s", ok, v.n, detail);
+        } else check(r, 0, name, "tokenizer_new: %s", err);
+
+        /* decode round trips: the vectors, and arbitrary bytes */
+        int bad = -1;
+        for (int k = 0; k < v.n && bad < 0; k++)
+            if (!roundtrip_ok(t2 ? t2 : t, v.text[k], v.len[k])) bad = k;
+        unsigned char junk[2048];
+        uint32_t x = 777;
+        for (size_t j = 0; j < sizeof(junk); j++) {
+            x = x * 1103515245u + 12345u;
+            junk[j] = (unsigned char)(x >> 16);
+        }
+        int junk_ok = !vocabs[i].all_bytes || roundtrip_ok(t, (const char *)junk, sizeof(junk));
+        snprintf(name, sizeof(name), "gguf_roundtrip_%s", vocabs[i].name);
+        check(r, bad < 0 && junk_ok, name, "string %d differs / random bytes %s", bad, junk_ok ? "ok" : "differ");
+        tokenizer_free(t2);
+        tokenizer_free(t);
+        vectors_free(&v);
+        free(path);
+    }
+
+    /* WordPiece is not implemented: a clear refusal */
+    char err[512] = "";
+    char *path = asset_path(r, "ggml-vocab/ggml-vocab-bert-bge.gguf");
+    Tokenizer *t = tokenizer_load_gguf(path, err, sizeof(err));
+    check(r, t == NULL && strstr(err, "bert") && strstr(err, "not supported"), "gguf_bert_bge_refused",
+          "t=%p err=\"%s\"", (void *)t, err);
+    printf("     (%s)\n", err);
+    tokenizer_free(t);
+    free(path);
+}
+
+/* Special tokens, chat templates, lookups, multiple EOS (phi-3's vocabulary). */
+static void test_specials(Report *r)
+{
+    char err[512] = "";
+    char *path = asset_path(r, "ggml-vocab/ggml-vocab-phi-3.gguf");
+    Tokenizer *t = tokenizer_load_gguf(path, err, sizeof(err));
+    free(path);
+    check(r, t != NULL, "specials_load_phi3", "%s", err);
+    if (!t) return;
+    static const char text[] = "<|user|>\nHi<|end|>";
+    int ids[64], n;
+    int user = tokenizer_find(t, "<|user|>"), end = tokenizer_find(t, "<|end|>");
+    check(r, user == 32010 && end == 32007, "find_special_ids", "<|user|> %d <|end|> %d", user, end);
+    check(r, tokenizer_find(t, "no such piece") == -1, "find_missing", "found");
+    n = tokenizer_encode_ex(t, text, strlen(text), 0, 1, ids, 64);
+    check(r, n >= 3 && ids[0] == user && ids[n - 1] == end, "parse_special_on", "got %d ids, first %d last %d", n,
+          n > 0 ? ids[0] : -1, n > 0 ? ids[n - 1] : -1);
+    n = tokenizer_encode_ex(t, text, strlen(text), 0, 0, ids, 64);
+    int none = n > 3;
+    for (int i = 0; i < n; i++)
+        if (ids[i] == user || ids[i] == end) none = 0;
+    check(r, none, "parse_special_off", "special ids produced from plain text (%d ids)", n);
+    n = tokenizer_encode(t, text, strlen(text), 0, ids, 64);
+    none = n > 3;
+    for (int i = 0; i < n; i++)
+        if (ids[i] == user || ids[i] == end) none = 0;
+    check(r, none, "encode_default_plain_text", "tokenizer_encode parsed special tokens");
+    size_t cl;
+    const char *ct = tokenizer_chat_template(t, &cl);
+    check(r, ct && cl > 20 && memcmp(ct, "{{ bos_token }}", 15) == 0, "gguf_chat_template", "len %zu", cl);
+
+    TokenizerConfig cfg;
+    TokenizerArray arrays[TOKENIZER_MAX_ARRAYS];
+    int na = tokenizer_serialize(t, &cfg, arrays);
+    Tokenizer *t2 = tokenizer_new(&cfg, arrays, na, err, sizeof(err));
+    const char *ct2 = t2 ? tokenizer_chat_template(t2, &cl) : NULL;
+    check(r, ct2 && cl > 20 && tokenizer_is_eos(t2, 32000), "serialized_chat_template_eos", "%s", t2 ? "" : err);
+    tokenizer_free(t2);
+    tokenizer_free(t);
+}
+
+/* Hugging Face folders in tests/fixtures/hf: ids as the tokenizers library
+   gave them (reference.json, add_special_tokens=True). */
+static void test_hf_fixtures(Report *r)
+{
+    static const char *models[] = {"llama", "mistral", "llama3scale", "qwen2"};
+    const char *base = "tests/fixtures/hf";
+    struct stat st;
+    if (stat(base, &st) != 0) {
+        printf("SKIP hf fixtures: %s not found (run from the repository root)\n", base);
+        return;
+    }
+    for (size_t m = 0; m < sizeof(models) / sizeof(models[0]); m++) {
+        char dir[256], path[512], name[128], err[512] = "";
+        snprintf(dir, sizeof(dir), "%s/%s", base, models[m]);
+        snprintf(path, sizeof(path), "%s/reference.json", dir);
+        size_t n;
+        char *ref = read_all(path, &n);
+        if (!ref) continue;
+        JsonDoc doc;
+        char jerr[256];
+        if (json_parse(&doc, ref, n, jerr, sizeof(jerr)) < 0) {
+            check(r, 0, "hf_reference_parse", "%s: %s", path, jerr);
+            free(ref);
+            continue;
+        }
+        for (int which = 0; which < 2; which++) { /* tokenizer.json, tokenizer.model */
+            Tokenizer *t;
+            if (which == 0) t = tokenizer_load_hf(dir, err, sizeof(err));
+            else {
+                snprintf(path, sizeof(path), "%s/tokenizer.model", dir);
+                if (stat(path, &st) != 0) break;
+                t = tokenizer_load_spm(path, err, sizeof(err));
+            }
+            snprintf(name, sizeof(name), "hf_%s_%s", models[m], which ? "tokenizer_model" : "tokenizer_json");
+            if (!t) {
+                check(r, 0, name, "%s", err);
+                continue;
+            }
+            const JsonValue *texts = json_get(&doc.root, "texts");
+            int good = 0, total = 0;
+            char detail[256] = "";
+            for (size_t k = 0; texts && texts->type == JSON_ARRAY && k < texts->len; k++) {
+                const JsonValue *e = &texts->items[k], *want = json_get(e, "ids");
+                const char *file = json_string(json_get(e, "file"));
+                if (!want || want->type != JSON_ARRAY || !file) continue;
+                snprintf(path, sizeof(path), "%s/%s", dir, file);
+                size_t tl;
+                char *text = read_all(path, &tl);
+                if (!text) continue;
+                int *ids = malloc((2 * tl + 3) * sizeof(int));
+                if (!ids) abort();
+                int got = tokenizer_encode(t, text, tl, tokenizer_add_bos(t), ids, (int)(2 * tl + 3));
+                int same = got == (int)want->len;
+                for (int i = 0; same && i < got; i++) {
+                    int w;
+                    same = json_int(&want->items[i], &w) == 0 && w == ids[i];
+                }
+                total++;
+                if (same) good++;
+                else if (!detail[0]) snprintf(detail, sizeof(detail), "%s: %d ids, want %zu", file, got, want->len);
+                if (!roundtrip_ok(t, text, tl) && !detail[0]) snprintf(detail, sizeof(detail), "%s: round trip", file);
+                free(ids);
+                free(text);
+            }
+            check(r, total > 0 && good == total && !detail[0], name, "%d of %d texts match; %s", good, total, detail);
+            tokenizer_free(t);
+        }
+        json_free(&doc);
+        free(ref);
+    }
+}
+
+/* A 1 MB text through a byte-level vocabulary: must stay fast (no
+   quadratic blow-up on long pre-tokens, e.g. runs of spaces). */
+static void test_bpe_speed(Report *r)
+{
+    char err[512] = "";
+    char *path = asset_path(r, "ggml-vocab/ggml-vocab-gpt-2.gguf");
+    Tokenizer *t = tokenizer_load_gguf(path, err, sizeof(err));
+    free(path);
+    path = asset_path(r, "text/pg1342_pride_and_prejudice.txt");
+    size_t len;
+    char *text = read_all(path, &len);
+    free(path);
+    if (!t || !text) {
+        check(r, 0, "bpe_speed_setup", "%s", err);
+        tokenizer_free(t);
+        free(text);
+        return;
+    }
+    size_t n = len < (1u << 20) ? len : (1u << 20);
+    size_t big = n + 200000;
+    char *buf = malloc(big);
+    if (!buf) abort();
+    memcpy(buf, text, n);
+    memset(buf + n, ' ', 100000); /* a long run of spaces, then a long word */
+    memset(buf + n + 100000, 'a', 100000);
+    int *ids = malloc((big + 3) * sizeof(int));
+    if (!ids) abort();
+    clock_t c0 = clock();
+    int k = tokenizer_encode(t, buf, big, 0, ids, (int)(big + 3));
+    double secs = (double)(clock() - c0) / CLOCKS_PER_SEC;
+    size_t dl;
+    char *dec = k > 0 ? decode_all(t, ids, k, &dl) : NULL;
+    check(r, k > 0 && dec && dl == big && memcmp(dec, buf, big) == 0 && secs < 20, "bpe_gpt2_1mb",
+          "%d ids in %.2f s", k, secs);
+    printf("     (%zu bytes -> %d tokens in %.3f s)\n", big, k, secs);
+    free(dec);
+    free(ids);
+    free(buf);
+    free(text);
+    tokenizer_free(t);
+}
+
+/* Broken GGUF, tokenizer.json and tokenizer.model files: NULL and one line. */
+static void expect_null(Report *r, const char *name, Tokenizer *t, const char *err)
+{
+    int ok = t == NULL && err[0] != '\0' && strchr(err, '\n') == NULL;
+    check(r, ok, name, "t=%p err=\"%s\"", (void *)t, err);
+    tokenizer_free(t);
+}
+
+static void test_bad_vocab_files(Report *r)
+{
+    char tmpdir[] = "/tmp/test_tokenizer_dir_XXXXXX";
+    if (!mkdtemp(tmpdir)) {
+        check(r, 0, "bad_vocab_setup", "mkdtemp failed");
+        return;
+    }
+    char file[512], err[512], name[96];
+    size_t size;
+    char *path = asset_path(r, "ggml-vocab/ggml-vocab-gpt-2.gguf");
+    char *good = read_all(path, &size);
+    free(path);
+    snprintf(file, sizeof(file), "%s/v.gguf", tmpdir);
+    if (good) {
+        static const size_t cuts[] = {0, 3, 8, 20, 24, 100, 5000, 400000, 1000000};
+        for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+            write_all(file, good, cuts[i] < size ? cuts[i] : size - 1);
+            err[0] = '\0';
+            snprintf(name, sizeof(name), "gguf_truncated_%zu", cuts[i]);
+            expect_null(r, name, tokenizer_load_gguf(file, err, sizeof(err)), err);
+        }
+        /* the first key's type changed to an absurd value, then the version */
+        char *bad = malloc(size);
+        if (!bad) abort();
+        memcpy(bad, good, size);
+        uint64_t klen;
+        memcpy(&klen, bad + 24, 8);
+        if (klen < 1000) {
+            memset(bad + 32 + klen, 0x7f, 4);
+            write_all(file, bad, size);
+            err[0] = '\0';
+            expect_null(r, "gguf_bad_value_type", tokenizer_load_gguf(file, err, sizeof(err)), err);
+        }
+        memcpy(bad, good, size);
+        bad[4] = 9;
+        write_all(file, bad, size);
+        err[0] = '\0';
+        expect_null(r, "gguf_bad_version", tokenizer_load_gguf(file, err, sizeof(err)), err);
+        free(bad);
+        free(good);
+    }
+    err[0] = '\0';
+    expect_null(r, "gguf_missing_file", tokenizer_load_gguf("/nonexistent.gguf", err, sizeof(err)), err);
+
+    static const struct {
+        const char *name, *json;
+    } jsons[] = {
+        {"hf_json_truncated", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0"},
+        {"hf_json_not_object", "[1, 2, 3]"},
+        {"hf_json_wordpiece", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}}}"},
+        {"hf_json_vocab_wrong_type", "{\"model\": {\"type\": \"BPE\", \"vocab\": [\"a\"], \"merges\": []}}"},
+        {"hf_json_bad_id", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []}}"},
+        {"hf_json_bad_merge", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [5]}}"},
+        {"hf_json_unknown_normalizer",
+         "{\"normalizer\": {\"type\": \"NFKD\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}"},
+        {"hf_json_unknown_pretokenizer", "{\"pre_tokenizer\": {\"type\": \"Whitespace\"}, \"model\": {\"type\": \"BPE\", "
+                                         "\"vocab\": {\"a\": 0}, \"merges\": []}}"},
+        {"hf_json_bad_regex", "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(?<=a)b\"}, "
+                              "\"behavior\": \"Isolated\", \"invert\": false}, \"model\": {\"type\": \"BPE\", "
+                              "\"vocab\": {\"a\": 0}, \"merges\": []}}"},
+        {"hf_json_added_bad", "{\"added_tokens\": [{\"id\": -4}], \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
+                              "\"merges\": []}}"},
+    };
+    snprintf(file, sizeof(file), "%s/tokenizer.json", tmpdir);
+    for (size_t i = 0; i < sizeof(jsons) / sizeof(jsons[0]); i++) {
+        write_all(file, jsons[i].json, strlen(jsons[i].json));
+        err[0] = '\0';
+        Tokenizer *t = tokenizer_load_hf(tmpdir, err, sizeof(err));
+        expect_null(r, jsons[i].name, t, err);
+        if (i == 2 || i == 6 || i == 7 || i == 8) printf("     (%s)\n", err);
+    }
+    unlink(file);
+    err[0] = '\0';
+    expect_null(r, "hf_empty_folder", tokenizer_load_hf(tmpdir, err, sizeof(err)), err);
+
+    path = asset_path(r, "llama2c/tokenizer.model");
+    good = read_all(path, &size);
+    free(path);
+    snprintf(file, sizeof(file), "%s/tokenizer.model", tmpdir);
+    if (good) {
+        static const size_t cuts[] = {0, 1, 7, 1000, 250000, 499000};
+        for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+            size_t cut = cuts[i] < size ? cuts[i] : size - 1;
+            write_all(file, good, cut);
+            err[0] = '\0';
+            snprintf(name, sizeof(name), "spm_model_truncated_%zu", cut);
+            expect_null(r, name, tokenizer_load_spm(file, err, sizeof(err)), err);
+        }
+        free(good);
+    }
+    write_all(file, "\x0a\x05garbage", 9);
+    err[0] = '\0';
+    expect_null(r, "spm_model_garbage", tokenizer_load_spm(file, err, sizeof(err)), err);
+    unlink(file);
+    snprintf(file, sizeof(file), "%s/v.gguf", tmpdir);
+    unlink(file);
+    rmdir(tmpdir);
+}
+
+/* ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
 {
@@ -632,6 +1081,11 @@ int main(int argc, char **argv)
         test_sentencepiece_texts(&r, llama, t512);
     }
     test_synthetic(&r);
+    test_gguf_vocabs(&r);
+    test_specials(&r);
+    test_hf_fixtures(&r);
+    test_bpe_speed(&r);
+    test_bad_vocab_files(&r);
 
     tokenizer_free(llama);
     tokenizer_free(t512);
