@@ -740,7 +740,7 @@ int main(int argc, char **argv) {
     Tokenizer *own_tok = NULL;
     const Tokenizer *tok = no_tokenizer ? NULL : m.tokenizer;
     if (tok_path) {
-        own_tok = tokenizer_load_llama2c(tok_path, m.cfg.vocab_size, err, sizeof err);
+        own_tok = tokenizer_load(tok_path, m.cfg.vocab_size, err, sizeof err);
         if (!own_tok) die("%s", err);
         tok = own_tok;
     } else if (is_hf && !no_tokenizer) {
@@ -750,9 +750,11 @@ int main(int argc, char **argv) {
         if (!own_tok) die("%s (--tokenizer none converts the model without one)", err);
         tok = own_tok;
     }
-    /* The loader insists on this, so a file that disagrees is never written. */
-    if (tok && tokenizer_n_vocab(tok) != m.cfg.vocab_size)
-        die("the tokenizer has %d tokens but the model's vocabulary is %d", tokenizer_n_vocab(tok), m.cfg.vocab_size);
+    /* The loader insists on this, so a file that disagrees is never written. A
+       smaller tokenizer is fine: checkpoints pad their embedding (Qwen2: 151936
+       rows for 151665 tokens), and the padding rows are never produced. */
+    if (tok && tokenizer_n_vocab(tok) > m.cfg.vocab_size)
+        die("the tokenizer has %d tokens but the model's vocabulary is only %d", tokenizer_n_vocab(tok), m.cfg.vocab_size);
     if (!tok) fprintf(stderr, "note: no tokenizer %s; ./run will need -z for this model\n", no_tokenizer ? "(--tokenizer none)" : "given (--tokenizer)");
 
     /* Create the output first, so an unwritable destination fails before any work. */

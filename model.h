@@ -418,8 +418,8 @@ static int load_native(Model *m, char *err, size_t errlen) {
         t->nbytes = e.nbytes;
     }
     if (model_bind(m, err, errlen)) return -1;
-    if (m->tok_cfg.kind != TOKENIZER_NONE && m->tok_cfg.n_vocab != m->cfg.vocab_size)
-        return seterr(err, errlen, "the tokenizer has %d tokens, the model %d", m->tok_cfg.n_vocab, m->cfg.vocab_size);
+    if (m->tok_cfg.kind != TOKENIZER_NONE && m->tok_cfg.n_vocab > m->cfg.vocab_size)
+        return seterr(err, errlen, "the tokenizer has %d tokens, the model only %d", m->tok_cfg.n_vocab, m->cfg.vocab_size);
     return load_tokenizer_tensors(m, err, errlen);
 }
 

@@ -57,7 +57,7 @@ static void usage(void) {
             "  --top-p P        nucleus sampling (default 0.9)\n"
             "  --top-k K        keep the K most likely tokens, 0 = off (default 0)\n"
             "  -s SEED          random seed (default: time-based)\n"
-            "  -z FILE          tokenizer.bin for a llama2.c checkpoint\n"
+            "  -z FILE          tokenizer for a llama2.c checkpoint (tokenizer.bin, .model, .gguf, tokenizer.json)\n"
             "  --threads N      worker threads (default: online cores)\n"
             "  --ctx N          context length (default: the model's)\n"
             "  --ignore-eos     keep generating past end-of-sequence\n"
@@ -453,7 +453,7 @@ int main(int argc, char **argv) {
     if (model_load(&e.model, o.model_path, err, sizeof err)) die("%s", err);
     e.tokenizer = e.model.tokenizer;
     if (o.tokenizer_path) {
-        e.own_tokenizer = tokenizer_load_llama2c(o.tokenizer_path, e.model.cfg.vocab_size, err, sizeof err);
+        e.own_tokenizer = tokenizer_load(o.tokenizer_path, e.model.cfg.vocab_size, err, sizeof err);
         if (!e.own_tokenizer) die("%s", err);
         e.tokenizer = e.own_tokenizer;
     }
@@ -467,10 +467,14 @@ int main(int argc, char **argv) {
         if (!text) die("out of memory");
         memcpy(text, o.prompt ? o.prompt : "", text_len);
     }
-    if (text_len > (size_t)INT_MAX - 3) die("prompt too long");
-    int *tokens = malloc((text_len + 3) * sizeof(int));
+    /* Special tokens written in the prompt (<|im_start|>, <s>) are parsed as
+       single tokens, as the tokenizers library does (tokenizer.h: then
+       2 * len + 3 ids always suffice). */
+    if (text_len > (size_t)INT_MAX / 2 - 3) die("prompt too long");
+    int max_ids = 2 * (int)text_len + 3;
+    int *tokens = malloc((size_t)max_ids * sizeof(int));
     if (!tokens) die("out of memory");
-    int n = tokenizer_encode(e.tokenizer, text, text_len, tokenizer_add_bos(e.tokenizer), tokens, (int)text_len + 3);
+    int n = tokenizer_encode_ex(e.tokenizer, text, text_len, tokenizer_add_bos(e.tokenizer), 1, tokens, max_ids);
     if (n < 0) die("cannot tokenize the prompt");
     if (o.tokenize) {
         printf("[");

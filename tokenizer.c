@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Sanity bounds for a llama2.c tokenizer.bin. Real files have pieces of at
    most a few dozen bytes; anything beyond these is corruption, and refusing
@@ -3492,6 +3493,23 @@ static void pretokenize(Enc *E, const char *s, size_t n, int level)
     if (pos < n) pretokenize(E, s + pos, n - pos, level + 1);
 }
 
+/* The pieces of an SPM vocabulary spell SentencePiece's meta space "▁" as
+   ' ', and SentencePiece itself cannot tell a "▁" typed in the text from a
+   space: map them to ' ' as well, in place. */
+static void metaspace_to_space(char *p, size_t *n)
+{
+    size_t w = 0;
+    for (size_t r = 0; r < *n;) {
+        if (r + 2 < *n && (unsigned char)p[r] == 0xE2 && (unsigned char)p[r + 1] == 0x96 && (unsigned char)p[r + 2] == 0x81) {
+            p[w++] = ' ';
+            r += 3;
+        } else {
+            p[w++] = p[r++];
+        }
+    }
+    *n = w;
+}
+
 /* One stretch of text between added tokens. */
 static void encode_fragment(Enc *E, const char *s, size_t n, int at_start)
 {
@@ -3519,6 +3537,7 @@ static void encode_fragment(Enc *E, const char *s, size_t n, int at_start)
             E->fail = 1;
             return;
         }
+        metaspace_to_space(E->tmp.p, &E->tmp.n);
         spm_encode(E, E->tmp.p, E->tmp.n);
         return;
     }
@@ -3537,13 +3556,15 @@ static void encode_fragment(Enc *E, const char *s, size_t n, int at_start)
         if (d->flags & TOKENIZER_BYTE_LEVEL) prefix = s[0] != ' '; /* ByteLevel's add_prefix_space */
         else prefix = at_start || !(d->flags & TOKENIZER_PREFIX_FIRST);
     }
-    if (prefix) {
-        buf_addc(&E->tmp, ' ');
+    int metaspace = !(d->flags & TOKENIZER_BYTE_LEVEL); /* an SPM vocabulary with merge ranks */
+    if (prefix || metaspace) {
+        if (prefix) buf_addc(&E->tmp, ' ');
         buf_add(&E->tmp, s, n);
         if (E->tmp.oom) {
             E->fail = 1;
             return;
         }
+        if (metaspace) metaspace_to_space(E->tmp.p, &E->tmp.n);
         s = E->tmp.p;
         n = E->tmp.n;
     }
@@ -3644,4 +3665,43 @@ const char *tokenizer_decode(const Tokenizer *t, int prev, int id, size_t *len)
     }
     *len = n;
     return p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Choosing the loader */
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+Tokenizer *tokenizer_load(const char *path, int n_vocab, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return tokenizer_load_hf(path, err, errlen);
+    if (ends_with(path, "tokenizer.json")) { /* the folder holds its config files too */
+        size_t n = strlen(path) - strlen("tokenizer.json");
+        char *dir = malloc(n + 2);
+        if (!dir) {
+            set_err(err, errlen, "out of memory");
+            return NULL;
+        }
+        if (n) memcpy(dir, path, n);
+        else dir[n++] = '.';
+        dir[n] = '\0';
+        Tokenizer *t = tokenizer_load_hf(dir, err, errlen);
+        free(dir);
+        return t;
+    }
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    if (f) {
+        size_t got = fread(magic, 1, 4, f);
+        (void)got;
+        fclose(f);
+    }
+    if (!memcmp(magic, "GGUF", 4)) return tokenizer_load_gguf(path, err, errlen);
+    if (ends_with(path, ".model")) return tokenizer_load_spm(path, err, errlen);
+    return tokenizer_load_llama2c(path, n_vocab, err, errlen);
 }

@@ -143,6 +143,11 @@ size_t tokenizer_max_piece_bytes(const Tokenizer *t); /* the longest a decoded t
    generation_config.json (eos_token_id, one or a list); tokenizer.model when
    there is no tokenizer.json.
    tokenizer_load_spm: a SentencePiece tokenizer.model (BPE model type). */
+/* Any tokenizer file a user may hand over: a Hugging Face folder (or a file
+   in one named tokenizer.json), a GGUF file, a SentencePiece .model, else a
+   llama2.c tokenizer.bin (which needs n_vocab; the others carry theirs). */
+Tokenizer *tokenizer_load(const char *path, int n_vocab, char *err, size_t errlen);
+
 Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen);
 Tokenizer *tokenizer_load_hf(const char *dir, char *err, size_t errlen);
 Tokenizer *tokenizer_load_spm(const char *path, char *err, size_t errlen);

@@ -39,6 +39,16 @@ for t in test_kernels test_json test_tokenizer test_model; do
     fi
 done
 
+echo "== Hugging Face checkpoints and tokenizers (tests/fixtures/hf)"
+python3 tests/check_hf.py "$BIN" $TMP > $TMP/check_hf.log 2>&1
+status=$?
+grep -E '^(PASS|FAIL)' $TMP/check_hf.log
+summary=$(tail -n 1 $TMP/check_hf.log)
+p=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')
+f=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')
+if [ -z "$p" ]; then tail -n 5 $TMP/check_hf.log; fail "check_hf.py ran to completion (exit status $status)"
+else passed=$((passed + p)); failed=$((failed + f)); fi
+
 echo "== command line"
 have_assets=1
 if [ ! -f "$ASSETS/PROVENANCE.md" ]; then

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Hugging Face checkpoints against the transformers float64 oracle.
+
+For every model folder in tests/fixtures/hf (made by tests/oracle/make_hf_fixtures.py):
+export it to f32 and q8_0, then check `--tokenize` id for id and `--ppl --json`
+mean NLL (within 1e-4 relative for f32, 1% for q8_0) on each reference text.
+Then every tricky string in tokenizer_cases.json through `--tokenize`, against
+the ids the tokenizers library gave with add_special_tokens=True.
+
+Usage: check_hf.py BIN_DIR TMP_DIR   Prints PASS/FAIL lines and "N passed, N failed".
+"""
+import json
+import os
+import subprocess
+import sys
+
+BIN, TMP = sys.argv[1], sys.argv[2]
+HF = "tests/fixtures/hf"
+passed = failed = 0
+
+
+def check(ok, name):
+    global passed, failed
+    print(("PASS " if ok else "FAIL ") + name, flush=True)
+    passed += bool(ok)
+    failed += not ok
+
+
+def run(*args):
+    p = subprocess.run([os.path.join(BIN, "run"), *args], capture_output=True)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+def export(folder, out, quant):
+    p = subprocess.run([os.path.join(BIN, "export"), folder, out, "--quant", quant], capture_output=True)
+    return p.returncode == 0 and os.path.exists(out), p.stderr.decode("utf-8", "replace")
+
+
+models = sorted(d for d in os.listdir(HF) if os.path.isfile(os.path.join(HF, d, "reference.json")))
+exported = {}
+for name in models:
+    folder = os.path.join(HF, name)
+    ref = json.load(open(os.path.join(folder, "reference.json")))
+    files = {}
+    for quant in ("f32", "q8_0"):
+        out = os.path.join(TMP, f"hf_{name}_{quant}.bin")
+        ok, err = export(folder, out, quant)
+        check(ok, f"{name}: ./export of the Hugging Face folder to {quant} ({ref['architecture']}, {ref['stored_dtype']})"
+              + ("" if ok else f": {err.strip()[-300:]}"))
+        files[quant] = out if ok else None
+    exported[name] = files["f32"]
+    for text in ref["texts"]:
+        path = os.path.join(folder, text["file"])
+        if files["f32"]:
+            rc, out, err = run(files["f32"], "-f", path, "--tokenize")
+            ids = json.loads(out) if rc == 0 else None
+            check(ids == text["ids"], f"{name} {text['file']}: --tokenize equals the tokenizers library's {len(text['ids'])} ids")
+        for quant, tol in (("f32", 1e-4), ("q8_0", 1e-2)):
+            if not files[quant]:
+                continue
+            rc, out, err = run(files[quant], "-f", path, "--ppl", "--json")
+            got = json.loads(out)["mean_nll"] if rc == 0 else float("nan")
+            rel = abs(got - text["mean_nll"]) / text["mean_nll"]
+            check(rel <= tol, f"{name} {text['file']} {quant}: --ppl mean NLL {got:.6f} vs transformers float64 "
+                  f"{text['mean_nll']:.6f} (rel {rel:.1e}, limit {tol:g})")
+
+cases = json.load(open(os.path.join(HF, "tokenizer_cases.json")))
+for kind, model in (("spm", "llama"), ("bpe", "qwen2")):
+    if not exported.get(model):
+        continue
+    bad = []
+    for i, case in enumerate(cases[kind]):
+        path = os.path.join(TMP, "case.txt")
+        with open(path, "wb") as f:
+            f.write(case["text"].encode("utf-8"))
+        rc, out, err = run(exported[model], "-f", path, "--tokenize")
+        if rc != 0 and case["ids_special"] == []:
+            continue  # empty prompt without BOS: nothing to tokenize, an error is right
+        if rc != 0 or json.loads(out) != case["ids_special"]:
+            bad.append((i, case["text"][:40], out.strip()[:80], case["ids_special"][:12]))
+    check(not bad, f"{kind} tokenizer ({model}): {len(cases[kind]) - len(bad)}/{len(cases[kind])} tricky strings "
+          f"tokenize as the tokenizers library does" + (f"; first mismatch {bad[0]}" if bad else ""))
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
