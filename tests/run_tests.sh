@@ -21,33 +21,31 @@ check() { # check NAME CONDITION-COMMAND...
     if "$@"; then pass "$_check_name"; else fail "$_check_name"; fi
 }
 
-# C unit tests report their own lines and a summary we add up.
-for t in test_kernels test_json test_tokenizer test_model; do
-    echo "== $t"
-    $TESTBIN/$t "$ASSETS" > $TMP/$t.log 2>&1
-    status=$?
-    grep -E '^(PASS|FAIL|SKIP)' $TMP/$t.log
-    summary=$(tail -n 1 $TMP/$t.log)
-    p=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')
-    f=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')
-    if [ -z "$p" ]; then
-        tail -n 5 $TMP/$t.log
-        fail "$t ran to completion (exit status $status)"
+# run_suite NAME COMMAND...: a program that prints PASS/FAIL/SKIP lines and
+# ends with "N passed, N failed"; its counts are added to ours.
+run_suite() {
+    _suite=$1; shift
+    echo "== $_suite"
+    "$@" > $TMP/$_suite.log 2>&1
+    _status=$?
+    grep -E '^(PASS|FAIL|SKIP)' $TMP/$_suite.log
+    _summary=$(tail -n 1 $TMP/$_suite.log)
+    _p=$(echo "$_summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')
+    _f=$(echo "$_summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')
+    if [ -z "$_p" ]; then
+        tail -n 5 $TMP/$_suite.log
+        fail "$_suite ran to completion (exit status $_status)"
     else
-        passed=$((passed + p)); failed=$((failed + f))
-        [ $status -eq 0 ] || [ "$f" -gt 0 ] || fail "$t exit status $status"
+        passed=$((passed + _p)); failed=$((failed + _f))
+        [ $_status -eq 0 ] || [ "$_f" -gt 0 ] || fail "$_suite exit status $_status"
     fi
-done
+}
 
-echo "== Hugging Face checkpoints and tokenizers (tests/fixtures/hf)"
-python3 tests/check_hf.py "$BIN" $TMP > $TMP/check_hf.log 2>&1
-status=$?
-grep -E '^(PASS|FAIL)' $TMP/check_hf.log
-summary=$(tail -n 1 $TMP/check_hf.log)
-p=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')
-f=$(echo "$summary" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')
-if [ -z "$p" ]; then tail -n 5 $TMP/check_hf.log; fail "check_hf.py ran to completion (exit status $status)"
-else passed=$((passed + p)); failed=$((failed + f)); fi
+for t in test_kernels test_json test_tokenizer test_model; do
+    run_suite $t $TESTBIN/$t "$ASSETS"
+done
+# Hugging Face checkpoints and tokenizers against transformers (tests/fixtures/hf)
+run_suite check_hf python3 tests/check_hf.py "$BIN" $TMP
 
 echo "== command line"
 have_assets=1
