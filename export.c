@@ -368,6 +368,8 @@ static void read_rope(const char *file, const JsonValue *root, const HfArch *arc
     const JsonValue *params = cfg_get(root, "rope_parameters"), *scaling = cfg_get(root, "rope_scaling");
     if (params && params->type != JSON_OBJECT) die("%s: 'rope_parameters' should be an object", file);
     if (scaling && scaling->type != JSON_OBJECT) die("%s: 'rope_scaling' should be an object", file);
+    if (params && scaling) /* which one transformers would read depends on its version: refuse to guess */
+        die("%s: both 'rope_parameters' and 'rope_scaling' are set; keep one", file);
     if (params)
         for (size_t i = 0; i < params->len; i++)
             if (params->items[i].type == JSON_OBJECT) /* one set per layer type (e.g. sliding vs full) */

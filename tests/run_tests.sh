@@ -46,6 +46,7 @@ for t in test_kernels test_json test_tokenizer test_model; do
 done
 # Hugging Face checkpoints and tokenizers against transformers (tests/fixtures/hf)
 run_suite check_hf python3 tests/check_hf.py "$BIN" $TMP
+run_suite check_export_errors python3 tests/check_export_errors.py "$BIN" $TMP
 
 echo "== command line"
 have_assets=1
