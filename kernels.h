@@ -362,37 +362,70 @@ static inline float dot_f32(const float *a, const float *b, int n) {
 #endif
 }
 
-static inline float dot_f16(const uint16_t *w, const float *x, int n) {
 #if defined(KERNELS_AVX2)
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+/* Eight weights of an f32, f16 or bf16 row from index i, as f32. */
+static inline __m256 weight8(const void *w, int type, int i) {
+    if (type == TYPE_F32) return _mm256_loadu_ps((const float *)w + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+    if (type == TYPE_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* One f32/f16/bf16 weight row against n_x activation rows (stride floats
+   apart), each result computed exactly as it would be alone: the weights are
+   loaded and widened once for all of them. */
+static inline __attribute__((always_inline)) void dot_float_avx2(const void *w, int type, const float *x, size_t stride,
+                                                                  int n_x, int n, float *out) {
+    __m256 acc0[4], acc1[4];
+    for (int k = 0; k < n_x; k++) acc0[k] = acc1[k] = _mm256_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8))), _mm256_loadu_ps(x + i + 8), s1);
+        __m256 w0 = weight8(w, type, i), w1 = weight8(w, type, i + 8);
+        for (int k = 0; k < n_x; k++) {
+            acc0[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + k * stride + i), acc0[k]);
+            acc1[k] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + k * stride + i + 8), acc1[k]);
+        }
     }
-    for (; i + 8 <= n; i += 8)
-        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), s0);
-    float s = hsum256(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += f16_to_f32(w[i]) * x[i];
-    return s;
+    if (i + 8 <= n) {
+        __m256 w0 = weight8(w, type, i);
+        for (int k = 0; k < n_x; k++) acc0[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + k * stride + i), acc0[k]);
+        i += 8;
+    }
+    for (int k = 0; k < n_x; k++) {
+        float s = hsum256(_mm256_add_ps(acc0[k], acc1[k]));
+        for (int j = i; j < n; j++) {
+            float wj = type == TYPE_F32 ? ((const float *)w)[j]
+                     : type == TYPE_F16 ? f16_to_f32(((const uint16_t *)w)[j]) : bf16_to_f32(((const uint16_t *)w)[j]);
+            s += wj * x[k * stride + j];
+        }
+        out[k] = s;
+    }
+}
+#endif
+
+/* An f32, f16 or bf16 weight row against one activation row. */
+static inline float dot_float(const void *w, int type, const float *x, int n) {
+#if defined(KERNELS_AVX2)
+    float r; /* constant types: one specialized copy each */
+    if (type == TYPE_F32) dot_float_avx2(w, TYPE_F32, x, 0, 1, n, &r);
+    else if (type == TYPE_F16) dot_float_avx2(w, TYPE_F16, x, 0, 1, n, &r);
+    else dot_float_avx2(w, TYPE_BF16, x, 0, 1, n, &r);
+    return r;
 #else
-    return dot_f16_ref(w, x, n);
+    if (type == TYPE_F32) return dot_f32(w, x, n);
+    return type == TYPE_F16 ? dot_f16_ref(w, x, n) : dot_bf16_ref(w, x, n);
 #endif
 }
 
-static inline float dot_bf16(const uint16_t *w, const float *x, int n) {
+/* The same row against four activation rows, `stride` floats apart: the
+   same results as four dot_float calls, bit for bit. */
+static inline void dot_float_x4(const void *w, int type, const float *x, size_t stride, int n, float out[4]) {
 #if defined(KERNELS_AVX2)
-    __m256 s0 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i wi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i))), 16);
-        s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(wi), _mm256_loadu_ps(x + i), s0);
-    }
-    float s = hsum256(s0);
-    for (; i < n; i++) s += bf16_to_f32(w[i]) * x[i];
-    return s;
+    if (type == TYPE_F32) dot_float_avx2(w, TYPE_F32, x, stride, 4, n, out);
+    else if (type == TYPE_F16) dot_float_avx2(w, TYPE_F16, x, stride, 4, n, out);
+    else dot_float_avx2(w, TYPE_BF16, x, stride, 4, n, out);
 #else
-    return dot_bf16_ref(w, x, n);
+    for (int k = 0; k < 4; k++) out[k] = dot_float(w, type, x + k * stride, n);
 #endif
 }
 

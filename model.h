@@ -746,12 +746,7 @@ typedef struct {
 
 static inline float row_dot(const Matrix *w, int r, const float *x, const BlockQ8A *xq) {
     const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-    switch (w->type) {
-    case TYPE_F32: return dot_f32((const float *)row, x, w->cols);
-    case TYPE_F16: return dot_f16((const uint16_t *)row, x, w->cols);
-    case TYPE_BF16: return dot_bf16((const uint16_t *)row, x, w->cols);
-    default: return dot_quant(row, w->type, xq, w->cols);
-    }
+    return type_is_quantized(w->type) ? dot_quant(row, w->type, xq, w->cols) : dot_float(row, w->type, x, w->cols);
 }
 
 #define MATMUL_TILE 16 /* rows kept hot in cache while the batch streams past */
@@ -770,15 +765,15 @@ static void matmul_task(void *arg, int ith, int nth) {
             if (r1 > hi) r1 = hi;
             if (r1 > end) r1 = end;
             int t = 0;
-            if (type_is_quantized(w->type)) /* four tokens per weight row: the row is unpacked once */
-                for (; t + 4 <= job->n; t += 4) {
-                    float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
-                    for (int64_t r = r0; r < r1; r++) {
-                        const void *row = (const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes;
-                        dot_quant_x4(row, w->type, job->inq + (size_t)t * blocks, blocks, w->cols, r4);
-                        for (int k = 0; k < 4; k++) y[(size_t)k * w->rows + r] = r4[k];
-                    }
+            for (; t + 4 <= job->n; t += 4) { /* four tokens per weight row: the row is loaded and unpacked once */
+                float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
+                for (int64_t r = r0; r < r1; r++) {
+                    const void *row = (const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes;
+                    if (type_is_quantized(w->type)) dot_quant_x4(row, w->type, job->inq + (size_t)t * blocks, blocks, w->cols, r4);
+                    else dot_float_x4(row, w->type, job->in + (size_t)t * job->cols, (size_t)job->cols, w->cols, r4);
+                    for (int k = 0; k < 4; k++) y[(size_t)k * w->rows + r] = r4[k];
                 }
+            }
             for (; t < job->n; t++) {
                 const float *x = job->in + (size_t)t * job->cols;
                 const BlockQ8A *xq = job->inq + (size_t)t * blocks;

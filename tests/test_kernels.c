@@ -137,9 +137,9 @@ static void test_dots(void) {
                 double mag, want = dot_double(wd, xd, n, &mag);
                 float got, ref;
                 switch (type) {
-                case TYPE_F32: got = dot_f32(wq, x, n); ref = dot_f32_ref(wq, x, n); break;
-                case TYPE_F16: got = dot_f16(wq, x, n); ref = dot_f16_ref(wq, x, n); break;
-                case TYPE_BF16: got = dot_bf16(wq, x, n); ref = dot_bf16_ref(wq, x, n); break;
+                case TYPE_F32: got = dot_float(wq, type, x, n); ref = dot_f32_ref(wq, x, n); break;
+                case TYPE_F16: got = dot_float(wq, type, x, n); ref = dot_f16_ref(wq, x, n); break;
+                case TYPE_BF16: got = dot_float(wq, type, x, n); ref = dot_bf16_ref(wq, x, n); break;
                 case TYPE_Q8_0: got = dot_quant(wq, type, xq, n); ref = dot_q8_0_ref(wq, xq, n); break;
                 default: got = dot_quant(wq, type, xq, n); ref = dot_q4_0_ref(wq, xq, n); break;
                 }
@@ -195,6 +195,24 @@ static void test_dot_x4(void) {
         }
     }
     CHECK(same, "q8_0 and q4_0: four tokens at once == one at a time, bit for bit");
+    same = 1;
+    const int lengths[] = {172, 2048, 100, 8};
+    for (int type = TYPE_F32; type <= TYPE_BF16; type++)
+        for (int li = 0; li < 4; li++) {
+            int n = lengths[li];
+            uint16_t wh[N];
+            fill(w, n, 0.05f);
+            for (int k = 0; k < 4; k++) fill(x[k], n, 1.0f);
+            quantize_row(type, w, type == TYPE_F32 ? (void *)w : (void *)wh, n);
+            const void *row = type == TYPE_F32 ? (const void *)w : (const void *)wh;
+            float out[4];
+            dot_float_x4(row, type, x[0], N, n, out);
+            for (int k = 0; k < 4; k++) {
+                float one = dot_float(row, type, x[k], n);
+                same &= !memcmp(&one, &out[k], sizeof one);
+            }
+        }
+    CHECK(same, "f32, f16 and bf16: four tokens at once == one at a time, bit for bit (rows of 8 to 2048)");
 }
 
 int main(void) {
