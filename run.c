@@ -8,6 +8,7 @@
  */
 #define MODEL_IMPLEMENTATION
 #include "model.h"
+#include "json.h" /* --chat-history; the implementation is compiled in tokenizer.c */
 
 #include <errno.h>
 #include <limits.h>
@@ -45,6 +46,8 @@ typedef struct {
     unsigned long long seed;
     int threads, ctx;
     int ignore_eos, json, tokenize, ppl, verbose;
+    int chat;
+    const char *system, *chat_template, *chat_history;
 } Options;
 
 static void usage(void) {
@@ -64,7 +67,12 @@ static void usage(void) {
             "  --json           print one JSON object at the end instead of streaming\n"
             "  --tokenize       print the prompt's token ids as a JSON array and exit\n"
             "  --ppl            score the prompt: mean negative log-likelihood per token\n"
-            "  --verbose        print the model's shape and memory use on stderr\n");
+            "  --verbose        print the model's shape and memory use on stderr\n"
+            "  --chat           chat with the model's chat template (multi-turn when stdin is a terminal)\n"
+            "  --system TEXT    system prompt for --chat\n"
+            "  --chat-template NAME  the formatter to use instead of the detected one:\n"
+            "                   llama2, mistral, llama3, chatml, deepseek\n"
+            "  --chat-history FILE   earlier turns, a JSON array of {\"role\", \"content\"} objects\n");
     exit(1);
 }
 
@@ -110,20 +118,28 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--tokenize")) o.tokenize = 1;
         else if (!strcmp(a, "--ppl")) o.ppl = 1;
         else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) o.verbose = 1;
-        else if (!strcmp(a, "--chat") || !strcmp(a, "--system")) die("%s: chat templates are not supported yet", a);
+        else if (!strcmp(a, "--chat")) o.chat = 1;
+        else if (!strcmp(a, "--system")) o.system = VALUE();
+        else if (!strcmp(a, "--chat-template")) o.chat_template = VALUE();
+        else if (!strcmp(a, "--chat-history")) o.chat_history = VALUE();
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
         else die("unknown option '%s' (./run with no arguments lists them)", a);
 #undef VALUE
     }
     if (o.prompt && o.prompt_file) die("give the prompt with -p or -f, not both");
+    if (!o.chat && (o.system || o.chat_template || o.chat_history))
+        die("%s only applies with --chat", o.system ? "--system" : o.chat_template ? "--chat-template" : "--chat-history");
+    if (o.chat && o.ppl) die("--ppl scores a text; it cannot be combined with --chat");
+    if (o.chat_template && chat_family(o.chat_template) < 0)
+        die("unknown chat template '%s' for --chat-template (one of llama2, mistral, llama3, chatml, deepseek)", o.chat_template);
     if (o.seed == 0) o.seed = (unsigned long long)time(NULL); /* xorshift needs a nonzero state */
     return o;
 }
 
-/* Reads a whole file (or stdin for "-") byte for byte. */
-static char *read_file(const char *path, size_t *len) {
+/* Reads a whole file (or stdin for "-") byte for byte; `what` names it in errors. */
+static char *read_file(const char *path, const char *what, size_t *len) {
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) die("cannot open prompt file '%s': %s", path, strerror(errno));
+    if (!f) die("cannot open %s '%s': %s", what, path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -133,7 +149,7 @@ static char *read_file(const char *path, size_t *len) {
         cap *= 2;
         buf = realloc(buf, cap);
     }
-    if (ferror(f)) die("cannot read prompt file '%s'", path);
+    if (ferror(f)) die("cannot read %s '%s'", what, path);
     if (f != stdin) fclose(f);
     *len = n;
     return buf;
@@ -281,7 +297,7 @@ static void text_flush(TextOut *o) {
 }
 
 /* A JSON string; invalid UTF-8 becomes U+FFFD so the object stays valid. */
-static void json_string(FILE *f, const char *s, size_t n) {
+static void print_json_string(FILE *f, const char *s, size_t n) {
     fputc('"', f);
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
@@ -375,76 +391,140 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
     free(want);
 }
 
-static void run_generate(Engine *e, const int *prompt, int n_prompt, const Options *o) {
-    const int vocab = e->model.cfg.vocab_size;
-    Sampler s = {.vocab = vocab, .temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k, .rng = o->seed};
-    s.probs = malloc((size_t)vocab * sizeof(float));
-    s.cand = malloc((size_t)vocab * sizeof *s.cand);
-    int max_new = e->ctx_len - n_prompt + 1; /* the last token is printed but never fed */
+/* One answer: what generate() produced and how it ended. */
+typedef struct {
+    int *ids;          /* generated tokens; an end token that stopped generation is not among them */
+    int n_gen;
+    int stop;          /* the end token that ended generation, or -1 */
+    int unfed;         /* the last generated token when generation ended with it unfed (the -n
+                          limit or a full context), or -1; a chat feeds it before the next turn */
+    TextOut out;       /* --json: the text */
+    double prefill_tps, decode_tps;
+} Generation;
+
+static void sampler_init(Sampler *s, int vocab, const Options *o) {
+    *s = (Sampler){.vocab = vocab, .temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k, .rng = o->seed};
+    s->probs = malloc((size_t)vocab * sizeof(float));
+    s->cand = malloc((size_t)vocab * sizeof *s->cand);
+    if (!s->probs || !s->cand) die("out of memory");
+}
+
+static void sampler_free(Sampler *s) {
+    free(s->probs);
+    free(s->cand);
+}
+
+/* Feeds the prompt after whatever the sequence already holds, then samples
+   until end-of-sequence (or end_of_turn, when >= 0), the -n limit or a full
+   context. Text streams to stdout unless --json. With skip_space, spaces at
+   the start of the answer are not shown (chat answers follow "[/INST]" or
+   "Assistant:" with a space the template does not count as content). */
+static void generate(Engine *e, Sampler *s, const int *prompt, int n_prompt, int end_of_turn, int skip_space,
+                     const Options *o, Generation *g) {
+    int max_new = e->ctx_len - (e->seq.n_past + n_prompt) + 1; /* the last token is printed but never fed */
     if (o->steps >= 0 && o->steps < max_new) max_new = o->steps;
-    int *ids = malloc((size_t)(max_new > 0 ? max_new : 1) * sizeof(int));
-    TextOut out = {0};
+    memset(g, 0, sizeof *g);
+    g->stop = g->unfed = -1;
+    g->ids = malloc((size_t)(max_new > 0 ? max_new : 1) * sizeof(int));
     if (o->json) { /* room for the longest piece at every step: no allocation in the loop */
-        out.cap = (size_t)(max_new > 0 ? max_new : 1) * tokenizer_max_piece_bytes(e->tokenizer) + 1;
-        out.text = malloc(out.cap);
+        g->out.cap = (size_t)(max_new > 0 ? max_new : 1) * tokenizer_max_piece_bytes(e->tokenizer) + 1;
+        g->out.text = malloc(g->out.cap);
     }
-    if (!s.probs || !s.cand || !ids || (o->json && !out.text)) die("out of memory");
+    if (!g->ids || (o->json && !g->out.text)) die("out of memory");
 
     double t0 = now_seconds();
     feed(e, prompt, n_prompt, NULL);
     double t1 = now_seconds(), t_first = t1;
-    int n_gen = 0, prev = prompt[n_prompt - 1];
-    while (n_gen < max_new) {
-        int next = sample(&s, e->ctx->logits);
+    int prev = prompt[n_prompt - 1];
+    while (g->n_gen < max_new) {
+        int next = sample(s, e->ctx->logits);
         /* llama2.c's models end a story with BOS, so BOS stops generation too */
-        if (!o->ignore_eos && (tokenizer_is_eos(e->tokenizer, next) || next == tokenizer_bos(e->tokenizer))) break;
-        ids[n_gen++] = next;
+        if (!o->ignore_eos && (tokenizer_is_eos(e->tokenizer, next) || next == tokenizer_bos(e->tokenizer) ||
+                               next == end_of_turn)) {
+            g->stop = next;
+            break;
+        }
+        g->ids[g->n_gen++] = next;
         size_t len;
         const char *piece = tokenizer_decode(e->tokenizer, prev, next, &len);
-        text_emit(&out, piece, len, !o->json);
+        if (skip_space) {
+            while (len > 0 && *piece == ' ') piece++, len--;
+            skip_space = len == 0;
+        }
+        text_emit(&g->out, piece, len, !o->json);
         prev = next;
-        if (n_gen == 1) t_first = now_seconds();
-        if (n_gen == max_new || e->seq.n_past >= e->ctx_len) break;
+        if (g->n_gen == 1) t_first = now_seconds();
+        if (g->n_gen == max_new || e->seq.n_past >= e->ctx_len) {
+            g->unfed = next;
+            break;
+        }
         feed(e, &next, 1, NULL);
     }
     double t2 = now_seconds();
-    double prefill_tps = n_prompt / (t1 - t0), decode_tps = n_gen > 1 ? (n_gen - 1) / (t2 - t_first) : 0;
+    g->prefill_tps = n_prompt / (t1 - t0);
+    g->decode_tps = g->n_gen > 1 ? (g->n_gen - 1) / (t2 - t_first) : 0;
+}
+
+/* Ends an answer: the newline after streamed text, or the --json object;
+   then the statistics line on stderr. */
+static void report(Generation *g, int n_prompt, const Options *o) {
     if (o->json) {
         printf("{\"text\": ");
-        json_string(stdout, out.text ? out.text : "", out.len);
+        print_json_string(stdout, g->out.text ? g->out.text : "", g->out.len);
         printf(", \"ids\": [");
-        for (int i = 0; i < n_gen; i++) printf(i ? ", %d" : "%d", ids[i]);
+        for (int i = 0; i < g->n_gen; i++) printf(i ? ", %d" : "%d", g->ids[i]);
         printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f}\n",
-               n_prompt, n_gen, prefill_tps, decode_tps);
+               n_prompt, g->n_gen, g->prefill_tps, g->decode_tps);
     } else {
-        text_flush(&out);
+        text_flush(&g->out);
         printf("\n");
     }
     fflush(stdout);
-    fprintf(stderr, "prompt: %d tokens, %.2f tok/s | generated: %d tokens, %.2f tok/s\n", n_prompt, prefill_tps, n_gen, decode_tps);
-    free(out.text);
-    free(ids);
-    free(s.probs);
-    free(s.cand);
+    fprintf(stderr, "prompt: %d tokens, %.2f tok/s | generated: %d tokens, %.2f tok/s\n", n_prompt, g->prefill_tps,
+            g->n_gen, g->decode_tps);
 }
 
-/* Generation or scoring: the context and the sequence live only here. */
-static void run_model(Engine *e, const int *tokens, int n, const Options *o) {
+static void generation_free(Generation *g) {
+    free(g->out.text);
+    free(g->ids);
+}
+
+static void run_generate(Engine *e, const int *prompt, int n_prompt, const Options *o) {
+    Sampler s;
+    Generation g;
+    sampler_init(&s, e->model.cfg.vocab_size, o);
+    generate(e, &s, prompt, n_prompt, -1, 0, o, &g);
+    report(&g, n_prompt, o);
+    generation_free(&g);
+    sampler_free(&s);
+}
+
+/* The context and the sequence, for ctx_len tokens (--ctx or the model's). */
+static void engine_start(Engine *e, const Options *o) {
     char err[512];
-    e->ctx_len = o->ctx ? o->ctx : e->model.cfg.max_seq_len;
-    if (!o->ppl && n > e->ctx_len) die("the prompt has %d tokens, more than the context of %d", n, e->ctx_len);
     int batch = o->ppl ? (e->ctx_len < 256 ? e->ctx_len : 256) : (e->ctx_len < 512 ? e->ctx_len : 512);
     e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl ? batch : 1, o->threads, err, sizeof err);
     if (!e->ctx) die("%s", err);
     if (sequence_init(&e->seq, &e->model, e->ctx_len, err, sizeof err)) die("%s", err);
     if (o->verbose) print_verbose(e, o);
+}
 
-    if (o->ppl) run_ppl(e, tokens, n, o);
-    else run_generate(e, tokens, n, o);
-
+static void engine_stop(Engine *e) {
     sequence_free(&e->seq);
     context_free(e->ctx);
 }
+
+/* Generation or scoring: the context and the sequence live only here. */
+static void run_model(Engine *e, const int *tokens, int n, const Options *o) {
+    e->ctx_len = o->ctx ? o->ctx : e->model.cfg.max_seq_len;
+    if (!o->ppl && n > e->ctx_len) die("the prompt has %d tokens, more than the context of %d", n, e->ctx_len);
+    engine_start(e, o);
+    if (o->ppl) run_ppl(e, tokens, n, o);
+    else run_generate(e, tokens, n, o);
+    engine_stop(e);
+}
+
+@@CHAT@@
 
 int main(int argc, char **argv) {
     Options o = parse_options(argc, argv);
@@ -460,7 +540,7 @@ int main(int argc, char **argv) {
     if (!e.tokenizer) die("model '%s' has no tokenizer: pass its tokenizer.bin with -z", o.model_path);
 
     size_t text_len = 0;
-    char *text = o.prompt_file ? read_file(o.prompt_file, &text_len) : NULL;
+    char *text = o.prompt_file ? read_file(o.prompt_file, "prompt file", &text_len) : NULL;
     if (!text) {
         text_len = o.prompt ? strlen(o.prompt) : 0;
         text = malloc(text_len + 1);
