@@ -92,6 +92,8 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
     return v;
 }
 
+static int chat_family(const char *name); /* the --chat-template names, with the chat code below */
+
 static Options parse_options(int argc, char **argv) {
     Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -524,7 +526,578 @@ static void run_model(Engine *e, const int *tokens, int n, const Options *o) {
     engine_stop(e);
 }
 
-@@CHAT@@
+/* ---------------------------------------------------------------------------
+ * Chat.
+ *
+ * A chat template is a Jinja program, but the ones models ship with come in
+ * a handful of families that differ only in the strings around each message.
+ * Rather than embed a Jinja interpreter, we recognise the family by a
+ * distinctive substring of the template and render the conversation with a
+ * formatter written here (--chat-template NAME picks one explicitly). The
+ * rendering writes special tokens out as text ("<|im_start|>", the
+ * tokenizer's BOS piece where the template says bos_token) and is tokenized
+ * with special-token parsing and without an automatic BOS, as
+ * apply_chat_template followed by encode(add_special_tokens=False) does.
+ *
+ * The families, with the templates they were checked against (Hugging Face
+ * tokenizer_config.json; "\n" is a newline, bos/eos the tokenizer's pieces):
+ *
+ *   llama2    Llama-2-*-chat. Detected by "<<SYS>>". The system message goes
+ *             inside the first user message, which must follow it:
+ *               bos "[INST] " strip("<<SYS>>\n" system "\n<</SYS>>\n\n" user) " [/INST]"
+ *               " " strip(answer) " " eos
+ *             and the next exchange starts with bos again. No generation prompt.
+ *   mistral   Mistral-7B-Instruct. Detected by "[INST]" (without <<SYS>>).
+ *             bos once, then per exchange OPEN user CLOSE [" "] answer eos,
+ *             where OPEN and CLOSE are the template's own literals around
+ *             [INST] and [/INST]:
+ *               v0.1/v0.2 (2024 update): ' [INST] ' ... ' [/INST]', ' ' + answer
+ *               v0.3:                    "[INST] " ... "[/INST]", " " + answer|trim
+ *               original v0.1 card:      '[INST] ' ... ' [/INST]', answer
+ *             The system text is prepended to a user message followed by
+ *             "\n\n": the first one, or the last one where the template says
+ *             "loop.last and system_message" (v0.3). Without a template:
+ *             the original card's format.
+ *   llama3    Meta-Llama-3-*-Instruct. Detected by "<|start_header_id|>".
+ *               bos, then per message
+ *               "<|start_header_id|>" role "<|end_header_id|>\n\n" trim(content) "<|eot_id|>"
+ *               generation prompt "<|start_header_id|>assistant<|end_header_id|>\n\n"
+ *             Llama 3.1 and later (the template says "Cutting Knowledge
+ *             Date") always open with a system message that starts with
+ *             "Cutting Knowledge Date: December 2023\nToday Date: DATE\n\n",
+ *             DATE being the template's default date_string ("26 Jul 2024").
+ *   chatml    Qwen2, Qwen2.5, SmolLM3 and many fine-tunes. Detected by
+ *             "<|im_start|>".
+ *               "<|im_start|>" role "\n" content "<|im_end|>\n"
+ *               generation prompt "<|im_start|>assistant\n"
+ *             Qwen's templates insert a default system message when there is
+ *             none; we do so only when the template holds such a literal,
+ *             '<|im_start|>system\nTEXT<|im_end|>', and use its TEXT.
+ *             (SmolLM3's metadata system block is not reproduced.)
+ *   deepseek  deepseek-llm-*-chat. Detected by "'User: '" with "Assistant:".
+ *               bos, system "\n\n", "User: " user "\n\n", "Assistant: " answer eos
+ *               generation prompt "Assistant:"
+ *
+ * Multi-turn chat keeps the KV cache: each turn feeds only what follows the
+ * previous answer (its end-of-turn token, then the new user message and the
+ * generation prompt), so every formatter renders a message from the message
+ * alone and its place in the conversation, never from later messages.
+ */
+enum { CHAT_LLAMA2, CHAT_MISTRAL, CHAT_LLAMA3, CHAT_CHATML, CHAT_DEEPSEEK, CHAT_FAMILIES };
+static const char *const chat_family_names[CHAT_FAMILIES] = {"llama2", "mistral", "llama3", "chatml", "deepseek"};
+#define CHAT_FAMILY_LIST "llama2, mistral, llama3, chatml, deepseek"
+
+enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT };
+static const char *const role_names[] = {"system", "user", "assistant"};
+
+typedef struct {
+    int role;                 /* ROLE_* */
+    char *text;               /* owned; may hold NUL bytes */
+    size_t len;
+} ChatMessage;
+
+typedef struct {
+    ChatMessage *msg;
+    int n, cap;
+} Conversation;
+
+typedef struct {
+    int family;                       /* CHAT_* */
+    char bos[64], eos[64];            /* the template's bos_token / eos_token: the tokenizer's pieces */
+    const char *eot;                  /* the text that ends an answer */
+    const char *after_eot;            /* and what follows it before the next message */
+    int eot_id;                       /* the token that ends an answer, or -1 */
+    char inst_open[16], inst_close[16]; /* mistral */
+    int answer_space;                 /* mistral: " " before an answer */
+    int trim_answer;                  /* mistral: answers are stripped */
+    int system_last;                  /* mistral: the system text joins the last user message */
+    char *default_system;             /* chatml: the template's own system message, or NULL */
+    char *preamble;                   /* llama3.1: what starts the system message, or NULL */
+} ChatFormat;
+
+/* A growing string. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} Str;
+
+static void str_add(Str *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->s = realloc(b->s, b->cap);
+        if (!b->s) die("out of memory");
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+static void str_puts(Str *b, const char *s) { str_add(b, s, strlen(s)); }
+
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+/* Appends s without leading and trailing whitespace, as Python's str.strip()
+   and Jinja's |trim do (ASCII whitespace only). */
+static void str_add_stripped(Str *b, const char *s, size_t n) {
+    while (n > 0 && is_space(s[0])) s++, n--;
+    while (n > 0 && is_space(s[n - 1])) n--;
+    str_add(b, s, n);
+}
+
+static int chat_family(const char *name) {
+    for (int i = 0; i < CHAT_FAMILIES; i++)
+        if (!strcmp(name, chat_family_names[i])) return i;
+    return -1;
+}
+
+/* Token id's piece as text ("" when there is none), for bos_token / eos_token. */
+static void piece_text(const Tokenizer *t, int id, char *out, size_t cap) {
+    const TokenizerData *d = tokenizer_data(t);
+    out[0] = '\0';
+    if (id < 0 || id >= d->n_vocab) return;
+    size_t n = d->piece_offset[id + 1] - d->piece_offset[id];
+    if (n >= cap) return;
+    memcpy(out, d->piece_bytes + d->piece_offset[id], n);
+    out[n] = '\0';
+}
+
+/* The Jinja string literal around an occurrence of `what` in the template,
+   when only spaces stand between them and its quotes: for "[INST]" in
+   "{{ ' [INST] ' + ...", " [INST] ". Returns 0, or -1 when there is none. */
+static int template_literal(const char *tpl, const char *what, char *out, size_t cap) {
+    size_t n = strlen(what);
+    for (const char *p = strstr(tpl, what); p; p = strstr(p + 1, what)) {
+        const char *a = p, *z = p + n;
+        while (a > tpl && a[-1] == ' ') a--;
+        while (*z == ' ') z++;
+        if (a == tpl || (a[-1] != '\'' && a[-1] != '"') || *z != a[-1] || (size_t)(z - a) >= cap) continue;
+        memcpy(out, a, (size_t)(z - a));
+        out[z - a] = '\0';
+        return 0;
+    }
+    return -1;
+}
+
+/* The text of a Jinja string literal starting at p and ending at `end` (not
+   included), with its escapes undone; NULL when the stretch is not plain
+   literal text (a quote or an expression in it). */
+static char *template_unescape(const char *p, const char *end) {
+    Str b = {0};
+    for (; p < end; p++) {
+        if (*p == '\'' || *p == '"' || *p == '{' || *p == '}') { free(b.s); return NULL; }
+        if (*p == '\\' && p + 1 < end) {
+            p++;
+            char c = *p == 'n' ? '\n' : *p == 't' ? '\t' : *p;
+            str_add(&b, &c, 1);
+        } else {
+            str_add(&b, p, 1);
+        }
+    }
+    if (!b.s) str_puts(&b, "");
+    return b.s;
+}
+
+/* Qwen's default system message: the literal
+   '<|im_start|>system\nTEXT<|im_end|>' in the template (a '<|im_start|>system\n'
+   followed by an expression is where the user's system message goes). */
+static char *chatml_default_system(const char *tpl) {
+    const char *open = "<|im_start|>system";
+    for (const char *p = strstr(tpl, open); p; p = strstr(p + 1, open)) {
+        const char *q = p + strlen(open);
+        if (!strncmp(q, "\\n", 2)) q += 2;
+        else if (*q == '\n') q++;
+        else continue;
+        const char *end = strstr(q, "<|im_end|>");
+        char *text = end ? template_unescape(q, end) : NULL;
+        if (text && text[0]) return text;
+        free(text);
+    }
+    return NULL;
+}
+
+/* Llama 3.1's system preamble: "Cutting Knowledge Date: D\nToday Date: T\n\n",
+   D from the template's literal, T its default date_string. */
+static char *llama3_preamble(const char *tpl) {
+    const char *k = strstr(tpl, "Cutting Knowledge Date: ");
+    if (!k) return NULL;
+    k += strlen("Cutting Knowledge Date: ");
+    size_t kn = 0;
+    while (k[kn] && k[kn] != '\\' && k[kn] != '\n' && k[kn] != '"' && k[kn] != '\'' && kn < 64) kn++;
+    const char *date = "26 Jul 2024";
+    size_t dn = strlen(date);
+    const char *d = strstr(tpl, "set date_string = ");
+    if (d) {
+        d += strlen("set date_string = ");
+        char quote = *d;
+        const char *z = quote == '"' || quote == '\'' ? strchr(d + 1, quote) : NULL;
+        if (z && z - d - 1 < 64) date = d + 1, dn = (size_t)(z - d - 1);
+    }
+    Str b = {0};
+    str_puts(&b, "Cutting Knowledge Date: ");
+    str_add(&b, k, kn);
+    str_puts(&b, "\nToday Date: ");
+    str_add(&b, date, dn);
+    str_puts(&b, "\n\n");
+    return b.s;
+}
+
+/* Which family a template belongs to, or -1. The order matters: Llama 2's
+   template also contains "[INST]". */
+static int chat_detect(const char *tpl) {
+    if (strstr(tpl, "<|start_header_id|>")) return CHAT_LLAMA3;
+    if (strstr(tpl, "<|im_start|>")) return CHAT_CHATML;
+    if (strstr(tpl, "<<SYS>>")) return CHAT_LLAMA2;
+    if (strstr(tpl, "[INST]")) return CHAT_MISTRAL;
+    if ((strstr(tpl, "'User: '") || strstr(tpl, "\"User: \"")) && strstr(tpl, "Assistant:")) return CHAT_DEEPSEEK;
+    return -1;
+}
+
+/* Sets up the formatter: --chat-template's, else the detected one. A
+   template we do not recognise, or none, is an error that names the way out. */
+static void chat_format_init(ChatFormat *f, const Tokenizer *t, const char *name) {
+    memset(f, 0, sizeof *f);
+    size_t len = 0;
+    const char *src = tokenizer_chat_template(t, &len);
+    char *tpl = malloc(len + 1); /* the template is not NUL-terminated */
+    if (!tpl) die("out of memory");
+    if (src) memcpy(tpl, src, len);
+    tpl[len] = '\0';
+    if (name) {
+        f->family = chat_family(name);
+    } else if (!src || len == 0) {
+        die("the model has no chat template; choose a formatter with --chat-template NAME (" CHAT_FAMILY_LIST ")");
+    } else if ((f->family = chat_detect(tpl)) < 0) {
+        die("the model's chat template is not one of the known families; choose a formatter with --chat-template NAME (" CHAT_FAMILY_LIST ")");
+    }
+    /* The template's own strings only count when it is of the family used. */
+    int own = chat_detect(tpl) == f->family;
+    const TokenizerData *d = tokenizer_data(t);
+    piece_text(t, d->bos_id, f->bos, sizeof f->bos);
+    piece_text(t, d->eos_id, f->eos, sizeof f->eos);
+    f->eot = f->eos;
+    f->after_eot = "";
+    switch (f->family) {
+    case CHAT_MISTRAL:
+        strcpy(f->inst_open, "[INST] ");
+        strcpy(f->inst_close, " [/INST]");
+        if (own) {
+            if (template_literal(tpl, "[INST]", f->inst_open, sizeof f->inst_open)) strcpy(f->inst_open, "[INST] ");
+            if (template_literal(tpl, "[/INST]", f->inst_close, sizeof f->inst_close)) strcpy(f->inst_close, " [/INST]");
+            f->answer_space = strstr(tpl, "' ' + message") || strstr(tpl, "\" \" + message");
+            f->trim_answer = strstr(tpl, "|trim") || strstr(tpl, "| trim");
+            f->system_last = strstr(tpl, "loop.last and system_message") != NULL;
+        }
+        break;
+    case CHAT_LLAMA3:
+        f->eot = "<|eot_id|>";
+        if (own) f->preamble = llama3_preamble(tpl);
+        break;
+    case CHAT_CHATML:
+        f->eot = "<|im_end|>";
+        f->after_eot = "\n";
+        if (own) f->default_system = chatml_default_system(tpl);
+        break;
+    }
+    f->eot_id = f->eot[0] ? tokenizer_find(t, f->eot) : -1;
+    if (f->eot[0] && f->eot_id < 0)
+        fprintf(stderr, "warning: the vocabulary has no '%s' token: answers end only at end-of-sequence\n", f->eot);
+    free(tpl);
+}
+
+static void chat_format_free(ChatFormat *f) {
+    free(f->default_system);
+    free(f->preamble);
+}
+
+/* Appends messages[from, n) as the family renders them, then (with
+   gen_prompt) what opens the assistant's answer. from == 0 starts the
+   conversation; from > 0 continues one whose earlier messages are in the
+   cache. sys_at: the user message the system text joins (llama2, mistral). */
+static void chat_render(Str *b, const ChatFormat *f, const ChatMessage *m, int n, int from, int sys_at, int gen_prompt) {
+    const ChatMessage *sys = n > 0 && m[0].role == ROLE_SYSTEM ? &m[0] : NULL;
+    if (from == 0) {
+        if (f->family == CHAT_MISTRAL || f->family == CHAT_DEEPSEEK || f->family == CHAT_LLAMA3) str_puts(b, f->bos);
+        if (f->family == CHAT_LLAMA3 && f->preamble) { /* 3.1: a system message, always */
+            str_puts(b, "<|start_header_id|>system<|end_header_id|>\n\n");
+            str_puts(b, f->preamble);
+            if (sys) str_add_stripped(b, sys->text, sys->len);
+            str_puts(b, "<|eot_id|>");
+        }
+        if (f->family == CHAT_CHATML && !sys && f->default_system && n > 0) {
+            str_puts(b, "<|im_start|>system\n");
+            str_puts(b, f->default_system);
+            str_puts(b, "<|im_end|>\n");
+        }
+    }
+    for (int i = from; i < n; i++) {
+        const ChatMessage *x = &m[i];
+        int user = x->role == ROLE_USER, answer = x->role == ROLE_ASSISTANT;
+        switch (f->family) {
+        case CHAT_LLAMA2:
+            if (user) {
+                Str c = {0};
+                if (i == sys_at && sys) {
+                    str_puts(&c, "<<SYS>>\n");
+                    str_add(&c, sys->text, sys->len);
+                    str_puts(&c, "\n<</SYS>>\n\n");
+                }
+                str_add(&c, x->text, x->len);
+                str_puts(b, f->bos);
+                str_puts(b, "[INST] ");
+                str_add_stripped(b, c.s ? c.s : "", c.len);
+                str_puts(b, " [/INST]");
+                free(c.s);
+            } else if (answer) {
+                str_puts(b, " ");
+                str_add_stripped(b, x->text, x->len);
+                str_puts(b, " ");
+                str_puts(b, f->eos);
+            }
+            break;
+        case CHAT_MISTRAL:
+            if (user) {
+                str_puts(b, f->inst_open);
+                if (i == sys_at && sys) {
+                    str_add(b, sys->text, sys->len);
+                    str_puts(b, "\n\n");
+                }
+                str_add(b, x->text, x->len);
+                str_puts(b, f->inst_close);
+            } else if (answer) {
+                if (f->answer_space) str_puts(b, " ");
+                if (f->trim_answer) str_add_stripped(b, x->text, x->len);
+                else str_add(b, x->text, x->len);
+                str_puts(b, f->eos);
+            }
+            break;
+        case CHAT_LLAMA3:
+            if (x->role == ROLE_SYSTEM && f->preamble) break; /* already in the preamble's message */
+            str_puts(b, "<|start_header_id|>");
+            str_puts(b, role_names[x->role]);
+            str_puts(b, "<|end_header_id|>\n\n");
+            str_add_stripped(b, x->text, x->len);
+            str_puts(b, "<|eot_id|>");
+            break;
+        case CHAT_CHATML:
+            str_puts(b, "<|im_start|>");
+            str_puts(b, role_names[x->role]);
+            str_puts(b, "\n");
+            str_add(b, x->text, x->len);
+            str_puts(b, "<|im_end|>\n");
+            break;
+        case CHAT_DEEPSEEK:
+            str_puts(b, user ? "User: " : answer ? "Assistant: " : "");
+            str_add(b, x->text, x->len);
+            str_puts(b, answer ? f->eos : "\n\n");
+            break;
+        }
+    }
+    if (gen_prompt) {
+        if (f->family == CHAT_LLAMA3) str_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        else if (f->family == CHAT_CHATML) str_puts(b, "<|im_start|>assistant\n");
+        else if (f->family == CHAT_DEEPSEEK) str_puts(b, "Assistant:");
+    }
+}
+
+/* Where the system text goes for llama2 (the first user message) and mistral
+   (the first, or with v0.3 the last of the conversation as first rendered). */
+static int chat_system_at(const ChatFormat *f, const Conversation *c) {
+    if (c->n == 0 || c->msg[0].role != ROLE_SYSTEM) return -1;
+    if (f->family == CHAT_MISTRAL && f->system_last) return c->n - 1; /* checked: it is the last user message */
+    return 1;
+}
+
+static void conversation_add(Conversation *c, int role, const char *text, size_t len) {
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 8;
+        c->msg = realloc(c->msg, (size_t)c->cap * sizeof *c->msg);
+        if (!c->msg) die("out of memory");
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) die("out of memory");
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    c->msg[c->n++] = (ChatMessage){role, copy, len};
+}
+
+static void conversation_free(Conversation *c) {
+    for (int i = 0; i < c->n; i++) free(c->msg[i].text);
+    free(c->msg);
+}
+
+/* Appends the turns of a --chat-history file: [{"role": ..., "content": ...}, ...]. */
+static void load_history(Conversation *c, const char *path) {
+    size_t len;
+    char *text = read_file(path, "chat history", &len), err[256];
+    JsonDoc doc;
+    if (json_parse(&doc, text, len, err, sizeof err)) die("chat history '%s': %s", path, err);
+    if (doc.root.type != JSON_ARRAY) die("chat history '%s': expected a JSON array of {\"role\", \"content\"} objects", path);
+    for (size_t i = 0; i < doc.root.len; i++) {
+        const JsonValue *item = json_array_item(&doc.root, i);
+        const JsonValue *role = json_get(item, "role"), *content = json_get(item, "content");
+        if (!json_string(role) || !json_string(content))
+            die("chat history '%s': message %zu is not an object with string \"role\" and \"content\"", path, i + 1);
+        int r = -1;
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(role->str, role_names[k])) r = k;
+        if (r < 0) die("chat history '%s': message %zu has role '%s' (system, user or assistant)", path, i + 1, role->str);
+        conversation_add(c, r, content->str, content->len);
+    }
+    json_free(&doc);
+    free(text);
+}
+
+/* An optional system message, then user and assistant in turn, ending with
+   the user message to answer: the order every family's template demands. */
+static void check_roles(const Conversation *c, const char *history) {
+    int first = c->n > 0 && c->msg[0].role == ROLE_SYSTEM;
+    for (int i = 0; i < c->n; i++) {
+        int want = i < first ? ROLE_SYSTEM : (i - first) % 2 == 0 ? ROLE_USER : ROLE_ASSISTANT;
+        if (c->msg[i].role != want) {
+            if (c->msg[i].role == ROLE_SYSTEM)
+                die("chat history '%s': a system message can only come first", history ? history : "");
+            die("%s%s%smessage %d has role '%s' where '%s' was expected (after an optional system message, "
+                "roles alternate user/assistant)", history ? "chat history '" : "", history ? history : "",
+                history ? "': " : "", i + 1, role_names[c->msg[i].role], role_names[want]);
+        }
+    }
+    if (c->n == first || c->msg[c->n - 1].role != ROLE_USER)
+        die("--chat needs a user message to answer: give it with -p or -f, or end the chat history with one");
+}
+
+/* Tokenizes a rendering: its special tokens parsed, no BOS added (the
+   template writes it where it belongs). Appends to ids[*n..]. */
+static void chat_tokenize(const Tokenizer *t, const Str *text, int **ids, int *n, int *cap) {
+    if (text->len > (size_t)INT_MAX / 2 - 3) die("chat too long");
+    int need = *n + 2 * (int)text->len + 3;
+    if (need > *cap) {
+        *cap = need;
+        *ids = realloc(*ids, (size_t)need * sizeof(int));
+        if (!*ids) die("out of memory");
+    }
+    int k = tokenizer_encode_ex(t, text->s ? text->s : "", text->len, 0, 1, *ids + *n, *cap - *n);
+    if (k < 0) die("cannot tokenize the chat");
+    *n += k;
+}
+
+/* One line from the terminal, without its newline; NULL at EOF. */
+static char *read_turn(size_t *len) {
+    static char *line;
+    static size_t cap;
+    fputs("> ", stderr);
+    fflush(stderr);
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        fputc('\n', stderr);
+        free(line);
+        line = NULL;
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+    line[n] = '\0';
+    *len = (size_t)n;
+    return line;
+}
+
+static void run_chat(Engine *e, const Options *o) {
+    ChatFormat f;
+    chat_format_init(&f, e->tokenizer, o->chat_template);
+    Conversation c = {0};
+    if (o->system) conversation_add(&c, ROLE_SYSTEM, o->system, strlen(o->system));
+    if (o->chat_history) {
+        int before = c.n;
+        load_history(&c, o->chat_history);
+        if (before && c.n > before && c.msg[before].role == ROLE_SYSTEM)
+            die("give the system prompt with --system or in the chat history, not both");
+    }
+    /* -f - reads the terminal to its end: then there is no next turn to read. */
+    int interactive = isatty(STDIN_FILENO) && !o->tokenize && !(o->prompt_file && !strcmp(o->prompt_file, "-"));
+    int history_ends_with_user = c.n > 0 && c.msg[c.n - 1].role == ROLE_USER;
+    if (o->prompt || o->prompt_file) {
+        size_t len = 0;
+        char *text = o->prompt_file ? read_file(o->prompt_file, "prompt file", &len) : NULL;
+        conversation_add(&c, ROLE_USER, text ? text : o->prompt, text ? len : strlen(o->prompt));
+        free(text);
+    } else if (!history_ends_with_user) {
+        size_t len = 0;
+        if (interactive) {
+            char *line = read_turn(&len);
+            if (!line || len == 0) goto done; /* nothing asked: nothing to do */
+            conversation_add(&c, ROLE_USER, line, len);
+        } else if (!o->tokenize || !isatty(STDIN_FILENO)) { /* the message is all of stdin */
+            char *text = read_file("-", "standard input", &len);
+            while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r')) len--;
+            if (len > 0) conversation_add(&c, ROLE_USER, text, len);
+            free(text);
+        }
+    }
+    check_roles(&c, o->chat_history);
+
+    int sys_at = chat_system_at(&f, &c);
+    Str text = {0};
+    chat_render(&text, &f, c.msg, c.n, 0, sys_at, 1);
+    int *ids = NULL, n = 0, cap = 0;
+    chat_tokenize(e->tokenizer, &text, &ids, &n, &cap);
+    if (o->tokenize) {
+        printf("[");
+        for (int i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
+        printf("]\n");
+        goto done_ids;
+    }
+    if (n == 0) die("the chat rendered to no tokens");
+    e->ctx_len = o->ctx ? o->ctx : e->model.cfg.max_seq_len;
+    if (n > e->ctx_len) die("the chat has %d tokens, more than the context of %d", n, e->ctx_len);
+    engine_start(e, o);
+    Sampler s;
+    sampler_init(&s, e->model.cfg.vocab_size, o);
+    for (int turn = 1;; turn++) {
+        if (o->verbose)
+            fprintf(stderr, "chat: turn %d feeds %d new tokens after %d in the cache (%s formatter)\n", turn, n,
+                    e->seq.n_past, chat_family_names[f.family]);
+        Generation g;
+        generate(e, &s, ids, n, f.eot_id, 1, o, &g);
+        report(&g, n, o);
+        int full = e->seq.n_past >= e->ctx_len && g.unfed >= 0;
+        /* What closes the answer in the cache: the end-of-turn token the model
+           sampled, or (cut short, or ended by another token) the template's. */
+        n = 0;
+        text.len = 0;
+        if (g.stop >= 0 && g.stop == f.eot_id) {
+            ids[n++] = g.stop;
+        } else {
+            if (g.unfed >= 0) ids[n++] = g.unfed;
+            str_puts(&text, f.eot);
+        }
+        str_puts(&text, f.after_eot);
+        generation_free(&g);
+        if (!interactive) break;
+        if (full) {
+            fprintf(stderr, "chat: the context of %d tokens is full; the conversation ends here (--ctx sets a larger one)\n",
+                    e->ctx_len);
+            break;
+        }
+        size_t len;
+        char *line = read_turn(&len);
+        if (!line || len == 0) break;
+        conversation_add(&c, ROLE_ASSISTANT, "", 0); /* its tokens are in the cache already */
+        conversation_add(&c, ROLE_USER, line, len);
+        chat_render(&text, &f, c.msg, c.n, c.n - 1, sys_at, 1);
+        chat_tokenize(e->tokenizer, &text, &ids, &n, &cap);
+        if (e->seq.n_past + n > e->ctx_len) {
+            fprintf(stderr, "chat: the context of %d tokens is full (%d in use, this turn needs %d more); the "
+                    "conversation ends here (--ctx sets a larger one)\n", e->ctx_len, e->seq.n_past, n);
+            break;
+        }
+    }
+    sampler_free(&s);
+    engine_stop(e);
+done_ids:
+    free(ids);
+    free(text.s);
+done:
+    conversation_free(&c);
+    chat_format_free(&f);
+}
 
 int main(int argc, char **argv) {
     Options o = parse_options(argc, argv);
@@ -538,6 +1111,12 @@ int main(int argc, char **argv) {
         e.tokenizer = e.own_tokenizer;
     }
     if (!e.tokenizer) die("model '%s' has no tokenizer: pass its tokenizer.bin with -z", o.model_path);
+    if (o.chat) {
+        run_chat(&e, &o);
+        tokenizer_free(e.own_tokenizer);
+        model_free(&e.model);
+        return 0;
+    }
 
     size_t text_len = 0;
     char *text = o.prompt_file ? read_file(o.prompt_file, "prompt file", &text_len) : NULL;

@@ -47,6 +47,7 @@ done
 # Hugging Face checkpoints and tokenizers against transformers (tests/fixtures/hf)
 run_suite check_hf python3 tests/check_hf.py "$BIN" $TMP
 run_suite check_export_errors python3 tests/check_export_errors.py "$BIN" $TMP
+run_suite check_chat python3 tests/check_chat.py "$BIN" $TMP
 
 echo "== command line"
 have_assets=1
