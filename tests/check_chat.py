@@ -25,27 +25,10 @@ import subprocess
 import sys
 import time
 
-BIN, TMP = sys.argv[1], sys.argv[2]
+from harness import BIN, TMP, check, export, finish, run
+
 HF = "tests/fixtures/hf"
 ASSETS = os.environ.get("ASSETS", "../shared/assets")
-passed = failed = 0
-
-
-def check(ok, name):
-    global passed, failed
-    print(("PASS " if ok else "FAIL ") + name, flush=True)
-    passed += bool(ok)
-    failed += not ok
-
-
-def run(*args, stdin=subprocess.DEVNULL):
-    p = subprocess.run([os.path.join(BIN, "run"), *args], capture_output=True, stdin=stdin)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-
-
-def export(folder, out):
-    p = subprocess.run([os.path.join(BIN, "export"), folder, out, "--quant", "f32"], capture_output=True)
-    return p.returncode == 0 and os.path.exists(out), p.stderr.decode("utf-8", "replace")
 
 
 def ids_of(rc, out):
@@ -392,5 +375,4 @@ if models["qwen2"]:
     ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and "context" in out and "full" in out
     check(ok, "terminal session with a small --ctx: says the context is full and ends" + ("" if ok else f": {out[-300:]!r}"))
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

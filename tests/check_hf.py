@@ -11,30 +11,11 @@ Usage: check_hf.py BIN_DIR TMP_DIR   Prints PASS/FAIL lines and "N passed, N fai
 """
 import json
 import os
-import subprocess
 import sys
 
-BIN, TMP = sys.argv[1], sys.argv[2]
+from harness import BIN, TMP, check, export, finish, run
+
 HF = "tests/fixtures/hf"
-passed = failed = 0
-
-
-def check(ok, name):
-    global passed, failed
-    print(("PASS " if ok else "FAIL ") + name, flush=True)
-    passed += bool(ok)
-    failed += not ok
-
-
-def run(*args):
-    p = subprocess.run([os.path.join(BIN, "run"), *args], capture_output=True)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-
-
-def export(folder, out, quant):
-    p = subprocess.run([os.path.join(BIN, "export"), folder, out, "--quant", quant], capture_output=True)
-    return p.returncode == 0 and os.path.exists(out), p.stderr.decode("utf-8", "replace")
-
 
 models = sorted(d for d in os.listdir(HF) if os.path.isfile(os.path.join(HF, d, "reference.json")))
 exported = {}
@@ -81,5 +62,4 @@ for kind, model in (("spm", "llama"), ("bpe", "qwen2")):
     check(not bad, f"{kind} tokenizer ({model}): {len(cases[kind]) - len(bad)}/{len(cases[kind])} tricky strings "
           f"tokenize as the tokenizers library does" + (f"; first mismatch {bad[0]}" if bad else ""))
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

@@ -1,0 +1,34 @@
+"""What the Python test scripts share: reporting, and running ./run and ./export.
+
+Every script prints one "PASS name" / "FAIL name" line per check and ends with
+"N passed, N failed", the line tests/run_tests.sh adds up.
+"""
+import os
+import subprocess
+import sys
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "."
+TMP = sys.argv[2] if len(sys.argv) > 2 else "tests/tmp"
+counts = {"passed": 0, "failed": 0}
+
+
+def check(ok, name):
+    print(("PASS " if ok else "FAIL ") + name, flush=True)
+    counts["passed" if ok else "failed"] += 1
+
+
+def finish():
+    print(f"{counts['passed']} passed, {counts['failed']} failed")
+    sys.exit(1 if counts["failed"] else 0)
+
+
+def run(*args, stdin=subprocess.DEVNULL):
+    """./run with args: (exit status, stdout, stderr) as text."""
+    p = subprocess.run([os.path.join(BIN, "run"), *args], capture_output=True, stdin=stdin)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+def export(folder, out, quant="f32", *extra):
+    """./export folder out --quant quant: (whether out was written, stderr)."""
+    p = subprocess.run([os.path.join(BIN, "export"), folder, out, "--quant", quant, *extra], capture_output=True)
+    return p.returncode == 0 and os.path.exists(out), p.stderr.decode("utf-8", "replace")
