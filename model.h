@@ -45,7 +45,11 @@
 #define TENSOR_NAME_BYTES 48
 
 enum { ARCH_LLAMA = 1 };                               /* llama-family decoder */
-enum { POS_ROPE = 0, POS_NONE = 1 };                   /* per-layer position scheme */
+enum { POS_ROPE = 0, POS_NONE = 1 };                   /* per-layer position scheme in the file */
+/* What rotary layers do at run time (--pos): the model's RoPE, or no
+   positions, or RoPE with the relative distance rectified (ReRoPE: min(d, W);
+   Leaky ReRoPE: d below W, W + (d - W) / K beyond). ALGORITHMS.md §2-4. */
+enum { POS_MODEL = 0, POS_NOPE = 1, POS_REROPE = 2, POS_LEAKY = 3 };
 enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR = 1, ROPE_SCALING_NTK = 2, ROPE_SCALING_DYNAMIC = 3,
        ROPE_SCALING_YARN = 4, ROPE_SCALING_LLAMA3 = 5 };
 enum { ROPE_PAIRS_ADJACENT = 0 };                      /* (2m, 2m+1); the converter permutes other layouts */
@@ -167,13 +171,25 @@ typedef struct {
     void *owned;               /* weights the loader had to convert (llama2.c int8 files) */
 } Model;
 
+typedef struct {
+    int scheme;                /* POS_MODEL, POS_NOPE, POS_REROPE, POS_LEAKY */
+    int window;                /* W for rerope and leaky */
+    float leaky_k;             /* K for leaky (> 1 leaks, 1 is RoPE) */
+    int logn;                  /* L: queries scaled by max(1, ln(pos + 1) / ln L); 0 = off */
+} Positions;
+
 /* One sequence's KV cache. Layout: k[layer][position][kv_head][head_dim] and
    v[layer][position][kv_head][v_head_dim], f32, allocated for `capacity`
-   positions. n_past positions are filled. */
+   positions; keys are stored rotated by their position. Under ReRoPE and
+   Leaky ReRoPE a second key copy k_far (same layout) holds what distant
+   queries read: the raw key (ReRoPE) or the key rotated by position / K
+   (Leaky), so a decode step never re-rotates the cache. n_past positions are
+   filled. */
 typedef struct {
     int n_past;
     int capacity;
     float *k, *v;
+    float *k_far;              /* NULL unless the context rectifies positions */
 } Sequence;
 
 typedef struct {
@@ -182,11 +198,15 @@ typedef struct {
     int max_batch;             /* most tokens in one forward call */
     int max_logits;            /* most logit rows one call returns */
     ThreadPool *pool;
+    Positions positions;
     float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2] */
     /* batch scratch, [max_batch][width] each */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
     BlockQ8A *xq;              /* quantized activations */
     int *pos;                  /* position of each batch token */
+    float *q_far;              /* rectified schemes: each token's query for distant keys, [max_batch][q_dim] */
+    float *far_cos, *far_sin;  /* its rotation, [max_batch][rope_dim / 2] */
+    float *kfar_cos, *kfar_sin; /* Leaky: the far copy's key rotation, [max_batch][rope_dim / 2] */
     float *scores;             /* attention scores, [n_threads][ctx_len] */
     float *logits;             /* [max_logits][vocab] */
     char error[256];
@@ -200,11 +220,13 @@ const Tensor *model_tensor(const Model *m, const char *name);
 /* KV-cache bytes one token takes in one sequence. */
 size_t model_kv_bytes_per_token(const Model *m);
 
-int sequence_init(Sequence *s, const Model *m, int capacity, char *err, size_t errlen);
+/* A sequence for use with context c (and any context of the same model and positions). */
+int sequence_init(Sequence *s, const Context *c, int capacity, char *err, size_t errlen);
 void sequence_free(Sequence *s);
 
+/* positions: NULL = the model's own. */
 Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits, int n_threads,
-                     char *err, size_t errlen);
+                     const Positions *positions, char *err, size_t errlen);
 void context_free(Context *c);
 
 /* Runs n tokens forward. tokens[i] is appended to sequence seqs[i] (the same
@@ -621,17 +643,20 @@ void model_free(Model *m) {
 /* ---------------------------------------------------------------------------
  * Sequences and contexts.
  */
-int sequence_init(Sequence *s, const Model *m, int capacity, char *err, size_t errlen) {
-    const ModelConfig *c = &m->cfg;
+static int rectified(const Positions *p) { return p->scheme == POS_REROPE || p->scheme == POS_LEAKY; }
+
+int sequence_init(Sequence *s, const Context *ctx, int capacity, char *err, size_t errlen) {
+    const ModelConfig *c = &ctx->model->cfg;
     memset(s, 0, sizeof *s);
     if (capacity <= 0) return seterr(err, errlen, "context length must be positive");
     size_t per_layer = (size_t)capacity * c->n_kv_heads;
     s->k = calloc(per_layer * c->n_layers * c->head_dim, sizeof(float));
     s->v = calloc(per_layer * c->n_layers * c->v_head_dim, sizeof(float));
-    if (!s->k || !s->v) {
+    if (rectified(&ctx->positions)) s->k_far = calloc(per_layer * c->n_layers * c->head_dim, sizeof(float));
+    if (!s->k || !s->v || (rectified(&ctx->positions) && !s->k_far)) {
         sequence_free(s);
         return seterr(err, errlen, "out of memory for a %d-token KV cache (%zu bytes)", capacity,
-                      (size_t)capacity * model_kv_bytes_per_token(m));
+                      (size_t)capacity * model_kv_bytes_per_token(ctx->model));
     }
     s->capacity = capacity;
     return 0;
@@ -640,35 +665,44 @@ int sequence_init(Sequence *s, const Model *m, int capacity, char *err, size_t e
 void sequence_free(Sequence *s) {
     free(s->k);
     free(s->v);
+    free(s->k_far);
     memset(s, 0, sizeof *s);
+}
+
+/* The rotation speed of pair m, with the model's scaling applied. */
+static double rope_freq(const ModelConfig *cfg, int m) {
+    double freq = pow((double)cfg->rope_theta, -2.0 * m / cfg->rope_dim);
+    if (cfg->rope_scaling == ROPE_SCALING_LINEAR) freq /= cfg->rope_factor;
+    if (cfg->rope_scaling == ROPE_SCALING_LLAMA3) {
+        /* Llama 3: rotations with a wavelength longer than orig_ctx /
+           low_freq_factor (too slow to have turned much in training) are
+           slowed by the factor, as in linear scaling; those shorter than
+           orig_ctx / high_freq_factor are kept; in between, the two blend
+           linearly in orig_ctx / wavelength. */
+        double wavelen = 2 * M_PI / freq, ctx = cfg->rope_orig_ctx;
+        double lo = cfg->rope_low_freq_factor, hi = cfg->rope_high_freq_factor;
+        if (wavelen > ctx / lo) freq /= cfg->rope_factor;
+        else if (wavelen >= ctx / hi) {
+            double smooth = (ctx / wavelen - lo) / (hi - lo);
+            freq = (1 - smooth) * freq / cfg->rope_factor + smooth * freq;
+        }
+    }
+    return freq;
+}
+
+/* cos and sin of angle * freq(m) for every pair: one row of a rotation table. */
+static void rope_row(const ModelConfig *cfg, double angle, float *cos_out, float *sin_out) {
+    for (int m = 0; m < cfg->rope_dim / 2; m++) {
+        double a = angle * rope_freq(cfg, m);
+        cos_out[m] = (float)cos(a);
+        sin_out[m] = (float)sin(a);
+    }
 }
 
 static void rope_tables(Context *c) {
     const ModelConfig *cfg = &c->model->cfg;
-    int half = cfg->rope_dim / 2;
-    double scale = cfg->rope_scaling == ROPE_SCALING_LINEAR ? 1.0 / cfg->rope_factor : 1.0;
-    for (int m = 0; m < half; m++) {
-        double freq = pow((double)cfg->rope_theta, -2.0 * m / cfg->rope_dim) * scale;
-        if (cfg->rope_scaling == ROPE_SCALING_LLAMA3) {
-            /* Llama 3: rotations with a wavelength longer than orig_ctx /
-               low_freq_factor (too slow to have turned much in training) are
-               slowed by the factor, as in linear scaling; those shorter than
-               orig_ctx / high_freq_factor are kept; in between, the two blend
-               linearly in orig_ctx / wavelength. */
-            double wavelen = 2 * M_PI / freq, ctx = cfg->rope_orig_ctx;
-            double lo = cfg->rope_low_freq_factor, hi = cfg->rope_high_freq_factor;
-            if (wavelen > ctx / lo) freq /= cfg->rope_factor;
-            else if (wavelen >= ctx / hi) {
-                double smooth = (ctx / wavelen - lo) / (hi - lo);
-                freq = (1 - smooth) * freq / cfg->rope_factor + smooth * freq;
-            }
-        }
-        for (int p = 0; p < c->ctx_len; p++) {
-            double angle = p * freq;
-            c->rope_cos[(size_t)p * half + m] = (float)cos(angle);
-            c->rope_sin[(size_t)p * half + m] = (float)sin(angle);
-        }
-    }
+    size_t half = (size_t)(cfg->rope_dim / 2);
+    for (int p = 0; p < c->ctx_len; p++) rope_row(cfg, p, c->rope_cos + p * half, c->rope_sin + p * half);
 }
 
 void context_free(Context *c) {
@@ -677,20 +711,29 @@ void context_free(Context *c) {
     free(c->rope_cos); free(c->rope_sin);
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
     free(c->xq); free(c->pos); free(c->scores); free(c->logits);
+    free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin);
     free(c);
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits, int n_threads, char *err, size_t errlen) {
+Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits, int n_threads,
+                     const Positions *positions, char *err, size_t errlen) {
     const ModelConfig *cfg = &m->cfg;
     if (ctx_len <= 0 || max_batch <= 0 || max_logits <= 0 || n_threads <= 0) {
         seterr(err, errlen, "context sizes must be positive");
         return NULL;
     }
+    Positions pos = positions ? *positions : (Positions){POS_MODEL, 0, 1.0f, 0};
+    if (pos.scheme < POS_MODEL || pos.scheme > POS_LEAKY || pos.window < 0 || pos.logn < 0 || pos.logn == 1 ||
+        !(pos.leaky_k >= 1)) {
+        seterr(err, errlen, "invalid position settings (window >= 0, leaky K >= 1, log-n length 0 or above 1)");
+        return NULL;
+    }
     Context *c = calloc(1, sizeof *c);
     if (!c) { seterr(err, errlen, "out of memory"); return NULL; }
     c->model = m;
+    c->positions = pos;
     c->ctx_len = ctx_len;
     c->max_batch = max_batch;
     c->max_logits = max_logits;
@@ -712,6 +755,18 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->pos = malloc(B * sizeof(int));
     c->scores = malloc((size_t)(c->pool ? c->pool->n_threads : 1) * ctx_len * sizeof(float));
     c->logits = malloc((size_t)max_logits * cfg->vocab_size * sizeof(float));
+    if (rectified(&pos)) {
+        c->q_far = malloc(B * q_dim * sizeof(float));
+        c->far_cos = malloc(B * (half ? half : 1) * sizeof(float));
+        c->far_sin = malloc(B * (half ? half : 1) * sizeof(float));
+        c->kfar_cos = malloc(B * (half ? half : 1) * sizeof(float));
+        c->kfar_sin = malloc(B * (half ? half : 1) * sizeof(float));
+        if (!c->q_far || !c->far_cos || !c->far_sin || !c->kfar_cos || !c->kfar_sin) {
+            context_free(c);
+            seterr(err, errlen, "out of memory for the run state");
+            return NULL;
+        }
+    }
     if (!c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
         !c->hb || !c->hb2 || !c->xq || !c->pos || !c->scores || !c->logits) {
         context_free(c);
@@ -839,6 +894,7 @@ typedef struct {
     Context *c;
     Sequence *const *seqs;
     int layer, n;
+    int rectified;             /* this layer's distant keys come from k_far */
 } AttentionJob;
 
 /* One (token, head) pair per work item: scores against the sequence's cached
@@ -858,13 +914,22 @@ static void attention_task(void *arg, int ith, int nth) {
         const Sequence *s = job->seqs[t];
         int p = c->pos[t];
         const float *q = c->q + (size_t)t * cfg->n_heads * hd + (size_t)h * hd;
-        const float *kc = s->k + (size_t)job->layer * s->capacity * kv_stride + (size_t)kvh * hd;
+        size_t layer_k = (size_t)job->layer * s->capacity * kv_stride + (size_t)kvh * hd;
+        const float *kc = s->k + layer_k;
         const float *vc = s->v + (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd;
-        float max = -INFINITY;
-        for (int j = 0; j <= p; j++) {
-            att[j] = dot_f32(q, kc + (size_t)j * kv_stride, hd) * scale;
-            if (att[j] > max) max = att[j];
+        /* Rectified positions: keys at distance >= W are scored with the far
+           query against the far key copy; nearer ones as plain RoPE. */
+        int near_from = job->rectified ? p - c->positions.window + 1 : 0;
+        if (near_from > 0) {
+            const float *qf = c->q_far + (size_t)t * cfg->n_heads * hd + (size_t)h * hd, *kf = s->k_far + layer_k;
+            for (int j = 0; j < near_from; j++) att[j] = dot_f32(qf, kf + (size_t)j * kv_stride, hd) * scale;
+        } else {
+            near_from = 0;
         }
+        for (int j = near_from; j <= p; j++) att[j] = dot_f32(q, kc + (size_t)j * kv_stride, hd) * scale;
+        float max = -INFINITY;
+        for (int j = 0; j <= p; j++)
+            if (att[j] > max) max = att[j];
         float sum = 0;
         for (int j = 0; j <= p; j++) {
             att[j] = expf(att[j] - max);
@@ -901,13 +966,31 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         c->pos[t] = seqs[t]->n_past++;
     }
     for (int t = 0; t < n; t++)
+        if (rectified(&c->positions) && !seqs[t]->k_far) {
+            for (int u = 0; u < n; u++) seqs[u]->n_past--;
+            return seterr(c->error, sizeof c->error, "the sequence was made for a context without ReRoPE");
+        }
+    for (int t = 0; t < n; t++)
         dequantize_row(m->tok_emb.type, (const uint8_t *)m->tok_emb.data + (size_t)tokens[t] * m->tok_emb.row_bytes,
                        c->x + (size_t)t * dim, dim);
+    const Positions *ps = &c->positions;
+    if (rectified(ps)) {
+        for (int t = 0; t < n; t++) {
+            /* ReRoPE: every distant key is at distance W: the query turns by
+               W, the key stays raw. Leaky: the query turns by (pos + W(K-1)) / K
+               and the key by pos / K, so the score sees W + (d - W) / K. */
+            double k = ps->leaky_k, q_angle = ps->scheme == POS_REROPE ? ps->window : (c->pos[t] + ps->window * (k - 1)) / k;
+            rope_row(cfg, q_angle, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
+            rope_row(cfg, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, c->kfar_cos + (size_t)t * half,
+                     c->kfar_sin + (size_t)t * half);
+        }
+    }
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const Layer *L = &m->layers[l];
         /* attention */
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
+        int rotary = L->pos == POS_ROPE && ps->scheme != POS_NOPE;
         MatmulOut qkv[3] = {{c->q, &L->wq}, {c->k, &L->wk}, {c->v, &L->wv}};
         matmul(c, c->xb, n, qkv, 3);
         for (int t = 0; t < n; t++) {
@@ -917,16 +1000,28 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                 for (int i = 0; i < kv_dim; i++) k[i] += L->bk[i];
                 for (int i = 0; i < v_dim; i++) v[i] += L->bv[i];
             }
-            if (L->pos == POS_ROPE) {
+            Sequence *s = seqs[t];
+            if (ps->logn) { /* log-n: queries sharpen past the length L, in every layer */
+                float lambda = logf((float)c->pos[t] + 1) / logf((float)ps->logn);
+                if (lambda > 1)
+                    for (int i = 0; i < q_dim; i++) q[i] *= lambda;
+            }
+            if (rotary) {
+                if (rectified(ps)) { /* the far query and key, from the raw ones */
+                    float *qf = c->q_far + (size_t)t * q_dim, *kf = s->k_far + ((size_t)l * s->capacity + c->pos[t]) * kv_dim;
+                    memcpy(qf, q, (size_t)q_dim * sizeof(float));
+                    memcpy(kf, k, (size_t)kv_dim * sizeof(float));
+                    rope(qf, cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
+                    rope(kf, cfg->n_kv_heads, hd, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
+                }
                 const float *cs = c->rope_cos + (size_t)c->pos[t] * half, *sn = c->rope_sin + (size_t)c->pos[t] * half;
                 rope(q, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
                 rope(k, cfg->n_kv_heads, hd, cfg->rope_dim, cs, sn);
             }
-            Sequence *s = seqs[t];
             memcpy(s->k + ((size_t)l * s->capacity + c->pos[t]) * kv_dim, k, (size_t)kv_dim * sizeof(float));
             memcpy(s->v + ((size_t)l * s->capacity + c->pos[t]) * v_dim, v, (size_t)v_dim * sizeof(float));
         }
-        AttentionJob aj = {c, seqs, l, n};
+        AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
         pool_run(c->pool, attention_task, &aj);
         MatmulOut o[1] = {{c->xb2, &L->wo}};
         matmul(c, c->xb, n, o, 1);

@@ -48,6 +48,10 @@ typedef struct {
     int ignore_eos, json, tokenize, ppl, verbose;
     int chat;
     const char *system, *chat_template, *chat_history;
+    const char *pos;    /* --pos rope|nope|rerope|leaky, NULL = the model's */
+    int window;         /* --window W, -1 = not given */
+    float leaky_k;      /* --leaky-k K, 0 = not given */
+    int logn;           /* --logn L, -1 = not given */
 } Options;
 
 static void usage(void) {
@@ -68,6 +72,11 @@ static void usage(void) {
             "  --tokenize       print the prompt's token ids as a JSON array and exit\n"
             "  --ppl            score the prompt: mean negative log-likelihood per token\n"
             "  --verbose        print the model's shape and memory use on stderr\n"
+            "  --pos P          positions for rotary layers: rope, nope, rerope, leaky\n"
+            "  --window W       rerope/leaky window (default: a quarter of the trained context)\n"
+            "  --leaky-k K      leaky slope divisor (default 16)\n"
+            "  --logn L         scale queries by max(1, ln(pos+1)/ln L); 0 = off (default: the trained\n"
+            "                   context with rerope/leaky, else off)\n"
             "  --chat           chat with the model's chat template (multi-turn when stdin is a terminal)\n"
             "  --system TEXT    system prompt for --chat\n"
             "  --chat-template NAME  the formatter to use instead of the detected one:\n"
@@ -95,7 +104,7 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 static int chat_family(const char *name); /* the --chat-template names, with the chat code below */
 
 static Options parse_options(int argc, char **argv) {
-    Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0};
+    Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1};
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
     o.seed = (unsigned long long)time(NULL);
@@ -124,6 +133,13 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--system")) o.system = VALUE();
         else if (!strcmp(a, "--chat-template")) o.chat_template = VALUE();
         else if (!strcmp(a, "--chat-history")) o.chat_history = VALUE();
+        else if (!strcmp(a, "--pos")) o.pos = VALUE();
+        else if (!strcmp(a, "--window")) o.window = (int)parse_int(a, VALUE(), 0, 1 << 24);
+        else if (!strcmp(a, "--leaky-k")) o.leaky_k = parse_float(a, VALUE(), 1, 1e9f);
+        else if (!strcmp(a, "--logn")) {
+            o.logn = (int)parse_int(a, VALUE(), 0, 1 << 30);
+            if (o.logn == 1) die("invalid value '1' for --logn (0 for off, or a length above 1: ln 1 = 0)");
+        }
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
         else die("unknown option '%s' (./run with no arguments lists them)", a);
 #undef VALUE
@@ -134,6 +150,11 @@ static Options parse_options(int argc, char **argv) {
     if (o.chat && o.ppl) die("--ppl scores a text; it cannot be combined with --chat");
     if (o.chat_template && chat_family(o.chat_template) < 0)
         die("unknown chat template '%s' for --chat-template (one of llama2, mistral, llama3, chatml, deepseek)", o.chat_template);
+    if (o.pos && strcmp(o.pos, "rope") && strcmp(o.pos, "nope") && strcmp(o.pos, "rerope") && strcmp(o.pos, "leaky"))
+        die("unknown --pos '%s' (one of rope, nope, rerope, leaky)", o.pos);
+    int rectify = o.pos && (!strcmp(o.pos, "rerope") || !strcmp(o.pos, "leaky"));
+    if (!rectify && o.window >= 0) die("--window applies with --pos rerope or --pos leaky");
+    if ((!o.pos || strcmp(o.pos, "leaky")) && o.leaky_k) die("--leaky-k applies with --pos leaky");
     if (o.seed == 0) o.seed = (unsigned long long)time(NULL); /* xorshift needs a nonzero state */
     return o;
 }
@@ -505,9 +526,22 @@ static void run_generate(Engine *e, const int *prompt, int n_prompt, const Optio
 static void engine_start(Engine *e, const Options *o) {
     char err[512];
     int batch = o->ppl ? (e->ctx_len < 256 ? e->ctx_len : 256) : (e->ctx_len < 512 ? e->ctx_len : 512);
-    e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl ? batch : 1, o->threads, err, sizeof err);
+    /* Positions: CLI.md's --pos, --window, --leaky-k and --logn. */
+    int trained = e->model.cfg.max_seq_len;
+    Positions pos = {POS_MODEL, 0, 1.0f, 0};
+    if (o->pos && !strcmp(o->pos, "nope")) pos.scheme = POS_NOPE;
+    if (o->pos && !strcmp(o->pos, "rerope")) pos.scheme = POS_REROPE;
+    if (o->pos && !strcmp(o->pos, "leaky")) pos.scheme = POS_LEAKY;
+    if (pos.scheme == POS_REROPE || pos.scheme == POS_LEAKY) {
+        pos.window = o->window >= 0 ? o->window : trained / 4;
+        pos.leaky_k = o->leaky_k ? o->leaky_k : 16.0f;
+        pos.logn = o->logn >= 0 ? o->logn : trained;
+    } else {
+        pos.logn = o->logn > 0 ? o->logn : 0;
+    }
+    e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl ? batch : 1, o->threads, &pos, err, sizeof err);
     if (!e->ctx) die("%s", err);
-    if (sequence_init(&e->seq, &e->model, e->ctx_len, err, sizeof err)) die("%s", err);
+    if (sequence_init(&e->seq, e->ctx, e->ctx_len, err, sizeof err)) die("%s", err);
     if (o->verbose) print_verbose(e, o);
 }
 

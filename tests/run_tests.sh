@@ -190,6 +190,18 @@ import json
 got=json.loads(open('$TMP/oracle_greedy.json').read().splitlines()[-1])['ids']
 assert got==json.load(open('$FIX'))['greedy']['ids'], got"
 
+    # Positions from the command line: the invariants end to end.
+    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json > $TMP/pos_rope.json 2>/dev/null
+    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json --pos rerope --window 100000 > $TMP/pos_rerope_wide.json 2>/dev/null
+    check "--pos rerope with a window beyond the text scores exactly as RoPE" cmp -s $TMP/pos_rope.json $TMP/pos_rerope_wide.json
+    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json --pos rerope --window 0 --logn 0 > $TMP/pos_rerope0.json 2>/dev/null
+    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json --pos nope > $TMP/pos_nope.json 2>/dev/null
+    check "--pos rerope --window 0 scores exactly as --pos nope" cmp -s $TMP/pos_rerope0.json $TMP/pos_nope.json
+    check "--pos nope scores worse than RoPE on stories260K (trained with RoPE)" python3 -c "
+import json
+a=json.load(open('$TMP/pos_rope.json')); b=json.load(open('$TMP/pos_nope.json'))
+assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
+
     # Malformed model files: truncated at several points, corrupted fields.
     size=$(wc -c < $TMP/s_q8_0.bin)
     for cut in 3 100 1024 1500 $((size / 2)) $((size - 1)); do
@@ -233,6 +245,11 @@ assert got==json.load(open('$FIX'))['greedy']['ids'], got"
     expect_error "missing prompt file" $BIN/run $M -f $TMP/nope.txt
     expect_error "prompt longer than the context" $BIN/run $M --ctx 8 -p 'Once upon a time there was a little girl named Lily who loved to play'
     expect_error "--ppl on a one-token text" $BIN/run $M --ppl -p ''
+    expect_error "unknown --pos" $BIN/run $M --pos spiral
+    expect_error "--window without rerope or leaky" $BIN/run $M --window 64
+    expect_error "--leaky-k without leaky" $BIN/run $M --pos rerope --leaky-k 4
+    expect_error "--logn 1" $BIN/run $M --logn 1
+    expect_error "--leaky-k below 1" $BIN/run $M --pos leaky --leaky-k 0.5
     expect_error "export with an unknown --quant" $BIN/export $V0 $TMP/y.bin --quant q3_k
     expect_error "export with a truncated tokenizer" $BIN/export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
     check "failed exports leave no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"

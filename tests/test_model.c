@@ -159,9 +159,9 @@ static double rel_error(const float *a, const float *b, int n) {
 static double compare_with_reference(const Model *m) {
     int V = m->cfg.vocab_size, ctx = 64;
     char err[256];
-    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, err, sizeof err);
+    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, NULL, err, sizeof err);
     Sequence s;
-    sequence_init(&s, m, ctx, err, sizeof err);
+    sequence_init(&s, c, ctx, err, sizeof err);
     Sequence *seqs[N_PROMPT];
     uint8_t want[N_PROMPT];
     for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s, want[i] = 1;
@@ -195,8 +195,8 @@ static void test_batching_and_threads(const Model *m) {
     memset(want, 1, sizeof want);
 
     /* one batch, 1 thread: the baseline */
-    Context *c = context_new(m, ctx, 2 * N_PROMPT, 2 * N_PROMPT, 1, err, sizeof err);
-    sequence_init(&s, m, ctx, err, sizeof err);
+    Context *c = context_new(m, ctx, 2 * N_PROMPT, 2 * N_PROMPT, 1, NULL, err, sizeof err);
+    sequence_init(&s, c, ctx, err, sizeof err);
     for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s;
     int rows = model_forward(c, seqs, prompt, N_PROMPT, want);
     memcpy(batch_logits, c->logits, (size_t)N_PROMPT * V * sizeof(float));
@@ -213,7 +213,7 @@ static void test_batching_and_threads(const Model *m) {
 
     /* two sequences interleaved in one batch: A gets the prompt, B its reverse */
     int tokens[2 * N_PROMPT];
-    sequence_init(&s2, m, ctx, err, sizeof err);
+    sequence_init(&s2, c, ctx, err, sizeof err);
     s.n_past = 0;
     for (int t = 0; t < N_PROMPT; t++) {
         tokens[2 * t] = prompt[t], seqs[2 * t] = &s;
@@ -233,7 +233,7 @@ static void test_batching_and_threads(const Model *m) {
     context_free(c);
 
     for (int threads = 2; threads <= 4; threads++) {
-        c = context_new(m, ctx, N_PROMPT, N_PROMPT, threads, err, sizeof err);
+        c = context_new(m, ctx, N_PROMPT, N_PROMPT, threads, NULL, err, sizeof err);
         s.n_past = 0;
         for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s;
         model_forward(c, seqs, prompt, N_PROMPT, want);
@@ -242,7 +242,7 @@ static void test_batching_and_threads(const Model *m) {
         context_free(c);
     }
 
-    c = context_new(m, ctx, 4, 4, 1, err, sizeof err);
+    c = context_new(m, ctx, 4, 4, 1, NULL, err, sizeof err);
     s.n_past = 0;
     for (int i = 0; i < 4; i++) seqs[i] = &s;
     rows = model_forward(c, seqs, prompt, 5, NULL);
@@ -259,6 +259,72 @@ static void test_batching_and_threads(const Model *m) {
     sequence_free(&s2);
     free(batch_logits);
     free(b_logits);
+}
+
+/* ---------------------------------------------------------------------------
+ * Positions (--pos): invariants from ALGORITHMS.md §4.5.
+ */
+/* The prompt's logits under positions p, as one batch (step 0) or token by
+   token (step 1), into out [N_PROMPT][vocab]. */
+static void logits_with(const Model *m, const Positions *p, int step, float *out) {
+    int V = m->cfg.vocab_size, ctx = 64;
+    char err[256];
+    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, p, err, sizeof err);
+    Sequence s;
+    sequence_init(&s, c, ctx, err, sizeof err);
+    Sequence *seqs[N_PROMPT];
+    uint8_t want[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s, want[i] = 1;
+    if (step) {
+        for (int t = 0; t < N_PROMPT; t++) {
+            model_forward(c, seqs, prompt + t, 1, NULL);
+            memcpy(out + (size_t)t * V, c->logits, V * sizeof(float));
+        }
+    } else {
+        model_forward(c, seqs, prompt, N_PROMPT, want);
+        memcpy(out, c->logits, (size_t)N_PROMPT * V * sizeof(float));
+    }
+    sequence_free(&s);
+    context_free(c);
+}
+
+static void test_positions(const Model *m) {
+    size_t bytes = (size_t)N_PROMPT * m->cfg.vocab_size * sizeof(float);
+    float *rope = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
+    const Positions model = {POS_MODEL, 0, 1, 0}, nope = {POS_NOPE, 0, 1, 0};
+    logits_with(m, &model, 0, rope);
+
+    logits_with(m, &(Positions){POS_REROPE, N_PROMPT, 1, 0}, 0, a);
+    CHECK(!memcmp(a, rope, bytes), "ReRoPE with a window as long as the text == RoPE, bit for bit");
+    logits_with(m, &(Positions){POS_REROPE, 4, 1, 0}, 0, a);
+    CHECK(rel_error(a, rope, (int)(bytes / 4)) > 1e-3, "ReRoPE with window 4 differs from RoPE (rel %.2g)",
+          rel_error(a, rope, (int)(bytes / 4)));
+    logits_with(m, &(Positions){POS_REROPE, 0, 1, 0}, 0, a);
+    logits_with(m, &nope, 0, b);
+    CHECK(!memcmp(a, b, bytes), "ReRoPE with window 0 == NoPE, bit for bit");
+    CHECK(rel_error(b, rope, (int)(bytes / 4)) > 1e-3, "NoPE differs from RoPE");
+    logits_with(m, &(Positions){POS_LEAKY, 4, 1, 0}, 0, a);
+    double e = rel_error(a, rope, (int)(bytes / 4));
+    CHECK(e < 1e-5, "Leaky ReRoPE with K = 1 == RoPE to rounding (rel %.2g)", e);
+    logits_with(m, &(Positions){POS_LEAKY, 4, 1e9f, 0}, 0, a);
+    logits_with(m, &(Positions){POS_REROPE, 4, 1, 0}, 0, b);
+    e = rel_error(a, b, (int)(bytes / 4));
+    CHECK(e < 1e-4, "Leaky ReRoPE with a huge K == ReRoPE to rounding (rel %.2g)", e);
+    logits_with(m, &(Positions){POS_MODEL, 0, 1, N_PROMPT}, 0, a);
+    CHECK(!memcmp(a, rope, bytes), "log-n with L at least the text length changes nothing");
+    logits_with(m, &(Positions){POS_MODEL, 0, 1, 4}, 0, a);
+    CHECK(rel_error(a, rope, (int)(bytes / 4)) > 1e-4, "log-n with L = 4 sharpens the later queries");
+
+    const Positions cases[] = {{POS_REROPE, 5, 1, 8}, {POS_LEAKY, 5, 4, 8}, {POS_NOPE, 0, 1, 0}};
+    const char *names[] = {"ReRoPE W=5 with log-n", "Leaky W=5 K=4 with log-n", "NoPE"};
+    for (int i = 0; i < 3; i++) {
+        logits_with(m, &cases[i], 0, a);
+        logits_with(m, &cases[i], 1, b);
+        CHECK(!memcmp(a, b, bytes), "%s: prefill as one batch == token-by-token decode, bit for bit", names[i]);
+    }
+    free(rope);
+    free(a);
+    free(b);
 }
 
 /* ---------------------------------------------------------------------------
@@ -454,6 +520,7 @@ int main(int argc, char **argv) {
     double e = compare_with_reference(&m);
     CHECK(e < 1e-5, "stories260K forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", e);
     test_batching_and_threads(&m);
+    test_positions(&m);
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);
