@@ -202,6 +202,8 @@ import json
 a=json.load(open('$TMP/pos_rope.json')); b=json.load(open('$TMP/pos_nope.json'))
 assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
 
+    run_suite check_positions python3 tests/check_positions.py "$BIN" $TMP "$ASSETS"
+
     # Malformed model files: truncated at several points, corrupted fields.
     size=$(wc -c < $TMP/s_q8_0.bin)
     for cut in 3 100 1024 1500 $((size / 2)) $((size - 1)); do
