@@ -373,6 +373,11 @@ static void print_verbose(const Engine *e, const Options *o) {
     fprintf(stderr, "weights: %.2f MiB mapped (%s)\n", e->model.map_bytes / 1048576.0, type_name(e->model.tok_emb.type));
     fprintf(stderr, "kv cache: %zu bytes per token (f32 k and v: %d layers x %d KV heads x (%d + %d) dims x 4 bytes), %.2f MiB for %d tokens\n",
             kv_token, c->n_layers, c->n_kv_heads, c->head_dim, c->v_head_dim, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
+    if (e->seq.k_far) {
+        size_t far = (size_t)c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float);
+        fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
+                (double)far * e->ctx_len / 1048576.0, e->ctx_len);
+    }
     fprintf(stderr, "threads: %d\n", o->threads);
 }
 
@@ -405,9 +410,17 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
                 nll += log(sum) + max - lg[tokens[start + done + i + 1]];
                 predicted++;
             }
+            /* Progress for long texts: a line that redraws itself on a
+               terminal, a line per window in a log. */
+            if (n > 4096 && (isatty(STDERR_FILENO) || done + b >= len)) {
+                fprintf(stderr, "%sppl: %d/%d tokens scored, mean NLL so far %.4f%s", isatty(STDERR_FILENO) ? "\r" : "",
+                        predicted + 1, n, nll / predicted, isatty(STDERR_FILENO) ? "" : "\n");
+                fflush(stderr);
+            }
         }
         if (start + len >= n) break;
     }
+    if (n > 4096 && isatty(STDERR_FILENO)) fputc('\n', stderr);
     double mean = nll / predicted;
     if (o->json) printf("{\"tokens\": %d, \"mean_nll\": %.6f, \"ppl\": %.6f}\n", n, mean, exp(mean));
     else printf("tokens %d, mean_nll %.6f, ppl %.6f\n", n, mean, exp(mean));
