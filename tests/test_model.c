@@ -154,31 +154,47 @@ static double rel_error(const float *a, const float *b, int n) {
     return sqrt(num / den);
 }
 
-/* Runs the prompt through the engine as one batch (all logits) and through
-   the reference one token at a time; returns the worst relative error. */
-static double compare_with_reference(const Model *m) {
+/* The prompt's logits under positions p, as one batch (step 0) or token by
+   token (step 1), into out [N_PROMPT][vocab]. */
+static void logits_with(const Model *m, const Positions *p, int step, float *out) {
     int V = m->cfg.vocab_size, ctx = 64;
     char err[256];
-    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, NULL, err, sizeof err);
+    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, p, err, sizeof err);
     Sequence s;
     sequence_init(&s, c, ctx, err, sizeof err);
     Sequence *seqs[N_PROMPT];
     uint8_t want[N_PROMPT];
     for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s, want[i] = 1;
-    model_forward(c, seqs, prompt, N_PROMPT, want);
+    if (step) {
+        for (int t = 0; t < N_PROMPT; t++) {
+            model_forward(c, seqs, prompt + t, 1, NULL);
+            memcpy(out + (size_t)t * V, c->logits, V * sizeof(float));
+        }
+    } else {
+        model_forward(c, seqs, prompt, N_PROMPT, want);
+        memcpy(out, c->logits, (size_t)N_PROMPT * V * sizeof(float));
+    }
+    sequence_free(&s);
+    context_free(c);
+}
+
+/* Runs the prompt through the engine as one batch (all logits, 2 threads)
+   and through the reference one token at a time; returns the worst relative error. */
+static double compare_with_reference(const Model *m) {
+    int V = m->cfg.vocab_size, ctx = 64;
+    float *logits = malloc((size_t)N_PROMPT * V * sizeof(float)), *ref = malloc(V * sizeof(float));
+    logits_with(m, NULL, 0, logits);
     RefModel r;
     ref_init(&r, m, ctx);
-    float *ref = malloc(V * sizeof(float));
     double worst = 0;
     for (int t = 0; t < N_PROMPT; t++) {
         ref_forward(&r, ctx, prompt[t], t, ref);
-        double e = rel_error(c->logits + (size_t)t * V, ref, V);
+        double e = rel_error(logits + (size_t)t * V, ref, V);
         if (e > worst) worst = e;
     }
     free(ref);
+    free(logits);
     ref_free(&r);
-    sequence_free(&s);
-    context_free(c);
     return worst;
 }
 
@@ -264,30 +280,6 @@ static void test_batching_and_threads(const Model *m) {
 /* ---------------------------------------------------------------------------
  * Positions (--pos): invariants from ALGORITHMS.md §4.5.
  */
-/* The prompt's logits under positions p, as one batch (step 0) or token by
-   token (step 1), into out [N_PROMPT][vocab]. */
-static void logits_with(const Model *m, const Positions *p, int step, float *out) {
-    int V = m->cfg.vocab_size, ctx = 64;
-    char err[256];
-    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, p, err, sizeof err);
-    Sequence s;
-    sequence_init(&s, c, ctx, err, sizeof err);
-    Sequence *seqs[N_PROMPT];
-    uint8_t want[N_PROMPT];
-    for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s, want[i] = 1;
-    if (step) {
-        for (int t = 0; t < N_PROMPT; t++) {
-            model_forward(c, seqs, prompt + t, 1, NULL);
-            memcpy(out + (size_t)t * V, c->logits, V * sizeof(float));
-        }
-    } else {
-        model_forward(c, seqs, prompt, N_PROMPT, want);
-        memcpy(out, c->logits, (size_t)N_PROMPT * V * sizeof(float));
-    }
-    sequence_free(&s);
-    context_free(c);
-}
-
 static void test_positions(const Model *m) {
     size_t bytes = (size_t)N_PROMPT * m->cfg.vocab_size * sizeof(float);
     float *rope = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
