@@ -396,8 +396,18 @@ static void read_rope(const char *file, const JsonValue *root, const HfArch *arc
         c->rope_low_freq_factor = (float)cfg_num(file, s, "low_freq_factor", 0, 1);
         c->rope_high_freq_factor = (float)cfg_num(file, s, "high_freq_factor", 0, 1);
         c->rope_orig_ctx = cfg_int(file, s, "original_max_position_embeddings", 0, 1);
+    } else if (!strcmp(type, "yarn")) {
+        if (cfg_get(s, "attention_factor")) die("%s: yarn with an explicit attention_factor is not supported yet", file);
+        if (!cfg_bool(file, s, "truncate", 1)) die("%s: yarn with truncate = false is not supported yet", file);
+        c->rope_scaling = ROPE_SCALING_YARN;
+        c->rope_factor = (float)cfg_num(file, s, "factor", 0, 1);
+        c->rope_orig_ctx = cfg_int(file, s, "original_max_position_embeddings", c->max_seq_len, 0);
+        c->rope_beta_fast = (float)cfg_num(file, s, "beta_fast", 32, 0);
+        c->rope_beta_slow = (float)cfg_num(file, s, "beta_slow", 1, 0);
+        c->rope_mscale = (float)cfg_num(file, s, "mscale", 0, 0);
+        c->rope_mscale_all_dim = (float)cfg_num(file, s, "mscale_all_dim", 0, 0);
     } else {
-        die("%s: rope scaling type '%s' is not supported yet (this build runs default, linear and llama3)", file, type);
+        die("%s: rope scaling type '%s' is not supported yet (this build runs default, linear, llama3 and yarn)", file, type);
     }
 }
 

@@ -312,7 +312,8 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
     if (c->arch != ARCH_LLAMA) return seterr(err, errlen, "unknown architecture %d", c->arch);
     if (c->attn_kind != ATTN_GQA) return seterr(err, errlen, "attention kind %d (MLA) is not supported yet", c->attn_kind);
     if (c->ffn_kind != FFN_SWIGLU) return seterr(err, errlen, "feed-forward kind %d (MoE) is not supported yet", c->ffn_kind);
-    if (c->rope_scaling != ROPE_SCALING_NONE && c->rope_scaling != ROPE_SCALING_LINEAR && c->rope_scaling != ROPE_SCALING_LLAMA3)
+    if (c->rope_scaling != ROPE_SCALING_NONE && c->rope_scaling != ROPE_SCALING_LINEAR && c->rope_scaling != ROPE_SCALING_LLAMA3 &&
+        c->rope_scaling != ROPE_SCALING_YARN)
         return seterr(err, errlen, "rope scaling kind %d is not supported yet", c->rope_scaling);
     if (c->rope_pairs != ROPE_PAIRS_ADJACENT) return seterr(err, errlen, "unknown rotary pairing %d", c->rope_pairs);
     const int64_t big = 1 << 20;
@@ -334,6 +335,10 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
           c->rope_high_freq_factor > c->rope_low_freq_factor && isfinite(c->rope_high_freq_factor) && c->rope_orig_ctx > 0))
         return seterr(err, errlen, "llama3 rope scaling needs factor >= 1, 0 < low_freq_factor < high_freq_factor "
                                    "and a positive original context");
+    if (c->rope_scaling == ROPE_SCALING_YARN &&
+        !(c->rope_factor >= 1 && isfinite(c->rope_factor) && c->rope_orig_ctx > 0 && c->rope_beta_fast > 0 &&
+          c->rope_beta_slow > 0 && isfinite(c->rope_beta_fast) && c->rope_mscale >= 0 && c->rope_mscale_all_dim >= 0))
+        return seterr(err, errlen, "yarn rope scaling needs factor >= 1, a positive original context and positive betas");
     return 0;
 }
 
@@ -687,15 +692,42 @@ static double rope_freq(const ModelConfig *cfg, int m) {
             freq = (1 - smooth) * freq / cfg->rope_factor + smooth * freq;
         }
     }
+    if (cfg->rope_scaling == ROPE_SCALING_YARN) {
+        /* YaRN (as transformers computes it): pairs that turn more than
+           beta_fast times over the original context keep their speed, those
+           that turn less than beta_slow times are slowed by the factor, and a
+           linear ramp over the pair index blends the ones between. */
+        double d = cfg->rope_dim, lb = 2 * log(cfg->rope_theta), ctx = cfg->rope_orig_ctx;
+        double lo = floor(d * log(ctx / (cfg->rope_beta_fast * 2 * M_PI)) / lb);
+        double hi = ceil(d * log(ctx / (cfg->rope_beta_slow * 2 * M_PI)) / lb);
+        if (lo < 0) lo = 0;
+        if (hi > d - 1) hi = d - 1;
+        if (hi == lo) hi += 0.001;
+        double ramp = (m - lo) / (hi - lo);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        freq = freq / cfg->rope_factor * ramp + freq * (1 - ramp);
+    }
     return freq;
+}
+
+/* YaRN's attention factor: the rotation tables are scaled by it, so both q
+   and k are, and every rotary score by its square (transformers' convention;
+   0.1 ln(s) + 1, or the ratio of the two mscale terms when both are given). */
+static double rope_magnitude(const ModelConfig *cfg) {
+    if (cfg->rope_scaling != ROPE_SCALING_YARN || cfg->rope_factor <= 1) return 1.0;
+    double ln_s = log(cfg->rope_factor);
+    if (cfg->rope_mscale > 0 && cfg->rope_mscale_all_dim > 0)
+        return (0.1 * cfg->rope_mscale * ln_s + 1) / (0.1 * cfg->rope_mscale_all_dim * ln_s + 1);
+    return 0.1 * ln_s + 1;
 }
 
 /* cos and sin of angle * freq(m) for every pair: one row of a rotation table. */
 static void rope_row(const ModelConfig *cfg, double angle, float *cos_out, float *sin_out) {
+    double mag = rope_magnitude(cfg);
     for (int m = 0; m < cfg->rope_dim / 2; m++) {
         double a = angle * rope_freq(cfg, m);
-        cos_out[m] = (float)cos(a);
-        sin_out[m] = (float)sin(a);
+        cos_out[m] = (float)(mag * cos(a));
+        sin_out[m] = (float)(mag * sin(a));
     }
 }
 

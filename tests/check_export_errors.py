@@ -90,7 +90,7 @@ cases = {
     'mlp_bias': lambda: variant('mlp_bias', {'mlp_bias': True}),
     'attention_bias': lambda: variant('attention_bias', {'attention_bias': True}),
     'tie_str': lambda: variant('tie_str', {'tie_word_embeddings': 'yes'}),
-    'yarn': lambda: variant('yarn', {'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}}),
+    'yarn_attention_factor': lambda: variant('yarn_attention_factor', {'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0, 'attention_factor': 1.2}}),
     'dynamic': lambda: variant('dynamic', {'rope_scaling': {'type': 'dynamic', 'factor': 2.0}}),
     'llama3_missing': lambda: variant('llama3_missing', {'rope_scaling': {'rope_type': 'llama3', 'factor': 8.0, 'high_freq_factor': 4.0, 'original_max_position_embeddings': 64}}),
     'llama3_hi_le_lo': lambda: variant('llama3_hi_le_lo', {'rope_scaling': {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 4.0, 'high_freq_factor': 4.0, 'original_max_position_embeddings': 64}}),
