@@ -114,30 +114,38 @@ def np_rope_adjacent(x, n_heads, hs, theta=10000.0):
     return out.reshape(T, n_heads * hs)
 
 
-def np_forward(cfg, W, toks):
-    """Logits (T, vocab) in float64 for tokens at positions 0..T-1."""
+def np_rope_attention(cfg, q, k, v):
+    """Causal attention with RoPE on raw q (T, nh, hs), k and v (T, nkv, hs)."""
+    T = q.shape[0]
+    nh, nkv, hs = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_size"]
+    rep = nh // nkv
+    q = np_rope_adjacent(q.reshape(T, nh * hs), nh, hs).reshape(T, nh, hs)
+    k = np_rope_adjacent(k.reshape(T, nkv * hs), nkv, hs).reshape(T, nkv, hs)
+    mask = np.triu(np.full((T, T), -np.inf), k=1)
+    att = np.empty((T, nh, hs))
+    for h in range(nh):
+        g = h // rep
+        sc = q[:, h, :] @ k[:, g, :].T / math.sqrt(hs) + mask
+        sc = sc - sc.max(axis=1, keepdims=True)
+        p = np.exp(sc)
+        p /= p.sum(axis=1, keepdims=True)
+        att[:, h, :] = p @ v[:, g, :]
+    return att
+
+
+def np_forward(cfg, W, toks, attention=np_rope_attention):
+    """Logits (T, vocab) in float64 for tokens at positions 0..T-1.
+    attention(cfg, q, k, v) gets the raw projections of a layer (positions are its business)."""
     f = lambda a: a.astype(np.float64)
     T = len(toks)
     nh, nkv, hs = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_size"]
-    rep = nh // nkv
     x = f(W["emb"])[np.asarray(toks)]
-    mask = np.triu(np.full((T, T), -np.inf), k=1)
     for l in range(cfg["n_layers"]):
         xb = np_rmsnorm(x, f(W["rms_att"][l]))
-        q = xb @ f(W["wq"][l]).T
-        k = xb @ f(W["wk"][l]).T
-        v = xb @ f(W["wv"][l]).T
-        q = np_rope_adjacent(q, nh, hs).reshape(T, nh, hs)
-        k = np_rope_adjacent(k, nkv, hs).reshape(T, nkv, hs)
-        v = v.reshape(T, nkv, hs)
-        att = np.empty((T, nh, hs))
-        for h in range(nh):
-            g = h // rep
-            sc = q[:, h, :] @ k[:, g, :].T / math.sqrt(hs) + mask
-            sc = sc - sc.max(axis=1, keepdims=True)
-            p = np.exp(sc)
-            p /= p.sum(axis=1, keepdims=True)
-            att[:, h, :] = p @ v[:, g, :]
+        q = (xb @ f(W["wq"][l]).T).reshape(T, nh, hs)
+        k = (xb @ f(W["wk"][l]).T).reshape(T, nkv, hs)
+        v = (xb @ f(W["wv"][l]).T).reshape(T, nkv, hs)
+        att = attention(cfg, q, k, v)
         x = x + att.reshape(T, nh * hs) @ f(W["wo"][l]).T
         xb = np_rmsnorm(x, f(W["rms_ffn"][l]))
         h1 = xb @ f(W["w1"][l]).T

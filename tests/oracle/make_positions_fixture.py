@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import load_llama2c_v0, nll_from_logits, np_rmsnorm  # noqa: E402
+from make_fixtures import load_llama2c_v0, nll_from_logits, np_forward  # noqa: E402
 
 TEXT_BYTES = 2400  # about 1200 tokens of tok512: well past the trained 512
 CASES = [
@@ -49,20 +49,16 @@ def rectified(r, case):
     return np.where(r < w, r, w + (r - w) / case["k"])
 
 
-def forward(cfg, W, toks, case):
-    f = lambda a: a.astype(np.float64)
-    T = len(toks)
-    nh, nkv, hs = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_size"]
-    rep = nh // nkv
-    freq = 1.0 / 10000.0 ** (2.0 * np.arange(hs // 2, dtype=np.float64) / hs)
-    L = case.get("logn", 0)
-    lam = np.ones(T) if not L else np.maximum(1.0, np.log(np.arange(T) + 1.0) / math.log(L))
-    x = f(W["emb"])[np.asarray(toks)]
-    for l in range(cfg["n_layers"]):
-        xb = np_rmsnorm(x, f(W["rms_att"][l]))
-        q = (xb @ f(W["wq"][l]).T).reshape(T, nh, hs) * lam[:, None, None]
-        k = (xb @ f(W["wk"][l]).T).reshape(T, nkv, hs)
-        v = (xb @ f(W["wv"][l]).T).reshape(T, nkv, hs)
+def rectified_attention(case):
+    """Causal attention scoring (l_i q_i) . R(-rho(i - j)) k_j on raw q and k."""
+    def attention(cfg, q, k, v):
+        T, nh, hs = q.shape
+        nkv = k.shape[1]
+        rep = nh // nkv
+        freq = 1.0 / 10000.0 ** (2.0 * np.arange(hs // 2, dtype=np.float64) / hs)
+        L = case.get("logn", 0)
+        lam = np.ones(T) if not L else np.maximum(1.0, np.log(np.arange(T) + 1.0) / math.log(L))
+        q = q * lam[:, None, None]
         att = np.empty((T, nh, hs))
         for i in range(T):
             rho = rectified(np.arange(i, -1, -1, dtype=np.float64), case)  # distance to key j = 0..i
@@ -75,15 +71,10 @@ def forward(cfg, W, toks, case):
             for h in range(nh):
                 g = h // rep
                 sc = kr[:, g, :] @ q[i, h, :] / math.sqrt(hs)
-                p = np.exp(sc - sc.max())
-                att[i, h, :] = (p / p.sum()) @ v[: i + 1, g, :]
-        x = x + att.reshape(T, nh * hs) @ f(W["wo"][l]).T
-        xb = np_rmsnorm(x, f(W["rms_ffn"][l]))
-        h1 = xb @ f(W["w1"][l]).T
-        h3 = xb @ f(W["w3"][l]).T
-        x = x + ((h1 / (1.0 + np.exp(-h1))) * h3) @ f(W["w2"][l]).T
-    x = np_rmsnorm(x, f(W["rms_final"]))
-    return x @ f(W["wcls"]).T
+                pr = np.exp(sc - sc.max())
+                att[i, h, :] = (pr / pr.sum()) @ v[: i + 1, g, :]
+        return att
+    return attention
 
 
 def main():
@@ -107,7 +98,7 @@ def main():
     ids = [1] + sp.encode(text.decode("utf-8"))
     results = []
     for case in CASES:
-        nll = nll_from_logits(forward(cfg, W, ids, case), ids)
+        nll = nll_from_logits(np_forward(cfg, W, ids, rectified_attention(case)), ids)
         results.append({**case, "mean_nll": float(nll.mean())})
         print(f"{case['name']}: mean_nll {nll.mean():.6f}", flush=True)
     doc = {
