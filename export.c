@@ -396,6 +396,11 @@ static void read_rope(const char *file, const JsonValue *root, const HfArch *arc
         c->rope_low_freq_factor = (float)cfg_num(file, s, "low_freq_factor", 0, 1);
         c->rope_high_freq_factor = (float)cfg_num(file, s, "high_freq_factor", 0, 1);
         c->rope_orig_ctx = cfg_int(file, s, "original_max_position_embeddings", 0, 1);
+    } else if (!strcmp(type, "dynamic")) {
+        /* transformers grows the base past max_position_embeddings itself */
+        c->rope_scaling = ROPE_SCALING_DYNAMIC;
+        c->rope_factor = (float)cfg_num(file, s, "factor", 0, 1);
+        c->rope_orig_ctx = c->max_seq_len;
     } else if (!strcmp(type, "yarn")) {
         if (cfg_get(s, "attention_factor")) die("%s: yarn with an explicit attention_factor is not supported yet", file);
         if (!cfg_bool(file, s, "truncate", 1)) die("%s: yarn with truncate = false is not supported yet", file);
@@ -407,7 +412,7 @@ static void read_rope(const char *file, const JsonValue *root, const HfArch *arc
         c->rope_mscale = (float)cfg_num(file, s, "mscale", 0, 0);
         c->rope_mscale_all_dim = (float)cfg_num(file, s, "mscale_all_dim", 0, 0);
     } else {
-        die("%s: rope scaling type '%s' is not supported yet (this build runs default, linear, llama3 and yarn)", file, type);
+        die("%s: rope scaling type '%s' is not supported yet (this build runs default, linear, dynamic, llama3 and yarn)", file, type);
     }
 }
 

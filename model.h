@@ -76,7 +76,7 @@ typedef struct {
     int32_t rope_pairs;        /* ROPE_PAIRS_* */
     int32_t rope_scaling;      /* ROPE_SCALING_* */
     float rope_factor;         /* scaling factor s */
-    int32_t rope_orig_ctx;     /* original context for YaRN / llama3 / dynamic NTK */
+    int32_t rope_orig_ctx;     /* original context for YaRN / llama3; dynamic NTK's threshold length */
     float rope_beta_fast, rope_beta_slow;    /* YaRN ramp */
     float rope_mscale, rope_mscale_all_dim;  /* YaRN attention-scale terms */
     float rope_low_freq_factor, rope_high_freq_factor; /* llama3 scaling */
@@ -184,10 +184,15 @@ typedef struct {
    Leaky ReRoPE a second key copy k_far (same layout) holds what distant
    queries read: the raw key (ReRoPE) or the key rotated by position / K
    (Leaky), so a decode step never re-rotates the cache. n_past positions are
-   filled. */
+   filled. Under dynamic NTK scaling a token at position p is rotated for a
+   sequence length of max(p + 1, rope_len): set rope_len to a prompt's full
+   length before feeding it to rotate the prompt as one forward pass over it
+   does (transformers' convention; generation then rotates each new token
+   for the length so far). */
 typedef struct {
     int n_past;
     int capacity;
+    int rope_len;
     float *k, *v;
     float *k_far;              /* NULL unless the context rectifies positions */
 } Sequence;
@@ -199,11 +204,12 @@ typedef struct {
     int max_logits;            /* most logit rows one call returns */
     ThreadPool *pool;
     Positions positions;
-    float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2] */
+    float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2]; row p for a sequence of p + 1 tokens */
     /* batch scratch, [max_batch][width] each */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
     BlockQ8A *xq;              /* quantized activations */
     int *pos;                  /* position of each batch token */
+    float *tok_cos, *tok_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *q_far;              /* rectified schemes: each token's query for distant keys, [max_batch][q_dim] */
     float *far_cos, *far_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *kfar_cos, *kfar_sin; /* Leaky: the far copy's key rotation, [max_batch][rope_dim / 2] */
@@ -312,9 +318,8 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
     if (c->arch != ARCH_LLAMA) return seterr(err, errlen, "unknown architecture %d", c->arch);
     if (c->attn_kind != ATTN_GQA) return seterr(err, errlen, "attention kind %d (MLA) is not supported yet", c->attn_kind);
     if (c->ffn_kind != FFN_SWIGLU) return seterr(err, errlen, "feed-forward kind %d (MoE) is not supported yet", c->ffn_kind);
-    if (c->rope_scaling != ROPE_SCALING_NONE && c->rope_scaling != ROPE_SCALING_LINEAR && c->rope_scaling != ROPE_SCALING_LLAMA3 &&
-        c->rope_scaling != ROPE_SCALING_YARN)
-        return seterr(err, errlen, "rope scaling kind %d is not supported yet", c->rope_scaling);
+    if (c->rope_scaling < ROPE_SCALING_NONE || c->rope_scaling > ROPE_SCALING_LLAMA3)
+        return seterr(err, errlen, "unknown rope scaling kind %d", c->rope_scaling);
     if (c->rope_pairs != ROPE_PAIRS_ADJACENT) return seterr(err, errlen, "unknown rotary pairing %d", c->rope_pairs);
     const int64_t big = 1 << 20;
     if (c->dim <= 0 || c->dim > big || c->n_layers <= 0 || c->n_layers > 4096 || c->n_heads <= 0 ||
@@ -328,8 +333,13 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
         return seterr(err, errlen, "rotary dims (%d) must be even and at most head_dim (%d)", c->rope_dim, c->head_dim);
     if (!(c->norm_eps > 0 && c->norm_eps < 1) || !(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return seterr(err, errlen, "impossible norm epsilon or rope theta in the model config");
-    if (c->rope_scaling == ROPE_SCALING_LINEAR && !(c->rope_factor >= 1))
-        return seterr(err, errlen, "linear rope scaling needs a factor >= 1");
+    if ((c->rope_scaling == ROPE_SCALING_LINEAR || c->rope_scaling == ROPE_SCALING_NTK) &&
+        !(c->rope_factor >= 1 && isfinite(c->rope_factor)))
+        return seterr(err, errlen, "%s rope scaling needs a factor >= 1", c->rope_scaling == ROPE_SCALING_NTK ? "ntk" : "linear");
+    if (c->rope_scaling == ROPE_SCALING_DYNAMIC && !(c->rope_factor >= 1 && isfinite(c->rope_factor) && c->rope_orig_ctx > 0))
+        return seterr(err, errlen, "dynamic ntk rope scaling needs a factor >= 1 and a positive original context");
+    if ((c->rope_scaling == ROPE_SCALING_NTK || c->rope_scaling == ROPE_SCALING_DYNAMIC) && c->rope_dim <= 2)
+        return seterr(err, errlen, "ntk rope scaling needs more than 2 rotary dims");
     if (c->rope_scaling == ROPE_SCALING_LLAMA3 &&
         !(c->rope_factor >= 1 && isfinite(c->rope_factor) && c->rope_low_freq_factor > 0 &&
           c->rope_high_freq_factor > c->rope_low_freq_factor && isfinite(c->rope_high_freq_factor) && c->rope_orig_ctx > 0))
@@ -674,9 +684,18 @@ void sequence_free(Sequence *s) {
     memset(s, 0, sizeof *s);
 }
 
-/* The rotation speed of pair m, with the model's scaling applied. */
-static double rope_freq(const ModelConfig *cfg, int m) {
-    double freq = pow((double)cfg->rope_theta, -2.0 * m / cfg->rope_dim);
+/* The rotation speed of pair m, with the model's scaling applied, for a
+   sequence of len tokens (only dynamic NTK depends on it). */
+static double rope_freq(const ModelConfig *cfg, int m, int len) {
+    double theta = cfg->rope_theta, d = cfg->rope_dim, s = cfg->rope_factor;
+    /* NTK-aware scaling raises the base so the slowest pair slows by about
+       the factor while the fastest keep their speed: base * s^(d / (d - 2)).
+       Dynamic NTK does so only past the original context, with the factor
+       growing with the length: s * len / L - (s - 1). */
+    if (cfg->rope_scaling == ROPE_SCALING_NTK) theta *= pow(s, d / (d - 2));
+    if (cfg->rope_scaling == ROPE_SCALING_DYNAMIC && len > cfg->rope_orig_ctx)
+        theta *= pow(s * len / cfg->rope_orig_ctx - (s - 1), d / (d - 2));
+    double freq = pow(theta, -2.0 * m / d);
     if (cfg->rope_scaling == ROPE_SCALING_LINEAR) freq /= cfg->rope_factor;
     if (cfg->rope_scaling == ROPE_SCALING_LLAMA3) {
         /* Llama 3: rotations with a wavelength longer than orig_ctx /
@@ -721,11 +740,12 @@ static double rope_magnitude(const ModelConfig *cfg) {
     return 0.1 * ln_s + 1;
 }
 
-/* cos and sin of angle * freq(m) for every pair: one row of a rotation table. */
-static void rope_row(const ModelConfig *cfg, double angle, float *cos_out, float *sin_out) {
+/* cos and sin of angle * freq(m) for every pair, for a sequence of len
+   tokens: one row of a rotation table. */
+static void rope_row(const ModelConfig *cfg, double angle, int len, float *cos_out, float *sin_out) {
     double mag = rope_magnitude(cfg);
     for (int m = 0; m < cfg->rope_dim / 2; m++) {
-        double a = angle * rope_freq(cfg, m);
+        double a = angle * rope_freq(cfg, m, len);
         cos_out[m] = (float)(mag * cos(a));
         sin_out[m] = (float)(mag * sin(a));
     }
@@ -734,7 +754,7 @@ static void rope_row(const ModelConfig *cfg, double angle, float *cos_out, float
 static void rope_tables(Context *c) {
     const ModelConfig *cfg = &c->model->cfg;
     size_t half = (size_t)(cfg->rope_dim / 2);
-    for (int p = 0; p < c->ctx_len; p++) rope_row(cfg, p, c->rope_cos + p * half, c->rope_sin + p * half);
+    for (int p = 0; p < c->ctx_len; p++) rope_row(cfg, p, p + 1, c->rope_cos + p * half, c->rope_sin + p * half);
 }
 
 void context_free(Context *c) {
@@ -742,7 +762,7 @@ void context_free(Context *c) {
     pool_free(c->pool);
     free(c->rope_cos); free(c->rope_sin);
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
-    free(c->xq); free(c->pos); free(c->scores); free(c->logits);
+    free(c->xq); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
     free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin);
     free(c);
 }
@@ -756,6 +776,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
         seterr(err, errlen, "context sizes must be positive");
         return NULL;
     }
+    if (check_config(cfg, err, errlen)) return NULL; /* again: a program may have changed the rotary settings */
     Positions pos = positions ? *positions : (Positions){POS_MODEL, 0, 1.0f, 0};
     if (pos.scheme < POS_MODEL || pos.scheme > POS_LEAKY || pos.window < 0 || pos.logn < 0 || pos.logn == 1 ||
         !(pos.leaky_k >= 1)) {
@@ -785,6 +806,8 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->hb2 = malloc(B * cfg->hidden_dim * sizeof(float));
     c->xq = malloc(B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
     c->pos = malloc(B * sizeof(int));
+    c->tok_cos = malloc(B * (half ? half : 1) * sizeof(float));
+    c->tok_sin = malloc(B * (half ? half : 1) * sizeof(float));
     c->scores = malloc((size_t)(c->pool ? c->pool->n_threads : 1) * ctx_len * sizeof(float));
     c->logits = malloc((size_t)max_logits * cfg->vocab_size * sizeof(float));
     if (rectified(&pos)) {
@@ -800,7 +823,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
         }
     }
     if (!c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
-        !c->hb || !c->hb2 || !c->xq || !c->pos || !c->scores || !c->logits) {
+        !c->hb || !c->hb2 || !c->xq || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits) {
         context_free(c);
         seterr(err, errlen, "out of memory for the run state");
         return NULL;
@@ -1006,14 +1029,24 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         dequantize_row(m->tok_emb.type, (const uint8_t *)m->tok_emb.data + (size_t)tokens[t] * m->tok_emb.row_bytes,
                        c->x + (size_t)t * dim, dim);
     const Positions *ps = &c->positions;
-    if (rectified(ps)) {
-        for (int t = 0; t < n; t++) {
+    for (int t = 0; t < n; t++) {
+        /* The table rotates position p for a sequence of p + 1 tokens; a
+           prompt fed for a longer length (dynamic NTK) gets its own rows. */
+        int p = c->pos[t], len = seqs[t]->rope_len > p + 1 ? seqs[t]->rope_len : p + 1;
+        float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
+        if (cfg->rope_scaling == ROPE_SCALING_DYNAMIC && len > p + 1 && len > cfg->rope_orig_ctx) {
+            rope_row(cfg, p, len, cs, sn);
+        } else {
+            memcpy(cs, c->rope_cos + (size_t)p * half, (size_t)half * sizeof(float));
+            memcpy(sn, c->rope_sin + (size_t)p * half, (size_t)half * sizeof(float));
+        }
+        if (rectified(ps)) {
             /* ReRoPE: every distant key is at distance W: the query turns by
                W, the key stays raw. Leaky: the query turns by (pos + W(K-1)) / K
                and the key by pos / K, so the score sees W + (d - W) / K. */
             double k = ps->leaky_k, q_angle = ps->scheme == POS_REROPE ? ps->window : (c->pos[t] + ps->window * (k - 1)) / k;
-            rope_row(cfg, q_angle, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
-            rope_row(cfg, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, c->kfar_cos + (size_t)t * half,
+            rope_row(cfg, q_angle, len, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
+            rope_row(cfg, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, len, c->kfar_cos + (size_t)t * half,
                      c->kfar_sin + (size_t)t * half);
         }
     }
@@ -1046,7 +1079,7 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                     rope(qf, cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
                     rope(kf, cfg->n_kv_heads, hd, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
                 }
-                const float *cs = c->rope_cos + (size_t)c->pos[t] * half, *sn = c->rope_sin + (size_t)c->pos[t] * half;
+                const float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
                 rope(q, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
                 rope(k, cfg->n_kv_heads, hd, cfg->rope_dim, cs, sn);
             }

@@ -52,6 +52,9 @@ typedef struct {
     int window;         /* --window W, -1 = not given */
     float leaky_k;      /* --leaky-k K, 0 = not given */
     int logn;           /* --logn L, -1 = not given */
+    const char *rope_scaling; /* --rope-scaling, NULL = the model's */
+    float rope_factor, rope_theta; /* 0 = the model's */
+    int rope_orig_ctx;  /* 0 = the model's */
 } Options;
 
 static void usage(void) {
@@ -77,6 +80,11 @@ static void usage(void) {
             "  --leaky-k K      leaky slope divisor (default 16)\n"
             "  --logn L         scale queries by max(1, ln(pos+1)/ln L); 0 = off (default: the trained\n"
             "                   context with rerope/leaky, else off)\n"
+            "  --rope-scaling S rotary scaling instead of the model's: none, linear, ntk, dynamic, yarn\n"
+            "  --rope-factor F  its factor (default: the model's; required for a scaling it has not)\n"
+            "  --rope-theta B   rotary base (default: the model's)\n"
+            "  --rope-orig-ctx L  the length dynamic and yarn scale from (default: the model's, else its\n"
+            "                   trained context)\n"
             "  --chat           chat with the model's chat template (multi-turn when stdin is a terminal)\n"
             "  --system TEXT    system prompt for --chat\n"
             "  --chat-template NAME  the formatter to use instead of the detected one:\n"
@@ -102,6 +110,40 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
 }
 
 static int chat_family(const char *name); /* the --chat-template names, with the chat code below */
+
+static int rope_scaling_kind(const char *name) {
+    static const struct { const char *name; int kind; } kinds[] = {
+        {"none", ROPE_SCALING_NONE}, {"linear", ROPE_SCALING_LINEAR}, {"ntk", ROPE_SCALING_NTK},
+        {"dynamic", ROPE_SCALING_DYNAMIC}, {"yarn", ROPE_SCALING_YARN}};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (!strcmp(name, kinds[i].name)) return kinds[i].kind;
+    return -1;
+}
+
+/* --rope-*: the model's rotary settings, overridden. A scaling the model does
+   not have starts from its defaults (YaRN's betas 32 and 1, the original
+   context = the trained one); the engine checks the result when the context
+   is made. */
+static void override_rope(ModelConfig *c, const Options *o) {
+    if (o->rope_scaling) {
+        int kind = rope_scaling_kind(o->rope_scaling);
+        if (kind != c->rope_scaling) {
+            if (kind != ROPE_SCALING_NONE && !o->rope_factor)
+                die("--rope-scaling %s needs --rope-factor (the model has no such scaling to take it from)", o->rope_scaling);
+            c->rope_scaling = kind;
+            c->rope_orig_ctx = c->max_seq_len;
+            c->rope_beta_fast = 32, c->rope_beta_slow = 1, c->rope_mscale = c->rope_mscale_all_dim = 0;
+        }
+    }
+    if (o->rope_factor) c->rope_factor = o->rope_factor;
+    if (o->rope_theta) c->rope_theta = o->rope_theta;
+    if (o->rope_orig_ctx) c->rope_orig_ctx = o->rope_orig_ctx;
+    if ((o->rope_factor || o->rope_orig_ctx) && c->rope_scaling == ROPE_SCALING_NONE)
+        die("--rope-factor and --rope-orig-ctx need a rope scaling (the model has none; add --rope-scaling)");
+    if (o->rope_orig_ctx && c->rope_scaling != ROPE_SCALING_DYNAMIC && c->rope_scaling != ROPE_SCALING_YARN &&
+        c->rope_scaling != ROPE_SCALING_LLAMA3)
+        die("--rope-orig-ctx applies to dynamic, yarn and llama3 scaling");
+}
 
 static Options parse_options(int argc, char **argv) {
     Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1};
@@ -140,6 +182,10 @@ static Options parse_options(int argc, char **argv) {
             o.logn = (int)parse_int(a, VALUE(), 0, 1 << 30);
             if (o.logn == 1) die("invalid value '1' for --logn (0 for off, or a length above 1: ln 1 = 0)");
         }
+        else if (!strcmp(a, "--rope-scaling")) o.rope_scaling = VALUE();
+        else if (!strcmp(a, "--rope-factor")) o.rope_factor = parse_float(a, VALUE(), 1, 1e6f);
+        else if (!strcmp(a, "--rope-theta")) o.rope_theta = parse_float(a, VALUE(), 1, 1e12f);
+        else if (!strcmp(a, "--rope-orig-ctx")) o.rope_orig_ctx = (int)parse_int(a, VALUE(), 1, 1 << 24);
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
         else die("unknown option '%s' (./run with no arguments lists them)", a);
 #undef VALUE
@@ -155,6 +201,8 @@ static Options parse_options(int argc, char **argv) {
     int rectify = o.pos && (!strcmp(o.pos, "rerope") || !strcmp(o.pos, "leaky"));
     if (!rectify && o.window >= 0) die("--window applies with --pos rerope or --pos leaky");
     if ((!o.pos || strcmp(o.pos, "leaky")) && o.leaky_k) die("--leaky-k applies with --pos leaky");
+    if (o.rope_scaling && rope_scaling_kind(o.rope_scaling) < 0)
+        die("unknown --rope-scaling '%s' (one of none, linear, ntk, dynamic, yarn)", o.rope_scaling);
     if (o.seed == 0) o.seed = (unsigned long long)time(NULL); /* xorshift needs a nonzero state */
     return o;
 }
@@ -396,6 +444,7 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
     for (int start = 0; start < n - 1; start += window - 1) {
         int len = n - start < window ? n - start : window;
         e->seq.n_past = 0;
+        e->seq.rope_len = len; /* dynamic NTK: as one forward pass over the window */
         int batch = e->ctx->max_batch;
         for (int done = 0; done < len; done += batch) {
             int b = len - done < batch ? len - done : batch;
@@ -469,6 +518,7 @@ static void generate(Engine *e, Sampler *s, const int *prompt, int n_prompt, int
     if (!g->ids || (o->json && !g->out.text)) die("out of memory");
 
     double t0 = now_seconds();
+    e->seq.rope_len = e->seq.n_past + n_prompt; /* dynamic NTK: the prompt is rotated for its whole length */
     feed(e, prompt, n_prompt, NULL);
     double t1 = now_seconds(), t_first = t1;
     int prev = prompt[n_prompt - 1];
@@ -1151,6 +1201,7 @@ int main(int argc, char **argv) {
     Engine e = {0};
     char err[512];
     if (model_load(&e.model, o.model_path, err, sizeof err)) die("%s", err);
+    override_rope(&e.model.cfg, &o);
     e.tokenizer = e.model.tokenizer;
     if (o.tokenizer_path) {
         e.own_tokenizer = tokenizer_load(o.tokenizer_path, e.model.cfg.vocab_size, err, sizeof err);

@@ -2,7 +2,8 @@
 # Extrapolation table for the position schemes (issue: positions): mean NLL of
 # a model trained at 512 tokens (llama2.c's stories260K) scored in windows of
 # 256 ... 4096 tokens, under RoPE, NoPE, ReRoPE and Leaky ReRoPE (log-n on and
-# off), and the decode speed of each scheme after a 4000-token prompt.
+# off) and RoPE with NTK-aware and dynamic NTK scaling, and the decode speed of
+# each after a 4000-token prompt.
 # Usage: bench/positions.sh [ASSETS_DIR] > table.md   (uses ./run; takes a few minutes)
 set -eu
 A=${1:-../shared/assets}
@@ -13,7 +14,8 @@ head -c 100000 "$A/text/tinystories_200k_niklas6.txt" > "$T/tinystories.txt"
 head -c 100000 "$A/text/pg1342_pride_and_prejudice.txt" > "$T/pride.txt"
 SCHEMES=("rope:--pos rope" "nope:--pos nope"
          "rerope w128 log-n:--pos rerope --window 128" "rerope w128:--pos rerope --window 128 --logn 0"
-         "leaky w128 k8 log-n:--pos leaky --window 128 --leaky-k 8" "leaky w128 k8:--pos leaky --window 128 --leaky-k 8 --logn 0")
+         "leaky w128 k8 log-n:--pos leaky --window 128 --leaky-k 8" "leaky w128 k8:--pos leaky --window 128 --leaky-k 8 --logn 0"
+         "ntk-aware s8:--rope-scaling ntk --rope-factor 8" "dynamic ntk s2:--rope-scaling dynamic --rope-factor 2")
 LENGTHS="256 512 1024 2048 4096"
 for text in tinystories pride; do
     echo "Mean NLL, first 100 kB of $text, scored in windows of N tokens (trained at 512):"

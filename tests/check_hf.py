@@ -3,7 +3,11 @@
 
 For every model folder in tests/fixtures/hf (made by tests/oracle/make_hf_fixtures.py):
 export it to f32 and q8_0, then check `--tokenize` id for id and `--ppl --json`
-mean NLL (within 1e-4 relative for f32, 1% for q8_0) on each reference text.
+mean NLL (within 1e-4 relative for f32, 1% for q8_0) on each reference text,
+with the reference's run_args (e.g. a --ctx past a short trained length).
+Where the reference has greedy continuations (transformers generating one
+token at a time through its cache), the f32 export's `-t 0 --json` ids must
+equal them.
 Then every tricky string in tokenizer_cases.json through `--tokenize`, against
 the ids the tokenizers library gave with add_special_tokens=True.
 
@@ -22,6 +26,7 @@ exported = {}
 for name in models:
     folder = os.path.join(HF, name)
     ref = json.load(open(os.path.join(folder, "reference.json")))
+    args = ref.get("run_args", [])
     files = {}
     for quant in ("f32", "q8_0"):
         out = os.path.join(TMP, f"hf_{name}_{quant}.bin")
@@ -39,11 +44,19 @@ for name in models:
         for quant, tol in (("f32", 1e-4), ("q8_0", 1e-2)):
             if not files[quant]:
                 continue
-            rc, out, err = run(files[quant], "-f", path, "--ppl", "--json")
+            rc, out, err = run(files[quant], "-f", path, "--ppl", "--json", *args)
             got = json.loads(out)["mean_nll"] if rc == 0 else float("nan")
             rel = abs(got - text["mean_nll"]) / text["mean_nll"]
             check(rel <= tol, f"{name} {text['file']} {quant}: --ppl mean NLL {got:.6f} vs transformers float64 "
                   f"{text['mean_nll']:.6f} (rel {rel:.1e}, limit {tol:g})")
+    for case in ref.get("greedy", []) if files["f32"] else []:
+        rc, out, err = run(files["f32"], "-p", case["prompt"], "-t", "0", "-n", str(len(case["ids"])), "--ignore-eos",
+                           "--json", *args)
+        got = json.loads(out) if rc == 0 else {}
+        check(got.get("ids") == case["ids"] and got.get("prompt_tokens") == len(case["prompt_ids"]),
+              f"{name}: greedy continuation of a {len(case['prompt_ids'])}-token prompt, {len(case['ids'])} tokens, "
+              f"equals transformers' (cached, one token at a time; smallest margin {case['min_margin']:.1e})"
+              + ("" if rc == 0 else f": {err.strip()[-200:]}"))
 
 cases = json.load(open(os.path.join(HF, "tokenizer_cases.json")))
 for kind, model in (("spm", "llama"), ("bpe", "qwen2")):

@@ -252,6 +252,11 @@ assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
     expect_error "--leaky-k without leaky" $BIN/run $M --pos rerope --leaky-k 4
     expect_error "--logn 1" $BIN/run $M --logn 1
     expect_error "--leaky-k below 1" $BIN/run $M --pos leaky --leaky-k 0.5
+    expect_error "unknown --rope-scaling" $BIN/run $M --rope-scaling wobbly
+    expect_error "--rope-scaling ntk without a factor" $BIN/run $M --rope-scaling ntk
+    expect_error "--rope-factor on a model without scaling" $BIN/run $M --rope-factor 2
+    expect_error "--rope-factor below 1" $BIN/run $M --rope-scaling linear --rope-factor 0.5
+    expect_error "--rope-orig-ctx with ntk" $BIN/run $M --rope-scaling ntk --rope-factor 2 --rope-orig-ctx 64
     expect_error "export with an unknown --quant" $BIN/export $V0 $TMP/y.bin --quant q3_k
     expect_error "export with a truncated tokenizer" $BIN/export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
     check "failed exports leave no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"

@@ -154,29 +154,30 @@ static double rel_error(const float *a, const float *b, int n) {
     return sqrt(num / den);
 }
 
-/* The prompt's logits under positions p, as one batch (step 0) or token by
-   token (step 1), into out [N_PROMPT][vocab]. */
-static void logits_with(const Model *m, const Positions *p, int step, float *out) {
+/* The prompt's logits under positions p, fed `step` tokens per call (0: all
+   at once, 1: token by token) to a sequence with the given rope_len, into
+   out [N_PROMPT][vocab]. */
+static void logits_fed(const Model *m, const Positions *p, int step, int rope_len, float *out) {
     int V = m->cfg.vocab_size, ctx = 64;
     char err[256];
     Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, p, err, sizeof err);
     Sequence s;
     sequence_init(&s, c, ctx, err, sizeof err);
+    s.rope_len = rope_len;
     Sequence *seqs[N_PROMPT];
     uint8_t want[N_PROMPT];
     for (int i = 0; i < N_PROMPT; i++) seqs[i] = &s, want[i] = 1;
-    if (step) {
-        for (int t = 0; t < N_PROMPT; t++) {
-            model_forward(c, seqs, prompt + t, 1, NULL);
-            memcpy(out + (size_t)t * V, c->logits, V * sizeof(float));
-        }
-    } else {
-        model_forward(c, seqs, prompt, N_PROMPT, want);
-        memcpy(out, c->logits, (size_t)N_PROMPT * V * sizeof(float));
+    if (!step) step = N_PROMPT;
+    for (int t = 0; t < N_PROMPT; t += step) {
+        int n = N_PROMPT - t < step ? N_PROMPT - t : step;
+        model_forward(c, seqs, prompt + t, n, want);
+        memcpy(out + (size_t)t * V, c->logits, (size_t)n * V * sizeof(float));
     }
     sequence_free(&s);
     context_free(c);
 }
+
+static void logits_with(const Model *m, const Positions *p, int step, float *out) { logits_fed(m, p, step, 0, out); }
 
 /* Runs the prompt through the engine as one batch (all logits, 2 threads)
    and through the reference one token at a time; returns the worst relative error. */
@@ -314,6 +315,51 @@ static void test_positions(const Model *m) {
         logits_with(m, &cases[i], 1, b);
         CHECK(!memcmp(a, b, bytes), "%s: prefill as one batch == token-by-token decode, bit for bit", names[i]);
     }
+    free(rope);
+    free(a);
+    free(b);
+}
+
+/* ---------------------------------------------------------------------------
+ * Rope scaling set at run time (--rope-scaling): NTK-aware and dynamic NTK.
+ * The numbers themselves are checked against float64 references by
+ * check_positions.py and check_hf.py; these are the invariants.
+ */
+static void test_rope_scaling(Model *m) {
+    size_t bytes = (size_t)N_PROMPT * m->cfg.vocab_size * sizeof(float);
+    int n = (int)(bytes / sizeof(float));
+    float *rope = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
+    ModelConfig saved = m->cfg;
+    logits_with(m, NULL, 0, rope);
+
+    m->cfg.rope_scaling = ROPE_SCALING_NTK, m->cfg.rope_factor = 1;
+    logits_with(m, NULL, 0, a);
+    CHECK(!memcmp(a, rope, bytes), "NTK-aware scaling with factor 1 == RoPE, bit for bit");
+    m->cfg.rope_factor = 4;
+    logits_with(m, NULL, 0, a);
+    CHECK(rel_error(a, rope, n) > 1e-4, "NTK-aware scaling with factor 4 differs from RoPE (rel %.2g)", rel_error(a, rope, n));
+
+    m->cfg.rope_scaling = ROPE_SCALING_DYNAMIC, m->cfg.rope_factor = 4, m->cfg.rope_orig_ctx = N_PROMPT;
+    logits_fed(m, NULL, 0, N_PROMPT, a);
+    CHECK(!memcmp(a, rope, bytes), "dynamic NTK within its original context == RoPE, bit for bit");
+    m->cfg.rope_orig_ctx = 8;
+    logits_fed(m, NULL, 0, 0, a);
+    logits_fed(m, NULL, 1, 0, b);
+    CHECK(!memcmp(a, b, bytes) && rel_error(a, rope, n) > 1e-4,
+          "dynamic NTK past its original context: differs from RoPE, and one batch == token by token, bit for bit");
+    logits_fed(m, NULL, 0, N_PROMPT, a);
+    logits_fed(m, NULL, 7, N_PROMPT, b);
+    CHECK(!memcmp(a, b, bytes), "dynamic NTK with the prompt's length set: one batch == batches of 7, bit for bit");
+    logits_fed(m, NULL, 1, 0, b);
+    CHECK(rel_error(a, b, n) > 1e-5, "dynamic NTK: rotating the prompt for its whole length differs from "
+          "rotating each token for the length so far (rel %.2g)", rel_error(a, b, n));
+
+    char err[256];
+    m->cfg.rope_scaling = ROPE_SCALING_NTK, m->cfg.rope_factor = 0.5f;
+    Context *c = context_new(m, 64, 4, 4, 1, NULL, err, sizeof err);
+    CHECK(!c && strstr(err, "factor"), "a context refuses rotary settings changed to nonsense: %s", err);
+    context_free(c);
+    m->cfg = saved;
     free(rope);
     free(a);
     free(b);
@@ -513,6 +559,7 @@ int main(int argc, char **argv) {
     CHECK(e < 1e-5, "stories260K forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", e);
     test_batching_and_threads(&m);
     test_positions(&m);
+    test_rope_scaling(&m);
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);

@@ -5,7 +5,11 @@ Independent of the engine's two-key-copy method: every score is computed the
 way the reference code states it, score(i, j) = (l_i q_i) . R(-rho(i - j)) k_j
 with q and k unrotated, rho the rectified distance, l_i the log-n factor
 max(1, ln(i + 1) / ln L) applied to the query before rotation, and R(a) the
-rotation of each adjacent pair (2m, 2m+1) by a * theta^(-2m/d).
+rotation of each adjacent pair (2m, 2m+1) by a * theta^(-2m/d). The rope
+scaling cases change theta^(-2m/d) as ALGORITHMS.md §3 and transformers'
+rope utilities define them: linear divides it by the factor s; NTK-aware
+raises the base to theta * s^(d/(d-2)); dynamic NTK does so with
+s * T / L - (s - 1) in place of s, for a window of T tokens past the trained L.
 
 The text is longer than stories260K's trained 512 tokens, so the cases show
 extrapolation. Runs locally with numpy (Debian's python3-numpy):
@@ -34,7 +38,26 @@ CASES = [
     {"name": "leaky_w128_k8_logn512", "pos": "leaky", "window": 128, "k": 8.0, "logn": 512,
      "args": ["--pos", "leaky", "--window", "128", "--leaky-k", "8", "--logn", "512"]},
     {"name": "rope_logn256", "pos": "rope", "logn": 256, "args": ["--pos", "rope", "--logn", "256"]},
+    {"name": "linear_s2", "pos": "rope", "scaling": "linear", "factor": 2.0,
+     "args": ["--rope-scaling", "linear", "--rope-factor", "2"]},
+    {"name": "ntk_s4", "pos": "rope", "scaling": "ntk", "factor": 4.0,
+     "args": ["--rope-scaling", "ntk", "--rope-factor", "4"]},
+    {"name": "dynamic_s2", "pos": "rope", "scaling": "dynamic", "factor": 2.0,
+     "args": ["--rope-scaling", "dynamic", "--rope-factor", "2"]},
+    {"name": "ntk_s4_rerope_w128", "pos": "rerope", "window": 128, "logn": 0, "scaling": "ntk", "factor": 4.0,
+     "args": ["--pos", "rerope", "--window", "128", "--logn", "0", "--rope-scaling", "ntk", "--rope-factor", "4"]},
 ]
+
+
+def frequencies(case, hs, T, trained):
+    """theta^(-2m/d) for the pairs m of one head, under the case's rope scaling."""
+    base, s = 10000.0, case.get("factor", 1.0)
+    if case.get("scaling") == "ntk":
+        base *= s ** (hs / (hs - 2))
+    if case.get("scaling") == "dynamic" and T > trained:
+        base *= (s * T / trained - (s - 1)) ** (hs / (hs - 2))
+    freq = base ** (-2.0 * np.arange(hs // 2, dtype=np.float64) / hs)
+    return freq / s if case.get("scaling") == "linear" else freq
 
 
 def rectified(r, case):
@@ -55,7 +78,7 @@ def rectified_attention(case):
         T, nh, hs = q.shape
         nkv = k.shape[1]
         rep = nh // nkv
-        freq = 1.0 / 10000.0 ** (2.0 * np.arange(hs // 2, dtype=np.float64) / hs)
+        freq = frequencies(case, hs, T, cfg["seq_len"])
         L = case.get("logn", 0)
         lam = np.ones(T) if not L else np.maximum(1.0, np.log(np.arange(T) + 1.0) / math.log(L))
         q = q * lam[:, None, None]
