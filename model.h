@@ -146,11 +146,24 @@ typedef struct {
 } Matrix;
 
 typedef struct {
+    Matrix w1, w2, w3;         /* gate, down, up */
+} Expert;
+
+typedef struct {
     const float *attn_norm, *ffn_norm;
-    Matrix wq, wk, wv, wo;
+    Matrix wq, wk, wv, wo;     /* multi-head latent attention: wq only without a query latent */
     const float *bq, *bk, *bv; /* NULL when the model has no q/k/v biases */
     const float *bo;           /* NULL when the output projection has no bias */
+    /* multi-head latent attention (FORMAT.md): query latent, key/value
+       latent with the shared rotary key, up-projections */
+    Matrix wq_a, wq_b, wkv_a, wkv_b, wk_b;
+    const float *q_a_norm, *kv_a_norm;
+    /* feed-forward: the dense SwiGLU, or in a MoE layer the shared experts
+       (rows 0 when there are none) beside the routed ones */
     Matrix w1, w2, w3;         /* gate, down, up */
+    Matrix router;             /* MoE layers: [n_experts, dim], f32 */
+    const float *router_bias;  /* sigmoid router: added when choosing */
+    Expert *experts;           /* MoE layers: [n_experts]; NULL in dense layers */
     int pos;                   /* POS_* */
 } Layer;
 
@@ -165,6 +178,7 @@ typedef struct {
     Matrix tok_emb, output;
     const float *final_norm;
     Layer *layers;
+    Expert *experts;           /* the MoE layers' experts, one block */
     Tokenizer *tokenizer;      /* NULL when the file carries none */
     void *map;                 /* the file, mapped read-only */
     size_t map_bytes;
@@ -183,7 +197,10 @@ typedef struct {
    positions; keys are stored rotated by their position. Under ReRoPE and
    Leaky ReRoPE a second key copy k_far (same layout) holds what distant
    queries read: the raw key (ReRoPE) or the key rotated by position / K
-   (Leaky), so a decode step never re-rotates the cache. n_past positions are
+   (Leaky), so a decode step never re-rotates the cache. Under multi-head
+   latent attention a position keeps only k[layer][position][latent +
+   rotary key] (the normalised latent, then the shared rotary key, rotated)
+   and no v; k_far holds the rotary key's far copy. n_past positions are
    filled. Under dynamic NTK scaling a token at position p is rotated for a
    sequence length of max(p + 1, rope_len): set rope_len to a prompt's full
    length before feeding it to rotate the prompt as one forward pass over it
@@ -204,6 +221,7 @@ typedef struct {
     int max_logits;            /* most logit rows one call returns */
     ThreadPool *pool;
     Positions positions;
+    float attn_scale;          /* softmax scale: 1/sqrt(head_dim), times DeepSeek's YaRN correction */
     float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2]; row p for a sequence of p + 1 tokens */
     /* batch scratch, [max_batch][width] each */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
@@ -214,6 +232,15 @@ typedef struct {
     float *far_cos, *far_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *kfar_cos, *kfar_sin; /* Leaky: the far copy's key rotation, [max_batch][rope_dim / 2] */
     float *scores;             /* attention scores, [n_threads][ctx_len] */
+    /* multi-head latent attention: each token's query latent [max_batch][q_lora_rank];
+       per thread, a head's absorbed query and attended latent, and their int8 copies */
+    float *qa, *mla_work;
+    BlockQ8A *mla_q8;
+    /* mixture of experts: router logits [max_batch][n_experts], each token's
+       chosen experts and weights [max_batch][n_experts_used], the tokens of
+       one expert gathered [max_batch][dim] and its outputs [max_batch][dim] */
+    float *router_logits, *route_w, *moe_in, *moe_out;
+    int *route_id, *moe_tokens;
     float *logits;             /* [max_logits][vocab] */
     char error[256];
 } Context;
@@ -272,9 +299,28 @@ const Tensor *model_tensor(const Model *m, const char *name) {
     return NULL;
 }
 
+/* What one position of one layer keeps: keys (GQA) or the latent and the
+   shared rotary key (MLA), the values (none under MLA: the latent is both),
+   and the distant-key copy of the rectified schemes (MLA: rotary part only). */
+static size_t kv_key_width(const ModelConfig *c) {
+    return c->attn_kind == ATTN_MLA ? (size_t)c->kv_lora_rank + c->qk_rope_head_dim : (size_t)c->n_kv_heads * c->head_dim;
+}
+static size_t kv_value_width(const ModelConfig *c) {
+    return c->attn_kind == ATTN_MLA ? 0 : (size_t)c->n_kv_heads * c->v_head_dim;
+}
+static size_t kv_far_width(const ModelConfig *c) {
+    return c->attn_kind == ATTN_MLA ? (size_t)c->qk_rope_head_dim : (size_t)c->n_kv_heads * c->head_dim;
+}
+
 size_t model_kv_bytes_per_token(const Model *m) {
     const ModelConfig *c = &m->cfg;
-    return (size_t)c->n_layers * c->n_kv_heads * (c->head_dim + c->v_head_dim) * sizeof(float);
+    return (size_t)c->n_layers * (kv_key_width(c) + kv_value_width(c)) * sizeof(float);
+}
+
+/* Whether layer l routes to experts (DeepSeek: after the first k dense
+   layers, every moe_layer_freq-th). */
+static int moe_layer(const ModelConfig *c, int l) {
+    return c->ffn_kind == FFN_MOE && l >= c->first_k_dense && l % (c->moe_layer_freq > 0 ? c->moe_layer_freq : 1) == 0;
 }
 
 /* Bytes a tensor of this type and shape takes, or 0 if the shape cannot be
@@ -316,8 +362,8 @@ static int bind_vector(Model *m, const float **out, const char *name, int64_t n,
 
 static int check_config(const ModelConfig *c, char *err, size_t errlen) {
     if (c->arch != ARCH_LLAMA) return seterr(err, errlen, "unknown architecture %d", c->arch);
-    if (c->attn_kind != ATTN_GQA) return seterr(err, errlen, "attention kind %d (MLA) is not supported yet", c->attn_kind);
-    if (c->ffn_kind != FFN_SWIGLU) return seterr(err, errlen, "feed-forward kind %d (MoE) is not supported yet", c->ffn_kind);
+    if (c->attn_kind != ATTN_GQA && c->attn_kind != ATTN_MLA) return seterr(err, errlen, "unknown attention kind %d", c->attn_kind);
+    if (c->ffn_kind != FFN_SWIGLU && c->ffn_kind != FFN_MOE) return seterr(err, errlen, "unknown feed-forward kind %d", c->ffn_kind);
     if (c->rope_scaling < ROPE_SCALING_NONE || c->rope_scaling > ROPE_SCALING_LLAMA3)
         return seterr(err, errlen, "unknown rope scaling kind %d", c->rope_scaling);
     if (c->rope_pairs != ROPE_PAIRS_ADJACENT) return seterr(err, errlen, "unknown rotary pairing %d", c->rope_pairs);
@@ -331,6 +377,24 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
         return seterr(err, errlen, "n_heads (%d) is not a multiple of n_kv_heads (%d)", c->n_heads, c->n_kv_heads);
     if (c->rope_dim < 0 || c->rope_dim > c->head_dim || c->rope_dim % 2)
         return seterr(err, errlen, "rotary dims (%d) must be even and at most head_dim (%d)", c->rope_dim, c->head_dim);
+    if (c->attn_kind == ATTN_MLA &&
+        (c->kv_lora_rank <= 0 || c->kv_lora_rank > (1 << 16) || c->q_lora_rank < 0 || c->q_lora_rank > (1 << 16) ||
+         c->qk_nope_head_dim < 0 || c->qk_rope_head_dim < 0 || c->qk_nope_head_dim + c->qk_rope_head_dim != c->head_dim ||
+         c->rope_dim != c->qk_rope_head_dim || c->n_kv_heads != c->n_heads || c->qkv_bias || c->out_bias))
+        return seterr(err, errlen, "inconsistent latent attention dimensions (latent %d, query latent %d, nope %d + rope %d "
+                      "= head_dim %d, rope_dim %d)", c->kv_lora_rank, c->q_lora_rank, c->qk_nope_head_dim,
+                      c->qk_rope_head_dim, c->head_dim, c->rope_dim);
+    if (c->ffn_kind == FFN_MOE) {
+        int groups = c->n_expert_groups > 1 ? c->n_expert_groups : 1;
+        if (c->n_experts <= 0 || c->n_experts > 4096 || c->n_experts_used <= 0 || c->n_experts_used > c->n_experts ||
+            c->n_shared_experts < 0 || c->n_shared_experts > 64 || c->moe_hidden_dim <= 0 || c->moe_hidden_dim > (1 << 20) ||
+            c->first_k_dense < 0 || c->moe_layer_freq < 0 || (c->router != ROUTER_SOFTMAX && c->router != ROUTER_SIGMOID) ||
+            c->n_experts % groups || c->topk_groups < 0 || c->topk_groups > groups ||
+            (groups > 1 && c->topk_groups * (c->n_experts / groups) < c->n_experts_used) ||
+            !(isfinite(c->routed_scaling) && c->routed_scaling >= 0))
+            return seterr(err, errlen, "inconsistent mixture-of-experts settings (%d experts, %d used, %d groups, %d kept)",
+                          c->n_experts, c->n_experts_used, c->n_expert_groups, c->topk_groups);
+    }
     if (!(c->norm_eps > 0 && c->norm_eps < 1) || !(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return seterr(err, errlen, "impossible norm epsilon or rope theta in the model config");
     if ((c->rope_scaling == ROPE_SCALING_LINEAR || c->rope_scaling == ROPE_SCALING_NTK) &&
@@ -355,9 +419,11 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
 static int model_bind(Model *m, char *err, size_t errlen) {
     const ModelConfig *c = &m->cfg;
     if (check_config(c, err, errlen)) return -1;
-    char name[TENSOR_NAME_BYTES];
+    char name[96]; /* longer than any stored name: a name that does not fit is simply not found */
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     int64_t att_dim = (int64_t)c->n_heads * c->v_head_dim, v_dim = (int64_t)c->n_kv_heads * c->v_head_dim;
+    int64_t lat = c->kv_lora_rank, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int64_t shared = (int64_t)c->n_shared_experts * c->moe_hidden_dim;
     if (bind_matrix(m, &m->tok_emb, "tok_embeddings", c->vocab_size, c->dim, err, errlen)) return -1;
     if (c->tied_embeddings) m->output = m->tok_emb;
     else if (bind_matrix(m, &m->output, "output", c->vocab_size, c->dim, err, errlen)) return -1;
@@ -365,25 +431,62 @@ static int model_bind(Model *m, char *err, size_t errlen) {
     const Tensor *layer_pos = model_tensor(m, "layer_pos");
     if (layer_pos && (layer_pos->type != TYPE_U8 || layer_pos->ndim != 1 || layer_pos->shape[0] != c->n_layers))
         return seterr(err, errlen, "tensor 'layer_pos' should be u8 [%d]", c->n_layers);
+    int n_moe = 0;
+    for (int l = 0; l < c->n_layers; l++) n_moe += moe_layer(c, l);
     m->layers = calloc((size_t)c->n_layers, sizeof(Layer));
-    if (!m->layers) return seterr(err, errlen, "out of memory");
+    m->experts = n_moe ? calloc((size_t)n_moe * c->n_experts, sizeof(Expert)) : NULL;
+    if (!m->layers || (n_moe && !m->experts)) return seterr(err, errlen, "out of memory");
+    Expert *next_experts = m->experts;
     for (int l = 0; l < c->n_layers; l++) {
         Layer *L = &m->layers[l];
 #define LAYER_NAME(suffix) (snprintf(name, sizeof name, "layers.%d." suffix, l), name)
-        if (bind_vector(m, &L->attn_norm, LAYER_NAME("attention_norm"), c->dim, 0, err, errlen) ||
-            bind_vector(m, &L->ffn_norm, LAYER_NAME("ffn_norm"), c->dim, 0, err, errlen) ||
-            bind_matrix(m, &L->wq, LAYER_NAME("attention.wq"), q_dim, c->dim, err, errlen) ||
-            bind_matrix(m, &L->wk, LAYER_NAME("attention.wk"), kv_dim, c->dim, err, errlen) ||
-            bind_matrix(m, &L->wv, LAYER_NAME("attention.wv"), v_dim, c->dim, err, errlen) ||
-            bind_matrix(m, &L->wo, LAYER_NAME("attention.wo"), c->dim, att_dim, err, errlen) ||
-            bind_matrix(m, &L->w1, LAYER_NAME("feed_forward.w1"), c->hidden_dim, c->dim, err, errlen) ||
-            bind_matrix(m, &L->w2, LAYER_NAME("feed_forward.w2"), c->dim, c->hidden_dim, err, errlen) ||
-            bind_matrix(m, &L->w3, LAYER_NAME("feed_forward.w3"), c->hidden_dim, c->dim, err, errlen) ||
-            bind_vector(m, &L->bq, LAYER_NAME("attention.bq"), q_dim, !c->qkv_bias, err, errlen) ||
-            bind_vector(m, &L->bk, LAYER_NAME("attention.bk"), kv_dim, !c->qkv_bias, err, errlen) ||
-            bind_vector(m, &L->bv, LAYER_NAME("attention.bv"), v_dim, !c->qkv_bias, err, errlen) ||
-            bind_vector(m, &L->bo, LAYER_NAME("attention.bo"), c->dim, !c->out_bias, err, errlen))
+#define MATRIX(field, suffix, rows, cols) bind_matrix(m, &L->field, LAYER_NAME(suffix), rows, cols, err, errlen)
+#define VECTOR(field, suffix, n, optional) bind_vector(m, &L->field, LAYER_NAME(suffix), n, optional, err, errlen)
+        if (VECTOR(attn_norm, "attention_norm", c->dim, 0) || VECTOR(ffn_norm, "ffn_norm", c->dim, 0) ||
+            MATRIX(wo, "attention.wo", c->dim, att_dim))
             return -1;
+        if (c->attn_kind == ATTN_MLA) {
+            if ((c->q_lora_rank ? MATRIX(wq_a, "attention.wq_a", c->q_lora_rank, c->dim) ||
+                                      VECTOR(q_a_norm, "attention.q_a_norm", c->q_lora_rank, 0) ||
+                                      MATRIX(wq_b, "attention.wq_b", q_dim, c->q_lora_rank)
+                                : MATRIX(wq, "attention.wq", q_dim, c->dim)) ||
+                MATRIX(wkv_a, "attention.wkv_a", lat + dr, c->dim) || VECTOR(kv_a_norm, "attention.kv_a_norm", lat, 0) ||
+                MATRIX(wkv_b, "attention.wkv_b", c->n_heads * (dn + c->v_head_dim), lat) ||
+                MATRIX(wk_b, "attention.wk_b", c->n_heads * lat, dn))
+                return -1;
+        } else if (MATRIX(wq, "attention.wq", q_dim, c->dim) || MATRIX(wk, "attention.wk", kv_dim, c->dim) ||
+                   MATRIX(wv, "attention.wv", v_dim, c->dim) || VECTOR(bq, "attention.bq", q_dim, !c->qkv_bias) ||
+                   VECTOR(bk, "attention.bk", kv_dim, !c->qkv_bias) || VECTOR(bv, "attention.bv", v_dim, !c->qkv_bias) ||
+                   VECTOR(bo, "attention.bo", c->dim, !c->out_bias)) {
+            return -1;
+        }
+        if (!moe_layer(c, l)) {
+            if (MATRIX(w1, "feed_forward.w1", c->hidden_dim, c->dim) || MATRIX(w2, "feed_forward.w2", c->dim, c->hidden_dim) ||
+                MATRIX(w3, "feed_forward.w3", c->hidden_dim, c->dim))
+                return -1;
+        } else {
+            if ((shared && (MATRIX(w1, "feed_forward.shared.w1", shared, c->dim) ||
+                            MATRIX(w2, "feed_forward.shared.w2", c->dim, shared) ||
+                            MATRIX(w3, "feed_forward.shared.w3", shared, c->dim))) ||
+                MATRIX(router, "feed_forward.router", c->n_experts, c->dim) ||
+                VECTOR(router_bias, "feed_forward.router_bias", c->n_experts, c->router != ROUTER_SIGMOID))
+                return -1;
+            if (L->router.type != TYPE_F32) return seterr(err, errlen, "tensor '%s' should be f32", LAYER_NAME("feed_forward.router"));
+            L->experts = next_experts;
+            next_experts += c->n_experts;
+            for (int e = 0; e < c->n_experts; e++) {
+                const char *parts[3] = {"w1", "w2", "w3"};
+                Matrix *w[3] = {&L->experts[e].w1, &L->experts[e].w2, &L->experts[e].w3};
+                for (int k = 0; k < 3; k++) {
+                    snprintf(name, sizeof name, "layers.%d.feed_forward.experts.%d.%s", l, e, parts[k]);
+                    if (bind_matrix(m, w[k], name, k == 1 ? c->dim : c->moe_hidden_dim, k == 1 ? c->moe_hidden_dim : c->dim,
+                                    err, errlen))
+                        return -1;
+                }
+            }
+        }
+#undef MATRIX
+#undef VECTOR
 #undef LAYER_NAME
         L->pos = layer_pos ? ((const uint8_t *)layer_pos->data)[l] : POS_ROPE;
         if (L->pos != POS_ROPE && L->pos != POS_NONE) return seterr(err, errlen, "layer %d has unknown position scheme %d", l, L->pos);
@@ -649,6 +752,7 @@ int model_load(Model *m, const char *path, char *err, size_t errlen) {
 void model_free(Model *m) {
     if (m->tokenizer) tokenizer_free(m->tokenizer);
     free(m->layers);
+    free(m->experts);
     free(m->tensors);
     free(m->owned);
     if (m->map) munmap(m->map, m->map_bytes);
@@ -664,11 +768,11 @@ int sequence_init(Sequence *s, const Context *ctx, int capacity, char *err, size
     const ModelConfig *c = &ctx->model->cfg;
     memset(s, 0, sizeof *s);
     if (capacity <= 0) return seterr(err, errlen, "context length must be positive");
-    size_t per_layer = (size_t)capacity * c->n_kv_heads;
-    s->k = calloc(per_layer * c->n_layers * c->head_dim, sizeof(float));
-    s->v = calloc(per_layer * c->n_layers * c->v_head_dim, sizeof(float));
-    if (rectified(&ctx->positions)) s->k_far = calloc(per_layer * c->n_layers * c->head_dim, sizeof(float));
-    if (!s->k || !s->v || (rectified(&ctx->positions) && !s->k_far)) {
+    size_t positions = (size_t)capacity * c->n_layers, vw = kv_value_width(c);
+    s->k = calloc(positions * kv_key_width(c), sizeof(float));
+    s->v = vw ? calloc(positions * vw, sizeof(float)) : NULL;
+    if (rectified(&ctx->positions)) s->k_far = calloc(positions * kv_far_width(c), sizeof(float));
+    if (!s->k || (vw && !s->v) || (rectified(&ctx->positions) && !s->k_far)) {
         sequence_free(s);
         return seterr(err, errlen, "out of memory for a %d-token KV cache (%zu bytes)", capacity,
                       (size_t)capacity * model_kv_bytes_per_token(ctx->model));
@@ -764,6 +868,8 @@ void context_free(Context *c) {
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
     free(c->xq); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
     free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin);
+    free(c->qa); free(c->mla_work); free(c->mla_q8);
+    free(c->router_logits); free(c->route_w); free(c->route_id); free(c->moe_in); free(c->moe_out); free(c->moe_tokens);
     free(c);
 }
 
@@ -790,8 +896,17 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->ctx_len = ctx_len;
     c->max_batch = max_batch;
     c->max_logits = max_logits;
+    double scale = 1 / sqrt((double)cfg->head_dim);
+    if (cfg->attn_kind == ATTN_MLA && cfg->rope_scaling == ROPE_SCALING_YARN && cfg->rope_mscale_all_dim > 0 &&
+        cfg->rope_factor > 1) { /* DeepSeek's YaRN sharpens the softmax by mscale^2 (ALGORITHMS.md §3) */
+        double mscale = 0.1 * cfg->rope_mscale_all_dim * log(cfg->rope_factor) + 1;
+        scale *= mscale * mscale;
+    }
+    c->attn_scale = (float)scale;
     int64_t q_dim = (int64_t)cfg->n_heads * cfg->head_dim, att_dim = (int64_t)cfg->n_heads * cfg->v_head_dim;
-    int64_t wide = max64(max64(cfg->dim, q_dim), max64(att_dim, cfg->hidden_dim));
+    int64_t ffn = max64(cfg->hidden_dim, (int64_t)cfg->moe_hidden_dim * max64(cfg->n_shared_experts, 1));
+    int64_t wide = max64(max64(max64(cfg->dim, q_dim), max64(att_dim, ffn)), cfg->q_lora_rank);
+    int64_t kv_in = max64((int64_t)cfg->n_kv_heads * cfg->head_dim, (int64_t)kv_key_width(cfg));
     size_t B = (size_t)max_batch, half = (size_t)(cfg->rope_dim / 2);
     c->pool = pool_new(n_threads);
     c->rope_cos = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
@@ -800,15 +915,31 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->xb = malloc(B * wide * sizeof(float));
     c->xb2 = malloc(B * cfg->dim * sizeof(float));
     c->q = malloc(B * q_dim * sizeof(float));
-    c->k = malloc(B * cfg->n_kv_heads * cfg->head_dim * sizeof(float));
+    c->k = malloc(B * kv_in * sizeof(float));
     c->v = malloc(B * cfg->n_kv_heads * cfg->v_head_dim * sizeof(float));
-    c->hb = malloc(B * cfg->hidden_dim * sizeof(float));
-    c->hb2 = malloc(B * cfg->hidden_dim * sizeof(float));
+    c->hb = malloc(B * ffn * sizeof(float));
+    c->hb2 = malloc(B * ffn * sizeof(float));
     c->xq = malloc(B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
     c->pos = malloc(B * sizeof(int));
     c->tok_cos = malloc(B * (half ? half : 1) * sizeof(float));
     c->tok_sin = malloc(B * (half ? half : 1) * sizeof(float));
-    c->scores = malloc((size_t)(c->pool ? c->pool->n_threads : 1) * ctx_len * sizeof(float));
+    int n_threads_real = c->pool ? c->pool->n_threads : 1;
+    c->scores = malloc((size_t)n_threads_real * ctx_len * sizeof(float));
+    int extra_ok = 1;
+    if (cfg->attn_kind == ATTN_MLA) {
+        size_t lat = (size_t)cfg->kv_lora_rank, blocks = (size_t)max64(cfg->qk_nope_head_dim, cfg->kv_lora_rank) / QK + 1;
+        if (cfg->q_lora_rank) extra_ok &= !!(c->qa = malloc(B * cfg->q_lora_rank * sizeof(float)));
+        extra_ok &= !!(c->mla_work = malloc((size_t)n_threads_real * (2 * lat + cfg->qk_rope_head_dim) * sizeof(float)));
+        extra_ok &= !!(c->mla_q8 = malloc((size_t)n_threads_real * blocks * sizeof(BlockQ8A)));
+    }
+    if (cfg->ffn_kind == FFN_MOE) {
+        extra_ok &= !!(c->router_logits = malloc(B * cfg->n_experts * sizeof(float)));
+        extra_ok &= !!(c->route_w = malloc(B * cfg->n_experts_used * sizeof(float)));
+        extra_ok &= !!(c->route_id = malloc(B * cfg->n_experts_used * sizeof(int)));
+        extra_ok &= !!(c->moe_in = malloc(B * cfg->dim * sizeof(float)));
+        extra_ok &= !!(c->moe_out = malloc(B * cfg->dim * sizeof(float)));
+        extra_ok &= !!(c->moe_tokens = malloc(B * sizeof(int)));
+    }
     c->logits = malloc((size_t)max_logits * cfg->vocab_size * sizeof(float));
     if (rectified(&pos)) {
         c->q_far = malloc(B * q_dim * sizeof(float));
@@ -822,7 +953,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
             return NULL;
         }
     }
-    if (!c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
+    if (!extra_ok || !c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
         !c->hb || !c->hb2 || !c->xq || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits) {
         context_free(c);
         seterr(err, errlen, "out of memory for the run state");
@@ -945,6 +1076,18 @@ static void rope(float *vec, int n_heads, int head_dim, int rope_dim, const floa
     }
 }
 
+/* In place: x[j] = exp(x[j] - max) / sum (attention, routing, sampling). */
+static void softmax(float *att, int n) {
+    float max = -INFINITY, sum = 0;
+    for (int j = 0; j < n; j++)
+        if (att[j] > max) max = att[j];
+    for (int j = 0; j < n; j++) {
+        att[j] = expf(att[j] - max);
+        sum += att[j];
+    }
+    for (int j = 0; j < n; j++) att[j] /= sum;
+}
+
 typedef struct {
     Context *c;
     Sequence *const *seqs;
@@ -960,7 +1103,7 @@ static void attention_task(void *arg, int ith, int nth) {
     const ModelConfig *cfg = &c->model->cfg;
     int hd = cfg->head_dim, vd = cfg->v_head_dim, group = cfg->n_heads / cfg->n_kv_heads;
     size_t kv_stride = (size_t)cfg->n_kv_heads * hd, v_stride = (size_t)cfg->n_kv_heads * vd;
-    float scale = 1.0f / sqrtf((float)hd);
+    float scale = c->attn_scale;
     float *att = c->scores + (size_t)ith * c->ctx_len;
     int64_t lo, hi;
     split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
@@ -982,27 +1125,162 @@ static void attention_task(void *arg, int ith, int nth) {
             near_from = 0;
         }
         for (int j = near_from; j <= p; j++) att[j] = dot_f32(q, kc + (size_t)j * kv_stride, hd) * scale;
-        float max = -INFINITY;
-        for (int j = 0; j <= p; j++)
-            if (att[j] > max) max = att[j];
-        float sum = 0;
-        for (int j = 0; j <= p; j++) {
-            att[j] = expf(att[j] - max);
-            sum += att[j];
-        }
+        softmax(att, p + 1);
         float *out = c->xb + (size_t)t * cfg->n_heads * vd + (size_t)h * vd;
         memset(out, 0, (size_t)vd * sizeof(float));
-        for (int j = 0; j <= p; j++) axpy(out, att[j] / sum, vc + (size_t)j * v_stride, vd);
+        for (int j = 0; j <= p; j++) axpy(out, att[j], vc + (size_t)j * v_stride, vd);
+    }
+}
+
+/* Multi-head latent attention, absorbed (ALGORITHMS.md §5): a head's key
+   up-projection is folded into its query, q_abs = [W_uk^T q_nope | q_rope],
+   so each score is one dot product with a cached row [latent | rotary key];
+   the head attends over latents and applies its value up-projection after.
+   The cache is never expanded into per-head keys and values. */
+static void attention_mla_task(void *arg, int ith, int nth) {
+    const AttentionJob *job = arg;
+    Context *c = job->c;
+    const ModelConfig *cfg = &c->model->cfg;
+    const Layer *L = &c->model->layers[job->layer];
+    int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim;
+    float *att = c->scores + (size_t)ith * c->ctx_len;
+    float *q_abs = c->mla_work + (size_t)ith * (2 * row - dr), *o_lat = q_abs + row;
+    BlockQ8A *xq = c->mla_q8 + (size_t)ith * ((dn > lat ? dn : lat) / QK + 1);
+    int64_t lo, hi;
+    split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
+    for (int64_t item = lo; item < hi; item++) {
+        int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), p = c->pos[t];
+        const Sequence *s = job->seqs[t];
+        const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim; /* [nope | rotated rope] */
+        if (type_is_quantized(L->wk_b.type)) quantize_row_q8a(q, xq, dn);
+        for (int i = 0; i < lat; i++) q_abs[i] = row_dot(&L->wk_b, h * lat + i, q, xq);
+        memcpy(q_abs + lat, q + dn, (size_t)dr * sizeof(float));
+        const float *kc = s->k + (size_t)job->layer * s->capacity * row;
+        int near_from = job->rectified ? p - c->positions.window + 1 : 0;
+        if (near_from > 0) { /* distant keys: the latent part as it is, the rotary part from the far copy */
+            const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
+            const float *kf = s->k_far + (size_t)job->layer * s->capacity * dr;
+            for (int j = 0; j < near_from; j++)
+                att[j] = (dot_f32(q_abs, kc + j * row, lat) + dot_f32(qf, kf + (size_t)j * dr, dr)) * c->attn_scale;
+        } else {
+            near_from = 0;
+        }
+        for (int j = near_from; j <= p; j++) att[j] = dot_f32(q_abs, kc + j * row, (int)row) * c->attn_scale;
+        softmax(att, p + 1);
+        memset(o_lat, 0, (size_t)lat * sizeof(float));
+        for (int j = 0; j <= p; j++) axpy(o_lat, att[j], kc + j * row, lat);
+        if (type_is_quantized(L->wkv_b.type)) quantize_row_q8a(o_lat, xq, lat);
+        float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
+        for (int i = 0; i < dv; i++) out[i] = row_dot(&L->wkv_b, h * (dn + dv) + dn + i, o_lat, xq);
     }
 }
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* Chooses a token's experts from its router logits (FORMAT.md, "Mixture of
+   experts"): ids[k] and weights w[k] for k < n_experts_used. logits is
+   overwritten with the probabilities. */
+static void route(const ModelConfig *cfg, float *logits, const float *bias, int *ids, float *w) {
+    int E = cfg->n_experts, K = cfg->n_experts_used, groups = cfg->n_expert_groups > 1 ? cfg->n_expert_groups : 1;
+    int per = E / groups;
+    float choose[4096]; /* the scores experts are chosen by; E <= 4096 (check_config) */
+    if (cfg->router == ROUTER_SOFTMAX) softmax(logits, E);
+    else
+        for (int e = 0; e < E; e++) logits[e] = 1.0f / (1.0f + expf(-logits[e]));
+    for (int e = 0; e < E; e++) choose[e] = logits[e] + (bias ? bias[e] : 0.0f);
+    if (groups > 1) {
+        /* group-limited: a group ranks by its best score (softmax router) or
+           the sum of its best two (sigmoid router); only the best topk_groups
+           groups stay eligible */
+        float group_score[4096];
+        for (int g = 0; g < groups; g++) {
+            float a = -INFINITY, b = -INFINITY;
+            for (int e = g * per; e < (g + 1) * per; e++) {
+                if (choose[e] > a) b = a, a = choose[e];
+                else if (choose[e] > b) b = choose[e];
+            }
+            group_score[g] = cfg->router == ROUTER_SOFTMAX || per < 2 ? a : a + b;
+        }
+        for (int kept = 0; kept < cfg->topk_groups; kept++) {
+            int best = -1;
+            for (int g = 0; g < groups; g++)
+                if (group_score[g] != INFINITY && (best < 0 || group_score[g] > group_score[best])) best = g;
+            group_score[best] = INFINITY; /* kept */
+        }
+        for (int g = 0; g < groups; g++)
+            if (group_score[g] != INFINITY)
+                for (int e = g * per; e < (g + 1) * per; e++) choose[e] = -INFINITY;
+    }
+    float sum = 0;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (choose[e] != INFINITY && (best < 0 || choose[e] > choose[best])) best = e;
+        choose[best] = INFINITY; /* taken */
+        ids[k] = best;
+        w[k] = logits[best];
+        sum += w[k];
+    }
+    float scale = cfg->routed_scaling > 0 ? cfg->routed_scaling : 1.0f;
+    for (int k = 0; k < K; k++) w[k] = (cfg->norm_topk_prob ? w[k] / (sum + 1e-20f) : w[k]) * scale;
+}
+
+/* The routed experts of a MoE layer, added to the residual stream c->x:
+   x[t] += sum over token t's experts of w * expert(xb[t]). Experts run one
+   after another on the tokens that chose them, so only chosen experts'
+   weights are read, each once per call; a token's sum is taken in expert
+   order whatever else is in the batch. */
+static void moe(Context *c, const Layer *L, int n) {
+    const ModelConfig *cfg = &c->model->cfg;
+    int E = cfg->n_experts, K = cfg->n_experts_used, dim = cfg->dim, hidden = cfg->moe_hidden_dim;
+    MatmulOut r[1] = {{c->router_logits, &L->router}};
+    matmul(c, c->xb, n, r, 1);
+    for (int t = 0; t < n; t++)
+        route(cfg, c->router_logits + (size_t)t * E, L->router_bias, c->route_id + (size_t)t * K, c->route_w + (size_t)t * K);
+    for (int e = 0; e < E; e++) {
+        int m = 0;
+        for (int slot = 0; slot < n * K; slot++)
+            if (c->route_id[slot] == e) {
+                c->moe_tokens[m] = slot;
+                memcpy(c->moe_in + (size_t)m++ * dim, c->xb + (size_t)(slot / K) * dim, (size_t)dim * sizeof(float));
+            }
+        if (!m) continue;
+        const Expert *x = &L->experts[e];
+        MatmulOut gate_up[2] = {{c->hb, &x->w1}, {c->hb2, &x->w3}};
+        matmul(c, c->moe_in, m, gate_up, 2);
+        for (size_t i = 0; i < (size_t)m * hidden; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+        MatmulOut down[1] = {{c->moe_out, &x->w2}};
+        matmul(c, c->hb, m, down, 1);
+        for (int i = 0; i < m; i++) {
+            int slot = c->moe_tokens[i];
+            axpy(c->x + (size_t)(slot / K) * dim, c->route_w[slot], c->moe_out + (size_t)i * dim, dim);
+        }
+    }
+}
+
+/* Latent attention's projections of c->xb: queries into c->q (through the
+   normalised query latent when the model has one) and the key/value latent
+   with the shared rotary key into c->k, the latent normalised. */
+static void attention_mla_inputs(Context *c, const Layer *L, int n) {
+    const ModelConfig *cfg = &c->model->cfg;
+    int ql = cfg->q_lora_rank, lat = cfg->kv_lora_rank, row = (int)kv_key_width(cfg);
+    MatmulOut a[2] = {{ql ? c->qa : c->q, ql ? &L->wq_a : &L->wq}, {c->k, &L->wkv_a}};
+    matmul(c, c->xb, n, a, 2);
+    if (ql) {
+        for (int t = 0; t < n; t++) rmsnorm(c->qa + (size_t)t * ql, c->qa + (size_t)t * ql, L->q_a_norm, ql, cfg->norm_eps);
+        MatmulOut b[1] = {{c->q, &L->wq_b}};
+        matmul(c, c->qa, n, b, 1);
+    }
+    for (int t = 0; t < n; t++) rmsnorm(c->k + (size_t)t * row, c->k + (size_t)t * row, L->kv_a_norm, lat, cfg->norm_eps);
+}
+
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want) {
     const Model *m = c->model;
     const ModelConfig *cfg = &m->cfg;
-    int dim = cfg->dim, hd = cfg->head_dim, vd = cfg->v_head_dim, half = cfg->rope_dim / 2;
-    int q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd, v_dim = cfg->n_kv_heads * vd;
+    int dim = cfg->dim, hd = cfg->head_dim, half = cfg->rope_dim / 2;
+    int q_dim = cfg->n_heads * hd, kv_dim = cfg->n_kv_heads * hd, v_dim = (int)kv_value_width(cfg);
+    int k_width = (int)kv_key_width(cfg); /* a token's keys as cached: kv_dim, or latent + rotary key */
     if (n <= 0 || n > c->max_batch) return seterr(c->error, sizeof c->error, "batch of %d tokens (at most %d)", n, c->max_batch);
     int n_out = 0;
     for (int t = 0; t < n; t++) n_out += want ? !!want[t] : t == n - 1;
@@ -1055,11 +1333,14 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         const Layer *L = &m->layers[l];
         /* attention */
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
-        int rotary = L->pos == POS_ROPE && ps->scheme != POS_NOPE;
-        MatmulOut qkv[3] = {{c->q, &L->wq}, {c->k, &L->wk}, {c->v, &L->wv}};
-        matmul(c, c->xb, n, qkv, 3);
+        int rotary = L->pos == POS_ROPE && ps->scheme != POS_NOPE, mla = cfg->attn_kind == ATTN_MLA;
+        if (mla) attention_mla_inputs(c, L, n);
+        else {
+            MatmulOut qkv[3] = {{c->q, &L->wq}, {c->k, &L->wk}, {c->v, &L->wv}};
+            matmul(c, c->xb, n, qkv, 3);
+        }
         for (int t = 0; t < n; t++) {
-            float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * kv_dim, *v = c->v + (size_t)t * v_dim;
+            float *q = c->q + (size_t)t * q_dim, *k = c->k + (size_t)t * k_width, *v = c->v + (size_t)t * v_dim;
             if (L->bq) {
                 for (int i = 0; i < q_dim; i++) q[i] += L->bq[i];
                 for (int i = 0; i < kv_dim; i++) k[i] += L->bk[i];
@@ -1071,35 +1352,45 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                 if (lambda > 1)
                     for (int i = 0; i < q_dim; i++) q[i] *= lambda;
             }
+            /* What rotates: each query head's rotary dims (the first rope_dim,
+               or under MLA the last dr after the nope dims), and each key head
+               (under MLA the one shared rotary key after the latent). */
+            float *q_rot = q + (mla ? cfg->qk_nope_head_dim : 0), *k_rot = k + (mla ? cfg->kv_lora_rank : 0);
+            int k_heads = mla ? 1 : cfg->n_kv_heads, k_stride = mla ? cfg->rope_dim : hd;
+            size_t far_width = kv_far_width(cfg);
             if (rotary) {
                 if (rectified(ps)) { /* the far query and key, from the raw ones */
-                    float *qf = c->q_far + (size_t)t * q_dim, *kf = s->k_far + ((size_t)l * s->capacity + c->pos[t]) * kv_dim;
+                    float *qf = c->q_far + (size_t)t * q_dim, *kf = s->k_far + ((size_t)l * s->capacity + c->pos[t]) * far_width;
                     memcpy(qf, q, (size_t)q_dim * sizeof(float));
-                    memcpy(kf, k, (size_t)kv_dim * sizeof(float));
-                    rope(qf, cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
-                    rope(kf, cfg->n_kv_heads, hd, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
+                    memcpy(kf, k_rot, far_width * sizeof(float));
+                    rope(qf + (q_rot - q), cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
+                    rope(kf, k_heads, k_stride, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
                 }
                 const float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
-                rope(q, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
-                rope(k, cfg->n_kv_heads, hd, cfg->rope_dim, cs, sn);
+                rope(q_rot, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
+                rope(k_rot, k_heads, k_stride, cfg->rope_dim, cs, sn);
             }
-            memcpy(s->k + ((size_t)l * s->capacity + c->pos[t]) * kv_dim, k, (size_t)kv_dim * sizeof(float));
-            memcpy(s->v + ((size_t)l * s->capacity + c->pos[t]) * v_dim, v, (size_t)v_dim * sizeof(float));
+            memcpy(s->k + ((size_t)l * s->capacity + c->pos[t]) * k_width, k, (size_t)k_width * sizeof(float));
+            if (v_dim) memcpy(s->v + ((size_t)l * s->capacity + c->pos[t]) * v_dim, v, (size_t)v_dim * sizeof(float));
         }
         AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
-        pool_run(c->pool, attention_task, &aj);
+        pool_run(c->pool, mla ? attention_mla_task : attention_task, &aj);
         MatmulOut o[1] = {{c->xb2, &L->wo}};
         matmul(c, c->xb, n, o, 1);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i] + (L->bo ? L->bo[i % dim] : 0.0f);
 
-        /* feed-forward: w2(silu(w1 x) * w3 x) */
+        /* feed-forward: the routed experts, then w2(silu(w1 x) * w3 x) of the
+           dense layer or of the shared experts */
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
-        MatmulOut gate_up[2] = {{c->hb, &L->w1}, {c->hb2, &L->w3}};
-        matmul(c, c->xb, n, gate_up, 2);
-        for (size_t i = 0; i < (size_t)n * cfg->hidden_dim; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
-        MatmulOut down[1] = {{c->xb2, &L->w2}};
-        matmul(c, c->hb, n, down, 1);
-        for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i];
+        if (L->experts) moe(c, L, n);
+        if (L->w1.rows) {
+            MatmulOut gate_up[2] = {{c->hb, &L->w1}, {c->hb2, &L->w3}};
+            matmul(c, c->xb, n, gate_up, 2);
+            for (size_t i = 0; i < (size_t)n * L->w1.rows; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
+            MatmulOut down[1] = {{c->xb2, &L->w2}};
+            matmul(c, c->hb, n, down, 1);
+            for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i];
+        }
     }
     /* final norm and classifier for the wanted rows only */
     int r = 0;

@@ -259,12 +259,6 @@ static int argmax(const float *v, int n) {
     return best;
 }
 
-static void softmax(float *x, int n) {
-    float max = x[argmax(x, n)], sum = 0;
-    for (int i = 0; i < n; i++) sum += x[i] = expf(x[i] - max);
-    for (int i = 0; i < n; i++) x[i] /= sum;
-}
-
 static int by_prob_desc(const void *a, const void *b) {
     float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
     return pa > pb ? -1 : pa < pb;
@@ -419,10 +413,20 @@ static void print_verbose(const Engine *e, const Options *o) {
     fprintf(stderr, "model: dim %d, %d layers, %d heads (%d KV heads, head dim %d), hidden %d, vocab %d, trained context %d\n",
             c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->hidden_dim, c->vocab_size, c->max_seq_len);
     fprintf(stderr, "weights: %.2f MiB mapped (%s)\n", e->model.map_bytes / 1048576.0, type_name(e->model.tok_emb.type));
-    fprintf(stderr, "kv cache: %zu bytes per token (f32 k and v: %d layers x %d KV heads x (%d + %d) dims x 4 bytes), %.2f MiB for %d tokens\n",
-            kv_token, c->n_layers, c->n_kv_heads, c->head_dim, c->v_head_dim, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
+    if (c->attn_kind == ATTN_MLA) {
+        size_t mha = (size_t)c->n_layers * c->n_heads * (c->head_dim + c->v_head_dim) * sizeof(float);
+        fprintf(stderr, "kv cache: %zu bytes per token (f32 latent attention: %d layers x (latent %d + rotary key %d) x 4 bytes; "
+                "keys and values per head would take %zu), %.2f MiB for %d tokens\n", kv_token, c->n_layers,
+                c->kv_lora_rank, c->qk_rope_head_dim, mha, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
+    } else {
+        fprintf(stderr, "kv cache: %zu bytes per token (f32 k and v: %d layers x %d KV heads x (%d + %d) dims x 4 bytes), %.2f MiB for %d tokens\n",
+                kv_token, c->n_layers, c->n_kv_heads, c->head_dim, c->v_head_dim, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
+    }
+    if (c->ffn_kind == FFN_MOE)
+        fprintf(stderr, "experts: %d routed (%d per token), %d shared, hidden %d; dense layers before %d\n", c->n_experts,
+                c->n_experts_used, c->n_shared_experts, c->moe_hidden_dim, c->first_k_dense);
     if (e->seq.k_far) {
-        size_t far = (size_t)c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float);
+        size_t far = (size_t)c->n_layers * (c->attn_kind == ATTN_MLA ? c->qk_rope_head_dim : c->n_kv_heads * c->head_dim) * sizeof(float);
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }

@@ -15,6 +15,7 @@ Usage: check_hf.py BIN_DIR TMP_DIR   Prints PASS/FAIL lines and "N passed, N fai
 """
 import json
 import os
+import re
 import sys
 
 from harness import BIN, TMP, check, export, finish, run
@@ -49,6 +50,14 @@ for name in models:
             rel = abs(got - text["mean_nll"]) / text["mean_nll"]
             check(rel <= tol, f"{name} {text['file']} {quant}: --ppl mean NLL {got:.6f} vs transformers float64 "
                   f"{text['mean_nll']:.6f} (rel {rel:.1e}, limit {tol:g})")
+    hf_cfg = json.load(open(os.path.join(folder, "config.json")))
+    if "kv_lora_rank" in hf_cfg and files["f32"]:  # latent attention: the cache is the compressed one, exactly
+        rc, out, err = run(files["f32"], "-p", "a", "-n", "1", "--verbose")
+        want = hf_cfg["num_hidden_layers"] * (hf_cfg["kv_lora_rank"] + hf_cfg["qk_rope_head_dim"]) * 4
+        got = re.search(r"kv cache: (\d+) bytes per token", err)
+        check(got is not None and int(got.group(1)) == want,
+              f"{name}: --verbose KV cache {got.group(1) if got else '?'} bytes per token = layers x (latent + rotary key) "
+              f"x 4 = {want}")
     for case in ref.get("greedy", []) if files["f32"] else []:
         rc, out, err = run(files["f32"], "-p", case["prompt"], "-t", "0", "-n", str(len(case["ids"])), "--ignore-eos",
                            "--json", *args)
