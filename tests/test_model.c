@@ -155,12 +155,18 @@ static double rel_error(const float *a, const float *b, int n) {
 }
 
 /* The prompt's logits under positions p, fed `step` tokens per call (0: all
-   at once, 1: token by token) to a sequence with the given rope_len, into
-   out [N_PROMPT][vocab]. */
+   at once, 1: token by token) to a sequence with the given rope_len, on
+   2 threads (or `threads`), into out [N_PROMPT][vocab]. */
+static void logits_threads(const Model *m, const Positions *p, int step, int rope_len, int threads, float *out);
+
 static void logits_fed(const Model *m, const Positions *p, int step, int rope_len, float *out) {
+    logits_threads(m, p, step, rope_len, 2, out);
+}
+
+static void logits_threads(const Model *m, const Positions *p, int step, int rope_len, int threads, float *out) {
     int V = m->cfg.vocab_size, ctx = 64;
     char err[256];
-    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, 2, p, err, sizeof err);
+    Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, threads, p, err, sizeof err);
     Sequence s;
     sequence_init(&s, c, ctx, err, sizeof err);
     s.rope_len = rope_len;
@@ -366,6 +372,134 @@ static void test_rope_scaling(Model *m) {
 }
 
 /* ---------------------------------------------------------------------------
+ * Latent attention and experts: a tiny random DeepSeek-style model built in
+ * memory (layer 0 dense, layer 1 MoE with a sigmoid router, groups and a
+ * shared expert). Its numbers are checked against transformers by
+ * check_hf.py; these are the invariants.
+ */
+static float rand_weight(uint32_t *state, float scale) {
+    *state ^= *state << 13, *state ^= *state >> 17, *state ^= *state << 5;
+    return ((float)(*state >> 8) / (1 << 24) - 0.5f) * scale;
+}
+
+static int build_mla_model(Model *m, int q_lora) {
+    memset(m, 0, sizeof *m);
+    ModelConfig *c = &m->cfg;
+    *c = (ModelConfig){.arch = ARCH_LLAMA, .dim = 64, .n_layers = 2, .n_heads = 4, .n_kv_heads = 4, .head_dim = 40,
+                       .v_head_dim = 16, .hidden_dim = 96, .vocab_size = 512, .max_seq_len = 64, .norm_eps = 1e-5f,
+                       .rope_theta = 10000, .rope_dim = 8, .attn_kind = ATTN_MLA, .q_lora_rank = q_lora,
+                       .kv_lora_rank = 32, .qk_nope_head_dim = 32, .qk_rope_head_dim = 8, .ffn_kind = FFN_MOE,
+                       .n_experts = 8, .n_experts_used = 2, .n_shared_experts = 1, .moe_hidden_dim = 32,
+                       .first_k_dense = 1, .router = ROUTER_SIGMOID, .n_expert_groups = 4, .topk_groups = 2,
+                       .norm_topk_prob = 1, .routed_scaling = 2.5f};
+    struct { char name[96]; int rows, cols; float scale, base; } t[64];
+    int n = 0, dim = c->dim, h = c->n_heads, lat = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim;
+#define T(nm, r, cl, sc, b) (snprintf(t[n].name, sizeof t[n].name, "%s", nm), t[n].rows = r, t[n].cols = cl, t[n].scale = sc, t[n++].base = b)
+    T("tok_embeddings", c->vocab_size, dim, 2, 0); T("output", c->vocab_size, dim, 0.5f, 0); T("norm", 0, dim, 0.2f, 1);
+    for (int l = 0; l < 2; l++) {
+        char nm[80];
+#define L_(suffix) (snprintf(nm, sizeof nm, "layers.%d.%s", l, suffix), nm)
+        T(L_("attention_norm"), 0, dim, 0.2f, 1); T(L_("ffn_norm"), 0, dim, 0.2f, 1);
+        if (q_lora) { T(L_("attention.wq_a"), q_lora, dim, 0.3f, 0); T(L_("attention.q_a_norm"), 0, q_lora, 0.2f, 1);
+                      T(L_("attention.wq_b"), h * c->head_dim, q_lora, 0.4f, 0); }
+        else T(L_("attention.wq"), h * c->head_dim, dim, 0.3f, 0);
+        T(L_("attention.wkv_a"), lat + c->qk_rope_head_dim, dim, 0.3f, 0); T(L_("attention.kv_a_norm"), 0, lat, 0.2f, 1);
+        T(L_("attention.wkv_b"), h * (dn + dv), lat, 0.4f, 0); T(L_("attention.wk_b"), h * lat, dn, 0, 0);
+        T(L_("attention.wo"), dim, h * dv, 0.3f, 0);
+        if (l == 0) { T(L_("feed_forward.w1"), c->hidden_dim, dim, 0.3f, 0); T(L_("feed_forward.w2"), dim, c->hidden_dim, 0.3f, 0);
+                      T(L_("feed_forward.w3"), c->hidden_dim, dim, 0.3f, 0); continue; }
+        T(L_("feed_forward.router"), c->n_experts, dim, 0.5f, 0); T(L_("feed_forward.router_bias"), 0, c->n_experts, 0.1f, 0);
+        T(L_("feed_forward.shared.w1"), 32, dim, 0.3f, 0); T(L_("feed_forward.shared.w2"), dim, 32, 0.3f, 0);
+        T(L_("feed_forward.shared.w3"), 32, dim, 0.3f, 0);
+        for (int e = 0; e < c->n_experts; e++) {
+            char en[40];
+            snprintf(en, sizeof en, "feed_forward.experts.%d.w1", e); T(L_(en), 32, dim, 0.3f, 0);
+            snprintf(en, sizeof en, "feed_forward.experts.%d.w2", e); T(L_(en), dim, 32, 0.3f, 0);
+            snprintf(en, sizeof en, "feed_forward.experts.%d.w3", e); T(L_(en), 32, dim, 0.3f, 0);
+        }
+#undef L_
+    }
+#undef T
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (size_t)(t[i].rows ? t[i].rows : 1) * t[i].cols;
+    float *data = malloc(total * sizeof(float)), *p = data, *wkv_b = NULL;
+    m->owned = data;
+    uint32_t state = 12345;
+    int cap = 0;
+    for (int i = 0; i < n; i++) {
+        size_t count = (size_t)(t[i].rows ? t[i].rows : 1) * t[i].cols;
+        for (size_t k = 0; k < count; k++) p[k] = t[i].base + rand_weight(&state, t[i].scale);
+        if (strstr(t[i].name, "attention.wkv_b")) wkv_b = p;
+        if (strstr(t[i].name, "attention.wk_b")) /* per head, the transpose of wkv_b's key rows */
+            for (int hh = 0; hh < h; hh++)
+                for (int r = 0; r < lat; r++)
+                    for (int j = 0; j < dn; j++) p[((size_t)hh * lat + r) * dn + j] = wkv_b[((size_t)hh * (dn + dv) + j) * lat + r];
+        if (add_tensor(m, &cap, t[i].name, TYPE_F32, t[i].rows, t[i].cols, p)) return -1;
+        p += count;
+    }
+    char err[256];
+    if (model_bind(m, err, sizeof err)) {
+        CHECK(0, "the random latent-attention model binds: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+static void test_mla(int q_lora) {
+    Model m;
+    if (build_mla_model(&m, q_lora)) return;
+    size_t bytes = (size_t)N_PROMPT * m.cfg.vocab_size * sizeof(float);
+    int n = (int)(bytes / sizeof(float));
+    float *rope = malloc(bytes), *a = malloc(bytes);
+    const char *what = q_lora ? "latent attention with a query latent, MoE" : "latent attention, MoE";
+    logits_fed(&m, NULL, 0, 0, rope);
+    logits_fed(&m, NULL, 1, 0, a);
+    CHECK(!memcmp(a, rope, bytes), "%s: prefill as one batch == token-by-token decode, bit for bit", what);
+    logits_fed(&m, NULL, 7, 0, a);
+    CHECK(!memcmp(a, rope, bytes), "%s: batches of 7 == one batch, bit for bit", what);
+    logits_threads(&m, NULL, 0, 0, 1, a);
+    int same = !memcmp(a, rope, bytes);
+    logits_threads(&m, NULL, 0, 0, 3, a);
+    CHECK(same && !memcmp(a, rope, bytes), "%s: 1, 2 and 3 threads give bit-identical logits", what);
+    logits_fed(&m, &(Positions){POS_REROPE, N_PROMPT, 1, 0}, 0, 0, a);
+    CHECK(!memcmp(a, rope, bytes), "%s: ReRoPE with a window as long as the text == RoPE, bit for bit", what);
+    logits_fed(&m, &(Positions){POS_REROPE, 4, 1, 0}, 0, 0, a);
+    CHECK(rel_error(a, rope, n) > 1e-4, "%s: ReRoPE with window 4 differs (rel %.2g)", what, rel_error(a, rope, n));
+    float *b = malloc(bytes);
+    logits_fed(&m, &(Positions){POS_REROPE, 4, 1, 8}, 1, 0, b);
+    logits_fed(&m, &(Positions){POS_REROPE, 4, 1, 8}, 0, 0, a);
+    CHECK(!memcmp(a, b, bytes), "%s: ReRoPE W=4 with log-n, prefill == token-by-token decode, bit for bit", what);
+    logits_fed(&m, &(Positions){POS_LEAKY, 4, 1, 0}, 0, 0, a);
+    CHECK(rel_error(a, rope, n) < 1e-5, "%s: Leaky ReRoPE with K = 1 == RoPE to rounding (rel %.2g)", what, rel_error(a, rope, n));
+
+    /* two sequences in one batch (the experts see both sequences' tokens) == each alone */
+    char err[256];
+    Context *c = context_new(&m, 64, 2 * N_PROMPT, 2 * N_PROMPT, 2, NULL, err, sizeof err);
+    Sequence s1, s2;
+    sequence_init(&s1, c, 64, err, sizeof err);
+    sequence_init(&s2, c, 64, err, sizeof err);
+    Sequence *seqs[2 * N_PROMPT];
+    int tokens[2 * N_PROMPT];
+    uint8_t want[2 * N_PROMPT];
+    for (int t = 0; t < N_PROMPT; t++) {
+        tokens[2 * t] = prompt[t], seqs[2 * t] = &s1, want[2 * t] = 1;
+        tokens[2 * t + 1] = prompt[N_PROMPT - 1 - t], seqs[2 * t + 1] = &s2, want[2 * t + 1] = 0;
+    }
+    model_forward(c, seqs, tokens, 2 * N_PROMPT, want);
+    CHECK(!memcmp(c->logits, rope, bytes), "%s: a sequence sharing its batch with another == alone, bit for bit", what);
+    CHECK(model_kv_bytes_per_token(&m) == (size_t)m.cfg.n_layers * (m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim) * 4 &&
+              !s1.v, "%s: the cache holds %zu bytes per token, layers x (latent + rotary key) x 4, and no values", what,
+          model_kv_bytes_per_token(&m));
+    sequence_free(&s1);
+    sequence_free(&s2);
+    context_free(c);
+    free(rope);
+    free(a);
+    free(b);
+    model_free(&m);
+}
+
+/* ---------------------------------------------------------------------------
  * llama2.c formats.
  */
 static float *deq_tensor(const Tensor *t, size_t *numel) {
@@ -560,6 +694,8 @@ int main(int argc, char **argv) {
     test_batching_and_threads(&m);
     test_positions(&m);
     test_rope_scaling(&m);
+    test_mla(0);
+    test_mla(24);
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);
