@@ -7,7 +7,7 @@
  *     (model_load): llama2.c checkpoints (versions 0, 1, 2) and model files
  *     written by this tool (to change their weight type);
  *   - a Hugging Face model folder (config.json and safetensors weights) of a
- *     Llama-family architecture, read by hf_load below.
+ *     Llama-family or DeepSeek-V2/V3 architecture, read by hf_load below.
  * Every source becomes a Model, a table of named tensors with a config;
  * writing that out is one function, so a new source format only needs a
  * reader that produces a Model.
@@ -41,7 +41,7 @@ static void die(const char *fmt, ...) {
 static void usage(void) {
     fprintf(stderr, "usage: ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin|none]\n"
                     "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, or a\n"
-                    "       Hugging Face model folder (Llama, Mistral, Qwen2, SmolLM3; safetensors weights)\n");
+                    "       Hugging Face model folder (Llama, Mistral, Qwen2, SmolLM3, DeepSeek-V2/V3; safetensors weights)\n");
     exit(1);
 }
 
@@ -59,7 +59,8 @@ static void *xcalloc(size_t n, size_t size) {
  * read-only and the model's tensors point into them, so even a large model
  * is converted without a copy of its weights in memory. Only the norms and
  * biases, which are small, are converted to f32 up front (the file format
- * stores vectors as f32).
+ * stores vectors as f32), and for DeepSeek the MoE routers (stored f32) and
+ * the absorbed key matrices, which are not slices of any source tensor.
  *
  * The reader accepts only what it can convert exactly: a config key or a
  * tensor that would change the model's math and that the engine does not
@@ -91,8 +92,11 @@ typedef struct {
     int n_files;
     HfTensor *tensors;
     int n_tensors, cap_tensors;
-    float *vectors;          /* norms and biases converted to f32, owned */
+    float *vectors;          /* norms, biases and MoE routers converted to f32, owned */
     uint8_t *layer_pos;      /* POS_* per layer, owned; NULL when every layer uses RoPE */
+    float **wk_b;            /* MLA: per layer the absorbed key matrix (attention.wk_b), f32, owned */
+    int n_wk_b;
+    int rotate_half;         /* the rotary rows of q and k are in rotate_half order: the writer reorders them */
 } HfCheckpoint;
 
 /* Reads a small file (a JSON document) whole. */
@@ -269,6 +273,8 @@ static void hf_free(HfCheckpoint *ck) {
     free(ck->tensors);
     free(ck->vectors);
     free(ck->layer_pos);
+    for (int i = 0; i < ck->n_wk_b; i++) free(ck->wk_b[i]);
+    free(ck->wk_b);
     memset(ck, 0, sizeof *ck);
 }
 
@@ -318,10 +324,12 @@ static const char *cfg_str(const char *file, const JsonValue *obj, const char *k
 }
 
 /* The architectures this reader converts. They share the Llama decoder
-   (RMSNorm, rotary attention with rotate_half, SwiGLU) and differ in a few
-   details. Defaults are the config classes' own, for keys a config.json may
-   leave out (transformers omits values equal to the base class defaults, so
-   tie_word_embeddings can be missing where the model class defaults to true). */
+   (RMSNorm, rotary attention, SwiGLU) and differ in a few details; DeepSeek
+   replaces the attention with multi-head latent attention and most
+   feed-forwards with a mixture of experts (read_deepseek). Defaults are the
+   config classes' own, for keys a config.json may leave out (transformers
+   omits values equal to the base class defaults, so tie_word_embeddings can
+   be missing where the model class defaults to true). */
 typedef struct {
     const char *name;
     int qkv_bias;            /* 1: q/k/v always have biases (Qwen2); 0: attention_bias decides; -1: never (Mistral) */
@@ -329,13 +337,16 @@ typedef struct {
     double theta_default;
     int nope_layers;         /* no_rope_layers / no_rope_layer_interval (SmolLM3) */
     int sliding_all;         /* a set sliding_window applies to every layer (Mistral) */
+    int deepseek;            /* 2 or 3: DeepSeek-V2 or -V3 (MLA, MoE); 0: Llama-style attention */
 } HfArch;
 
 static const HfArch hf_archs[] = {
-    {"LlamaForCausalLM", 0, 0, 10000.0, 0, 0},
-    {"MistralForCausalLM", -1, 0, 10000.0, 0, 1},
-    {"Qwen2ForCausalLM", 1, 0, 10000.0, 0, 0},
-    {"SmolLM3ForCausalLM", 0, 1, 2000000.0, 1, 0},
+    {"LlamaForCausalLM", 0, 0, 10000.0, 0, 0, 0},
+    {"MistralForCausalLM", -1, 0, 10000.0, 0, 1, 0},
+    {"Qwen2ForCausalLM", 1, 0, 10000.0, 0, 0, 0},
+    {"SmolLM3ForCausalLM", 0, 1, 2000000.0, 1, 0, 0},
+    {"DeepseekV2ForCausalLM", -1, 0, 10000.0, 0, 0, 2},
+    {"DeepseekV3ForCausalLM", -1, 0, 10000.0, 0, 0, 3},
 };
 
 /* Keys that do not change the forward pass (or that the code below reads);
@@ -355,16 +366,32 @@ static const char *const hf_known_keys[] = {
     "tie_encoder_decoder", "torchscript", "pruned_heads", "num_labels",
 };
 
-static int hf_known_key(const char *key) {
-    for (size_t i = 0; i < sizeof hf_known_keys / sizeof hf_known_keys[0]; i++)
-        if (!strcmp(key, hf_known_keys[i])) return 1;
+/* The same for DeepSeek configs, which read the MLA and MoE keys (or, for
+   aux_loss_alpha, seq_aux and ep_size, only train or shard with them). */
+static const char *const hf_deepseek_keys[] = {
+    "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "qk_head_dim", "v_head_dim",
+    "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "moe_intermediate_size", "moe_layer_freq",
+    "first_k_dense_replace", "routed_scaling_factor", "topk_method", "n_group", "topk_group", "norm_topk_prob",
+    "scoring_func", "rope_interleave", "num_nextn_predict_layers", "aux_loss_alpha", "seq_aux", "ep_size",
+};
+
+static int key_in(const char *key, const char *const *list, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(key, list[i])) return 1;
     return 0;
+}
+
+static int hf_known_key(const char *key, const HfArch *arch) {
+    return key_in(key, hf_known_keys, sizeof hf_known_keys / sizeof hf_known_keys[0]) ||
+           (arch->deepseek && key_in(key, hf_deepseek_keys, sizeof hf_deepseek_keys / sizeof hf_deepseek_keys[0]));
 }
 
 /* Rotary settings. Older configs have rope_theta and rope_scaling ({"type" or
    "rope_type", "factor", ...}) at the top level; newer ones put everything,
-   rope_theta included, in one rope_parameters object. */
-static void read_rope(const char *file, const JsonValue *root, const HfArch *arch, ModelConfig *c) {
+   rope_theta included, in one rope_parameters object. rotary_head is the
+   size partial_rotary_factor applies to: head_dim, or for MLA the rotary
+   part of a head (qk_rope_head_dim). */
+static void read_rope(const char *file, const JsonValue *root, const HfArch *arch, ModelConfig *c, int rotary_head) {
     const JsonValue *params = cfg_get(root, "rope_parameters"), *scaling = cfg_get(root, "rope_scaling");
     if (params && params->type != JSON_OBJECT) die("%s: 'rope_parameters' should be an object", file);
     if (scaling && scaling->type != JSON_OBJECT) die("%s: 'rope_scaling' should be an object", file);
@@ -381,7 +408,7 @@ static void read_rope(const char *file, const JsonValue *root, const HfArch *arc
     if (params) partial = cfg_num(file, params, "partial_rotary_factor", partial, 0);
     if (!(partial > 0 && partial <= 1)) die("%s: partial_rotary_factor %g is not in (0, 1]", file, partial);
     c->rope_theta = (float)theta;
-    c->rope_dim = (int)(c->head_dim * partial); /* int() in transformers: truncates */
+    c->rope_dim = (int)(rotary_head * partial); /* int() in transformers: truncates */
 
     const char *type = "default";
     if (s) type = cfg_str(file, s, "rope_type", cfg_str(file, s, "type", "default"));
@@ -474,6 +501,115 @@ static uint8_t *read_layer_pos(const char *file, const JsonValue *root, int n_la
     return pos;
 }
 
+/* An integer key where null means something other than absent (DeepSeek's
+   q_lora_rank: null is a plain query projection, absent the class default). */
+static int cfg_int_null(const char *file, const JsonValue *obj, const char *key, int def, int if_null) {
+    const JsonValue *v = json_get(obj, key);
+    return v && v->type == JSON_NULL ? if_null : cfg_int(file, obj, key, def, 0);
+}
+
+/* DeepSeek-V2/V3: multi-head latent attention in every layer, and a mixture
+   of experts in the layers from first_k_dense_replace on (every
+   moe_layer_freq-th). Defaults are those of transformers' config classes,
+   which differ between the two. The routers are transformers' own: V2 takes
+   a softmax over the experts (greedy, or group_limited_greedy: groups ranked
+   by their best expert) and never renormalises the chosen weights; V3 takes
+   sigmoids, chooses by them plus e_score_correction_bias (noaux_tc), ranks
+   groups by their two best, and renormalises when norm_topk_prob. Returns
+   num_nextn_predict_layers (V3's extra multi-token-prediction layers). */
+static int read_deepseek(const char *file, const JsonValue *root, const HfArch *arch, ModelConfig *c, int *rotate_half) {
+    int v3 = arch->deepseek == 3;
+    if (cfg_bool(file, root, "attention_bias", 0))
+        die("%s: attention_bias = true is not supported for %s (no released model has attention biases)", file, arch->name);
+    c->attn_kind = ATTN_MLA;
+    c->q_lora_rank = cfg_int_null(file, root, "q_lora_rank", 1536, 0);
+    c->kv_lora_rank = cfg_int(file, root, "kv_lora_rank", 512, 0);
+    c->qk_nope_head_dim = cfg_int(file, root, "qk_nope_head_dim", 128, 0);
+    c->qk_rope_head_dim = cfg_int(file, root, "qk_rope_head_dim", 64, 0);
+    c->v_head_dim = cfg_int(file, root, "v_head_dim", 128, 0);
+    const int big = 1 << 16;
+    if (c->q_lora_rank < 0 || c->q_lora_rank > big || c->kv_lora_rank <= 0 || c->kv_lora_rank > big ||
+        c->qk_nope_head_dim <= 0 || c->qk_nope_head_dim > big || c->qk_rope_head_dim <= 0 ||
+        c->qk_rope_head_dim > big || c->qk_rope_head_dim % 2 || c->v_head_dim <= 0 || c->v_head_dim > big)
+        die("%s: impossible MLA dimensions (q_lora_rank %d, kv_lora_rank %d, qk_nope_head_dim %d, qk_rope_head_dim %d "
+            "(even), v_head_dim %d)", file, c->q_lora_rank, c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim,
+            c->v_head_dim);
+    /* config.json's head_dim is qk_rope_head_dim (transformers sets it so for its rotary tables): not ours */
+    c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    if (c->n_kv_heads != c->n_heads) /* every head has its own key and value, expanded from one shared latent */
+        die("%s: num_key_value_heads %d differs from num_attention_heads %d, which latent attention does not allow", file,
+            c->n_kv_heads, c->n_heads);
+    /* V2 rotates adjacent pairs (view_as_complex), V3 too when rope_interleave; otherwise rotate_half */
+    *rotate_half = v3 && !cfg_bool(file, root, "rope_interleave", 1);
+
+    c->n_experts = cfg_int_null(file, root, "n_routed_experts", v3 ? 256 : 64, 0);
+    if (c->n_experts < 0 || c->n_experts > big) die("%s: n_routed_experts %d is impossible", file, c->n_experts);
+    if (c->n_experts > 0) {
+        c->ffn_kind = FFN_MOE;
+        c->n_experts_used = cfg_int_null(file, root, "num_experts_per_tok", v3 ? 8 : 0, 0);
+        c->n_shared_experts = cfg_int_null(file, root, "n_shared_experts", v3 ? 1 : 2, 0);
+        c->moe_hidden_dim = cfg_int(file, root, "moe_intermediate_size", v3 ? 2048 : 1407, 0);
+        c->first_k_dense = cfg_int(file, root, "first_k_dense_replace", v3 ? 3 : 0, 0);
+        c->moe_layer_freq = cfg_int(file, root, "moe_layer_freq", 1, 0);
+        double scaling = cfg_num(file, root, "routed_scaling_factor", v3 ? 2.5 : 1.0, 0);
+        c->routed_scaling = (float)scaling;
+        if (c->n_experts_used < 1 || c->n_experts_used > c->n_experts)
+            die("%s: num_experts_per_tok %d should be between 1 and n_routed_experts %d", file, c->n_experts_used, c->n_experts);
+        if (c->n_shared_experts < 0 || c->n_shared_experts > big || c->moe_hidden_dim <= 0 || c->moe_hidden_dim > (1 << 20))
+            die("%s: impossible n_shared_experts %d or moe_intermediate_size %d", file, c->n_shared_experts, c->moe_hidden_dim);
+        if (c->first_k_dense < 0 || c->moe_layer_freq < 1)
+            die("%s: first_k_dense_replace %d should be >= 0 and moe_layer_freq %d >= 1", file, c->first_k_dense, c->moe_layer_freq);
+        if (!(scaling > 0)) die("%s: routed_scaling_factor %g should be positive", file, scaling);
+
+        /* the original DeepSeek code reads scoring_func; transformers fixes it per version */
+        const char *scoring = cfg_str(file, root, "scoring_func", v3 ? "sigmoid" : "softmax");
+        if (strcmp(scoring, v3 ? "sigmoid" : "softmax"))
+            die("%s: scoring_func '%s' is not supported (%s routes with %s)", file, scoring, arch->name, v3 ? "sigmoid" : "softmax");
+        const char *method = cfg_str(file, root, "topk_method", v3 ? "noaux_tc" : "greedy");
+        int norm = cfg_bool(file, root, "norm_topk_prob", v3);
+        if (v3) {
+            if (strcmp(method, "noaux_tc"))
+                die("%s: topk_method '%s' is not supported (%s routes with noaux_tc)", file, method, arch->name);
+            c->router = ROUTER_SIGMOID;
+            c->n_expert_groups = cfg_int(file, root, "n_group", 8, 0);
+            c->topk_groups = cfg_int(file, root, "topk_group", 4, 0);
+            c->norm_topk_prob = norm;
+        } else {
+            c->router = ROUTER_SOFTMAX;
+            if (!strcmp(method, "group_limited_greedy")) {
+                c->n_expert_groups = cfg_int(file, root, "n_group", 0, 1);
+                c->topk_groups = cfg_int(file, root, "topk_group", 0, 1);
+            } else if (strcmp(method, "greedy")) {
+                die("%s: topk_method '%s' is not supported (%s: greedy or group_limited_greedy)", file, method, arch->name);
+            }
+            if (norm)
+                fprintf(stderr, "note: %s: norm_topk_prob is ignored, as transformers' DeepseekV2 router ignores it (the "
+                                "chosen weights are not renormalised)\n", file);
+        }
+        if (c->n_expert_groups) {
+            if (c->n_expert_groups < 0 || c->n_experts % c->n_expert_groups)
+                die("%s: n_routed_experts %d is not a multiple of n_group %d", file, c->n_experts, c->n_expert_groups);
+            int group = c->n_experts / c->n_expert_groups;
+            if (c->topk_groups < 1 || c->topk_groups > c->n_expert_groups)
+                die("%s: topk_group %d should be between 1 and n_group %d", file, c->topk_groups, c->n_expert_groups);
+            if (c->topk_groups * group < c->n_experts_used)
+                die("%s: topk_group %d groups of %d experts cannot hold num_experts_per_tok %d", file, c->topk_groups, group,
+                    c->n_experts_used);
+            if (v3 && group < 2)
+                die("%s: n_group %d leaves one expert per group; the sigmoid router ranks a group by its two best", file,
+                    c->n_expert_groups);
+        }
+    }
+    int mtp = v3 ? cfg_int(file, root, "num_nextn_predict_layers", 0, 0) : 0;
+    if (mtp < 0) die("%s: num_nextn_predict_layers %d is negative", file, mtp);
+    return mtp;
+}
+
+/* Whether layer l has a mixture of experts (docs/FORMAT.md). */
+static int hf_moe_layer(const ModelConfig *c, int l) {
+    return c->ffn_kind == FFN_MOE && l >= c->first_k_dense && l % (c->moe_layer_freq > 0 ? c->moe_layer_freq : 1) == 0;
+}
+
 /* ---------------------------------------------------------------------------
  * Rotary layout. Hugging Face's Llama-family attention rotates dims m and
  * m + rope_dim/2 of each head together (rotate_half); the kernel rotates
@@ -483,47 +619,70 @@ static uint8_t *read_layer_pos(const char *file, const JsonValue *root, int n_la
  * rope_dim (partial rotary) stay in place. Both use frequency theta^(-2m /
  * rope_dim) for pair m. q and k are permuted alike, so q.k, and with it
  * attention, is unchanged; v and o_proj are not touched.
+ *
+ * The rotary rows need not start a head: an MLA query head is dn nope rows
+ * then dr rotary rows, and kv_a_proj_with_mqa is the latent's c rows then
+ * the shared rotary key's dr. So the rows are taken in blocks of head_dim
+ * whose rotary part starts at row offset (0 for Llama).
  */
-static int64_t rope_source_row(int64_t r, int head_dim, int rope_dim) {
-    int64_t head = r / head_dim, i = r % head_dim;
-    if (i >= rope_dim) return r;
-    return head * head_dim + (i % 2 ? rope_dim / 2 + i / 2 : i / 2);
+static int64_t rope_source_row(int64_t r, int head_dim, int rope_dim, int offset) {
+    int64_t head = r / head_dim, i = r % head_dim - offset;
+    if (i < 0 || i >= rope_dim) return r;
+    return head * head_dim + offset + (i % 2 ? rope_dim / 2 + i / 2 : i / 2);
+}
+
+/* Element i of a tensor as f32 (the data need not be aligned). */
+static float hf_value(const HfTensor *t, size_t i) {
+    if (t->type == TYPE_F32) {
+        float x;
+        memcpy(&x, t->data + 4 * i, 4);
+        return x;
+    }
+    uint16_t h;
+    memcpy(&h, t->data + 2 * i, 2);
+    return t->type == TYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
 }
 
 /* f32 copy of a vector (norm or bias), optionally in rotary order. */
 static void vector_to_f32(const HfTensor *t, float *out, int head_dim, int rope_dim) {
     int64_t n = t->shape[0];
-    for (int64_t r = 0; r < n; r++) {
-        int64_t s = head_dim ? rope_source_row(r, head_dim, rope_dim) : r;
-        if (t->type == TYPE_F32) {
-            memcpy(&out[r], t->data + 4 * s, 4);
-        } else {
-            uint16_t h;
-            memcpy(&h, t->data + 2 * s, 2); /* the data need not be aligned */
-            out[r] = t->type == TYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-        }
-    }
+    for (int64_t r = 0; r < n; r++) out[r] = hf_value(t, (size_t)(head_dim ? rope_source_row(r, head_dim, rope_dim, 0) : r));
 }
 
-/* Looks up a tensor the model needs and checks its dtype and shape
-   (cols == 0: a vector of rows). */
-static const HfTensor *hf_need(HfCheckpoint *ck, const char *name, int64_t rows, int64_t cols) {
+/* Looks up a tensor the model needs and checks its dtype and shape: a
+   vector, a matrix, or a stack of matrices (fused experts, 3-D). */
+static const HfTensor *hf_need(HfCheckpoint *ck, const char *name, int ndim, const int64_t *shape) {
     HfTensor *t = hf_find(ck, name);
     if (!t) die("'%s': tensor '%s' is missing", ck->dir, name);
     if (t->type < 0)
         die("'%s': tensor '%s' has dtype %s (this converter reads F32, F16 and BF16; quantized checkpoints are not supported)",
             ck->dir, name, t->dtype);
-    int ndim = cols ? 2 : 1;
-    if (t->ndim != ndim || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
-        char got[96] = "", want[64];
+    int same = t->ndim == ndim;
+    for (int d = 0; d < ndim && same; d++) same = t->shape[d] == shape[d];
+    if (!same) {
+        char got[128] = "", want[128] = "";
         for (int d = 0; d < t->ndim; d++)
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        if (cols) snprintf(want, sizeof want, "[%lld, %lld]", (long long)rows, (long long)cols);
-        else snprintf(want, sizeof want, "[%lld]", (long long)rows);
-        die("'%s': tensor '%s' has shape [%s], but config.json implies %s", ck->dir, name, got, want);
+        for (int d = 0; d < ndim; d++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "", (long long)shape[d]);
+        die("'%s': tensor '%s' has shape [%s], but config.json implies [%s]", ck->dir, name, got, want);
     }
     t->used = 1;
     return t;
+}
+
+/* attention.wk_b (MLA): per head, the transpose of the dn key rows of
+   kv_b_proj [h·(dn+dv), c], so that row h·c + i, column j is
+   kv_b[h·(dn+dv) + j][i]. With it the engine can turn a query's nope part
+   into the latent space once per token instead of expanding every cached
+   latent into keys (absorbed attention). It is not a slice of the source,
+   so it is built here, in f32, and quantized by the writer like any matrix. */
+static float *absorbed_key(const HfTensor *kv_b, int n_heads, int dn, int dv, int c) {
+    float *w = xcalloc((size_t)n_heads * c * dn, sizeof(float));
+    for (int64_t h = 0; h < n_heads; h++)
+        for (int64_t j = 0; j < dn; j++)
+            for (int64_t i = 0; i < c; i++) w[(h * c + i) * dn + j] = hf_value(kv_b, (size_t)((h * (dn + dv) + j) * c + i));
+    return w;
 }
 
 /* Reads a Hugging Face model folder into m: the config, and a tensor table
@@ -550,7 +709,7 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
         if (!strcmp(arch_name, hf_archs[i].name)) arch = &hf_archs[i];
     if (!arch)
         die("%s: architecture '%s' is not supported (this build converts LlamaForCausalLM, MistralForCausalLM, "
-            "Qwen2ForCausalLM and SmolLM3ForCausalLM)", file, arch_name);
+            "Qwen2ForCausalLM, SmolLM3ForCausalLM, DeepseekV2ForCausalLM and DeepseekV3ForCausalLM)", file, arch_name);
 
     /* What would change the math and is not run by the engine. */
     if (cfg_get(root, "quantization_config")) die("%s: quantized checkpoints (quantization_config) are not supported", file);
@@ -570,17 +729,25 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
     c->max_seq_len = cfg_int(file, root, "max_position_embeddings", 0, 1);
     c->norm_eps = (float)cfg_num(file, root, "rms_norm_eps", 1e-6, 0);
     if (c->n_heads <= 0 || c->dim <= 0) die("%s: hidden_size and num_attention_heads should be positive", file);
-    if (!cfg_get(root, "head_dim") && c->dim % c->n_heads)
-        die("%s: hidden_size %d is not a multiple of num_attention_heads %d (and there is no head_dim)", file, c->dim, c->n_heads);
-    c->head_dim = cfg_int(file, root, "head_dim", c->dim / c->n_heads, 0);
-    c->v_head_dim = c->head_dim;
+    int n_mtp = 0; /* DeepSeek-V3's multi-token-prediction layers, stored after the others */
+    if (arch->deepseek) {
+        n_mtp = read_deepseek(file, root, arch, c, &ck->rotate_half);
+    } else {
+        if (!cfg_get(root, "head_dim") && c->dim % c->n_heads)
+            die("%s: hidden_size %d is not a multiple of num_attention_heads %d (and there is no head_dim)", file, c->dim, c->n_heads);
+        c->head_dim = cfg_int(file, root, "head_dim", c->dim / c->n_heads, 0);
+        c->v_head_dim = c->head_dim;
+        ck->rotate_half = 1;
+    }
     c->tied_embeddings = cfg_bool(file, root, "tie_word_embeddings", arch->tied_default);
     /* Llama-style attention_bias puts biases on q, k, v and o; Qwen2 always has q/k/v biases, never o */
     int attention_bias = arch->qkv_bias == 0 && cfg_bool(file, root, "attention_bias", 0);
     c->qkv_bias = arch->qkv_bias == 1 || attention_bias;
     c->out_bias = attention_bias;
-    c->rope_pairs = ROPE_PAIRS_ADJACENT; /* after the permutation below */
-    read_rope(file, root, arch, c);
+    c->rope_pairs = ROPE_PAIRS_ADJACENT; /* after the permutation the writer does (rotate_half) */
+    read_rope(file, root, arch, c, c->attn_kind == ATTN_MLA ? c->qk_rope_head_dim : c->head_dim);
+    if (c->attn_kind == ATTN_MLA && c->rope_dim != c->qk_rope_head_dim)
+        die("%s: partial_rotary_factor is not supported with latent attention (every qk_rope_head_dim dim rotates)", file);
     if (c->n_layers <= 0 || c->n_layers > 4096) die("%s: num_hidden_layers %d is impossible", file, c->n_layers);
     if (arch->nope_layers) ck->layer_pos = read_layer_pos(file, root, c->n_layers);
     int window = read_sliding_window(file, root, arch, c->n_layers, ck->layer_pos);
@@ -592,7 +759,7 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
         c->max_seq_len = window;
     }
     for (size_t i = 0; i < root->len; i++)
-        if (!hf_known_key(root->items[i].key))
+        if (!hf_known_key(root->items[i].key, arch))
             fprintf(stderr, "note: %s: key '%s' is not known to the converter; ignored\n", file, root->items[i].key);
     json_free(&doc);
     char err[256];
@@ -600,23 +767,42 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
 
     read_weights(ck);
 
-    /* The tensor table, under the engine's names. Vectors go to one f32 block. */
+    /* The tensor table, under the engine's names. Vectors, and the MoE routers
+       (f32 in the file, so that rounding never changes a token's experts), are
+       converted to one f32 block. */
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     size_t n_vec = (size_t)c->dim * (2 * (size_t)c->n_layers + 1) + (c->qkv_bias ? (size_t)c->n_layers * (q_dim + 2 * kv_dim) : 0) +
-                   (c->out_bias ? (size_t)c->n_layers * c->dim : 0);
+                   (c->out_bias ? (size_t)c->n_layers * c->dim : 0) +
+                   (size_t)c->n_layers * ((size_t)c->q_lora_rank + c->kv_lora_rank) + /* MLA norms */
+                   (size_t)c->n_layers * c->n_experts * ((size_t)c->dim + 1); /* routers and their biases */
     float *vec = ck->vectors = xcalloc(n_vec, sizeof(float));
+    if (c->attn_kind == ATTN_MLA) {
+        ck->wk_b = xcalloc((size_t)c->n_layers, sizeof *ck->wk_b);
+        ck->n_wk_b = c->n_layers;
+    }
     int cap = 0;
-    char name[256], ours[TENSOR_NAME_BYTES];
+    char name[256], ours[64]; /* our names fit TENSOR_NAME_BYTES: layers < 4096, experts < 65536 */
+#define ADD(engine_name, type, rows, cols, data)                                                                   \
+    do {                                                                                                           \
+        if (add_tensor(m, &cap, engine_name, type, rows, cols, data)) die("out of memory");                       \
+    } while (0)
 #define MATRIX(engine_name, hf_name, rows, cols)                                                                   \
     do {                                                                                                           \
-        const HfTensor *t_ = hf_need(ck, hf_name, rows, cols);                                                     \
-        if (add_tensor(m, &cap, engine_name, t_->type, rows, cols, t_->data)) die("out of memory");              \
+        const HfTensor *t_ = hf_need(ck, hf_name, 2, (int64_t[]){rows, cols});                                     \
+        ADD(engine_name, t_->type, rows, cols, t_->data);                                                          \
     } while (0)
 #define VECTOR(engine_name, hf_name, n, head_dim, rope_dim)                                                        \
     do {                                                                                                           \
-        vector_to_f32(hf_need(ck, hf_name, n, 0), vec, head_dim, rope_dim);                                        \
-        if (add_tensor(m, &cap, engine_name, TYPE_F32, 0, n, vec)) die("out of memory");                          \
+        vector_to_f32(hf_need(ck, hf_name, 1, (int64_t[]){n}), vec, head_dim, rope_dim);                           \
+        ADD(engine_name, TYPE_F32, 0, n, vec);                                                                     \
         vec += n;                                                                                                  \
+    } while (0)
+#define F32_MATRIX(engine_name, hf_name, rows, cols)                                                               \
+    do {                                                                                                           \
+        const HfTensor *t_ = hf_need(ck, hf_name, 2, (int64_t[]){rows, cols});                                     \
+        for (size_t i_ = 0; i_ < (size_t)(rows) * (size_t)(cols); i_++) vec[i_] = hf_value(t_, i_);              \
+        ADD(engine_name, TYPE_F32, rows, cols, vec);                                                               \
+        vec += (size_t)(rows) * (size_t)(cols);                                                                    \
     } while (0)
     MATRIX("tok_embeddings", "model.embed_tokens.weight", c->vocab_size, c->dim);
     VECTOR("norm", "model.norm.weight", c->dim, 0, 0);
@@ -631,13 +817,66 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
 #define OURS(suffix) (snprintf(ours, sizeof ours, "layers.%d.%s", l, suffix), ours)
         VECTOR(OURS("attention_norm"), HF("input_layernorm.weight"), c->dim, 0, 0);
         VECTOR(OURS("ffn_norm"), HF("post_attention_layernorm.weight"), c->dim, 0, 0);
-        MATRIX(OURS("attention.wq"), HF("self_attn.q_proj.weight"), q_dim, c->dim);
-        MATRIX(OURS("attention.wk"), HF("self_attn.k_proj.weight"), kv_dim, c->dim);
-        MATRIX(OURS("attention.wv"), HF("self_attn.v_proj.weight"), kv_dim, c->dim);
-        MATRIX(OURS("attention.wo"), HF("self_attn.o_proj.weight"), c->dim, q_dim);
-        MATRIX(OURS("feed_forward.w1"), HF("mlp.gate_proj.weight"), c->hidden_dim, c->dim);
-        MATRIX(OURS("feed_forward.w2"), HF("mlp.down_proj.weight"), c->dim, c->hidden_dim);
-        MATRIX(OURS("feed_forward.w3"), HF("mlp.up_proj.weight"), c->hidden_dim, c->dim);
+        if (c->attn_kind == ATTN_MLA) { /* names and shapes: docs/FORMAT.md, multi-head latent attention */
+            int64_t h = c->n_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
+            int64_t rank = c->kv_lora_rank;
+            if (c->q_lora_rank) {
+                MATRIX(OURS("attention.wq_a"), HF("self_attn.q_a_proj.weight"), c->q_lora_rank, c->dim);
+                VECTOR(OURS("attention.q_a_norm"), HF("self_attn.q_a_layernorm.weight"), c->q_lora_rank, 0, 0);
+                MATRIX(OURS("attention.wq_b"), HF("self_attn.q_b_proj.weight"), q_dim, c->q_lora_rank);
+            } else {
+                MATRIX(OURS("attention.wq"), HF("self_attn.q_proj.weight"), q_dim, c->dim);
+            }
+            MATRIX(OURS("attention.wkv_a"), HF("self_attn.kv_a_proj_with_mqa.weight"), rank + dr, c->dim);
+            VECTOR(OURS("attention.kv_a_norm"), HF("self_attn.kv_a_layernorm.weight"), rank, 0, 0);
+            MATRIX(OURS("attention.wkv_b"), HF("self_attn.kv_b_proj.weight"), h * (dn + dv), rank);
+            const HfTensor *kv_b = hf_find(ck, HF("self_attn.kv_b_proj.weight")); /* its shape was checked just above */
+            ck->wk_b[l] = absorbed_key(kv_b, c->n_heads, c->qk_nope_head_dim, c->v_head_dim, c->kv_lora_rank);
+            ADD(OURS("attention.wk_b"), TYPE_F32, h * rank, dn, ck->wk_b[l]);
+            MATRIX(OURS("attention.wo"), HF("self_attn.o_proj.weight"), c->dim, h * dv);
+        } else {
+            MATRIX(OURS("attention.wq"), HF("self_attn.q_proj.weight"), q_dim, c->dim);
+            MATRIX(OURS("attention.wk"), HF("self_attn.k_proj.weight"), kv_dim, c->dim);
+            MATRIX(OURS("attention.wv"), HF("self_attn.v_proj.weight"), kv_dim, c->dim);
+            MATRIX(OURS("attention.wo"), HF("self_attn.o_proj.weight"), c->dim, q_dim);
+        }
+        if (hf_moe_layer(c, l)) { /* docs/FORMAT.md, mixture of experts */
+            int64_t n_exp = c->n_experts, mh = c->moe_hidden_dim, shared = (int64_t)c->n_shared_experts * mh;
+#define EXPERT(e, w) (snprintf(ours, sizeof ours, "layers.%d.feed_forward.experts.%d.%s", l, (int)(e), w), ours)
+            F32_MATRIX(OURS("feed_forward.router"), HF("mlp.gate.weight"), n_exp, c->dim);
+            if (c->router == ROUTER_SIGMOID)
+                VECTOR(OURS("feed_forward.router_bias"), HF("mlp.gate.e_score_correction_bias"), n_exp, 0, 0);
+            if (hf_find(ck, HF("mlp.experts.gate_up_proj"))) {
+                /* transformers' in-memory layout: the experts stacked, each expert's gate rows then its up rows */
+                const HfTensor *gate_up = hf_need(ck, HF("mlp.experts.gate_up_proj"), 3, (int64_t[]){n_exp, 2 * mh, c->dim});
+                const HfTensor *down = hf_need(ck, HF("mlp.experts.down_proj"), 3, (int64_t[]){n_exp, c->dim, mh});
+                size_t gate_up_row = type_row_bytes(gate_up->type, c->dim), down_row = type_row_bytes(down->type, mh);
+                for (int64_t e = 0; e < n_exp; e++) {
+                    const uint8_t *gate = gate_up->data + (size_t)(e * 2 * mh) * gate_up_row;
+                    ADD(EXPERT(e, "w1"), gate_up->type, mh, c->dim, gate);
+                    ADD(EXPERT(e, "w2"), down->type, c->dim, mh, down->data + (size_t)(e * c->dim) * down_row);
+                    ADD(EXPERT(e, "w3"), gate_up->type, mh, c->dim, gate + (size_t)mh * gate_up_row);
+                }
+            } else { /* the hub layout: one tensor per expert and projection */
+#define HF_EXPERT(e, proj) (snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.%s.weight", l, (int)(e), proj), name)
+                for (int64_t e = 0; e < n_exp; e++) {
+                    MATRIX(EXPERT(e, "w1"), HF_EXPERT(e, "gate_proj"), mh, c->dim);
+                    MATRIX(EXPERT(e, "w2"), HF_EXPERT(e, "down_proj"), c->dim, mh);
+                    MATRIX(EXPERT(e, "w3"), HF_EXPERT(e, "up_proj"), mh, c->dim);
+                }
+#undef HF_EXPERT
+            }
+#undef EXPERT
+            if (shared) { /* the shared experts run as one SwiGLU n_shared_experts times as wide */
+                MATRIX(OURS("feed_forward.shared.w1"), HF("mlp.shared_experts.gate_proj.weight"), shared, c->dim);
+                MATRIX(OURS("feed_forward.shared.w2"), HF("mlp.shared_experts.down_proj.weight"), c->dim, shared);
+                MATRIX(OURS("feed_forward.shared.w3"), HF("mlp.shared_experts.up_proj.weight"), shared, c->dim);
+            }
+        } else {
+            MATRIX(OURS("feed_forward.w1"), HF("mlp.gate_proj.weight"), c->hidden_dim, c->dim);
+            MATRIX(OURS("feed_forward.w2"), HF("mlp.down_proj.weight"), c->dim, c->hidden_dim);
+            MATRIX(OURS("feed_forward.w3"), HF("mlp.up_proj.weight"), c->hidden_dim, c->dim);
+        }
         if (c->qkv_bias) {
             VECTOR(OURS("attention.bq"), HF("self_attn.q_proj.bias"), q_dim, c->head_dim, c->rope_dim);
             VECTOR(OURS("attention.bk"), HF("self_attn.k_proj.bias"), kv_dim, c->head_dim, c->rope_dim);
@@ -649,9 +888,27 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
 #undef HF
 #undef OURS
     }
+#undef ADD
 #undef MATRIX
 #undef VECTOR
+#undef F32_MATRIX
     if (ck->layer_pos && add_tensor(m, &cap, "layer_pos", TYPE_U8, 0, c->n_layers, ck->layer_pos)) die("out of memory");
+    if (n_mtp > 0) { /* model.layers.N.* for N from num_hidden_layers on: a draft head, not part of the model */
+        int n_skipped = 0;
+        for (int i = 0; i < ck->n_tensors; i++) {
+            const char *t = ck->tensors[i].name, *p = t + strlen("model.layers.");
+            char *end;
+            if (strncmp(t, "model.layers.", strlen("model.layers.")) || *p < '0' || *p > '9') continue;
+            long layer = strtol(p, &end, 10);
+            if (*end == '.' && layer >= c->n_layers && layer < (long)c->n_layers + n_mtp) {
+                ck->tensors[i].used = 1;
+                n_skipped++;
+            }
+        }
+        if (n_skipped)
+            fprintf(stderr, "note: %d tensors of the %d multi-token-prediction layer(s) (model.layers.%d and up) ignored: "
+                            "the engine predicts one token at a time\n", n_skipped, n_mtp, c->n_layers);
+    }
     for (int i = 0; i < ck->n_tensors; i++)
         if (!ck->tensors[i].used)
             die("'%s': tensor '%s' is not part of a %s with this config.json (an unsupported variant?)", ck->dir,
@@ -672,7 +929,7 @@ typedef struct {
     const void *src;
     size_t nbytes;
     uint64_t offset;
-    int rope_head_dim, rope_dim; /* rope_head_dim > 0: rows reordered by rope_source_row */
+    int rope_head_dim, rope_dim, rope_offset; /* rope_head_dim > 0: rows reordered by rope_source_row */
 } OutTensor;
 
 typedef struct {
@@ -724,7 +981,7 @@ static void write_tensor(FILE *f, const OutTensor *o, void *row_in, float *row_f
     for (int d = 0; d < o->ndim - 1; d++) rows *= o->shape[d];
     size_t in_bytes = type_row_bytes(o->src_type, cols), out_bytes = type_row_bytes(o->type, cols);
     for (int64_t r = 0; r < rows; r++) {
-        int64_t s = o->rope_head_dim ? rope_source_row(r, o->rope_head_dim, o->rope_dim) : r;
+        int64_t s = o->rope_head_dim ? rope_source_row(r, o->rope_head_dim, o->rope_dim, o->rope_offset) : r;
         const uint8_t *src = (const uint8_t *)o->src + (size_t)s * in_bytes;
         if (o->type == o->src_type) { write_all(f, src, in_bytes); continue; }
         memcpy(row_in, src, in_bytes);
@@ -732,6 +989,29 @@ static void write_tensor(FILE *f, const OutTensor *o, void *row_in, float *row_f
         quantize_row(o->type, row_f32, row_out, cols);
         write_all(f, row_out, out_bytes);
     }
+}
+
+/* For a Hugging Face checkpoint whose rotary rows are in rotate_half order:
+   which rows of tensor `name` the writer reorders (rope_source_row). Blocks
+   of head_dim rows whose rotary part starts at offset: a Llama q or k head,
+   an MLA query head (dn nope rows, then dr rotary), or the one block of
+   kv_a_proj_with_mqa (the latent's rows, then the shared rotary key's).
+   Returns the block size, 0 for tensors with no rotary rows. */
+static int rope_rows(const ModelConfig *c, const char *name, int *rope_dim, int *offset) {
+    *rope_dim = c->rope_dim;
+    *offset = 0;
+    if (c->attn_kind == ATTN_MLA) {
+        if (ends_with(name, ".attention.wq") || ends_with(name, ".attention.wq_b")) {
+            *offset = c->qk_nope_head_dim;
+            return c->head_dim;
+        }
+        if (ends_with(name, ".attention.wkv_a")) {
+            *offset = c->kv_lora_rank;
+            return c->kv_lora_rank + c->qk_rope_head_dim;
+        }
+        return 0;
+    }
+    return ends_with(name, ".attention.wq") || ends_with(name, ".attention.wk") ? c->head_dim : 0;
 }
 
 int main(int argc, char **argv) {
@@ -796,19 +1076,18 @@ int main(int argc, char **argv) {
         if (!strncmp(t->name, "tokenizer.", 10)) continue; /* rewritten below */
         int type = t->type;
         if (t->ndim == 2 && t->type <= TYPE_Q4_0) {
-            type = quant;
+            /* a MoE router stays f32: a rounded router score can change which experts a token gets */
+            type = ends_with(t->name, ".feed_forward.router") ? TYPE_F32 : quant;
             if (!type_row_bytes(type, t->shape[1])) {
                 if (!n_fallback++) fallback_example = t->name;
                 type = TYPE_F16;
             }
         }
         OutTensor *o = out_add(&tab, t->name, type, t->type, t->data, t->ndim, t->shape);
-        /* Hugging Face's q and k rows are in rotate_half order (see rope_source_row);
-           their biases were reordered when they were read. */
-        if (is_hf && (ends_with(t->name, ".attention.wq") || ends_with(t->name, ".attention.wk"))) {
-            o->rope_head_dim = m.cfg.head_dim;
-            o->rope_dim = m.cfg.rope_dim;
-        }
+        /* Hugging Face's Llama-family q and k rows (and DeepSeek-V3's without
+           rope_interleave) are in rotate_half order (see rope_source_row); the
+           biases were reordered when they were read. */
+        if (is_hf && hf.rotate_half) o->rope_head_dim = rope_rows(&m.cfg, t->name, &o->rope_dim, &o->rope_offset);
     }
     if (n_fallback)
         fprintf(stderr, "note: %d matrices have rows that are not a multiple of %d (e.g. %s): stored as f16\n", n_fallback,

@@ -7,6 +7,7 @@ The folders are variations of tests/fixtures/hf/mistral (a tiny f16
 checkpoint saved by transformers), relabelled as a Llama with the older
 top-level rope_theta spelling: config values the engine does not
 run, malformed JSON, truncated or inconsistent safetensors, broken shard indexes.
+The ds_* cases vary tests/fixtures/hf/deepseek_v2 (latent attention, experts).
 Usage: check_export_errors.py BIN_DIR TMP_DIR. Prints PASS/FAIL lines and "N passed, N failed".
 """
 import glob, json, os, shutil, struct, subprocess, sys
@@ -23,8 +24,10 @@ _cfg["rope_theta"] = _cfg.pop("rope_parameters")["rope_theta"]
 for _k in ("sliding_window", "rope_scaling"):
     _cfg.pop(_k, None)
 json.dump(_cfg, open(f"{base}/config.json", "w"))
+ds_base = f"{B}/ds_base"
+shutil.copytree("tests/fixtures/hf/deepseek_v2", ds_base)
 
-def variant(name, cfg=None, edit=None):
+def variant(name, cfg=None, edit=None, base=base):
     d = f'{B}/{name}'
     shutil.copytree(base, d)
     if cfg:
@@ -74,6 +77,11 @@ def sharded(d, mod=None):
     idx = {'weight_map': wm}
     if mod: mod(idx)
     json.dump(idx, open(f'{d}/model.safetensors.index.json', 'w'))
+
+def v3_router_bias(h):
+    # a V3-only tensor (8 floats of an existing one) in a V2 checkpoint
+    begin = h['model.norm.weight']['data_offsets'][0]
+    return {**h, 'model.layers.1.mlp.gate.e_score_correction_bias': {'dtype': 'F32', 'shape': [8], 'data_offsets': [begin, begin + 32]}}
 
 cases = {
     'no_config': lambda: variant('no_config', edit=lambda d: os.remove(f'{d}/config.json')),
@@ -142,6 +150,16 @@ cases = {
     'shard_dup': lambda: variant('shard_dup', edit=lambda d: (sharded(d), shutil.copy(f'{d}/m0.safetensors', f'{d}/m2.safetensors'),
         json.dump({'weight_map': {**json.load(open(f'{d}/model.safetensors.index.json'))['weight_map'], 'x': 'm2.safetensors'}}, open(f'{d}/model.safetensors.index.json', 'w')))),
     'weights_dir': lambda: variant('weights_dir', edit=lambda d: (os.remove(f'{d}/model.safetensors'), os.mkdir(f'{d}/model.safetensors'))),
+    'ds_topk_method': lambda: variant('ds_topk_method', {'topk_method': 'sinkhorn'}, base=ds_base),
+    'ds_v3_topk_method': lambda: variant('ds_v3_topk_method', {'architectures': ['DeepseekV3ForCausalLM'], 'topk_method': 'greedy'}, base=ds_base),
+    'ds_groups_not_divide': lambda: variant('ds_groups_not_divide', {'topk_method': 'group_limited_greedy', 'n_group': 3, 'topk_group': 1}, base=ds_base),
+    'ds_groups_too_few': lambda: variant('ds_groups_too_few', {'topk_method': 'group_limited_greedy', 'n_group': 4, 'topk_group': 1, 'num_experts_per_tok': 3}, base=ds_base),
+    'ds_attention_bias': lambda: variant('ds_attention_bias', {'attention_bias': True}, base=ds_base),
+    'ds_kv_heads': lambda: variant('ds_kv_heads', {'num_key_value_heads': 2}, base=ds_base),
+    'ds_missing_kv_b': lambda: variant('ds_missing_kv_b', base=ds_base, edit=lambda d: st_rewrite_header(d, lambda h: {k: v for k, v in h.items() if k != 'model.layers.1.self_attn.kv_b_proj.weight'})),
+    'ds_kv_b_shape': lambda: variant('ds_kv_b_shape', base=ds_base, edit=lambda d: st_rewrite_header(d, lambda h: {**h, 'model.layers.1.self_attn.kv_b_proj.weight': {**h['model.layers.1.self_attn.kv_b_proj.weight'], 'shape': [32, 128]}})),
+    'ds_missing_expert': lambda: variant('ds_missing_expert', base=ds_base, edit=lambda d: st_rewrite_header(d, lambda h: {k: v for k, v in h.items() if k != 'model.layers.2.mlp.experts.5.up_proj.weight'})),
+    'ds_router_bias_v2': lambda: variant('ds_router_bias_v2', base=ds_base, edit=lambda d: st_rewrite_header(d, v3_router_bias)),
 }
 
 passed = failed = 0
