@@ -236,6 +236,11 @@ typedef struct {
        per thread, a head's absorbed query and attended latent, and their int8 copies */
     float *qa, *mla_work;
     BlockQ8A *mla_q8;
+    /* prefill may expand the latents instead: one sequence's per-head keys
+       and values [ctx_len][n_heads][nope + value dims], made from
+       [max_batch][latent] at a time; NULL when too large to keep */
+    float *mla_kv, *mla_lat;
+    int mla_path;              /* 0: whichever costs less, 1: always absorbed, 2: expand where possible */
     /* mixture of experts: router logits [max_batch][n_experts], each token's
        chosen experts and weights [max_batch][n_experts_used], the tokens of
        one expert gathered [max_batch][dim] and its outputs [max_batch][dim] */
@@ -868,7 +873,7 @@ void context_free(Context *c) {
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
     free(c->xq); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
     free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin);
-    free(c->qa); free(c->mla_work); free(c->mla_q8);
+    free(c->qa); free(c->mla_work); free(c->mla_q8); free(c->mla_kv); free(c->mla_lat);
     free(c->router_logits); free(c->route_w); free(c->route_id); free(c->moe_in); free(c->moe_out); free(c->moe_tokens);
     free(c);
 }
@@ -931,6 +936,11 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
         if (cfg->q_lora_rank) extra_ok &= !!(c->qa = malloc(B * cfg->q_lora_rank * sizeof(float)));
         extra_ok &= !!(c->mla_work = malloc((size_t)n_threads_real * (2 * lat + cfg->qk_rope_head_dim) * sizeof(float)));
         extra_ok &= !!(c->mla_q8 = malloc((size_t)n_threads_real * blocks * sizeof(BlockQ8A)));
+        size_t expanded = (size_t)ctx_len * cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
+        if (expanded * sizeof(float) <= ((size_t)1 << 29)) { /* up to 512 MiB; beyond, prefill stays absorbed */
+            extra_ok &= !!(c->mla_kv = malloc(expanded * sizeof(float)));
+            extra_ok &= !!(c->mla_lat = malloc(B * lat * sizeof(float)));
+        }
     }
     if (cfg->ffn_kind == FFN_MOE) {
         extra_ok &= !!(c->router_logits = malloc(B * cfg->n_experts * sizeof(float)));
@@ -1176,6 +1186,77 @@ static void attention_mla_task(void *arg, int ith, int nth) {
     }
 }
 
+/* The same attention with the latents expanded (c->mla_kv, by mla_expand):
+   per head, scores q_nope . k_nope + q_rope . k_rope and a weighted sum of
+   values. Cheaper for a long prefill: the up-projections are paid once per
+   position instead of once per query. Agrees with the absorbed form to
+   float rounding (test_model.c). */
+static void attention_mla_expanded_task(void *arg, int ith, int nth) {
+    const AttentionJob *job = arg;
+    Context *c = job->c;
+    const ModelConfig *cfg = &c->model->cfg;
+    int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim, kv_row = (size_t)cfg->n_heads * (dn + dv);
+    float *att = c->scores + (size_t)ith * c->ctx_len;
+    int64_t lo, hi;
+    split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
+    for (int64_t item = lo; item < hi; item++) {
+        int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), p = c->pos[t];
+        const Sequence *s = job->seqs[t];
+        const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim;
+        const float *kc = s->k + (size_t)job->layer * s->capacity * row, *kv = c->mla_kv + (size_t)h * (dn + dv);
+        int near_from = job->rectified ? p - c->positions.window + 1 : 0;
+        if (near_from > 0) {
+            const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
+            const float *kf = s->k_far + (size_t)job->layer * s->capacity * dr;
+            for (int j = 0; j < near_from; j++)
+                att[j] = (dot_f32(q, kv + j * kv_row, dn) + dot_f32(qf, kf + (size_t)j * dr, dr)) * c->attn_scale;
+        } else {
+            near_from = 0;
+        }
+        for (int j = near_from; j <= p; j++)
+            att[j] = (dot_f32(q, kv + j * kv_row, dn) + dot_f32(q + dn, kc + j * row + lat, dr)) * c->attn_scale;
+        softmax(att, p + 1);
+        float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
+        memset(out, 0, (size_t)dv * sizeof(float));
+        for (int j = 0; j <= p; j++) axpy(out, att[j], kv + j * kv_row + dn, dv);
+    }
+}
+
+/* Whether this call should expand the latents: only for a batch of one
+   sequence, when the expansion (every position's up-projection) costs less
+   than absorbing (every query's up-projections, and scores and sums over
+   latents rather than heads' keys and values). Multiply-adds per head. */
+static int mla_expand_pays(const Context *c, Sequence *const *seqs, int n) {
+    const ModelConfig *cfg = &c->model->cfg;
+    if (!c->mla_kv || c->mla_path == 1) return 0;
+    for (int t = 1; t < n; t++)
+        if (seqs[t] != seqs[0]) return 0;
+    if (c->mla_path == 2) return 1;
+    double lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
+    double attended = 0; /* query-key pairs */
+    for (int t = 0; t < n; t++) attended += c->pos[t] + 1;
+    double positions = c->pos[n - 1] + 1;
+    double expanded = positions * lat * (dn + dv) + attended * (dn + dr + dv);
+    double absorbed = n * lat * (dn + dv) + attended * (2 * lat + dr);
+    return expanded < absorbed;
+}
+
+/* Per-head keys and values of positions [0, positions) of s in this layer,
+   from the cached latents: c->mla_kv[j] = wkv_b . latent_j. */
+static void mla_expand(Context *c, const Layer *L, const Sequence *s, int layer, int positions) {
+    const ModelConfig *cfg = &c->model->cfg;
+    size_t lat = (size_t)cfg->kv_lora_rank, row = lat + cfg->qk_rope_head_dim;
+    size_t kv_row = (size_t)cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
+    for (int j0 = 0; j0 < positions; j0 += c->max_batch) {
+        int m = positions - j0 < c->max_batch ? positions - j0 : c->max_batch;
+        for (int j = 0; j < m; j++)
+            memcpy(c->mla_lat + j * lat, s->k + ((size_t)layer * s->capacity + j0 + j) * row, lat * sizeof(float));
+        MatmulOut kv[1] = {{c->mla_kv + (size_t)j0 * kv_row, &L->wkv_b}};
+        matmul(c, c->mla_lat, m, kv, 1);
+    }
+}
+
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* Chooses a token's experts from its router logits (FORMAT.md, "Mixture of
@@ -1374,7 +1455,9 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
             if (v_dim) memcpy(s->v + ((size_t)l * s->capacity + c->pos[t]) * v_dim, v, (size_t)v_dim * sizeof(float));
         }
         AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
-        pool_run(c->pool, mla ? attention_mla_task : attention_task, &aj);
+        int expand = mla && mla_expand_pays(c, seqs, n);
+        if (expand) mla_expand(c, L, seqs[0], l, c->pos[n - 1] + 1);
+        pool_run(c->pool, expand ? attention_mla_expanded_task : mla ? attention_mla_task : attention_task, &aj);
         MatmulOut o[1] = {{c->xb2, &L->wo}};
         matmul(c, c->xb, n, o, 1);
         for (size_t i = 0; i < (size_t)n * dim; i++) c->x[i] += c->xb2[i] + (L->bo ? L->bo[i % dim] : 0.0f);

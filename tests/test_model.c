@@ -163,10 +163,13 @@ static void logits_fed(const Model *m, const Positions *p, int step, int rope_le
     logits_threads(m, p, step, rope_len, 2, out);
 }
 
+static int mla_path; /* Context.mla_path for the contexts logits_threads makes */
+
 static void logits_threads(const Model *m, const Positions *p, int step, int rope_len, int threads, float *out) {
     int V = m->cfg.vocab_size, ctx = 64;
     char err[256];
     Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, threads, p, err, sizeof err);
+    c->mla_path = mla_path;
     Sequence s;
     sequence_init(&s, c, ctx, err, sizeof err);
     s.rope_len = rope_len;
@@ -452,7 +455,16 @@ static void test_mla(int q_lora) {
     int n = (int)(bytes / sizeof(float));
     float *rope = malloc(bytes), *a = malloc(bytes);
     const char *what = q_lora ? "latent attention with a query latent, MoE" : "latent attention, MoE";
+    /* the two ways to attend: expanded (the default for this prefill) and absorbed */
+    mla_path = 2;
+    logits_fed(&m, NULL, 0, 0, a);
+    mla_path = 0;
     logits_fed(&m, NULL, 0, 0, rope);
+    CHECK(!memcmp(a, rope, bytes), "%s: a 20-token prefill expands the latents (cheaper than absorbing)", what);
+    mla_path = 1; /* absorbed from here on: the bit-for-bit invariants hold within one way */
+    logits_fed(&m, NULL, 0, 0, rope);
+    CHECK(rel_error(a, rope, n) < 1e-5, "%s: expanded and absorbed attention agree to rounding (rel %.2g)", what,
+          rel_error(a, rope, n));
     logits_fed(&m, NULL, 1, 0, a);
     CHECK(!memcmp(a, rope, bytes), "%s: prefill as one batch == token-by-token decode, bit for bit", what);
     logits_fed(&m, NULL, 7, 0, a);
@@ -469,6 +481,11 @@ static void test_mla(int q_lora) {
     logits_fed(&m, &(Positions){POS_REROPE, 4, 1, 8}, 1, 0, b);
     logits_fed(&m, &(Positions){POS_REROPE, 4, 1, 8}, 0, 0, a);
     CHECK(!memcmp(a, b, bytes), "%s: ReRoPE W=4 with log-n, prefill == token-by-token decode, bit for bit", what);
+    mla_path = 2;
+    logits_fed(&m, &(Positions){POS_REROPE, 4, 1, 8}, 0, 0, a);
+    mla_path = 1;
+    CHECK(rel_error(a, b, n) < 1e-5, "%s: ReRoPE W=4 with log-n, expanded and absorbed agree to rounding (rel %.2g)",
+          what, rel_error(a, b, n));
     logits_fed(&m, &(Positions){POS_LEAKY, 4, 1, 0}, 0, 0, a);
     CHECK(rel_error(a, rope, n) < 1e-5, "%s: Leaky ReRoPE with K = 1 == RoPE to rounding (rel %.2g)", what, rel_error(a, rope, n));
 
@@ -485,6 +502,7 @@ static void test_mla(int q_lora) {
         tokens[2 * t] = prompt[t], seqs[2 * t] = &s1, want[2 * t] = 1;
         tokens[2 * t + 1] = prompt[N_PROMPT - 1 - t], seqs[2 * t + 1] = &s2, want[2 * t + 1] = 0;
     }
+    c->mla_path = 1;
     model_forward(c, seqs, tokens, 2 * N_PROMPT, want);
     CHECK(!memcmp(c->logits, rope, bytes), "%s: a sequence sharing its batch with another == alone, bit for bit", what);
     CHECK(model_kv_bytes_per_token(&m) == (size_t)m.cfg.n_layers * (m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim) * 4 &&
@@ -493,6 +511,7 @@ static void test_mla(int q_lora) {
     sequence_free(&s1);
     sequence_free(&s2);
     context_free(c);
+    mla_path = 0;
     free(rope);
     free(a);
     free(b);
