@@ -52,6 +52,11 @@ MODELS = {
         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                          "original_max_position_embeddings": 128, "beta_fast": 32.0, "beta_slow": 1.0,
                          "mscale": 0.707, "mscale_all_dim": 0.707})),
+    # A dense latent-attention model: every layer before first_k_dense_replace, so no experts at all.
+    "deepseek_v2_dense": ("DeepseekV2", "float32", dict(
+        COMMON, num_hidden_layers=2, q_lora_rank=None, intermediate_size=96, first_k_dense_replace=2,
+        n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
     # V3: sigmoid router with a score-correction bias, groups ranked by their top two, normalised weights.
     "deepseek_v3": ("DeepseekV3", "float32", dict(
         COMMON, num_hidden_layers=3, q_lora_rank=24, intermediate_size=96, first_k_dense_replace=1,
