@@ -438,7 +438,7 @@ static int model_bind(Model *m, char *err, size_t errlen) {
         return seterr(err, errlen, "tensor 'layer_pos' should be u8 [%d]", c->n_layers);
     int n_moe = 0;
     for (int l = 0; l < c->n_layers; l++) n_moe += moe_layer(c, l);
-    m->layers = calloc((size_t)c->n_layers, sizeof(Layer));
+    m->layers = calloc((unsigned)c->n_layers, sizeof(Layer)); /* 1..4096 (check_config) */
     m->experts = n_moe ? calloc((size_t)n_moe * c->n_experts, sizeof(Expert)) : NULL;
     if (!m->layers || (n_moe && !m->experts)) return seterr(err, errlen, "out of memory");
     Expert *next_experts = m->experts;
