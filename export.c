@@ -605,11 +605,6 @@ static int read_deepseek(const char *file, const JsonValue *root, const HfArch *
     return mtp;
 }
 
-/* Whether layer l has a mixture of experts (docs/FORMAT.md). */
-static int hf_moe_layer(const ModelConfig *c, int l) {
-    return c->ffn_kind == FFN_MOE && l >= c->first_k_dense && l % (c->moe_layer_freq > 0 ? c->moe_layer_freq : 1) == 0;
-}
-
 /* ---------------------------------------------------------------------------
  * Rotary layout. Hugging Face's Llama-family attention rotates dims m and
  * m + rope_dim/2 of each head together (rotate_half); the kernel rotates
@@ -840,7 +835,7 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
             MATRIX(OURS("attention.wv"), HF("self_attn.v_proj.weight"), kv_dim, c->dim);
             MATRIX(OURS("attention.wo"), HF("self_attn.o_proj.weight"), c->dim, q_dim);
         }
-        if (hf_moe_layer(c, l)) { /* docs/FORMAT.md, mixture of experts */
+        if (moe_layer(c, l)) { /* docs/FORMAT.md, mixture of experts */
             int64_t n_exp = c->n_experts, mh = c->moe_hidden_dim, shared = (int64_t)c->n_shared_experts * mh;
 #define EXPERT(e, w) (snprintf(ours, sizeof ours, "layers.%d.feed_forward.experts.%d.%s", l, (int)(e), w), ours)
             F32_MATRIX(OURS("feed_forward.router"), HF("mlp.gate.weight"), n_exp, c->dim);

@@ -240,7 +240,8 @@ typedef struct {
        and values [ctx_len][n_heads][nope + value dims], made from
        [max_batch][latent] at a time; NULL when too large to keep */
     float *mla_kv, *mla_lat;
-    int mla_path;              /* 0: whichever costs less, 1: always absorbed, 2: expand where possible */
+    int mla_path;              /* 0: whichever costs less, 1: always absorbed, 2: expand every one-sequence batch
+                                  of 2+ tokens (decode steps always stay absorbed) */
     /* mixture of experts: router logits [max_batch][n_experts], each token's
        chosen experts and weights [max_batch][n_experts_used], the tokens of
        one expert gathered [max_batch][dim] and its outputs [max_batch][dim] */
@@ -910,7 +911,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->attn_scale = (float)scale;
     int64_t q_dim = (int64_t)cfg->n_heads * cfg->head_dim, att_dim = (int64_t)cfg->n_heads * cfg->v_head_dim;
     int64_t ffn = max64(cfg->hidden_dim, (int64_t)cfg->moe_hidden_dim * max64(cfg->n_shared_experts, 1));
-    int64_t wide = max64(max64(max64(cfg->dim, q_dim), max64(att_dim, ffn)), cfg->q_lora_rank);
+    int64_t wide = max64(max64(max64(cfg->dim, q_dim), max64(att_dim, ffn)), max64(cfg->q_lora_rank, cfg->kv_lora_rank));
     int64_t kv_in = max64((int64_t)cfg->n_kv_heads * cfg->head_dim, (int64_t)kv_key_width(cfg));
     size_t B = (size_t)max_batch, half = (size_t)(cfg->rope_dim / 2);
     c->pool = pool_new(n_threads);
@@ -1105,6 +1106,14 @@ typedef struct {
     int rectified;             /* this layer's distant keys come from k_far */
 } AttentionJob;
 
+/* Under rectified positions, keys at distance >= W (positions before the
+   one returned) are scored with the far query against the far key copy, the
+   nearer ones as plain RoPE. */
+static int first_near_key(const AttentionJob *job, int p) {
+    int from = job->rectified ? p - job->c->positions.window + 1 : 0;
+    return from > 0 ? from : 0;
+}
+
 /* One (token, head) pair per work item: scores against the sequence's cached
    keys up to the token's own position, softmax, weighted sum of values. */
 static void attention_task(void *arg, int ith, int nth) {
@@ -1125,14 +1134,10 @@ static void attention_task(void *arg, int ith, int nth) {
         size_t layer_k = (size_t)job->layer * s->capacity * kv_stride + (size_t)kvh * hd;
         const float *kc = s->k + layer_k;
         const float *vc = s->v + (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd;
-        /* Rectified positions: keys at distance >= W are scored with the far
-           query against the far key copy; nearer ones as plain RoPE. */
-        int near_from = job->rectified ? p - c->positions.window + 1 : 0;
+        int near_from = first_near_key(job, p);
         if (near_from > 0) {
             const float *qf = c->q_far + (size_t)t * cfg->n_heads * hd + (size_t)h * hd, *kf = s->k_far + layer_k;
             for (int j = 0; j < near_from; j++) att[j] = dot_f32(qf, kf + (size_t)j * kv_stride, hd) * scale;
-        } else {
-            near_from = 0;
         }
         for (int j = near_from; j <= p; j++) att[j] = dot_f32(q, kc + (size_t)j * kv_stride, hd) * scale;
         softmax(att, p + 1);
@@ -1167,14 +1172,12 @@ static void attention_mla_task(void *arg, int ith, int nth) {
         for (int i = 0; i < lat; i++) q_abs[i] = row_dot(&L->wk_b, h * lat + i, q, xq);
         memcpy(q_abs + lat, q + dn, (size_t)dr * sizeof(float));
         const float *kc = s->k + (size_t)job->layer * s->capacity * row;
-        int near_from = job->rectified ? p - c->positions.window + 1 : 0;
+        int near_from = first_near_key(job, p);
         if (near_from > 0) { /* distant keys: the latent part as it is, the rotary part from the far copy */
             const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
             const float *kf = s->k_far + (size_t)job->layer * s->capacity * dr;
             for (int j = 0; j < near_from; j++)
                 att[j] = (dot_f32(q_abs, kc + j * row, lat) + dot_f32(qf, kf + (size_t)j * dr, dr)) * c->attn_scale;
-        } else {
-            near_from = 0;
         }
         for (int j = near_from; j <= p; j++) att[j] = dot_f32(q_abs, kc + j * row, (int)row) * c->attn_scale;
         softmax(att, p + 1);
@@ -1205,14 +1208,12 @@ static void attention_mla_expanded_task(void *arg, int ith, int nth) {
         const Sequence *s = job->seqs[t];
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim;
         const float *kc = s->k + (size_t)job->layer * s->capacity * row, *kv = c->mla_kv + (size_t)h * (dn + dv);
-        int near_from = job->rectified ? p - c->positions.window + 1 : 0;
+        int near_from = first_near_key(job, p);
         if (near_from > 0) {
             const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
             const float *kf = s->k_far + (size_t)job->layer * s->capacity * dr;
             for (int j = 0; j < near_from; j++)
                 att[j] = (dot_f32(q, kv + j * kv_row, dn) + dot_f32(qf, kf + (size_t)j * dr, dr)) * c->attn_scale;
-        } else {
-            near_from = 0;
         }
         for (int j = near_from; j <= p; j++)
             att[j] = (dot_f32(q, kv + j * kv_row, dn) + dot_f32(q + dn, kc + j * row + lat, dr)) * c->attn_scale;
@@ -1229,7 +1230,7 @@ static void attention_mla_expanded_task(void *arg, int ith, int nth) {
    latents rather than heads' keys and values). Multiply-adds per head. */
 static int mla_expand_pays(const Context *c, Sequence *const *seqs, int n) {
     const ModelConfig *cfg = &c->model->cfg;
-    if (!c->mla_kv || c->mla_path == 1) return 0;
+    if (!c->mla_kv || c->mla_path == 1 || n < 2) return 0; /* a decode step stays absorbed */
     for (int t = 1; t < n; t++)
         if (seqs[t] != seqs[0]) return 0;
     if (c->mla_path == 2) return 1;

@@ -426,7 +426,7 @@ static void print_verbose(const Engine *e, const Options *o) {
         fprintf(stderr, "experts: %d routed (%d per token), %d shared, hidden %d; dense layers before %d\n", c->n_experts,
                 c->n_experts_used, c->n_shared_experts, c->moe_hidden_dim, c->first_k_dense);
     if (e->seq.k_far) {
-        size_t far = (size_t)c->n_layers * (c->attn_kind == ATTN_MLA ? c->qk_rope_head_dim : c->n_kv_heads * c->head_dim) * sizeof(float);
+        size_t far = (size_t)c->n_layers * kv_far_width(c) * sizeof(float);
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }

@@ -508,6 +508,26 @@ static void test_mla(int q_lora) {
     CHECK(model_kv_bytes_per_token(&m) == (size_t)m.cfg.n_layers * (m.cfg.kv_lora_rank + m.cfg.qk_rope_head_dim) * 4 &&
               !s1.v, "%s: the cache holds %zu bytes per token, layers x (latent + rotary key) x 4, and no values", what,
           model_kv_bytes_per_token(&m));
+    /* only the chosen experts are read: poison every other expert of the MoE
+       layer with NaN (the weights are this test's own memory) and feed the
+       same token again */
+    int V = m.cfg.vocab_size, chosen[2] = {0}, used = m.cfg.n_experts_used;
+    s1.n_past = 0;
+    model_forward(c, seqs, prompt, 1, NULL);
+    memcpy(chosen, c->route_id, (size_t)used * sizeof(int));
+    float *before = malloc((size_t)V * sizeof(float));
+    memcpy(before, c->logits, (size_t)V * sizeof(float));
+    const Layer *moe_layer_1 = &m.layers[1];
+    for (int e = 0; e < m.cfg.n_experts; e++) {
+        if (e == chosen[0] || e == chosen[1]) continue;
+        const Matrix *w = &moe_layer_1->experts[e].w1;
+        for (size_t i = 0; i < (size_t)w->rows * w->cols; i++) ((float *)w->data)[i] = NAN;
+    }
+    s1.n_past = 0;
+    model_forward(c, seqs, prompt, 1, NULL);
+    CHECK(used == 2 && !memcmp(before, c->logits, (size_t)V * sizeof(float)),
+          "%s: a token reads only its %d chosen experts (the others poisoned with NaN change nothing)", what, used);
+    free(before);
     sequence_free(&s1);
     sequence_free(&s2);
     context_free(c);

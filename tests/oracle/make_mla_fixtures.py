@@ -29,6 +29,9 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_generation import greedy_through_cache  # noqa: E402
+
 src, out_root = sys.argv[1], sys.argv[2]
 only = sys.argv[3:]  # model names; all when none
 src_ref = json.load(open(os.path.join(src, "reference.json")))
@@ -92,18 +95,6 @@ def load(folder):
     return m
 
 
-def greedy(folder, prompt_ids, n):
-    model = load(folder)
-    ids, margins, past, feed = [], [], None, prompt_ids
-    with torch.no_grad():
-        for _ in range(n):
-            o = model(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
-            past = o.past_key_values
-            top = torch.topk(o.logits[0, -1].double(), 2)
-            ids.append(int(top.indices[0]))
-            margins.append(float(top.values[0] - top.values[1]))
-            feed = [ids[-1]]
-    return ids, min(margins)
 
 
 manifest = {}
@@ -144,7 +135,7 @@ for name, (family, dtype, kw) in MODELS.items():
     for t, n_chars, n_gen in ((0, 40, 60), (1, 500, 30)):
         prompt = open(os.path.join(folder, f"text{t}.txt"), encoding="utf-8").read()[:n_chars]
         prompt_ids = tok.encode(prompt).ids
-        gen, margin = greedy(folder, prompt_ids, n_gen)
+        gen, margin = greedy_through_cache(load(folder), prompt_ids, n_gen)
         cases.append({"prompt": prompt, "prompt_ids": prompt_ids, "ids": gen, "min_margin": margin})
         print(name, "greedy", len(prompt_ids), n_gen, "min margin", margin, flush=True)
     ref = {"model": name, "architecture": family + "ForCausalLM", "stored_dtype": dtype,

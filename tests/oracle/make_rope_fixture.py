@@ -33,6 +33,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_generation import greedy_through_cache  # noqa: E402
+
 variant, src, out = sys.argv[1], sys.argv[2], sys.argv[3]
 shutil.copytree(src, out)
 source_ids = [t["ids"] for t in json.load(open(os.path.join(src, "reference.json")))["texts"]]
@@ -60,19 +63,6 @@ def load():
     return AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float64, attn_implementation="eager").eval()
 
 
-def greedy(prompt_ids, n):
-    """Prompt in one forward pass, then n argmax tokens one at a time through the cache."""
-    model = load()
-    ids, margins, past, feed = [], [], None, prompt_ids
-    with torch.no_grad():
-        for _ in range(n):
-            o = model(input_ids=torch.tensor([feed]), past_key_values=past, use_cache=True)
-            past = o.past_key_values
-            top = torch.topk(o.logits[0, -1].double(), 2)
-            ids.append(int(top.indices[0]))
-            margins.append(float(top.values[0] - top.values[1]))
-            feed = [ids[-1]]
-    return ids, min(margins)
 
 
 texts = []
@@ -105,7 +95,7 @@ if variant == "dynamic":
     for t, n_chars, n_gen in ((0, 80, 90), (1, 600, 40)):
         prompt = texts[t]["text"][:n_chars]
         prompt_ids = tok.encode(prompt).ids
-        gen, margin = greedy(prompt_ids, n_gen)
+        gen, margin = greedy_through_cache(load(), prompt_ids, n_gen)
         cases.append({"prompt": prompt, "prompt_ids": prompt_ids, "ids": gen, "min_margin": margin})
         print("greedy", len(prompt_ids), n_gen, "min margin", margin, flush=True)
     ref["greedy"] = cases
