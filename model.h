@@ -24,6 +24,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kernels.h"
 #include "tokenizer.h"
@@ -274,6 +275,74 @@ void context_free(Context *c);
    written, in order, to c->logits. Returns the number of logit rows, or -1
    with c->error set. */
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want);
+
+/* Copies positions [0, n) of src into dst, two sequences of the same model
+   and positions (n <= src->n_past, n <= dst->capacity); dst->n_past = n.
+   Returns 0, or -1 when they do not match. */
+int sequence_copy(Sequence *dst, const Sequence *src, const Model *m, int n);
+/* Writes positions [0, n) of s to f, or reads them from f into s (setting
+   n_past = n). Raw f32 in the cache layout, layer by layer; the caller keeps
+   what identifies them (model_digest, the tokens). Returns 0, or -1 on a
+   short read or a failed write. */
+int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing);
+/* A 64-bit fingerprint of what a KV cache depends on besides its tokens:
+   the configuration, the tensor table, samples of every tensor's bytes and
+   the position settings. */
+uint64_t model_digest(const Model *m, const Positions *positions);
+/* FNV-1a, continued from h (start from FNV_OFFSET). */
+#define FNV_OFFSET 0xcbf29ce484222325ull
+uint64_t hash_bytes(uint64_t h, const void *data, size_t n);
+
+/* ---------------------------------------------------------------------------
+ * NBCE, naive-Bayes context extension (ALGORITHMS.md §6). Row 0 holds the
+ * question alone, rows 1..n one context each with the question. Every step
+ * feeds all rows the same token and pools their next-token distributions:
+ * each row is cut to its top-p nucleus; the row with the least entropy is
+ * chosen, the previous step's row with a bonus of eta (or the rows are
+ * averaged); the scores are (1 + beta) * pooled - beta * row 0, with row 0
+ * left out where it has cut the token.
+ */
+enum { NBCE_MIN_ENTROPY = 0, NBCE_MEAN = 1 };
+
+typedef struct {
+    int vocab, batch;          /* batch: most tokens nbce_feed runs forward at once */
+    float beta, eta, top_p;
+    int pool;                  /* NBCE_MIN_ENTROPY or NBCE_MEAN */
+    int prev;                  /* the row chosen at the last step; 0 before the first */
+    /* the step being pooled; rows come in order, row 0 first */
+    int rows, chosen;
+    float chosen_entropy;
+    float *uncond, *pooled, *row; /* [vocab] truncated log-probabilities of row 0, of the chosen row
+                                  (mean: the sum over rows), of the row being added */
+    uint8_t *kept;             /* [vocab] mean pooling: some row kept the token */
+    uint32_t *keys;            /* [2][vocab] sorting scratch */
+    int *ids;                  /* [2][vocab] */
+    Sequence **batch_seqs;     /* nbce_feed's batch, [batch] */
+    int *batch_tokens;
+    uint8_t *batch_want;
+} Nbce;
+
+/* For rows run with context c. Returns 0, or -1 with one line in err. */
+int nbce_init(Nbce *nb, const Context *c, float beta, float eta, float top_p, int pool, char *err, size_t errlen);
+void nbce_free(Nbce *nb);
+/* lp = log-softmax(logits) cut to the top-p nucleus as transformers'
+   TopPLogitsWarper cuts it: the least likely tokens whose probabilities add
+   up to at most 1 - top_p become -inf (never the most likely one), without
+   renormalising. Returns the entropy of what is kept,
+   -sum exp(lp) * max(lp, -100). */
+float nbce_truncate(Nbce *nb, const float *logits, float *lp);
+/* Adds the next row's logits to the step (row 0 first). */
+void nbce_add(Nbce *nb, const float *logits);
+/* Ends the step: z = the pooled scores. Returns the chosen row (>= 1; 0
+   under mean pooling), or -1 when fewer than two rows were added. */
+int nbce_pool(Nbce *nb, float *z);
+/* Appends tokens[r][0 .. n_tokens[r]) (at least one) to rows[r] for every
+   row, running all rows together in batches so the weights are read once
+   per batch, and pools the rows' next-token distributions into z. Returns
+   the chosen row as nbce_pool does, or -1 with c->error set. progress, when
+   not NULL, hears the tokens done after every batch. */
+int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tokens, const int *n_tokens, int n_rows,
+              float *z, void (*progress)(void *arg, int done, int total), void *arg);
 
 /* ===========================================================================
  * Implementation
@@ -1484,6 +1553,251 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
     MatmulOut cls[1] = {{c->logits, &m->output}};
     if (n_out) matmul(c, c->xb, n_out, cls, 1);
     return n_out;
+}
+
+/* ---------------------------------------------------------------------------
+ * Keeping and moving KV caches: positions [0, n) of each of a sequence's
+ * parts (keys, values, far keys), layer by layer.
+ */
+typedef struct {
+    float *base;
+    size_t width;              /* floats per position */
+} KvPart;
+
+static int kv_parts(const Sequence *s, const Model *m, KvPart parts[3]) {
+    int n = 0;
+    parts[n++] = (KvPart){s->k, kv_key_width(&m->cfg)};
+    if (s->v) parts[n++] = (KvPart){s->v, kv_value_width(&m->cfg)};
+    if (s->k_far) parts[n++] = (KvPart){s->k_far, kv_far_width(&m->cfg)};
+    return n;
+}
+
+int sequence_copy(Sequence *dst, const Sequence *src, const Model *m, int n) {
+    KvPart to[3], from[3];
+    int parts = kv_parts(dst, m, to);
+    if (parts != kv_parts(src, m, from) || !!dst->k_far != !!src->k_far || n < 0 || n > src->n_past || n > dst->capacity)
+        return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int p = 0; p < parts; p++)
+            memcpy(to[p].base + (size_t)l * dst->capacity * to[p].width, from[p].base + (size_t)l * src->capacity * from[p].width,
+                   (size_t)n * to[p].width * sizeof(float));
+    dst->n_past = n;
+    return 0;
+}
+
+int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing) {
+    KvPart parts[3];
+    int np = kv_parts(s, m, parts);
+    if (n < 0 || n > s->capacity || (writing && n > s->n_past)) return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int p = 0; p < np; p++) {
+            float *at = parts[p].base + (size_t)l * s->capacity * parts[p].width;
+            size_t count = (size_t)n * parts[p].width;
+            if ((writing ? fwrite(at, sizeof(float), count, f) : fread(at, sizeof(float), count, f)) != count) return -1;
+        }
+    if (!writing) s->n_past = n;
+    return 0;
+}
+
+uint64_t hash_bytes(uint64_t h, const void *data, size_t n) {
+    const uint8_t *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+uint64_t model_digest(const Model *m, const Positions *positions) {
+    uint64_t h = hash_bytes(FNV_OFFSET, &m->cfg, sizeof m->cfg);
+    Positions pos = positions ? *positions : (Positions){POS_MODEL, 0, 1.0f, 0};
+    h = hash_bytes(h, &pos, sizeof pos);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const Tensor *t = &m->tensors[i];
+        h = hash_bytes(h, t->name, strlen(t->name));
+        h = hash_bytes(h, &t->type, sizeof t->type);
+        h = hash_bytes(h, t->shape, sizeof t->shape);
+        /* 64 bytes from each sixteenth: any re-export with other weights differs */
+        for (size_t k = 0; k < 16 && t->nbytes; k++) {
+            size_t at = t->nbytes / 16 * k, len = t->nbytes - at < 64 ? t->nbytes - at : 64;
+            h = hash_bytes(h, (const uint8_t *)t->data + at, len);
+        }
+    }
+    return h;
+}
+
+/* ---------------------------------------------------------------------------
+ * NBCE.
+ */
+int nbce_init(Nbce *nb, const Context *c, float beta, float eta, float top_p, int pool, char *err, size_t errlen) {
+    memset(nb, 0, sizeof *nb);
+    if (!(top_p > 0 && top_p <= 1) || !(beta >= -1) || !(eta >= 0) || (pool != NBCE_MIN_ENTROPY && pool != NBCE_MEAN))
+        return seterr(err, errlen, "invalid NBCE settings (top-p in (0, 1], beta >= -1, eta >= 0)");
+    size_t V = (size_t)c->model->cfg.vocab_size;
+    nb->vocab = (int)V;
+    nb->batch = c->max_batch < c->max_logits ? c->max_batch : c->max_logits;
+    nb->beta = beta, nb->eta = eta, nb->top_p = top_p, nb->pool = pool;
+    nb->uncond = malloc(V * sizeof(float));
+    nb->pooled = malloc(V * sizeof(float));
+    nb->row = malloc(V * sizeof(float));
+    nb->kept = malloc(V);
+    nb->keys = malloc(2 * V * sizeof(uint32_t));
+    nb->ids = malloc(2 * V * sizeof(int));
+    nb->batch_seqs = malloc((size_t)nb->batch * sizeof(Sequence *));
+    nb->batch_tokens = malloc((size_t)nb->batch * sizeof(int));
+    nb->batch_want = malloc((size_t)nb->batch);
+    if (!nb->uncond || !nb->pooled || !nb->row || !nb->kept || !nb->keys || !nb->ids || !nb->batch_seqs ||
+        !nb->batch_tokens || !nb->batch_want) {
+        nbce_free(nb);
+        return seterr(err, errlen, "out of memory for NBCE");
+    }
+    return 0;
+}
+
+void nbce_free(Nbce *nb) {
+    free(nb->uncond);
+    free(nb->pooled);
+    free(nb->row);
+    free(nb->kept);
+    free(nb->keys);
+    free(nb->ids);
+    free(nb->batch_seqs);
+    free(nb->batch_tokens);
+    free(nb->batch_want);
+    memset(nb, 0, sizeof *nb);
+}
+
+/* Sorts ids[0..n) by keys ascending, stably: least significant byte first,
+   skipping a byte all keys share. keys and ids have room for 2n. */
+static void radix_sort(uint32_t *keys, int *ids, int n) {
+    uint32_t *k0 = keys, *k1 = keys + n;
+    int *i0 = ids, *i1 = ids + n;
+    for (int shift = 0; shift < 32; shift += 8) {
+        size_t count[257] = {0};
+        for (int i = 0; i < n; i++) count[((k0[i] >> shift) & 255) + 1]++;
+        if (count[((k0[0] >> shift) & 255) + 1] == (size_t)n) continue;
+        for (int b = 0; b < 256; b++) count[b + 1] += count[b];
+        for (int i = 0; i < n; i++) {
+            size_t to = count[(k0[i] >> shift) & 255]++;
+            k1[to] = k0[i], i1[to] = i0[i];
+        }
+        uint32_t *kt = k0; k0 = k1; k1 = kt;
+        int *it = i0; i0 = i1; i1 = it;
+    }
+    if (k0 != keys) {
+        memcpy(keys, k0, (size_t)n * sizeof *keys);
+        memcpy(ids, i0, (size_t)n * sizeof *ids);
+    }
+}
+
+float nbce_truncate(Nbce *nb, const float *logits, float *lp) {
+    int V = nb->vocab, n = 0;
+    float max = -INFINITY;
+    for (int v = 0; v < V; v++)
+        if (logits[v] > max) max = logits[v];
+    double sum = 0, h = 0;
+    for (int v = 0; v < V; v++) sum += lp[v] = expf(logits[v] - max);
+    float lse = max + (float)log(sum), inv = (float)(1 / sum);
+    /* With a nucleus, tokens below (1 - top_p) / V go in any case: together
+       they hold at most 1 - top_p and they are the least likely. Only the
+       rest are sorted, by probability, whose float bits sort as integers. */
+    double cut = 1.0 - nb->top_p, cum = 0;
+    float floor_p = nb->top_p < 1 ? (float)(cut / V) : -1;
+    for (int v = 0; v < V; v++) {
+        float p = lp[v] * inv;
+        lp[v] = logits[v] - lse;
+        if (p > floor_p) {
+            memcpy(&nb->keys[n], &p, sizeof p);
+            nb->ids[n++] = v;
+        } else {
+            cum += p;
+            lp[v] = -INFINITY;
+        }
+    }
+    int first = 0; /* the first token kept, in ascending order */
+    if (nb->top_p < 1) {
+        radix_sort(nb->keys, nb->ids, n);
+        for (; first < n - 1; first++) { /* never the most likely */
+            float p;
+            memcpy(&p, &nb->keys[first], sizeof p);
+            if ((cum += p) > cut) break;
+            lp[nb->ids[first]] = -INFINITY;
+        }
+    }
+    for (int i = first; i < n; i++) {
+        float p, l = lp[nb->ids[i]];
+        memcpy(&p, &nb->keys[i], sizeof p);
+        h -= (double)p * (l > -100 ? l : -100);
+    }
+    return (float)h;
+}
+
+void nbce_add(Nbce *nb, const float *logits) {
+    int r = nb->rows++;
+    if (r == 0) {
+        nbce_truncate(nb, logits, nb->uncond);
+        return;
+    }
+    float h = nbce_truncate(nb, logits, nb->row);
+    if (nb->pool == NBCE_MEAN) {
+        for (int v = 0; v < nb->vocab; v++) {
+            float x = nb->row[v] > -100 ? nb->row[v] : -100;
+            nb->pooled[v] = r == 1 ? x : nb->pooled[v] + x;
+            nb->kept[v] = (r > 1 && nb->kept[v]) || nb->row[v] > -INFINITY;
+        }
+        return;
+    }
+    if (r == nb->prev) h -= nb->eta;
+    if (nb->chosen == 0 || h < nb->chosen_entropy) { /* the first of equals stays */
+        float *t = nb->pooled;
+        nb->pooled = nb->row;
+        nb->row = t;
+        nb->chosen = r;
+        nb->chosen_entropy = h;
+    }
+}
+
+int nbce_pool(Nbce *nb, float *z) {
+    int contexts = nb->rows - 1, chosen = nb->pool == NBCE_MEAN ? 0 : nb->chosen;
+    nb->rows = nb->chosen = 0;
+    if (contexts < 1) return -1;
+    for (int v = 0; v < nb->vocab; v++) {
+        float p = nb->pool == NBCE_MEAN ? (nb->kept[v] ? nb->pooled[v] / contexts : -INFINITY) : nb->pooled[v];
+        /* -inf - -inf would be NaN: where row 0 has cut the token, the pooled value stands alone */
+        z[v] = p == -INFINITY ? p : nb->uncond[v] > -100 ? (1 + nb->beta) * p - nb->beta * nb->uncond[v] : p;
+    }
+    nb->prev = chosen;
+    return chosen;
+}
+
+int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tokens, const int *n_tokens, int n_rows,
+              float *z, void (*progress)(void *arg, int done, int total), void *arg) {
+    int total = 0;
+    for (int r = 0; r < n_rows; r++) {
+        if (n_tokens[r] < 1) return seterr(c->error, sizeof c->error, "NBCE row %d has no token to feed", r);
+        total += n_tokens[r];
+    }
+    nb->rows = nb->chosen = 0;
+    /* Rows in order, each one's tokens in order, cut into batches: a row's
+       last token asks for logits, so they arrive in row order. */
+    int r = 0, i = 0, done = 0;
+    while (r < n_rows) {
+        int b = 0;
+        for (; b < nb->batch && r < n_rows; b++) {
+            nb->batch_seqs[b] = rows[r];
+            nb->batch_tokens[b] = tokens[r][i];
+            nb->batch_want[b] = ++i == n_tokens[r];
+            if (i == n_tokens[r]) r++, i = 0;
+        }
+        int out = model_forward(c, nb->batch_seqs, nb->batch_tokens, b, nb->batch_want);
+        if (out < 0) {
+            nb->rows = nb->chosen = 0;
+            return -1;
+        }
+        for (int k = 0; k < out; k++) nbce_add(nb, c->logits + (size_t)k * nb->vocab);
+        done += b;
+        if (progress) progress(arg, done, total);
+    }
+    int chosen = nbce_pool(nb, z);
+    if (chosen < 0) return seterr(c->error, sizeof c->error, "NBCE needs the unconditional row and at least one context");
+    return chosen;
 }
 
 #endif /* MODEL_IMPLEMENTATION */

@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Every bad input ends here: one line on stderr, status 1. */
@@ -55,6 +57,13 @@ typedef struct {
     const char *rope_scaling; /* --rope-scaling, NULL = the model's */
     float rope_factor, rope_theta; /* 0 = the model's */
     int rope_orig_ctx;  /* 0 = the model's */
+    const char *nbce_dir;   /* --nbce DIR: answer from the documents in DIR */
+    float beta, eta, nbce_top_p;
+    int pool;           /* NBCE_MIN_ENTROPY or NBCE_MEAN */
+    char *row_template; /* --template, "\n" turned into newlines; NULL = the default */
+    const char *cache_dir;  /* --cache-dir: KV caches of documents kept between runs */
+    double mem;         /* --mem: bytes the NBCE rows may take; 0 = what the system has available */
+    int nbce_chunk;     /* --nbce-chunk: most tokens in one context; 0 = what fits */
 } Options;
 
 static void usage(void) {
@@ -89,7 +98,18 @@ static void usage(void) {
             "  --system TEXT    system prompt for --chat\n"
             "  --chat-template NAME  the formatter to use instead of the detected one:\n"
             "                   llama2, mistral, llama3, chatml, deepseek\n"
-            "  --chat-history FILE   earlier turns, a JSON array of {\"role\", \"content\"} objects\n");
+            "  --chat-history FILE   earlier turns, a JSON array of {\"role\", \"content\"} objects\n"
+            "  --nbce DIR       answer the prompt (the question) from the documents in DIR; without -p or -f,\n"
+            "                   every line of standard input is a question\n"
+            "  --beta B         NBCE: weight of the unconditional row (default 0.25)\n"
+            "  --eta E          NBCE: entropy bonus for the previously chosen context (default 0.1)\n"
+            "  --nbce-top-p P   NBCE: per-row nucleus before pooling (default 0.95)\n"
+            "  --pool P         NBCE: min-entropy or mean (default min-entropy)\n"
+            "  --template T     NBCE: row template with {context} and {question}; \\n is a newline\n"
+            "                   (default {context}\\n\\n{question}, in the model's chat format if it has one)\n"
+            "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question)\n"
+            "  --cache-dir DIR  NBCE: keep the documents' KV caches in DIR for later runs\n"
+            "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n");
     exit(1);
 }
 
@@ -107,6 +127,39 @@ static float parse_float(const char *opt, const char *s, float lo, float hi) {
     float v = strtof(s, &end);
     if (errno || end == s || *end || !(v >= lo && v <= hi)) die("invalid value '%s' for %s (a number from %g to %g)", s, opt, lo, hi);
     return v;
+}
+
+/* A size in bytes: a number with an optional K, M, G or T (powers of 1024),
+   optionally followed by B or iB. */
+static double parse_size(const char *opt, const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end), unit = 1;
+    const char *units = "KMGT";
+    const char *u = *end ? strchr(units, *end & ~0x20) : NULL;
+    if (u) {
+        for (const char *k = units; k <= u; k++) unit *= 1024;
+        end++;
+        if (*end == 'i' && end[1] == 'B') end += 2;
+        else if ((*end & ~0x20) == 'B') end++;
+    } else if ((*end & ~0x20) == 'B') {
+        end++;
+    }
+    if (errno || end == s || *end || !(v > 0) || v * unit > 1e18)
+        die("invalid value '%s' for %s (a size such as 512M or 2G)", s, opt);
+    return v * unit;
+}
+
+/* --template: "\n" written in the option stands for a newline. */
+static char *unescape_template(const char *t) {
+    char *out = malloc(strlen(t) + 1), *w = out;
+    if (!out) die("out of memory");
+    for (; *t; t++) {
+        if (t[0] == '\\' && t[1] == 'n') *w++ = '\n', t++;
+        else *w++ = *t;
+    }
+    *w = '\0';
+    return out;
 }
 
 static int chat_family(const char *name); /* the --chat-template names, with the chat code below */
@@ -146,7 +199,9 @@ static void override_rope(ModelConfig *c, const Options *o) {
 }
 
 static Options parse_options(int argc, char **argv) {
-    Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1};
+    Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1,
+                 .beta = 0.25f, .eta = 0.1f, .nbce_top_p = 0.95f, .pool = NBCE_MIN_ENTROPY};
+    int nbce_option = 0; /* the index of an NBCE-only option given */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
     o.seed = (unsigned long long)time(NULL);
@@ -186,13 +241,42 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--rope-factor")) o.rope_factor = parse_float(a, VALUE(), 1, 1e6f);
         else if (!strcmp(a, "--rope-theta")) o.rope_theta = parse_float(a, VALUE(), 1, 1e12f);
         else if (!strcmp(a, "--rope-orig-ctx")) o.rope_orig_ctx = (int)parse_int(a, VALUE(), 1, 1 << 24);
+        else if (!strcmp(a, "--nbce")) o.nbce_dir = VALUE();
+        else if (!strcmp(a, "--beta")) o.beta = parse_float(a, VALUE(), -1, 1e6f), nbce_option = i - 1;
+        else if (!strcmp(a, "--eta")) o.eta = parse_float(a, VALUE(), 0, 1e6f), nbce_option = i - 1;
+        else if (!strcmp(a, "--nbce-top-p")) {
+            o.nbce_top_p = parse_float(a, VALUE(), 0, 1), nbce_option = i - 1;
+            if (o.nbce_top_p == 0) die("invalid value '0' for --nbce-top-p (a nucleus above 0, at most 1)");
+        }
+        else if (!strcmp(a, "--pool")) {
+            const char *p = VALUE();
+            nbce_option = i - 1;
+            if (!strcmp(p, "min-entropy")) o.pool = NBCE_MIN_ENTROPY;
+            else if (!strcmp(p, "mean")) o.pool = NBCE_MEAN;
+            else die("unknown --pool '%s' (min-entropy or mean)", p);
+        }
+        else if (!strcmp(a, "--template")) {
+            free(o.row_template);
+            o.row_template = unescape_template(VALUE()), nbce_option = i - 1;
+            if (!strstr(o.row_template, "{context}") || !strstr(o.row_template, "{question}"))
+                die("--template needs both {context} and {question}");
+        }
+        else if (!strcmp(a, "--nbce-chunk")) o.nbce_chunk = (int)parse_int(a, VALUE(), 1, 1 << 24), nbce_option = i - 1;
+        else if (!strcmp(a, "--cache-dir")) o.cache_dir = VALUE(), nbce_option = i - 1;
+        else if (!strcmp(a, "--mem")) o.mem = parse_size(a, VALUE()), nbce_option = i - 1;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
         else die("unknown option '%s' (./run with no arguments lists them)", a);
 #undef VALUE
     }
     if (o.prompt && o.prompt_file) die("give the prompt with -p or -f, not both");
-    if (!o.chat && (o.system || o.chat_template || o.chat_history))
+    if (nbce_option && !o.nbce_dir) die("%s only applies with --nbce", argv[nbce_option]);
+    if (o.nbce_dir && (o.chat || o.ppl || o.chat_history))
+        die("--nbce answers a question from documents; it cannot be combined with %s",
+            o.chat ? "--chat" : o.ppl ? "--ppl" : "--chat-history");
+    if (!o.chat && !o.nbce_dir && (o.system || o.chat_template || o.chat_history))
         die("%s only applies with --chat", o.system ? "--system" : o.chat_template ? "--chat-template" : "--chat-history");
+    if (o.nbce_dir && o.system && o.row_template)
+        die("--system applies to NBCE rows in the model's chat format, not with --template");
     if (o.chat && o.ppl) die("--ppl scores a text; it cannot be combined with --chat");
     if (o.chat_template && chat_family(o.chat_template) < 0)
         die("unknown chat template '%s' for --chat-template (one of llama2, mistral, llama3, chatml, deepseek)", o.chat_template);
@@ -425,7 +509,7 @@ static void print_verbose(const Engine *e, const Options *o) {
     if (c->ffn_kind == FFN_MOE)
         fprintf(stderr, "experts: %d routed (%d per token), %d shared, hidden %d; dense layers before %d\n", c->n_experts,
                 c->n_experts_used, c->n_shared_experts, c->moe_hidden_dim, c->first_k_dense);
-    if (e->seq.k_far) {
+    if (e->ctx->positions.scheme == POS_REROPE || e->ctx->positions.scheme == POS_LEAKY) {
         size_t far = (size_t)c->n_layers * kv_far_width(c) * sizeof(float);
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
@@ -503,40 +587,40 @@ static void sampler_free(Sampler *s) {
     free(s->cand);
 }
 
-/* Feeds the prompt after whatever the sequence already holds, then samples
-   until end-of-sequence (or end_of_turn, when >= 0), the -n limit or a full
-   context. Text streams to stdout unless --json. With skip_space, spaces at
-   the start of the answer are not shown (chat answers follow "[/INST]" or
-   "Assistant:" with a space the template does not count as content). */
-static void generate(Engine *e, Sampler *s, const int *prompt, int n_prompt, int end_of_turn, int skip_space,
-                     const Options *o, Generation *g) {
-    int max_new = e->ctx_len - (e->seq.n_past + n_prompt) + 1; /* the last token is printed but never fed */
-    if (o->steps >= 0 && o->steps < max_new) max_new = o->steps;
+/* What generate() samples from and feeds: one sequence, or NBCE's rows.
+   step feeds one token and returns the scores for the next. */
+typedef struct {
+    const float *(*step)(void *self, int token);
+    void *self;
+} Stepper;
+
+/* Samples from scores (after the token prev) until end-of-sequence (or
+   end_of_turn, when >= 0) or max_new tokens, feeding each token but the last
+   through st. Text streams to stdout unless --json. With skip_space, spaces
+   at the start of the answer are not shown (chat answers follow "[/INST]" or
+   "Assistant:" with a space the template does not count as content). The
+   caller sets g->prefill_tps. */
+static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int prev, int max_new, Stepper st,
+                     int end_of_turn, int skip_space, const Options *o, Generation *g) {
     memset(g, 0, sizeof *g);
     g->stop = g->unfed = -1;
     g->ids = malloc((size_t)(max_new > 0 ? max_new : 1) * sizeof(int));
     if (o->json) { /* room for the longest piece at every step: no allocation in the loop */
-        g->out.cap = (size_t)(max_new > 0 ? max_new : 1) * tokenizer_max_piece_bytes(e->tokenizer) + 1;
+        g->out.cap = (size_t)(max_new > 0 ? max_new : 1) * tokenizer_max_piece_bytes(tok) + 1;
         g->out.text = malloc(g->out.cap);
     }
     if (!g->ids || (o->json && !g->out.text)) die("out of memory");
-
-    double t0 = now_seconds();
-    e->seq.rope_len = e->seq.n_past + n_prompt; /* dynamic NTK: the prompt is rotated for its whole length */
-    feed(e, prompt, n_prompt, NULL);
-    double t1 = now_seconds(), t_first = t1;
-    int prev = prompt[n_prompt - 1];
+    double t_first = now_seconds();
     while (g->n_gen < max_new) {
-        int next = sample(s, e->ctx->logits);
+        int next = sample(s, scores);
         /* llama2.c's models end a story with BOS, so BOS stops generation too */
-        if (!o->ignore_eos && (tokenizer_is_eos(e->tokenizer, next) || next == tokenizer_bos(e->tokenizer) ||
-                               next == end_of_turn)) {
+        if (!o->ignore_eos && (tokenizer_is_eos(tok, next) || next == tokenizer_bos(tok) || next == end_of_turn)) {
             g->stop = next;
             break;
         }
         g->ids[g->n_gen++] = next;
         size_t len;
-        const char *piece = tokenizer_decode(e->tokenizer, prev, next, &len);
+        const char *piece = tokenizer_decode(tok, prev, next, &len);
         if (skip_space) {
             while (len > 0 && *piece == ' ') piece++, len--;
             skip_space = len == 0;
@@ -544,27 +628,47 @@ static void generate(Engine *e, Sampler *s, const int *prompt, int n_prompt, int
         text_emit(&g->out, piece, len, !o->json);
         prev = next;
         if (g->n_gen == 1) t_first = now_seconds();
-        if (g->n_gen == max_new || e->seq.n_past >= e->ctx_len) {
+        if (g->n_gen == max_new) {
             g->unfed = next;
             break;
         }
-        feed(e, &next, 1, NULL);
+        scores = st.step(st.self, next);
     }
-    double t2 = now_seconds();
+    g->decode_tps = g->n_gen > 1 ? (g->n_gen - 1) / (now_seconds() - t_first) : 0;
+}
+
+static const float *sequence_step(void *self, int token) {
+    Engine *e = self;
+    feed(e, &token, 1, NULL);
+    return e->ctx->logits;
+}
+
+/* Feeds the prompt after whatever the sequence already holds, then
+   generates until the -n limit or a full context (the last token is printed
+   but never fed). */
+static void generate_sequence(Engine *e, Sampler *s, const int *prompt, int n_prompt, int end_of_turn, int skip_space,
+                              const Options *o, Generation *g) {
+    int max_new = e->ctx_len - (e->seq.n_past + n_prompt) + 1;
+    if (o->steps >= 0 && o->steps < max_new) max_new = o->steps;
+    double t0 = now_seconds();
+    e->seq.rope_len = e->seq.n_past + n_prompt; /* dynamic NTK: the prompt is rotated for its whole length */
+    feed(e, prompt, n_prompt, NULL);
+    double t1 = now_seconds();
+    generate(e->tokenizer, s, e->ctx->logits, prompt[n_prompt - 1], max_new, (Stepper){sequence_step, e}, end_of_turn,
+             skip_space, o, g);
     g->prefill_tps = n_prompt / (t1 - t0);
-    g->decode_tps = g->n_gen > 1 ? (g->n_gen - 1) / (t2 - t_first) : 0;
 }
 
 /* Ends an answer: the newline after streamed text, or the --json object;
    then the statistics line on stderr. */
-static void report(Generation *g, int n_prompt, const Options *o) {
+static void report(Generation *g, int n_prompt, const char *extra_json, const Options *o) {
     if (o->json) {
         printf("{\"text\": ");
         print_json_string(stdout, g->out.text ? g->out.text : "", g->out.len);
         printf(", \"ids\": [");
         for (int i = 0; i < g->n_gen; i++) printf(i ? ", %d" : "%d", g->ids[i]);
-        printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f}\n",
-               n_prompt, g->n_gen, g->prefill_tps, g->decode_tps);
+        printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f%s%s}\n",
+               n_prompt, g->n_gen, g->prefill_tps, g->decode_tps, extra_json ? ", " : "", extra_json ? extra_json : "");
     } else {
         text_flush(&g->out);
         printf("\n");
@@ -583,16 +687,17 @@ static void run_generate(Engine *e, const int *prompt, int n_prompt, const Optio
     Sampler s;
     Generation g;
     sampler_init(&s, e->model.cfg.vocab_size, o);
-    generate(e, &s, prompt, n_prompt, -1, 0, o, &g);
-    report(&g, n_prompt, o);
+    generate_sequence(e, &s, prompt, n_prompt, -1, 0, o, &g);
+    report(&g, n_prompt, NULL, o);
     generation_free(&g);
     sampler_free(&s);
 }
 
-/* The context and the sequence, for ctx_len tokens (--ctx or the model's). */
+/* The context for ctx_len tokens (--ctx or the model's), and the sequence
+   unless NBCE makes its own rows. */
 static void engine_start(Engine *e, const Options *o) {
     char err[512];
-    int batch = o->ppl ? (e->ctx_len < 256 ? e->ctx_len : 256) : (e->ctx_len < 512 ? e->ctx_len : 512);
+    int batch = o->ppl ? (e->ctx_len < 256 ? e->ctx_len : 256) : (e->ctx_len < 512 && !o->nbce_dir ? e->ctx_len : 512);
     /* Positions: CLI.md's --pos, --window, --leaky-k and --logn. */
     int trained = e->model.cfg.max_seq_len;
     Positions pos = {POS_MODEL, 0, 1.0f, 0};
@@ -606,9 +711,9 @@ static void engine_start(Engine *e, const Options *o) {
     } else {
         pos.logn = o->logn > 0 ? o->logn : 0;
     }
-    e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl ? batch : 1, o->threads, &pos, err, sizeof err);
+    e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl || o->nbce_dir ? batch : 1, o->threads, &pos, err, sizeof err);
     if (!e->ctx) die("%s", err);
-    if (sequence_init(&e->seq, e->ctx, e->ctx_len, err, sizeof err)) die("%s", err);
+    if (!o->nbce_dir && sequence_init(&e->seq, e->ctx, e->ctx_len, err, sizeof err)) die("%s", err);
     if (o->verbose) print_verbose(e, o);
 }
 
@@ -1081,15 +1186,19 @@ static void chat_tokenize(const Tokenizer *t, const Str *text, int **ids, int *n
     *n += k;
 }
 
-/* One line from the terminal, without its newline; NULL at EOF. */
+/* One line from standard input, without its newline; NULL at EOF. On a
+   terminal it asks with "> ". */
 static char *read_turn(size_t *len) {
     static char *line;
     static size_t cap;
-    fputs("> ", stderr);
-    fflush(stderr);
+    int terminal = isatty(STDIN_FILENO);
+    if (terminal) {
+        fputs("> ", stderr);
+        fflush(stderr);
+    }
     ssize_t n = getline(&line, &cap, stdin);
     if (n < 0) {
-        fputc('\n', stderr);
+        if (terminal) fputc('\n', stderr);
         free(line);
         line = NULL;
         return NULL;
@@ -1156,8 +1265,8 @@ static void run_chat(Engine *e, const Options *o) {
             fprintf(stderr, "chat: turn %d feeds %d new tokens after %d in the cache (%s formatter)\n", turn, n,
                     e->seq.n_past, chat_family_names[f.family]);
         Generation g;
-        generate(e, &s, ids, n, f.eot_id, 1, o, &g);
-        report(&g, n, o);
+        generate_sequence(e, &s, ids, n, f.eot_id, 1, o, &g);
+        report(&g, n, NULL, o);
         int full = e->seq.n_past >= e->ctx_len && g.unfed >= 0;
         /* What closes the answer in the cache: the end-of-turn token the model
            sampled, or (cut short, or ended by another token) the template's. */
@@ -1200,6 +1309,755 @@ done:
     chat_format_free(&f);
 }
 
+/* ---------------------------------------------------------------------------
+ * NBCE over a folder of documents (CLI.md "NBCE", ALGORITHMS.md §6).
+ *
+ * Every regular file under the folder, in byte-wise order of its path
+ * relative to the folder, is a document. A document too long to share a
+ * row with the question and the answer is cut into consecutive chunks: at
+ * blank lines, else at line and sentence ends, else between words, else
+ * between characters. Each chunk is one context with one row; row 0 has
+ * none. All rows are prefilled together, then every step runs them forward
+ * as one batch and pools their predictions (model.h's nbce_feed).
+ *
+ * A row's KV cache serves as long as it can: the next question of the same
+ * run keeps the longest run of leading tokens the new row shares with the
+ * old one, and with --cache-dir the part of a row before the question is
+ * saved in a file named by the model and those tokens, for later runs.
+ */
+typedef struct {
+    char *path;                /* relative to the folder */
+    char *text;                /* well-formed UTF-8, trailing whitespace dropped */
+    size_t len;
+} Document;
+
+typedef struct {
+    int doc, chunk;            /* the document and the chunk's number in it */
+    size_t start, len;         /* the chunk's bytes in the document's text */
+} Chunk;
+
+typedef struct {
+    int *ids, n;               /* the row's prompt */
+    int prefix;                /* leading ids that do not depend on the question */
+    Sequence seq;              /* capacity n + the answer budget */
+} Row;
+
+/* How rows are written: the template, wrapped in the model's chat format
+   when it has one and no --template was given. */
+typedef struct {
+    const char *tpl;
+    int chat;
+    ChatFormat format;
+    const char *system;
+} RowFormat;
+
+static char *path_join(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    char *p = malloc(la + lb + 2);
+    if (!p) die("out of memory");
+    memcpy(p, a, la);
+    p[la] = '/';
+    memcpy(p + la + 1, b, lb + 1);
+    return p;
+}
+
+typedef struct {
+    char **paths;
+    int n, cap;
+} PathList;
+
+/* The regular files under root/rel, recursively; folders reached through a
+   symbolic link are not entered (they could loop). */
+static void collect_files(const char *root, const char *rel, PathList *list, int depth) {
+    char *dir = rel ? path_join(root, rel) : strdup(root);
+    DIR *d = dir ? opendir(dir) : NULL;
+    if (!d) die("cannot open document folder '%s': %s", dir ? dir : root, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        char *r = rel ? path_join(rel, de->d_name) : strdup(de->d_name), *full = path_join(root, r);
+        struct stat st, lst;
+        if (!r) die("out of memory");
+        if (stat(full, &st)) {
+            fprintf(stderr, "warning: skipping '%s': %s\n", r, strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            if (!lstat(full, &lst) && S_ISLNK(lst.st_mode)) fprintf(stderr, "warning: not entering the linked folder '%s'\n", r);
+            else if (depth >= 64) die("document folder '%s' is nested more than 64 deep", full);
+            else collect_files(root, r, list, depth + 1);
+        } else if (S_ISREG(st.st_mode)) {
+            if (list->n == list->cap) {
+                list->cap = list->cap ? 2 * list->cap : 64;
+                list->paths = realloc(list->paths, (size_t)list->cap * sizeof *list->paths);
+                if (!list->paths) die("out of memory");
+            }
+            list->paths[list->n++] = r;
+            r = NULL;
+        }
+        free(r);
+        free(full);
+    }
+    closedir(d);
+    free(dir);
+}
+
+static int by_path(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Reads one document. Returns 0 (with a warning) for one that is not text
+   or is empty; bytes that are not UTF-8 in a text become U+FFFD. */
+static int load_document(const char *root, char *rel, Document *doc) {
+    char *full = path_join(root, rel);
+    size_t len;
+    char *raw = read_file(full, "document", &len);
+    free(full);
+    size_t bad = 0;
+    for (size_t i = 0; i < len;) {
+        size_t l = utf8_char_len((const unsigned char *)raw + i, len - i);
+        bad += l == 1 && (unsigned char)raw[i] >= 0x80;
+        if (raw[i] == '\0') bad = len; /* NUL: binary */
+        i += l;
+    }
+    if (len && bad * 10 > len) { /* more than one byte in ten is not UTF-8 */
+        fprintf(stderr, "warning: skipping '%s': not a text file\n", rel);
+        free(raw);
+        return 0;
+    }
+    char *text = malloc(len + 2 * bad + 1), *w = text;
+    if (!text) die("out of memory");
+    for (size_t i = 0; i < len;) {
+        size_t l = utf8_char_len((const unsigned char *)raw + i, len - i);
+        if (l == 1 && (unsigned char)raw[i] >= 0x80) memcpy(w, "\xEF\xBF\xBD", 3), w += 3;
+        else memcpy(w, raw + i, l), w += l;
+        i += l;
+    }
+    free(raw);
+    while (w > text && is_space(w[-1])) w--;
+    if (w == text) {
+        fprintf(stderr, "warning: skipping '%s': empty\n", rel);
+        free(text);
+        return 0;
+    }
+    *doc = (Document){rel, text, (size_t)(w - text)};
+    return 1;
+}
+
+static Document *load_documents(const char *dir, int *n_docs) {
+    struct stat st;
+    if (stat(dir, &st)) die("cannot open document folder '%s': %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) die("--nbce needs a folder: '%s' is not one", dir);
+    PathList list = {0};
+    collect_files(dir, NULL, &list, 0);
+    qsort(list.paths, (size_t)list.n, sizeof *list.paths, by_path);
+    Document *docs = malloc((size_t)(list.n ? list.n : 1) * sizeof *docs);
+    if (!docs) die("out of memory");
+    int n = 0;
+    for (int i = 0; i < list.n; i++)
+        if (load_document(dir, list.paths[i], &docs[n])) n++;
+        else free(list.paths[i]);
+    if (n == 0)
+        die("no documents in '%s' (%s)", dir, list.n ? "every file was empty or not text" : "it holds no files");
+    free(list.paths);
+    *n_docs = n;
+    return docs;
+}
+
+/* ---- chunks ---- */
+
+typedef struct {
+    const Tokenizer *tok;
+    const char *text;          /* the document */
+    int max;                   /* most tokens in a chunk */
+    int *buf, cap;             /* tokenizer output */
+    Chunk *chunks;
+    int n, chunks_cap, doc;
+} Chunker;
+
+static int count_tokens(Chunker *k, size_t start, size_t end) {
+    size_t len = end - start;
+    if (2 * len + 3 > (size_t)k->cap) {
+        k->cap = (int)(2 * len + 3);
+        k->buf = realloc(k->buf, (size_t)k->cap * sizeof(int));
+        if (!k->buf) die("out of memory");
+    }
+    int n = tokenizer_encode_ex(k->tok, k->text + start, len, 0, 1, k->buf, k->cap);
+    if (n < 0) die("cannot tokenize a document");
+    return n;
+}
+
+/* The end of the piece that starts at `at` when cutting at `level`: 0 after
+   a blank line, 1 after a line or a sentence, 2 after a word, 3 after a
+   character. Whitespace after the cut stays with the piece before it. */
+static size_t piece_end(const char *s, size_t at, size_t end, int level) {
+    size_t i = at;
+    if (level == 3) return at + utf8_char_len((const unsigned char *)s + at, end - at);
+    while (i < end) {
+        size_t cut = 0;
+        if (level == 0 && s[i] == '\n') {
+            size_t j = i + 1;
+            int lines = 1;
+            while (j < end && is_space(s[j])) lines += s[j++] == '\n';
+            if (lines >= 2) cut = j;
+            else i = j - 1;
+        } else if (level == 1) {
+            if (s[i] == '\n') cut = i + 1;
+            else if (s[i] == '.' || s[i] == '!' || s[i] == '?') {
+                size_t j = i + 1;
+                while (j < end && strchr("\"')]", s[j])) j++; /* closing quotes and brackets */
+                if (j == end || is_space(s[j])) cut = j;
+            } else if (end - i >= 3 && (!memcmp(s + i, "\xE3\x80\x82", 3) || !memcmp(s + i, "\xEF\xBC\x81", 3) ||
+                                        !memcmp(s + i, "\xEF\xBC\x9F", 3))) {
+                cut = i + 3; /* 。！？ */
+            }
+        } else if (level == 2 && is_space(s[i]) && i > at && !is_space(s[i - 1])) {
+            cut = i;
+        }
+        if (cut) {
+            while (cut < end && is_space(s[cut])) cut++;
+            return cut;
+        }
+        i++;
+    }
+    return end;
+}
+
+static void add_chunk(Chunker *k, size_t start, size_t end) {
+    while (start < end && is_space(k->text[start])) start++;
+    while (end > start && is_space(k->text[end - 1])) end--;
+    if (start == end) return;
+    if (k->n == k->chunks_cap) {
+        k->chunks_cap = k->chunks_cap ? 2 * k->chunks_cap : 16;
+        k->chunks = realloc(k->chunks, (size_t)k->chunks_cap * sizeof *k->chunks);
+        if (!k->chunks) die("out of memory");
+    }
+    k->chunks[k->n++] = (Chunk){k->doc, 0, start, end - start};
+}
+
+/* Cuts [start, end) into chunks of at most k->max tokens: as many whole
+   pieces of this level as fit (counted one by one, then checked whole), a
+   piece too long alone at the next level. */
+static void split_text(Chunker *k, size_t start, size_t end, int level) {
+    size_t i = start;
+    while (i < end) {
+        size_t first = piece_end(k->text, i, end, level);
+        if (level < 3 && count_tokens(k, i, first) > k->max) {
+            split_text(k, i, first, level + 1);
+            i = first;
+            continue;
+        }
+        for (int target = k->max;;) {
+            size_t j = first;
+            for (int est = count_tokens(k, i, first); j < end;) {
+                size_t next = piece_end(k->text, j, end, level);
+                int c = count_tokens(k, j, next);
+                if (est + c > target) break;
+                est += c;
+                j = next;
+            }
+            size_t a = i, b = j; /* the chunk as it will be cut */
+            while (a < b && is_space(k->text[a])) a++;
+            while (b > a && is_space(k->text[b - 1])) b--;
+            int exact = count_tokens(k, a, b);
+            if (exact <= k->max || level == 3) {
+                add_chunk(k, i, j);
+                i = j;
+                break;
+            }
+            if (j == first) { /* one piece, longer once whitespace is trimmed: cut finer */
+                split_text(k, i, first, level + 1);
+                i = first;
+                break;
+            }
+            target -= exact - k->max;
+        }
+    }
+}
+
+/* ---- rows ---- */
+
+/* The row's text: the template with the context and the question (up to
+   where the question goes, with head_only), in the chat format if any. */
+static void render_row(Str *out, const RowFormat *rf, const char *ctx, size_t ctx_len, const char *q, size_t q_len,
+                       int head_only) {
+    Str content = {0};
+    for (const char *t = rf->tpl; *t;) {
+        if (!strncmp(t, "{context}", 9)) {
+            str_add(&content, ctx, ctx_len);
+            t += 9;
+        } else if (!strncmp(t, "{question}", 10)) {
+            if (head_only) break;
+            str_add(&content, q, q_len);
+            t += 10;
+        } else {
+            str_add(&content, t++, 1);
+        }
+    }
+    out->len = 0;
+    if (!rf->chat) {
+        str_add(out, content.s ? content.s : "", content.len);
+    } else {
+        ChatMessage m[2];
+        int n = 0;
+        if (rf->system) m[n++] = (ChatMessage){ROLE_SYSTEM, (char *)rf->system, strlen(rf->system)};
+        m[n++] = (ChatMessage){ROLE_USER, content.s ? content.s : "", content.len};
+        Conversation c = {m, n, n};
+        chat_render(out, &rf->format, m, n, 0, chat_system_at(&rf->format, &c), 1);
+    }
+    free(content.s);
+}
+
+/* Tokenizes a row as a prompt: one string, special tokens parsed, BOS in
+   front as for a prompt (a chat rendering writes its own). */
+static int tokenize_row(const Tokenizer *t, const RowFormat *rf, const Str *text, int **ids) {
+    if (text->len > (size_t)INT_MAX / 2 - 3) die("an NBCE row is too long");
+    int cap = 2 * (int)text->len + 3;
+    *ids = malloc((size_t)cap * sizeof(int));
+    if (!*ids) die("out of memory");
+    int n = tokenizer_encode_ex(t, text->s ? text->s : "", text->len, !rf->chat && tokenizer_add_bos(t), 1, *ids, cap);
+    if (n < 0) die("cannot tokenize an NBCE row");
+    if (n == 0) die("an NBCE row is empty and the model has no beginning-of-sequence token");
+    return n;
+}
+
+static int common_prefix(const int *a, int na, const int *b, int nb) {
+    int i = 0;
+    while (i < na && i < nb && a[i] == b[i]) i++;
+    return i;
+}
+
+/* Row r's prompt and the part of it that does not depend on the question. */
+static void make_row(const Engine *e, const RowFormat *rf, const char *ctx, size_t ctx_len, const char *q, size_t q_len,
+                     Row *row) {
+    Str text = {0};
+    int *head;
+    render_row(&text, rf, ctx, ctx_len, q, q_len, 0);
+    row->n = tokenize_row(e->tokenizer, rf, &text, &row->ids);
+    render_row(&text, rf, ctx, ctx_len, q, q_len, 1);
+    int n_head = tokenize_row(e->tokenizer, rf, &text, &head);
+    row->prefix = common_prefix(row->ids, row->n, head, n_head);
+    free(head);
+    free(text.s);
+}
+
+static void rows_free(Row *rows, int n) {
+    for (int r = 0; r < n; r++) {
+        free(rows[r].ids);
+        sequence_free(&rows[r].seq);
+    }
+    free(rows);
+}
+
+/* ---- KV cache files: "RUNK", version, model digest, n, ids[n], then the KV
+   of positions [0, n) as sequence_file_io writes it ---- */
+
+#define KV_FILE_VERSION 1
+
+static void kv_file_path(char *out, size_t cap, const char *dir, uint64_t digest, const Row *row) {
+    uint64_t h = hash_bytes(digest, row->ids, (size_t)row->prefix * sizeof(int));
+    snprintf(out, cap, "%s/%016llx.kv", dir, (unsigned long long)h);
+}
+
+/* Loads the saved prefix of row into its sequence; returns the positions
+   loaded (0 when there is no such file or it does not fit). */
+static int kv_file_load(Engine *e, Row *row, const char *dir, uint64_t digest) {
+    char path[4096];
+    kv_file_path(path, sizeof path, dir, digest, row);
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char magic[4];
+    uint32_t version;
+    uint64_t d;
+    int32_t n;
+    int ok = fread(magic, 4, 1, f) == 1 && !memcmp(magic, "RUNK", 4) && fread(&version, 4, 1, f) == 1 &&
+             version == KV_FILE_VERSION && fread(&d, 8, 1, f) == 1 && d == digest && fread(&n, 4, 1, f) == 1 &&
+             n == row->prefix;
+    for (int i = 0; ok && i < n; i++) {
+        int32_t id;
+        ok = fread(&id, 4, 1, f) == 1 && id == row->ids[i];
+    }
+    ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 0);
+    fclose(f);
+    if (!ok) {
+        fprintf(stderr, "warning: ignoring the KV cache file '%s': it does not match this row or is damaged\n", path);
+        row->seq.n_past = 0;
+        return 0;
+    }
+    return n;
+}
+
+/* Saves row's prefix: written to a temporary file, then renamed. */
+static void kv_file_save(Engine *e, Row *row, const char *dir, uint64_t digest) {
+    char path[4096], tmp[4200];
+    kv_file_path(path, sizeof path, dir, digest, row);
+    if (!access(path, F_OK)) return;
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    uint32_t version = KV_FILE_VERSION;
+    int32_t n = row->prefix;
+    int ok = f && fwrite("RUNK", 4, 1, f) == 1 && fwrite(&version, 4, 1, f) == 1 && fwrite(&digest, 8, 1, f) == 1 &&
+             fwrite(&n, 4, 1, f) == 1;
+    for (int i = 0; ok && i < n; i++) {
+        int32_t id = row->ids[i];
+        ok = fwrite(&id, 4, 1, f) == 1;
+    }
+    ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 1);
+    if (f && fclose(f)) ok = 0;
+    if (!ok || rename(tmp, path)) {
+        fprintf(stderr, "warning: cannot write the KV cache file '%s': %s\n", path, strerror(errno));
+        remove(tmp);
+    }
+}
+
+/* ---- memory ---- */
+
+/* Bytes the system can still give: MemAvailable, else free pages. */
+static double available_memory(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long kb;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+            fclose(f);
+            return kb * 1024.0;
+        }
+    }
+    if (f) fclose(f);
+    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (double)pages * size : 1e18;
+}
+
+static size_t row_bytes_per_token(const Engine *e) {
+    size_t b = model_kv_bytes_per_token(&e->model);
+    if (e->ctx->positions.scheme == POS_REROPE || e->ctx->positions.scheme == POS_LEAKY)
+        b += (size_t)e->model.cfg.n_layers * kv_far_width(&e->model.cfg) * sizeof(float);
+    return b;
+}
+
+static const char *mib(double bytes, char *buf, size_t cap) {
+    if (bytes >= 1024.0 * 1048576) snprintf(buf, cap, "%.2f GiB", bytes / (1024.0 * 1048576));
+    else snprintf(buf, cap, "%.1f MiB", bytes / 1048576);
+    return buf;
+}
+
+/* ---- one question ---- */
+
+typedef struct {
+    Engine *e;
+    Nbce *nb;
+    Sequence **seqs;           /* [rows] */
+    const int **tokens;        /* [rows], each pointing at token */
+    int *ones;                 /* [rows] */
+    int n_rows, token;
+    float *z;                  /* [vocab] */
+    int *chosen, n_chosen;     /* the row chosen for each generated token */
+    int is_tty;
+    double t0;
+} NbceRun;
+
+static const float *nbce_step(void *self, int token) {
+    NbceRun *r = self;
+    r->token = token;
+    int k = nbce_feed(r->nb, r->e->ctx, r->seqs, r->tokens, r->ones, r->n_rows, r->z, NULL, NULL);
+    if (k < 0) die("%s", r->e->ctx->error);
+    r->chosen[r->n_chosen++] = k;
+    return r->z;
+}
+
+static void prefill_progress(void *arg, int done, int total) {
+    NbceRun *r = arg;
+    if (!r->is_tty) return;
+    double dt = now_seconds() - r->t0;
+    fprintf(stderr, "\rnbce: prefill %d/%d tokens, %.0f tok/s", done, total, dt > 0 ? done / dt : 0);
+    fflush(stderr);
+}
+
+/* Chunks every document for rows of at most row_max tokens and makes the
+   rows; a row that still comes out too long has its document cut finer. */
+static Row *build_rows(const Engine *e, const RowFormat *rf, const Document *docs, int n_docs, const char *q, size_t q_len,
+                       int row_max, int chunk_max, Chunk **chunks_out, int *n_rows) {
+    Chunker k = {.tok = e->tokenizer};
+    Row *rows = calloc(1, sizeof *rows);
+    if (!rows) die("out of memory");
+    make_row(e, rf, "", 0, q, q_len, &rows[0]);
+    int n = 1;
+    for (int d = 0; d < n_docs; d++) {
+        k.text = docs[d].text;
+        k.doc = d;
+        k.max = chunk_max;
+        for (;;) {
+            int first = k.n;
+            if (count_tokens(&k, 0, docs[d].len) <= k.max) { /* whole, leading whitespace and all */
+                if (k.n == k.chunks_cap) {
+                    k.chunks_cap = k.chunks_cap ? 2 * k.chunks_cap : 16;
+                    k.chunks = realloc(k.chunks, (size_t)k.chunks_cap * sizeof *k.chunks);
+                    if (!k.chunks) die("out of memory");
+                }
+                k.chunks[k.n++] = (Chunk){d, 0, 0, docs[d].len};
+            } else {
+                split_text(&k, 0, docs[d].len, 0);
+            }
+            rows = realloc(rows, (size_t)(n + k.n - first) * sizeof *rows);
+            if (!rows) die("out of memory");
+            int over = 0;
+            for (int c = first; c < k.n; c++) {
+                k.chunks[c].chunk = c - first;
+                Row *row = &rows[n + c - first];
+                memset(row, 0, sizeof *row);
+                make_row(e, rf, docs[d].text + k.chunks[c].start, k.chunks[c].len, q, q_len, row);
+                if (row->n - row_max > over) over = row->n - row_max;
+            }
+            if (!over) {
+                n += k.n - first;
+                break;
+            }
+            for (int c = first; c < k.n; c++) free(rows[n + c - first].ids);
+            k.n = first;
+            k.max -= over;
+            if (k.max < 1) die("cannot cut document '%s' into chunks that fit in a row", docs[d].path);
+        }
+    }
+    free(k.buf);
+    *chunks_out = k.chunks;
+    *n_rows = n;
+    return rows;
+}
+
+/* Answers one question; the rows of the last answer come in (old) and the
+   new ones go out, for the next question to reuse. */
+static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, const Document *docs, int n_docs,
+                        const char *q, size_t q_len, Row *old, int n_old, int *n_out, uint64_t digest, const Options *o) {
+    int ctx_len = e->ctx_len;
+    int budget = o->steps >= 0 ? o->steps : (ctx_len / 4 < 256 ? ctx_len / 4 : 256);
+    /* Chunks leave room for the question rounded up to 32 tokens, so a
+       follow-up question of about the same length gets the same chunks and
+       their caches serve it. */
+    Row probe = {0};
+    make_row(e, rf, "", 0, q, q_len, &probe);
+    int overhead = (probe.n + 4 + 31) / 32 * 32, row_max = ctx_len - budget;
+    int chunk_max = row_max - overhead;
+    if (o->nbce_chunk && o->nbce_chunk < chunk_max) chunk_max = o->nbce_chunk;
+    if (chunk_max < 16)
+        die("no room for documents: the question takes %d tokens and the answer budget %d of the %d-token context "
+            "(shorten the question, lower -n or raise --ctx)", probe.n, budget, ctx_len);
+    free(probe.ids);
+    Chunk *chunks;
+    int n_rows;
+    Row *rows = build_rows(e, rf, docs, n_docs, q, q_len, row_max, chunk_max, &chunks, &n_rows);
+    *n_out = n_rows;
+
+    if (o->tokenize) { /* the rows' ids, one line each, row 0 first */
+        for (int r = 0; r < n_rows; r++) {
+            printf("[");
+            for (int i = 0; i < rows[r].n; i++) printf(i ? ", %d" : "%d", rows[r].ids[i]);
+            printf("]\n");
+        }
+        free(chunks);
+        return rows;
+    }
+
+    /* Memory: every row's cache for its prompt and the answer. */
+    size_t per_token = row_bytes_per_token(e);
+    double need = 0, held = 0;
+    long long prompt_tokens = 0;
+    for (int r = 0; r < n_rows; r++) need += (double)(rows[r].n + budget) * per_token, prompt_tokens += rows[r].n;
+    for (int r = 0; r < n_old; r++) held += (double)old[r].seq.capacity * per_token;
+    double limit = o->mem ? o->mem : available_memory() + held;
+    char b1[32], b2[32];
+    fprintf(stderr, "nbce: %d documents, %d contexts + the unconditional row, %lld prompt tokens; KV cache %s "
+            "(%zu bytes per token, %s available)\n", n_docs, n_rows - 1, prompt_tokens, mib(need, b1, sizeof b1), per_token,
+            mib(limit, b2, sizeof b2));
+    if (need > limit)
+        die("the %d NBCE rows need %s of KV cache, more than the %s available%s; use fewer or shorter contexts "
+            "(fewer documents, or --nbce-chunk N), or a smaller answer budget (-n)", n_rows, mib(need, b1, sizeof b1),
+            mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "");
+
+    /* Reuse: each new row takes the old row that shares the most leading
+       tokens with it. Dynamic NTK rotates a prompt for its length, so its
+       caches never carry over. */
+    int reuse_ok = e->model.cfg.rope_scaling != ROPE_SCALING_DYNAMIC;
+    long long reused = 0;
+    char err[512];
+    for (int r = 0; r < n_rows; r++) {
+        Row *row = &rows[r];
+        int best = -1, best_len = 0;
+        for (int k = 0; reuse_ok && k < n_old; k++) {
+            if (!old[k].seq.k) continue;
+            int c = common_prefix(row->ids, row->n, old[k].ids, old[k].n);
+            if (c > old[k].seq.n_past) c = old[k].seq.n_past;
+            if (c > best_len) best = k, best_len = c;
+        }
+        if (best_len > row->n - 1) best_len = row->n - 1; /* the last token is fed again for its logits */
+        if (best >= 0 && best_len > 0 && old[best].seq.capacity >= row->n + budget) {
+            row->seq = old[best].seq;
+            memset(&old[best].seq, 0, sizeof old[best].seq);
+            row->seq.n_past = best_len;
+        } else {
+            if (sequence_init(&row->seq, e->ctx, row->n + budget, err, sizeof err)) die("%s", err);
+            if (best >= 0 && best_len > 0 && sequence_copy(&row->seq, &old[best].seq, &e->model, best_len))
+                die("cannot copy a KV cache");
+        }
+        if (reuse_ok && o->cache_dir && row->seq.n_past < row->prefix && row->prefix < row->n) {
+            int saved = row->seq.n_past;
+            if (!kv_file_load(e, row, o->cache_dir, digest)) row->seq.n_past = saved;
+        }
+        row->seq.rope_len = row->n;
+        reused += row->seq.n_past;
+    }
+    rows_free(old, n_old);
+
+    /* Prefill all rows together, then the answer. */
+    NbceRun run = {.e = e, .nb = nb, .n_rows = n_rows, .is_tty = isatty(STDERR_FILENO)};
+    run.seqs = malloc((size_t)n_rows * sizeof *run.seqs);
+    run.tokens = malloc((size_t)n_rows * sizeof *run.tokens);
+    run.ones = malloc((size_t)n_rows * sizeof *run.ones);
+    run.z = malloc((size_t)e->model.cfg.vocab_size * sizeof *run.z);
+    run.chosen = malloc((size_t)(budget + 1) * sizeof *run.chosen);
+    if (!run.seqs || !run.tokens || !run.ones || !run.z || !run.chosen) die("out of memory");
+    for (int r = 0; r < n_rows; r++) {
+        run.seqs[r] = &rows[r].seq;
+        run.tokens[r] = rows[r].ids + rows[r].seq.n_past;
+        run.ones[r] = rows[r].n - rows[r].seq.n_past;
+    }
+    run.t0 = now_seconds();
+    int k = nbce_feed(nb, e->ctx, run.seqs, run.tokens, run.ones, n_rows, run.z, prefill_progress, &run);
+    if (k < 0) die("%s", e->ctx->error);
+    double t1 = now_seconds();
+    long long fed = prompt_tokens - reused;
+    if (run.is_tty) fputc('\r', stderr);
+    fprintf(stderr, "nbce: prefilled %lld tokens in %.2f s (%.0f tok/s)%s", fed, t1 - run.t0, fed / (t1 - run.t0),
+            run.is_tty ? "\033[K" : "");
+    if (reused) fprintf(stderr, "; %lld more came from caches", reused);
+    fputc('\n', stderr);
+    if (reuse_ok && o->cache_dir)
+        for (int r = 0; r < n_rows; r++)
+            if (rows[r].prefix > 1 && rows[r].prefix < rows[r].n) kv_file_save(e, &rows[r], o->cache_dir, digest);
+
+    run.chosen[run.n_chosen++] = k;
+    for (int r = 0; r < n_rows; r++) run.tokens[r] = &run.token, run.ones[r] = 1;
+    Generation g;
+    generate(e->tokenizer, s, run.z, rows[0].ids[rows[0].n - 1], budget, (Stepper){nbce_step, &run},
+             rf->chat ? rf->format.eot_id : -1, rf->chat, o, &g);
+    g.prefill_tps = fed / (t1 - run.t0);
+
+    /* Sources: the contexts whose rows chose the answer's tokens. */
+    int *count = calloc((size_t)n_rows, sizeof *count);
+    if (!count) die("out of memory");
+    for (int i = 0; i < g.n_gen; i++)
+        for (int r = 1; r < n_rows; r++) count[r] += o->pool == NBCE_MEAN || run.chosen[i] == r;
+    Str js = {0};
+    if (o->json) {
+        char num[32];
+        str_puts(&js, "\"chosen\": [");
+        for (int i = 0; i < g.n_gen; i++) {
+            snprintf(num, sizeof num, i ? ", %d" : "%d", run.chosen[i] - 1);
+            str_puts(&js, num);
+        }
+        str_puts(&js, "], \"sources\": [");
+        for (int r = 1, first = 1; r < n_rows; r++) {
+            if (!count[r]) continue;
+            const Chunk *c = &chunks[r - 1];
+            /* a JSON string of the path, via the same escaping as the text */
+            char *buf = NULL;
+            size_t blen = 0;
+            FILE *mf = open_memstream(&buf, &blen);
+            if (!mf) die("out of memory");
+            print_json_string(mf, docs[c->doc].path, strlen(docs[c->doc].path));
+            fclose(mf);
+            str_puts(&js, first ? "{\"file\": " : ", {\"file\": ");
+            str_add(&js, buf, blen);
+            free(buf);
+            snprintf(num, sizeof num, ", \"chunk\": %d", c->chunk);
+            str_puts(&js, num);
+            snprintf(num, sizeof num, ", \"tokens\": %d}", count[r]);
+            str_puts(&js, num);
+            first = 0;
+        }
+        str_puts(&js, "]");
+    }
+    report(&g, (int)prompt_tokens, js.s, o);
+    if (g.n_gen == budget && o->steps < 0)
+        fprintf(stderr, "nbce: the answer reached its budget of %d tokens (-n sets it)\n", budget);
+    fprintf(stderr, "sources%s:\n", o->pool == NBCE_MEAN ? " (mean pooling: every context weighs in on every token)" : "");
+    for (int r = 1; r < n_rows; r++)
+        if (count[r])
+            fprintf(stderr, "  %s, chunk %d: %d token%s\n", docs[chunks[r - 1].doc].path, chunks[r - 1].chunk, count[r],
+                    count[r] == 1 ? "" : "s");
+    free(js.s);
+    free(count);
+    generation_free(&g);
+    free(run.seqs);
+    free(run.tokens);
+    free(run.ones);
+    free(run.z);
+    free(run.chosen);
+    free(chunks);
+    return rows;
+}
+
+static void run_nbce(Engine *e, const Options *o) {
+    int n_docs;
+    Document *docs = load_documents(o->nbce_dir, &n_docs);
+    RowFormat rf = {.tpl = o->row_template ? o->row_template : "{context}\n\n{question}", .system = o->system};
+    if (!o->row_template) { /* the model's chat format, when it has a known one */
+        size_t len = 0;
+        const char *tpl = tokenizer_chat_template(e->tokenizer, &len);
+        char *copy = tpl ? strndup(tpl, len) : NULL;
+        int family = copy ? chat_detect(copy) : -1;
+        free(copy);
+        if (o->chat_template || family >= 0) {
+            rf.chat = 1;
+            chat_format_init(&rf.format, e->tokenizer, o->chat_template);
+        } else if (tpl && len) {
+            fprintf(stderr, "warning: the model's chat template is not a known family; NBCE rows use the plain template "
+                    "(--chat-template NAME chooses a format)\n");
+        }
+    } else if (o->chat_template) {
+        die("--chat-template applies to NBCE rows in the model's chat format, not with --template");
+    }
+    if (o->system && !rf.chat) die("--system needs a chat format (the model has none; --chat-template NAME chooses one)");
+    e->ctx_len = o->ctx ? o->ctx : e->model.cfg.max_seq_len;
+    engine_start(e, o);
+    Nbce nb;
+    char err[512];
+    if (nbce_init(&nb, e->ctx, o->beta, o->eta, o->nbce_top_p, o->pool, err, sizeof err)) die("%s", err);
+    uint64_t digest = model_digest(&e->model, &e->ctx->positions);
+    if (o->cache_dir && mkdir(o->cache_dir, 0777) && errno != EEXIST)
+        die("cannot create the cache folder '%s': %s", o->cache_dir, strerror(errno));
+    Sampler s;
+    sampler_init(&s, e->model.cfg.vocab_size, o);
+    Row *rows = NULL;
+    int n_rows = 0;
+    if (o->prompt || o->prompt_file) {
+        size_t len = 0;
+        char *text = o->prompt_file ? read_file(o->prompt_file, "prompt file", &len) : NULL;
+        const char *q = text ? text : o->prompt;
+        rows = nbce_answer(e, &nb, &s, &rf, docs, n_docs, q, text ? len : strlen(q), rows, n_rows, &n_rows, digest, o);
+        free(text);
+    } else { /* a question per line of standard input */
+        size_t len;
+        char *line;
+        int asked = 0;
+        while ((line = read_turn(&len))) {
+            if (len == 0) {
+                if (isatty(STDIN_FILENO)) break;
+                continue;
+            }
+            rows = nbce_answer(e, &nb, &s, &rf, docs, n_docs, line, len, rows, n_rows, &n_rows, digest, o);
+            asked++;
+            if (o->tokenize) break;
+        }
+        if (!asked && !isatty(STDIN_FILENO)) die("--nbce needs a question: give it with -p or -f, or as lines on standard input");
+    }
+    rows_free(rows, n_rows);
+    sampler_free(&s);
+    nbce_free(&nb);
+    if (rf.chat) chat_format_free(&rf.format);
+    for (int d = 0; d < n_docs; d++) {
+        free(docs[d].path);
+        free(docs[d].text);
+    }
+    free(docs);
+    context_free(e->ctx);
+}
+
 int main(int argc, char **argv) {
     Options o = parse_options(argc, argv);
     Engine e = {0};
@@ -1213,8 +2071,10 @@ int main(int argc, char **argv) {
         e.tokenizer = e.own_tokenizer;
     }
     if (!e.tokenizer) die("model '%s' has no tokenizer: pass its tokenizer.bin with -z", o.model_path);
-    if (o.chat) {
-        run_chat(&e, &o);
+    if (o.chat || o.nbce_dir) {
+        if (o.chat) run_chat(&e, &o);
+        else run_nbce(&e, &o);
+        free(o.row_template);
         tokenizer_free(e.own_tokenizer);
         model_free(&e.model);
         return 0;

@@ -135,7 +135,7 @@ static int byte_token_value(const char *p, size_t n)
    does not start one. Ill-formed bytes thus become symbols of their own and
    reach the output through byte fallback unchanged, so decode(encode(x)) == x
    for any bytes. */
-static size_t utf8_char_len(const unsigned char *s, size_t avail)
+size_t utf8_char_len(const unsigned char *s, size_t avail)
 {
     unsigned char c = s[0];
     size_t n;

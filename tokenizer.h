@@ -201,4 +201,9 @@ int tokenizer_encode_ex(const Tokenizer *t, const char *text, size_t len, int ad
    out of range give "" as well. */
 const char *tokenizer_decode(const Tokenizer *t, int prev, int id, size_t *len);
 
+/* Length of the well-formed UTF-8 character at s (no overlongs, surrogates
+   or code points above U+10FFFF), or 1 for a byte that does not start one
+   (s[0] < 0x80 also gives 1: test it to tell the two apart). */
+size_t utf8_char_len(const unsigned char *s, size_t avail);
+
 #endif

@@ -715,6 +715,214 @@ static void test_export(const Model *v0) {
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * NBCE: the pooling step on hand-made distributions, then rows run together.
+ */
+
+/* An Nbce over a vocabulary of V tokens with no model behind it. */
+static int nbce_small(Nbce *nb, Model *fake, Context *fc, int V, float beta, float eta, float top_p, int pool) {
+    memset(fake, 0, sizeof *fake);
+    memset(fc, 0, sizeof *fc);
+    fake->cfg.vocab_size = V;
+    fc->model = fake;
+    fc->max_batch = fc->max_logits = 4;
+    char err[256];
+    return nbce_init(nb, fc, beta, eta, top_p, pool, err, sizeof err);
+}
+
+static int close_to(const float *a, const double *b, int n, double tol) {
+    for (int i = 0; i < n; i++)
+        if (isinf(b[i]) ? !(isinf(a[i]) && a[i] < 0) : !(fabs(a[i] - b[i]) <= tol)) return 0;
+    return 1;
+}
+
+/* Two tokens with probabilities p and 1 - p: entropy H(p) (no nucleus cut). */
+static void two_way(float *logits, double p) { logits[0] = (float)log(p), logits[1] = (float)log(1 - p); }
+
+static double binary_entropy(double p) { return -p * log(p) - (1 - p) * log(1 - p); }
+
+/* p in [0.5, 1) with H(p) = h. */
+static double p_for_entropy(double h) {
+    double lo = 0.5, hi = 1 - 1e-12;
+    for (int i = 0; i < 200; i++) {
+        double mid = (lo + hi) / 2;
+        if (binary_entropy(mid) > h) lo = mid;
+        else hi = mid;
+    }
+    return (lo + hi) / 2;
+}
+
+static void test_nbce_pooling(void) {
+    Model fake;
+    Context fc;
+    Nbce nb;
+    /* ALGORITHMS.md §6.3's golden vector: beta 0.25, top-p 0.95, V = 5. */
+    const float rows[3][5] = {{2, 1, 0.5f, -1, -3}, {0, 3, 0.2f, -2, -4}, {1, 0.9f, 1.1f, 0.8f, -5}};
+    const double lp_want[3][5] = {{-0.499280, -1.499280, -1.999280, -INFINITY, -INFINITY},
+                                  {-3.111762, -0.111762, -2.911762, -INFINITY, -INFINITY},
+                                  {-1.343183, -1.443183, -1.243183, -1.543183, -INFINITY}};
+    const double h_want[3] = {0.908590, 0.396828, 1.379825};
+    const double z_want[5] = {-3.764883, 0.235117, -3.139883, -INFINITY, -INFINITY};
+    if (nbce_small(&nb, &fake, &fc, 5, 0.25f, 0.1f, 0.95f, NBCE_MIN_ENTROPY)) { CHECK(0, "nbce_init"); return; }
+    int lp_ok = 1, h_ok = 1;
+    float lp[5], z[5];
+    for (int r = 0; r < 3; r++) {
+        float h = nbce_truncate(&nb, rows[r], lp);
+        lp_ok &= close_to(lp, lp_want[r], 5, 2e-6);
+        h_ok &= fabs(h - h_want[r]) < 2e-6;
+    }
+    CHECK(lp_ok, "NBCE golden vector: top-p 0.95 cuts each row as transformers' TopPLogitsWarper (no renormalising)");
+    CHECK(h_ok, "NBCE golden vector: the entropies of the cut rows are 0.908590, 0.396828, 1.379825");
+    for (int r = 0; r < 3; r++) nbce_add(&nb, rows[r]);
+    int k = nbce_pool(&nb, z);
+    CHECK(k == 1 && close_to(z, z_want, 5, 2e-6), "NBCE golden vector: context 1 is chosen and z = 1.25 lp1 - 0.25 lp0 "
+          "(row 0's cut tokens -inf), got row %d, z = %g %g %g %g %g", k, z[0], z[1], z[2], z[3], z[4]);
+    nb.prev = 2; /* the previous choice was row 2: 1.379825 - 0.1 is still above 0.396828 */
+    for (int r = 0; r < 3; r++) nbce_add(&nb, rows[r]);
+    CHECK(nbce_pool(&nb, z) == 1, "NBCE golden vector: with the bonus for the previous row 2, context 1 still wins");
+    nbce_free(&nb);
+
+    /* Stickiness: after row 1 was chosen, a rival lower by less than eta
+       does not win; lower by more than eta it does. */
+    nbce_small(&nb, &fake, &fc, 2, 0, 0.1f, 1.0f, NBCE_MIN_ENTROPY);
+    float uncond[2], a[2], b[2];
+    two_way(uncond, 0.6);
+    two_way(a, p_for_entropy(0.5));
+    int wins[2];
+    for (int i = 0; i < 2; i++) {
+        two_way(b, p_for_entropy(i ? 0.5 - 0.15 : 0.5 - 0.05));
+        nb.prev = 1;
+        nbce_add(&nb, uncond);
+        nbce_add(&nb, a);
+        nbce_add(&nb, b);
+        wins[i] = nbce_pool(&nb, z);
+    }
+    CHECK(wins[0] == 1 && wins[1] == 2, "NBCE eta 0.1: a rival 0.05 lower keeps the previous row (got %d), 0.15 lower wins (got %d)",
+          wins[0], wins[1]);
+    nb.prev = 0; /* the first step has no bonus: the lower entropy wins outright */
+    two_way(b, p_for_entropy(0.45));
+    nbce_add(&nb, uncond), nbce_add(&nb, a), nbce_add(&nb, b);
+    CHECK(nbce_pool(&nb, z) == 2 && nb.prev == 2, "NBCE: without a previous choice the least entropy wins and becomes the previous");
+    /* equal entropies: the first row */
+    nb.prev = 0;
+    nbce_add(&nb, uncond), nbce_add(&nb, a), nbce_add(&nb, a);
+    CHECK(nbce_pool(&nb, z) == 1, "NBCE: of two rows with equal entropy the first is chosen");
+    nbce_free(&nb);
+
+    /* Random distributions: the row chosen is the argmin of the entropies
+       nbce_truncate reports (with the bonus), and z follows the formula. */
+    uint32_t state = 12345;
+    int follows = 1, formula = 1;
+    enum { V = 64, R = 6 };
+    nbce_small(&nb, &fake, &fc, V, 0.5f, 0.2f, 0.9f, NBCE_MIN_ENTROPY);
+    float lg[R][V], lps[R][V], zz[V];
+    for (int trial = 0; trial < 200; trial++) {
+        float h[R];
+        for (int r = 0; r < R; r++) {
+            float sharp = 1 + 4 * (rand_weight(&state, 1) + 1);
+            for (int v = 0; v < V; v++) lg[r][v] = sharp * rand_weight(&state, 1);
+            h[r] = nbce_truncate(&nb, lg[r], lps[r]);
+        }
+        int prev = nb.prev, best = 1;
+        float hb = h[1] - (prev == 1 ? nb.eta : 0);
+        for (int r = 2; r < R; r++) {
+            float hr = h[r] - (prev == r ? nb.eta : 0);
+            if (hr < hb) best = r, hb = hr;
+        }
+        for (int r = 0; r < R; r++) nbce_add(&nb, lg[r]);
+        int got = nbce_pool(&nb, zz);
+        follows &= got == best;
+        for (int v = 0; v < V; v++) {
+            float want = lps[best][v] == -INFINITY ? -INFINITY : lps[0][v] > -100 ? 1.5f * lps[best][v] - 0.5f * lps[0][v] : lps[best][v];
+            formula &= zz[v] == want;
+        }
+    }
+    CHECK(follows, "NBCE: over 200 random steps the chosen row is the least entropy the truncation reported (eta for the previous)");
+    CHECK(formula, "NBCE: z = (1 + beta) lp_chosen - beta lp_0 where row 0 kept the token, lp_chosen elsewhere, bit for bit");
+    nbce_free(&nb);
+
+    /* Mean pooling: the mean of the cut rows (cut tokens count as -100), -inf only where every row cut the token. */
+    nbce_small(&nb, &fake, &fc, 5, 0.25f, 0.1f, 0.95f, NBCE_MEAN);
+    for (int r = 0; r < 3; r++) nbce_add(&nb, rows[r]);
+    k = nbce_pool(&nb, z);
+    double mean_want[5];
+    for (int v = 0; v < 5; v++) {
+        double p1 = isinf(lp_want[1][v]) ? -100 : lp_want[1][v], p2 = isinf(lp_want[2][v]) ? -100 : lp_want[2][v];
+        double pm = isinf(lp_want[1][v]) && isinf(lp_want[2][v]) ? -INFINITY : (p1 + p2) / 2;
+        mean_want[v] = isinf(pm) ? pm : isinf(lp_want[0][v]) ? pm : 1.25 * pm - 0.25 * lp_want[0][v];
+    }
+    CHECK(k == 0 && close_to(z, mean_want, 5, 1e-5), "NBCE mean pooling on the golden vector (no row chosen; z %g %g %g %g %g)",
+          z[0], z[1], z[2], z[3], z[4]);
+    nbce_free(&nb);
+    char err[256];
+    nbce_small(&nb, &fake, &fc, 5, 0.25f, 0.1f, 0.95f, NBCE_MIN_ENTROPY);
+    nbce_add(&nb, rows[0]);
+    CHECK(nbce_pool(&nb, z) == -1, "NBCE: a step with only the unconditional row is refused");
+    nbce_free(&nb);
+    CHECK(nbce_init(&nb, &fc, 0.25f, 0.1f, 1.5f, NBCE_MIN_ENTROPY, err, sizeof err) < 0 && strstr(err, "top-p"),
+          "NBCE: a nucleus above 1 is refused: %s", err);
+}
+
+static int argmax_f(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* Rows of stories260K run together: step by step, the batch split and the
+   thread count change nothing; identical contexts behave as one. Returns the
+   chosen rows and the last z. */
+static void nbce_run(const Model *m, int batch, int threads, const int *const *rows, const int *lens, int n_rows, int steps,
+                     int *chosen, float *z_out) {
+    char err[256];
+    Context *c = context_new(m, 64, batch, batch, threads, NULL, err, sizeof err);
+    Nbce nb;
+    nbce_init(&nb, c, 0.25f, 0.1f, 0.95f, NBCE_MIN_ENTROPY, err, sizeof err);
+    Sequence seqs[4], *sp[4];
+    const int *toks[4];
+    int ones[4], token = 0;
+    for (int r = 0; r < n_rows; r++) sequence_init(&seqs[r], c, 64, err, sizeof err), sp[r] = &seqs[r];
+    float *z = malloc((size_t)m->cfg.vocab_size * sizeof(float));
+    chosen[0] = nbce_feed(&nb, c, sp, rows, lens, n_rows, z, NULL, NULL);
+    for (int s = 1; s < steps; s++) {
+        token = argmax_f(z, m->cfg.vocab_size);
+        for (int r = 0; r < n_rows; r++) toks[r] = &token, ones[r] = 1;
+        chosen[s] = nbce_feed(&nb, c, sp, toks, ones, n_rows, z, NULL, NULL);
+    }
+    memcpy(z_out, z, (size_t)m->cfg.vocab_size * sizeof(float));
+    free(z);
+    for (int r = 0; r < n_rows; r++) sequence_free(&seqs[r]);
+    nbce_free(&nb);
+    context_free(c);
+}
+
+static void test_nbce_rows(const Model *m) {
+    int V = m->cfg.vocab_size, steps = 12;
+    static const int q[] = {1, 403, 407, 261}, ctx_a[] = {1, 378, 289, 31, 44, 280, 401, 260, 403, 407, 261},
+                     ctx_b[] = {1, 301, 288, 269, 339, 394, 270, 30, 46, 259, 403, 407, 261};
+    const int *rows3[3] = {q, ctx_a, ctx_b}, lens3[3] = {4, 11, 13};
+    int c_ref[12], c_alt[12];
+    float *z_ref = malloc(V * sizeof(float)), *z_alt = malloc(V * sizeof(float));
+    nbce_run(m, 64, 2, rows3, lens3, 3, steps, c_ref, z_ref);
+    nbce_run(m, 5, 1, rows3, lens3, 3, steps, c_alt, z_alt);
+    CHECK(!memcmp(c_ref, c_alt, sizeof c_ref) && !memcmp(z_ref, z_alt, V * sizeof(float)),
+          "NBCE rows: batches of 5 tokens on 1 thread == batches of 64 on 2 threads, bit for bit");
+    const int *rows_same[3] = {q, ctx_a, ctx_a}, lens_same[3] = {4, 11, 11};
+    const int *rows_one[2] = {q, ctx_a}, lens_one[2] = {4, 11};
+    nbce_run(m, 64, 2, rows_same, lens_same, 3, steps, c_alt, z_alt);
+    int c_one[12];
+    float *z_one = malloc(V * sizeof(float));
+    nbce_run(m, 64, 2, rows_one, lens_one, 2, steps, c_one, z_one);
+    int all_first = 1;
+    for (int s = 0; s < steps; s++) all_first &= c_alt[s] == 1 && c_one[s] == 1;
+    CHECK(all_first && !memcmp(z_alt, z_one, V * sizeof(float)),
+          "NBCE rows: two identical contexts == that context alone (row 1 chosen at every step, same scores bit for bit)");
+    free(z_ref);
+    free(z_alt);
+    free(z_one);
+}
+
 int main(int argc, char **argv) {
     const char *assets = assets_dir(argc, argv);
     if (!assets) return check_summary();
@@ -735,6 +943,8 @@ int main(int argc, char **argv) {
     test_rope_scaling(&m);
     test_mla(0);
     test_mla(24);
+    test_nbce_pooling();
+    test_nbce_rows(&m);
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);
