@@ -1315,8 +1315,8 @@ done:
  * Every regular file under the folder, in byte-wise order of its path
  * relative to the folder, is a document. A document too long to share a
  * row with the question and the answer is cut into consecutive chunks: at
- * blank lines, else at line and sentence ends, else between words, else
- * between characters. Each chunk is one context with one row; row 0 has
+ * blank lines, else at sentence ends, else at line ends, else between
+ * words, else between characters. Each chunk is one context with one row; row 0 has
  * none. All rows are prefilled together, then every step runs them forward
  * as one batch and pools their predictions (model.h's nbce_feed).
  *
@@ -1483,38 +1483,44 @@ static int count_tokens(Chunker *k, size_t start, size_t end) {
     return n;
 }
 
-/* The end of the piece that starts at `at` when cutting at `level`: 0 after
-   a blank line, 1 after a line or a sentence, 2 after a word, 3 after a
-   character. Whitespace after the cut stays with the piece before it. */
+/* Closing quotes, brackets and emphasis that may follow a sentence's end:
+   their length at s, or 0. */
+static size_t closer_len(const char *s, size_t avail) {
+    if (avail && strchr("\"')]_*", *s) && *s) return 1;
+    if (avail >= 3 && (!memcmp(s, "\xE2\x80\x9D", 3) || !memcmp(s, "\xE2\x80\x99", 3))) return 3; /* ” ’ */
+    return 0;
+}
+
+enum { CUT_PARAGRAPH, CUT_SENTENCE, CUT_LINE, CUT_WORD, CUT_CHARACTER };
+
+/* The end of the piece that starts at `at` when cutting at `level`: after a
+   blank line, a sentence, a line, a word or a character. Whitespace after
+   the cut stays with the piece before it. */
 static size_t piece_end(const char *s, size_t at, size_t end, int level) {
-    size_t i = at;
-    if (level == 3) return at + utf8_char_len((const unsigned char *)s + at, end - at);
-    while (i < end) {
+    if (level == CUT_CHARACTER) return at + utf8_char_len((const unsigned char *)s + at, end - at);
+    for (size_t i = at; i < end; i++) {
         size_t cut = 0;
-        if (level == 0 && s[i] == '\n') {
+        if (level == CUT_PARAGRAPH && s[i] == '\n') {
             size_t j = i + 1;
             int lines = 1;
             while (j < end && is_space(s[j])) lines += s[j++] == '\n';
             if (lines >= 2) cut = j;
-            else i = j - 1;
-        } else if (level == 1) {
-            if (s[i] == '\n') cut = i + 1;
-            else if (s[i] == '.' || s[i] == '!' || s[i] == '?') {
-                size_t j = i + 1;
-                while (j < end && strchr("\"')]", s[j])) j++; /* closing quotes and brackets */
-                if (j == end || is_space(s[j])) cut = j;
-            } else if (end - i >= 3 && (!memcmp(s + i, "\xE3\x80\x82", 3) || !memcmp(s + i, "\xEF\xBC\x81", 3) ||
-                                        !memcmp(s + i, "\xEF\xBC\x9F", 3))) {
-                cut = i + 3; /* 。！？ */
-            }
-        } else if (level == 2 && is_space(s[i]) && i > at && !is_space(s[i - 1])) {
+        } else if (level == CUT_SENTENCE && (s[i] == '.' || s[i] == '!' || s[i] == '?')) {
+            size_t j = i + 1, l;
+            while ((l = closer_len(s + j, end - j))) j += l;
+            if (j == end || is_space(s[j])) cut = j;
+        } else if (level == CUT_SENTENCE && end - i >= 3 &&
+                   (!memcmp(s + i, "\xE3\x80\x82", 3) || !memcmp(s + i, "\xEF\xBC\x81", 3) || !memcmp(s + i, "\xEF\xBC\x9F", 3))) {
+            cut = i + 3; /* 。！？ */
+        } else if (level == CUT_LINE && s[i] == '\n') {
+            cut = i + 1;
+        } else if (level == CUT_WORD && is_space(s[i]) && i > at && !is_space(s[i - 1])) {
             cut = i;
         }
         if (cut) {
             while (cut < end && is_space(s[cut])) cut++;
             return cut;
         }
-        i++;
     }
     return end;
 }
@@ -1531,39 +1537,43 @@ static void add_chunk(Chunker *k, size_t start, size_t end) {
     k->chunks[k->n++] = (Chunk){k->doc, 0, start, end - start};
 }
 
-/* Cuts [start, end) into chunks of at most k->max tokens: as many whole
-   pieces of this level as fit (counted one by one, then checked whole), a
-   piece too long alone at the next level. */
-static void split_text(Chunker *k, size_t start, size_t end, int level) {
-    size_t i = start;
-    while (i < end) {
-        size_t first = piece_end(k->text, i, end, level);
-        if (level < 3 && count_tokens(k, i, first) > k->max) {
-            split_text(k, i, first, level + 1);
-            i = first;
+/* Extends a chunk ending at j with whole pieces of `level` while they fit
+   in target tokens (est counts them, piece by piece). A chunk that is not
+   yet half full when the next piece does not fit takes what fits of that
+   piece at the next level, so a long paragraph after a short one (or a
+   paragraph longer than a chunk) is cut at a sentence, a word or a
+   character. */
+static size_t fill_chunk(Chunker *k, size_t j, size_t end, int level, int *est, int target) {
+    while (j < end) {
+        size_t next = piece_end(k->text, j, end, level);
+        int c = count_tokens(k, j, next);
+        if (*est + c <= target) {
+            *est += c;
+            j = next;
             continue;
         }
+        if (level < CUT_CHARACTER && *est < target / 2) j = fill_chunk(k, j, next, level + 1, est, target);
+        break;
+    }
+    return j;
+}
+
+/* Cuts [0, end) into chunks of at most k->max tokens. The pieces are
+   counted one by one, so a chunk is checked whole and, if it came out longer
+   (tokens can merge or split across pieces), cut again a little shorter. */
+static void split_text(Chunker *k, size_t end) {
+    for (size_t i = 0; i < end;) {
         for (int target = k->max;;) {
-            size_t j = first;
-            for (int est = count_tokens(k, i, first); j < end;) {
-                size_t next = piece_end(k->text, j, end, level);
-                int c = count_tokens(k, j, next);
-                if (est + c > target) break;
-                est += c;
-                j = next;
-            }
+            int est = 0;
+            size_t j = fill_chunk(k, i, end, CUT_PARAGRAPH, &est, target);
+            if (j == i) j = i + utf8_char_len((const unsigned char *)k->text + i, end - i); /* never nothing */
             size_t a = i, b = j; /* the chunk as it will be cut */
             while (a < b && is_space(k->text[a])) a++;
             while (b > a && is_space(k->text[b - 1])) b--;
             int exact = count_tokens(k, a, b);
-            if (exact <= k->max || level == 3) {
+            if (exact <= k->max || target <= 1) {
                 add_chunk(k, i, j);
                 i = j;
-                break;
-            }
-            if (j == first) { /* one piece, longer once whitespace is trimmed: cut finer */
-                split_text(k, i, first, level + 1);
-                i = first;
                 break;
             }
             target -= exact - k->max;
@@ -1792,7 +1802,7 @@ static Row *build_rows(const Engine *e, const RowFormat *rf, const Document *doc
                 }
                 k.chunks[k.n++] = (Chunk){d, 0, 0, docs[d].len};
             } else {
-                split_text(&k, 0, docs[d].len, 0);
+                split_text(&k, docs[d].len);
             }
             rows = realloc(rows, (size_t)(n + k.n - first) * sizeof *rows);
             if (!rows) die("out of memory");
@@ -1853,6 +1863,13 @@ static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, co
         return rows;
     }
 
+    if (o->verbose)
+        for (int r = 1; r < n_rows; r++) {
+            const Chunk *c = &chunks[r - 1];
+            fprintf(stderr, "nbce: context %d: %s, chunk %d, bytes %zu-%zu, row of %d tokens (%d before the question)\n",
+                    r - 1, docs[c->doc].path, c->chunk, c->start, c->start + c->len, rows[r].n, rows[r].prefix);
+        }
+
     /* Memory: every row's cache for its prompt and the answer. */
     size_t per_token = row_bytes_per_token(e);
     double need = 0, held = 0;
@@ -1861,13 +1878,14 @@ static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, co
     for (int r = 0; r < n_old; r++) held += (double)old[r].seq.capacity * per_token;
     double limit = o->mem ? o->mem : available_memory() + held;
     char b1[32], b2[32];
+    if (need > limit)
+        die("the %d NBCE rows (%lld prompt tokens, %d more each for the answer) need %s of KV cache at %zu bytes per "
+            "token, more than the %s available%s; use fewer or shorter contexts (fewer documents, or --nbce-chunk N) or "
+            "a smaller answer budget (-n)", n_rows, prompt_tokens, budget, mib(need, b1, sizeof b1), per_token,
+            mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "");
     fprintf(stderr, "nbce: %d documents, %d contexts + the unconditional row, %lld prompt tokens; KV cache %s "
             "(%zu bytes per token, %s available)\n", n_docs, n_rows - 1, prompt_tokens, mib(need, b1, sizeof b1), per_token,
             mib(limit, b2, sizeof b2));
-    if (need > limit)
-        die("the %d NBCE rows need %s of KV cache, more than the %s available%s; use fewer or shorter contexts "
-            "(fewer documents, or --nbce-chunk N), or a smaller answer budget (-n)", n_rows, mib(need, b1, sizeof b1),
-            mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "");
 
     /* Reuse: each new row takes the old row that shares the most leading
        tokens with it. Dynamic NTK rotates a prompt for its length, so its
