@@ -1446,16 +1446,18 @@ static Document *load_documents(const char *dir, int *n_docs) {
     if (!S_ISDIR(st.st_mode)) die("--nbce needs a folder: '%s' is not one", dir);
     PathList list = {0};
     collect_files(dir, NULL, &list, 0);
-    qsort(list.paths, (size_t)list.n, sizeof *list.paths, by_path);
+    if (list.n) qsort(list.paths, (size_t)list.n, sizeof *list.paths, by_path);
     Document *docs = malloc((size_t)(list.n ? list.n : 1) * sizeof *docs);
     if (!docs) die("out of memory");
     int n = 0;
     for (int i = 0; i < list.n; i++)
         if (load_document(dir, list.paths[i], &docs[n])) n++;
         else free(list.paths[i]);
-    if (n == 0)
-        die("no documents in '%s' (%s)", dir, list.n ? "every file was empty or not text" : "it holds no files");
     free(list.paths);
+    if (n == 0) {
+        free(docs);
+        die("no documents in '%s' (%s)", dir, list.n ? "every file was empty or not text" : "it holds no files");
+    }
     *n_docs = n;
     return docs;
 }
