@@ -315,8 +315,11 @@ typedef struct {
     float *uncond, *pooled, *row; /* [vocab] truncated log-probabilities of row 0, of the chosen row
                                   (mean: the sum over rows), of the row being added */
     uint8_t *kept;             /* [vocab] mean pooling: some row kept the token */
-    uint32_t *keys;            /* [2][vocab] sorting scratch */
-    int *ids;                  /* [2][vocab] */
+    int threads;               /* rows are cut in parallel; per thread: */
+    uint32_t *keys;            /* [threads][2][vocab] sorting scratch */
+    int *ids;                  /* [threads][2][vocab] */
+    float *exps;               /* [threads][vocab] */
+    float *entropy;            /* [batch] the entropies of a batch's rows */
     Sequence **batch_seqs;     /* nbce_feed's batch, [batch] */
     int *batch_tokens;
     uint8_t *batch_want;
@@ -1638,13 +1641,17 @@ int nbce_init(Nbce *nb, const Context *c, float beta, float eta, float top_p, in
     nb->pooled = malloc(V * sizeof(float));
     nb->row = malloc(V * sizeof(float));
     nb->kept = malloc(V);
-    nb->keys = malloc(2 * V * sizeof(uint32_t));
-    nb->ids = malloc(2 * V * sizeof(int));
+    nb->threads = c->pool ? c->pool->n_threads : 1;
+    size_t T = (size_t)nb->threads;
+    nb->keys = malloc(T * 2 * V * sizeof(uint32_t));
+    nb->ids = malloc(T * 2 * V * sizeof(int));
+    nb->exps = malloc(T * V * sizeof(float));
+    nb->entropy = malloc((size_t)nb->batch * sizeof(float));
     nb->batch_seqs = malloc((size_t)nb->batch * sizeof(Sequence *));
     nb->batch_tokens = malloc((size_t)nb->batch * sizeof(int));
     nb->batch_want = malloc((size_t)nb->batch);
-    if (!nb->uncond || !nb->pooled || !nb->row || !nb->kept || !nb->keys || !nb->ids || !nb->batch_seqs ||
-        !nb->batch_tokens || !nb->batch_want) {
+    if (!nb->uncond || !nb->pooled || !nb->row || !nb->kept || !nb->keys || !nb->ids || !nb->exps || !nb->entropy ||
+        !nb->batch_seqs || !nb->batch_tokens || !nb->batch_want) {
         nbce_free(nb);
         return seterr(err, errlen, "out of memory for NBCE");
     }
@@ -1658,6 +1665,8 @@ void nbce_free(Nbce *nb) {
     free(nb->kept);
     free(nb->keys);
     free(nb->ids);
+    free(nb->exps);
+    free(nb->entropy);
     free(nb->batch_seqs);
     free(nb->batch_tokens);
     free(nb->batch_want);
@@ -1687,13 +1696,16 @@ static void radix_sort(uint32_t *keys, int *ids, int n) {
     }
 }
 
-float nbce_truncate(Nbce *nb, const float *logits, float *lp) {
+/* nbce_truncate with thread ith's scratch; lp may be logits itself. */
+static float truncate_row(const Nbce *nb, int ith, const float *logits, float *lp) {
     int V = nb->vocab, n = 0;
-    float max = -INFINITY;
+    uint32_t *keys = nb->keys + (size_t)ith * 2 * V;
+    int *ids = nb->ids + (size_t)ith * 2 * V;
+    float *e = nb->exps + (size_t)ith * V, max = -INFINITY;
     for (int v = 0; v < V; v++)
         if (logits[v] > max) max = logits[v];
     double sum = 0, h = 0;
-    for (int v = 0; v < V; v++) sum += lp[v] = expf(logits[v] - max);
+    for (int v = 0; v < V; v++) sum += e[v] = expf(logits[v] - max);
     float lse = max + (float)log(sum), inv = (float)(1 / sum);
     /* With a nucleus, tokens below (1 - top_p) / V go in any case: together
        they hold at most 1 - top_p and they are the least likely. Only the
@@ -1701,11 +1713,11 @@ float nbce_truncate(Nbce *nb, const float *logits, float *lp) {
     double cut = 1.0 - nb->top_p, cum = 0;
     float floor_p = nb->top_p < 1 ? (float)(cut / V) : -1;
     for (int v = 0; v < V; v++) {
-        float p = lp[v] * inv;
+        float p = e[v] * inv;
         lp[v] = logits[v] - lse;
         if (p > floor_p) {
-            memcpy(&nb->keys[n], &p, sizeof p);
-            nb->ids[n++] = v;
+            memcpy(&keys[n], &p, sizeof p);
+            ids[n++] = v;
         } else {
             cum += p;
             lp[v] = -INFINITY;
@@ -1713,44 +1725,64 @@ float nbce_truncate(Nbce *nb, const float *logits, float *lp) {
     }
     int first = 0; /* the first token kept, in ascending order */
     if (nb->top_p < 1) {
-        radix_sort(nb->keys, nb->ids, n);
+        radix_sort(keys, ids, n);
         for (; first < n - 1; first++) { /* never the most likely */
             float p;
-            memcpy(&p, &nb->keys[first], sizeof p);
+            memcpy(&p, &keys[first], sizeof p);
             if ((cum += p) > cut) break;
-            lp[nb->ids[first]] = -INFINITY;
+            lp[ids[first]] = -INFINITY;
         }
     }
     for (int i = first; i < n; i++) {
-        float p, l = lp[nb->ids[i]];
-        memcpy(&p, &nb->keys[i], sizeof p);
+        float p, l = lp[ids[i]];
+        memcpy(&p, &keys[i], sizeof p);
         h -= (double)p * (l > -100 ? l : -100);
     }
     return (float)h;
 }
 
-void nbce_add(Nbce *nb, const float *logits) {
+float nbce_truncate(Nbce *nb, const float *logits, float *lp) { return truncate_row(nb, 0, logits, lp); }
+
+/* Adds a row already cut (lp) with entropy h to the step. */
+static void pool_row(Nbce *nb, const float *lp, float h) {
     int r = nb->rows++;
+    size_t bytes = (size_t)nb->vocab * sizeof(float);
     if (r == 0) {
-        nbce_truncate(nb, logits, nb->uncond);
+        if (lp != nb->uncond) memcpy(nb->uncond, lp, bytes);
         return;
     }
-    float h = nbce_truncate(nb, logits, nb->row);
     if (nb->pool == NBCE_MEAN) {
         for (int v = 0; v < nb->vocab; v++) {
-            float x = nb->row[v] > -100 ? nb->row[v] : -100;
+            float x = lp[v] > -100 ? lp[v] : -100;
             nb->pooled[v] = r == 1 ? x : nb->pooled[v] + x;
-            nb->kept[v] = (r > 1 && nb->kept[v]) || nb->row[v] > -INFINITY;
+            nb->kept[v] = (r > 1 && nb->kept[v]) || lp[v] > -INFINITY;
         }
         return;
     }
     if (r == nb->prev) h -= nb->eta;
     if (nb->chosen == 0 || h < nb->chosen_entropy) { /* the first of equals stays */
-        float *t = nb->pooled;
-        nb->pooled = nb->row;
-        nb->row = t;
+        memcpy(nb->pooled, lp, bytes);
         nb->chosen = r;
         nb->chosen_entropy = h;
+    }
+}
+
+void nbce_add(Nbce *nb, const float *logits) {
+    float *lp = nb->rows == 0 ? nb->uncond : nb->row;
+    pool_row(nb, lp, truncate_row(nb, 0, logits, lp));
+}
+
+typedef struct {
+    const Nbce *nb;
+    float *rows;               /* [n][vocab] logits, cut in place */
+    int n;
+} TruncateJob;
+
+static void truncate_task(void *arg, int ith, int nth) {
+    const TruncateJob *job = arg;
+    for (int k = ith; k < job->n; k += nth) {
+        float *row = job->rows + (size_t)k * job->nb->vocab;
+        job->nb->entropy[k] = truncate_row(job->nb, ith, row, row);
     }
 }
 
@@ -1770,6 +1802,8 @@ int nbce_pool(Nbce *nb, float *z) {
 int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tokens, const int *n_tokens, int n_rows,
               float *z, void (*progress)(void *arg, int done, int total), void *arg) {
     int total = 0;
+    if (c->pool->n_threads > nb->threads || c->max_batch < nb->batch || c->max_logits < nb->batch)
+        return seterr(c->error, sizeof c->error, "the NBCE state was made for a smaller context");
     for (int r = 0; r < n_rows; r++) {
         if (n_tokens[r] < 1) return seterr(c->error, sizeof c->error, "NBCE row %d has no token to feed", r);
         total += n_tokens[r];
@@ -1791,7 +1825,10 @@ int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tok
             nb->rows = nb->chosen = 0;
             return -1;
         }
-        for (int k = 0; k < out; k++) nbce_add(nb, c->logits + (size_t)k * nb->vocab);
+        /* the rows are cut in parallel, then pooled in order */
+        TruncateJob job = {nb, c->logits, out};
+        if (out) pool_run(c->pool, truncate_task, &job);
+        for (int k = 0; k < out; k++) pool_row(nb, c->logits + (size_t)k * nb->vocab, nb->entropy[k]);
         done += b;
         if (progress) progress(arg, done, total);
     }
