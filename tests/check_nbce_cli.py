@@ -166,7 +166,8 @@ covered = ctx and ctx[0][2] == 0 and ctx[-1][3] == len(text) and all(
 check(covered, "the chunks cover the document in order, with only whitespace between them")
 between_words = all(text[c[3] - 1:c[3]] not in b" \t\r\n" and text[c[3]:c[3] + 1] in b" \t\r\n" for c in ctx[:-1])
 at_paragraphs = sum(text[c[3]:c[3] + 4].replace(b"\r", b"").startswith(b"\n\n") for c in ctx[:-1])
-at_sentences = sum(text[c[3] - 3:c[3]].rstrip(b"\"')]_*").endswith((b".", b"!", b"?")) for c in ctx[:-1])
+at_sentences = sum(text[c[3] - 3:c[3]].rstrip(b"\"')]_*").endswith((b".", b"!", b"?")) and
+                   not text[c[3]:c[3] + 4].replace(b"\r", b"").startswith(b"\n\n") for c in ctx[:-1])
 check(between_words and at_paragraphs + at_sentences >= 0.8 * (len(ctx) - 1),
       f"every cut falls between words; of {len(ctx) - 1} cuts {at_paragraphs} at blank lines, {at_sentences} more at "
       f"sentence ends")
