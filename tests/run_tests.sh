@@ -49,6 +49,7 @@ run_suite check_hf python3 tests/check_hf.py "$BIN" $TMP
 run_suite check_export_errors python3 tests/check_export_errors.py "$BIN" $TMP
 run_suite check_chat python3 tests/check_chat.py "$BIN" $TMP
 run_suite check_nbce_cli python3 tests/check_nbce_cli.py "$BIN" $TMP
+run_suite check_nbce python3 tests/check_nbce.py "$BIN" $TMP "$ASSETS"
 
 echo "== command line"
 have_assets=1
