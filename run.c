@@ -1760,7 +1760,7 @@ typedef struct {
     int n_rows, token;
     float *z;                  /* [vocab] */
     int *chosen, n_chosen;     /* the row chosen for each generated token */
-    int is_tty;
+    int is_tty, last_done;
     double t0;
 } NbceRun;
 
@@ -1773,11 +1773,18 @@ static const float *nbce_step(void *self, int token) {
     return r->z;
 }
 
+/* A line that redraws itself on a terminal; in a log, a line at each
+   quarter of a long prefill. */
 static void prefill_progress(void *arg, int done, int total) {
     NbceRun *r = arg;
-    if (!r->is_tty) return;
+    if (!r->is_tty && (total <= 4096 || done == total || 4LL * done / total == 4LL * r->last_done / total)) {
+        r->last_done = done;
+        return;
+    }
+    r->last_done = done;
     double dt = now_seconds() - r->t0;
-    fprintf(stderr, "\rnbce: prefill %d/%d tokens, %.0f tok/s", done, total, dt > 0 ? done / dt : 0);
+    fprintf(stderr, "%snbce: prefill %d/%d tokens, %.0f tok/s%s", r->is_tty ? "\r" : "", done, total,
+            dt > 0 ? done / dt : 0, r->is_tty ? "" : "\n");
     fflush(stderr);
 }
 
