@@ -57,11 +57,33 @@ typedef struct {
 } BlockQ4_0;
 
 /* Activations quantized for the integer dot products: one f32 scale per
-   32 values. Weights are dotted with these, never with each other. */
+   32 values, and their sum (q4_0's offset of 8 is taken out with it).
+   Weights are dotted with these, never with each other. */
 typedef struct {
     float d;
+    int32_t sum;
     int8_t qs[QK];
 } BlockQ8A;
+
+/* Eight q8_0 or q4_0 rows interleaved, block by block, so that one integer
+   multiply-add instruction works on all eight at once and the eight scales
+   load together (model_repack makes them at load time; files never hold
+   them). Within a block, the values go in eight steps of four: q8_0 keeps
+   row r's values 4s..4s+3 at qs[(s * 8 + r) * 4], q4_0 keeps row r's byte
+   4s + e (values 4s + e and 4s + e + 16 in its two nibbles) at
+   qs[(s * 8 + r) * 4 + e] for s < 4. Each is exactly eight plain blocks
+   long. */
+typedef struct {
+    uint16_t d[8];
+    int8_t qs[8 * QK];
+} BlockQ8_0x8;
+
+typedef struct {
+    uint16_t d[8];
+    uint8_t qs[4 * QK];
+} BlockQ4_0x8;
+
+_Static_assert(sizeof(BlockQ8_0x8) == 8 * 34 && sizeof(BlockQ4_0x8) == 8 * 18, "an interleaved block is eight blocks");
 
 _Static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must be packed as in the file");
 _Static_assert(sizeof(BlockQ4_0) == 18, "BlockQ4_0 must be packed as in the file");
@@ -220,14 +242,44 @@ static inline void dequantize_row(int type, const void *row, float *y, int64_t n
 }
 
 /* Activations: f32 scale, symmetric int8. */
-static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
+static inline void quantize_row_q8a_ref(const float *x, BlockQ8A *y, int64_t n) {
     for (int64_t b = 0; b < n / QK; b++, x += QK) {
         float amax = 0;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
         float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK; j++) sum += y[b].qs[j] = (int8_t)lrintf(x[j] * id);
         y[b].d = d;
-        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
+        y[b].sum = sum;
     }
+}
+
+static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
+#if defined(KERNELS_AVX2)
+    /* the reference's operations eight at a time: |x|, max, x * (1 / d) rounded to nearest even */
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 8 * i), m = _mm256_max_ps(m, _mm256_and_ps(v[i], abs_mask));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        /* packing works within 128-bit halves; the permute puts the groups of four back in order */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)y[b].qs, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        y[b].d = d;
+        y[b].sum = _mm_cvtsi128_si32(s4);
+    }
+#else
+    quantize_row_q8a_ref(x, y, n);
+#endif
 }
 
 /* ---------------------------------------------------------------------------
@@ -485,6 +537,133 @@ static inline void dot_quant_x4(const void *w, int type, const BlockQ8A *x, size
 #else
     for (int k = 0; k < 4; k++) out[k] = dot_quant(w, type, x + k * stride, n);
 #endif
+}
+
+/* ---------------------------------------------------------------------------
+ * Eight interleaved rows (BlockQ8_0x8 / BlockQ4_0x8) against n_x <= 4
+ * activation rows, `stride` blocks apart: out[k * 8 + r] = row r . x_k.
+ * Per block, the integer dot of each row is exact; then acc_r +=
+ * (float)dot_r * (d_r * d_x) in one fused multiply-add, block after block.
+ * The SIMD versions do exactly these operations, so they give the scalar
+ * reference's bits, and a token gives the same bits whatever else is in
+ * its batch. q4_0's nibbles are used unsigned and 8 * sum(x) comes off
+ * after.
+ */
+static inline void gemm_x8_ref(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out) {
+    for (int k = 0; k < n_x; k++) {
+        float acc[8] = {0};
+        for (int b = 0; b < blocks; b++) {
+            const BlockQ8A *xb = x + k * stride + b;
+            int32_t dot[8] = {0};
+            const uint16_t *d;
+            if (type == TYPE_Q8_0) {
+                const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
+                d = blk->d;
+                for (int st = 0; st < 8; st++)
+                    for (int r = 0; r < 8; r++)
+                        for (int e = 0; e < 4; e++) dot[r] += blk->qs[(st * 8 + r) * 4 + e] * xb->qs[4 * st + e];
+            } else {
+                const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
+                d = blk->d;
+                for (int st = 0; st < 4; st++)
+                    for (int r = 0; r < 8; r++)
+                        for (int e = 0; e < 4; e++) {
+                            int q = blk->qs[(st * 8 + r) * 4 + e];
+                            dot[r] += (q & 15) * xb->qs[4 * st + e] + (q >> 4) * xb->qs[4 * st + e + 16];
+                        }
+                for (int r = 0; r < 8; r++) dot[r] -= 8 * xb->sum;
+            }
+            for (int r = 0; r < 8; r++) acc[r] = fmaf((float)dot[r], f16_to_f32(d[r]) * xb->d, acc[r]);
+        }
+        memcpy(out + 8 * k, acc, sizeof acc);
+    }
+}
+
+#if defined(KERNELS_AVX2)
+/* acc + the sums of four products of unsigned u by signed s bytes, per int32 lane. */
+static inline __m256i dpbusd_add(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+static inline __attribute__((always_inline)) void gemm_x8_avx2(const void *w, int type, const BlockQ8A *x, size_t stride,
+                                                                int n_x, int blocks, float *out) {
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < blocks; b++) {
+        __m256i dot[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        const uint16_t *d;
+        if (type == TYPE_Q8_0) {
+            const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
+            d = blk->d;
+            for (int st = 0; st < 8; st++) { /* |w| by x with w's sign: the unsigned-by-signed product */
+                __m256i wq = _mm256_loadu_si256((const __m256i *)(blk->qs + st * 32)), uw = _mm256_abs_epi8(wq);
+                for (int k = 0; k < n_x; k++) {
+                    int32_t x4;
+                    memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
+                    dot[k] = dpbusd_add(dot[k], uw, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
+                }
+            }
+        } else {
+            const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
+            d = blk->d;
+            const __m256i low4 = _mm256_set1_epi8(15);
+            for (int st = 0; st < 4; st++) {
+                __m256i packed = _mm256_loadu_si256((const __m256i *)(blk->qs + st * 32));
+                __m256i lo = _mm256_and_si256(packed, low4), hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+                for (int k = 0; k < n_x; k++) {
+                    int32_t xl, xh;
+                    memcpy(&xl, x[k * stride + b].qs + 4 * st, 4);
+                    memcpy(&xh, x[k * stride + b].qs + 4 * st + 16, 4);
+                    dot[k] = dpbusd_add(dpbusd_add(dot[k], lo, _mm256_set1_epi32(xl)), hi, _mm256_set1_epi32(xh));
+                }
+            }
+            for (int k = 0; k < n_x; k++) dot[k] = _mm256_sub_epi32(dot[k], _mm256_set1_epi32(8 * x[k * stride + b].sum));
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
+        for (int k = 0; k < n_x; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[k]), _mm256_mul_ps(dw, _mm256_set1_ps(x[k * stride + b].d)), acc[k]);
+    }
+    for (int k = 0; k < n_x; k++) _mm256_storeu_ps(out + 8 * k, acc[k]);
+}
+#endif
+
+static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out) {
+#if defined(KERNELS_AVX2)
+    /* constant types and token counts: specialized copies */
+    if (type == TYPE_Q8_0) {
+        if (n_x == 4) gemm_x8_avx2(w, TYPE_Q8_0, x, stride, 4, blocks, out);
+        else gemm_x8_avx2(w, TYPE_Q8_0, x, stride, n_x, blocks, out);
+    } else {
+        if (n_x == 4) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 4, blocks, out);
+        else gemm_x8_avx2(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
+    }
+#else
+    gemm_x8_ref(w, type, x, stride, n_x, blocks, out);
+#endif
+}
+
+/* Rows r0..r0+7 of a q8_0 or q4_0 matrix (each `blocks` blocks) as one
+   run of interleaved blocks. */
+static inline void repack_x8(const void *rows, int type, int blocks, void *out) {
+    for (int b = 0; b < blocks; b++)
+        for (int r = 0; r < 8; r++) {
+            if (type == TYPE_Q8_0) {
+                const BlockQ8_0 *in = (const BlockQ8_0 *)rows + (size_t)r * blocks + b;
+                BlockQ8_0x8 *o = (BlockQ8_0x8 *)out + b;
+                o->d[r] = in->d;
+                for (int st = 0; st < 8; st++) memcpy(o->qs + (st * 8 + r) * 4, in->qs + 4 * st, 4);
+            } else {
+                const BlockQ4_0 *in = (const BlockQ4_0 *)rows + (size_t)r * blocks + b;
+                BlockQ4_0x8 *o = (BlockQ4_0x8 *)out + b;
+                o->d[r] = in->d;
+                for (int st = 0; st < 4; st++) memcpy(o->qs + (st * 8 + r) * 4, in->qs + 4 * st, 4);
+            }
+        }
 }
 
 /* y += a * x */

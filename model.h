@@ -138,12 +138,15 @@ typedef struct {
     size_t nbytes;
 } Tensor;
 
-/* A weight matrix W[rows][cols]; y = W x. */
+/* A weight matrix W[rows][cols]; y = W x. After model_repack a q8_0 or
+   q4_0 matrix may hold its rows eight at a time (interleaved: BlockQ8_0x8,
+   BlockQ4_0x8), which only matmul reads. */
 typedef struct {
     int type;
     int rows, cols;
     size_t row_bytes;
     const void *data;
+    int interleaved;
 } Matrix;
 
 typedef struct {
@@ -184,6 +187,8 @@ typedef struct {
     void *map;                 /* the file, mapped read-only */
     size_t map_bytes;
     void *owned;               /* weights the loader had to convert (llama2.c int8 files) */
+    void *repacked;            /* model_repack's interleaved copies */
+    size_t repacked_bytes;
 } Model;
 
 typedef struct {
@@ -256,6 +261,14 @@ typedef struct {
    0, 1 and 2). Returns 0, or -1 with one line in err. */
 int model_load(Model *m, const char *path, char *err, size_t errlen);
 void model_free(Model *m);
+/* Copies the q8_0 and q4_0 matrices that only matmul reads into the
+   interleaved layout its eight-row kernels use (faster wherever a SIMD
+   version of them is compiled: model_repack_pays), provided they take at most
+   `limit` bytes. Results change in the last bits, not between thread counts
+   or batch sizes. Returns the bytes copied (0: nothing, or too large), or -1
+   when memory runs out (the model is unchanged). */
+long long model_repack(Model *m, size_t limit);
+int model_repack_pays(void);
 const Tensor *model_tensor(const Model *m, const char *name);
 /* KV-cache bytes one token takes in one sequence. */
 size_t model_kv_bytes_per_token(const Model *m);
@@ -827,12 +840,75 @@ int model_load(Model *m, const char *path, char *err, size_t errlen) {
     return 0;
 }
 
+/* The matrices model_repack may interleave: every q8_0/q4_0 one that only
+   matmul reads (not the embedding table, whose rows are looked up, nor the
+   latent up-projections, whose rows attention reads one by one), with rows
+   in eights. Calls fn for each; stops at a nonzero return. */
+static int each_repackable(Model *m, int (*fn)(Model *m, Matrix *w, void *arg), void *arg) {
+    const ModelConfig *c = &m->cfg;
+    for (int l = 0; l < c->n_layers; l++) {
+        Layer *L = &m->layers[l];
+        Matrix *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w1, &L->w2, &L->w3, &L->wq_a, &L->wq_b, &L->wkv_a};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (fn(m, ws[i], arg)) return 1;
+        for (int e = 0; L->experts && e < c->n_experts; e++)
+            if (fn(m, &L->experts[e].w1, arg) || fn(m, &L->experts[e].w2, arg) || fn(m, &L->experts[e].w3, arg)) return 1;
+    }
+    return fn(m, &m->output, arg);
+}
+
+static int repackable(const Matrix *w) {
+    return type_is_quantized(w->type) && !w->interleaved && w->rows > 0 && w->rows % 8 == 0 && w->cols % QK == 0;
+}
+
+static int count_repack(Model *m, Matrix *w, void *arg) {
+    (void)m;
+    if (repackable(w)) *(size_t *)arg += (size_t)w->rows * w->row_bytes;
+    return 0;
+}
+
+static int do_repack(Model *m, Matrix *w, void *arg) {
+    if (!repackable(w)) return 0;
+    uint8_t **at = arg, *out = *at;
+    int blocks = w->cols / QK;
+    for (int g = 0; g < w->rows / 8; g++)
+        repack_x8((const uint8_t *)w->data + (size_t)g * 8 * w->row_bytes, w->type, blocks, out + (size_t)g * 8 * w->row_bytes);
+    (void)m;
+    w->data = out;
+    w->interleaved = 1;
+    *at = out + (size_t)w->rows * w->row_bytes;
+    return 0;
+}
+
+int model_repack_pays(void) {
+#if defined(KERNELS_AVX2)
+    return 1;
+#else
+    return 0; /* the portable eight-row kernel is no faster than the row-by-row ones */
+#endif
+}
+
+long long model_repack(Model *m, size_t limit) {
+    size_t total = 0;
+    each_repackable(m, count_repack, &total);
+    if (!total || total > limit) return 0;
+    void *buf = NULL;
+    if (posix_memalign(&buf, MODEL_ALIGN, total)) return -1;
+    uint8_t *at = buf;
+    each_repackable(m, do_repack, &at);
+    free(m->repacked);
+    m->repacked = buf;
+    m->repacked_bytes += total;
+    return (long long)total;
+}
+
 void model_free(Model *m) {
     if (m->tokenizer) tokenizer_free(m->tokenizer);
     free(m->layers);
     free(m->experts);
     free(m->tensors);
     free(m->owned);
+    free(m->repacked);
     if (m->map) munmap(m->map, m->map_bytes);
     memset(m, 0, sizeof *m);
 }
@@ -1088,6 +1164,19 @@ static void matmul_task(void *arg, int ith, int nth) {
             int64_t r1 = r0 + MATMUL_TILE;
             if (r1 > hi) r1 = hi;
             if (r1 > end) r1 = end;
+            if (w->interleaved) { /* eight rows at a time, up to four tokens each call (tiles start at multiples of 8) */
+                for (int t = 0; t < job->n; t += 4) {
+                    int k = job->n - t < 4 ? job->n - t : 4;
+                    for (int64_t g = r0; g < r1; g += 8) {
+                        float r32[32];
+                        gemm_x8((const uint8_t *)w->data + (size_t)(g - first) * w->row_bytes, w->type,
+                                job->inq + (size_t)t * blocks, blocks, k, (int)blocks, r32);
+                        for (int kk = 0; kk < k; kk++)
+                            memcpy(job->outs[o].out + (size_t)(t + kk) * w->rows + (g - first), r32 + 8 * kk, 8 * sizeof(float));
+                    }
+                }
+                continue;
+            }
             int t = 0;
             for (; t + 4 <= job->n; t += 4) { /* four tokens per weight row: the row is loaded and unpacked once */
                 float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
@@ -1125,8 +1214,9 @@ static void quantize_task(void *arg, int ith, int nth) {
 
 static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, int n_outs) {
     MatmulJob job = {.in = in, .inq = c->xq, .n = n, .cols = outs[0].w->cols, .outs = outs, .n_outs = n_outs};
-    int quantized = 0;
+    int quantized = 0, aligned = 1;
     for (int o = 0; o < n_outs; o++) {
+        aligned &= !outs[o].w->interleaved || job.total_rows % 8 == 0; /* its eight-row groups fall on tile bounds */
         job.total_rows += outs[o].w->rows;
         quantized |= type_is_quantized(outs[o].w->type);
     }
@@ -1134,7 +1224,14 @@ static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, in
         QuantizeJob q = {in, c->xq, n, job.cols};
         pool_run(c->pool, quantize_task, &q);
     }
-    pool_run(c->pool, matmul_task, &job);
+    if (aligned) {
+        pool_run(c->pool, matmul_task, &job);
+        return;
+    }
+    for (int o = 0; o < n_outs; o++) { /* one matrix at a time */
+        MatmulJob one = {.in = in, .inq = c->xq, .n = n, .cols = job.cols, .outs = outs + o, .n_outs = 1, .total_rows = outs[o].w->rows};
+        pool_run(c->pool, matmul_task, &one);
+    }
 }
 
 /* ---------------------------------------------------------------------------

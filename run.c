@@ -64,6 +64,7 @@ typedef struct {
     const char *cache_dir;  /* --cache-dir: KV caches of documents kept between runs */
     double mem;         /* --mem: bytes the NBCE rows may take; 0 = what the system has available */
     int nbce_chunk;     /* --nbce-chunk: most tokens in one context; 0 = what fits */
+    int no_repack;      /* --no-repack: matrices stay as the file has them */
 } Options;
 
 static void usage(void) {
@@ -84,6 +85,7 @@ static void usage(void) {
             "  --tokenize       print the prompt's token ids as a JSON array and exit\n"
             "  --ppl            score the prompt: mean negative log-likelihood per token\n"
             "  --verbose        print the model's shape and memory use on stderr\n"
+            "  --no-repack      use quantized matrices as stored, not interleaved for the eight-row kernels\n"
             "  --pos P          positions for rotary layers: rope, nope, rerope, leaky\n"
             "  --window W       rerope/leaky window (default: a quarter of the trained context)\n"
             "  --leaky-k K      leaky slope divisor (default 16)\n"
@@ -226,6 +228,7 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--tokenize")) o.tokenize = 1;
         else if (!strcmp(a, "--ppl")) o.ppl = 1;
         else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) o.verbose = 1;
+        else if (!strcmp(a, "--no-repack")) o.no_repack = 1;
         else if (!strcmp(a, "--chat")) o.chat = 1;
         else if (!strcmp(a, "--system")) o.system = VALUE();
         else if (!strcmp(a, "--chat-template")) o.chat_template = VALUE();
@@ -289,6 +292,22 @@ static Options parse_options(int argc, char **argv) {
         die("unknown --rope-scaling '%s' (one of none, linear, ntk, dynamic, yarn)", o.rope_scaling);
     if (o.seed == 0) o.seed = (unsigned long long)time(NULL); /* xorshift needs a nonzero state */
     return o;
+}
+
+/* Bytes the system can still give: MemAvailable, else free pages. */
+static double available_memory(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long kb;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+            fclose(f);
+            return kb * 1024.0;
+        }
+    }
+    if (f) fclose(f);
+    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (double)pages * size : 1e18;
 }
 
 /* Reads a whole file (or stdin for "-") byte for byte; `what` names it in errors. */
@@ -496,7 +515,10 @@ static void print_verbose(const Engine *e, const Options *o) {
     size_t kv_token = model_kv_bytes_per_token(&e->model);
     fprintf(stderr, "model: dim %d, %d layers, %d heads (%d KV heads, head dim %d), hidden %d, vocab %d, trained context %d\n",
             c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->hidden_dim, c->vocab_size, c->max_seq_len);
-    fprintf(stderr, "weights: %.2f MiB mapped (%s)\n", e->model.map_bytes / 1048576.0, type_name(e->model.tok_emb.type));
+    fprintf(stderr, "weights: %.2f MiB mapped (%s)", e->model.map_bytes / 1048576.0, type_name(e->model.tok_emb.type));
+    if (e->model.repacked_bytes)
+        fprintf(stderr, ", %.2f MiB of matrices copied interleaved for the eight-row kernels", e->model.repacked_bytes / 1048576.0);
+    fputc('\n', stderr);
     if (c->attn_kind == ATTN_MLA) {
         size_t mha = (size_t)c->n_layers * c->n_heads * (c->head_dim + c->v_head_dim) * sizeof(float);
         fprintf(stderr, "kv cache: %zu bytes per token (f32 latent attention: %d layers x (latent %d + rotary key %d) x 4 bytes; "
@@ -1720,22 +1742,6 @@ static void kv_file_save(Engine *e, Row *row, const char *dir, uint64_t digest) 
 
 /* ---- memory ---- */
 
-/* Bytes the system can still give: MemAvailable, else free pages. */
-static double available_memory(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned long long kb;
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
-            fclose(f);
-            return kb * 1024.0;
-        }
-    }
-    if (f) fclose(f);
-    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
-    return pages > 0 && size > 0 ? (double)pages * size : 1e18;
-}
-
 static size_t row_bytes_per_token(const Engine *e) {
     size_t b = model_kv_bytes_per_token(&e->model);
     if (e->ctx->positions.scheme == POS_REROPE || e->ctx->positions.scheme == POS_LEAKY)
@@ -2091,6 +2097,10 @@ int main(int argc, char **argv) {
     char err[512];
     if (model_load(&e.model, o.model_path, err, sizeof err)) die("%s", err);
     override_rope(&e.model.cfg, &o);
+    /* Interleaved copies of the quantized matrices, where that is faster and
+       they fit beside everything else; otherwise the mapped file serves. */
+    if (!o.no_repack && !o.tokenize && model_repack_pays() && model_repack(&e.model, (size_t)(available_memory() / 2)) < 0)
+        die("out of memory repacking the model's matrices (--no-repack uses them as stored)");
     e.tokenizer = e.model.tokenizer;
     if (o.tokenizer_path) {
         e.own_tokenizer = tokenizer_load(o.tokenizer_path, e.model.cfg.vocab_size, err, sizeof err);

@@ -655,6 +655,38 @@ static void test_llama2c_versions(const Model *v0) {
 /* ---------------------------------------------------------------------------
  * ./export round trips.
  */
+/* model_repack: the quantized matrices interleaved eight rows at a time
+   give the same logits to rounding, and keep every bit-for-bit invariant. */
+static void test_repack(Model *m, const char *type) {
+    int V = m->cfg.vocab_size;
+    size_t bytes = (size_t)N_PROMPT * V * sizeof(float);
+    float *plain = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
+    logits_fed(m, NULL, 0, 0, plain);
+    CHECK(model_repack(m, 0) == 0 && !m->layers[0].wq.interleaved, "%s: model_repack copies nothing beyond its limit", type);
+    long long got = model_repack(m, (size_t)1 << 40);
+    const Layer *L = &m->layers[0];
+    CHECK(got > 0 && L->wq.interleaved && L->wk.interleaved && L->wo.interleaved && m->output.interleaved &&
+          !L->w1.interleaved && !L->w2.interleaved && !m->tok_emb.interleaved && m->output.data != m->tok_emb.data &&
+          model_repack(m, (size_t)1 << 40) == 0,
+          "%s: model_repack interleaves q/k/v/o and a copy of the tied classifier (%lld bytes), not gate/up (172 rows, not "
+          "in eights), the f16 down matrix or the embeddings, and only once", type, got);
+    logits_fed(m, NULL, 0, 0, a);
+    double e = rel_error(a, plain, N_PROMPT * V);
+    CHECK(e < 1e-5, "%s repacked: logits equal the row-by-row kernels' to rounding (rel %.2g)", type, e);
+    logits_fed(m, NULL, 1, 0, b);
+    CHECK(!memcmp(a, b, bytes), "%s repacked: prefill as one batch == token-by-token decode, bit for bit", type);
+    logits_fed(m, NULL, 5, 0, b);
+    int same = !memcmp(a, b, bytes);
+    for (int th = 1; th <= 3; th += 2) {
+        logits_threads(m, NULL, 0, 0, th, b);
+        same &= !memcmp(a, b, bytes);
+    }
+    CHECK(same, "%s repacked: batches of 5 and 1 or 3 threads give the same bits", type);
+    free(plain);
+    free(a);
+    free(b);
+}
+
 static void test_export(const Model *v0) {
     const char *types[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
     /* Worst element error relative to the row's largest value: f16 and bf16
@@ -695,6 +727,7 @@ static void test_export(const Model *v0) {
         double e = compare_with_reference(&m);
         CHECK(e < (type_is_quantized(m.layers[0].wq.type) ? 2e-2 : fwd_tol[i]),
               "export %s: forward matches the f32 reference on the dequantized weights (rel %.2g)", types[i], e);
+        if (type_is_quantized(m.layers[0].wq.type)) test_repack(&m, types[i]);
         if (i == 3) {
             CHECK(m.layers[0].w1.type == TYPE_Q8_0 && m.layers[0].w2.type == TYPE_F16,
                   "rows of 172 (not a multiple of 32) fall back to f16, the rest stay q8_0");
