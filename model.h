@@ -1256,16 +1256,127 @@ static void rope(float *vec, int n_heads, int head_dim, int rope_dim, const floa
     }
 }
 
-/* In place: x[j] = exp(x[j] - max) / sum (attention, routing, sampling). */
+/* Eight partial sums added in a fixed tree: (0+1 + 2+3) + (4+5 + 6+7). */
+#if defined(KERNELS_AVX2)
+static inline float sum8_tree(__m256 v) {
+    __m256 h = _mm256_hadd_ps(v, v);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+#endif
+
+#if defined(KERNELS_AVX2)
+/* exp of eight values at most 0 (a softmax's x - max), within 2 ulp of
+   expf: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts), exp(r) by
+   Cephes' polynomial, 2^n put in the exponent; below -87 it is 0. */
+static inline __m256 exp8_nonpositive(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+#endif
+
+/* In place: x[j] = exp(x[j] - max) / sum (attention, routing, sampling).
+   Eight at a time where AVX2 is; the sum is kept in eight lanes, then added
+   in a fixed order, so it does not depend on n's split either. */
 static void softmax(float *att, int n) {
     float max = -INFINITY, sum = 0;
     for (int j = 0; j < n; j++)
         if (att[j] > max) max = att[j];
-    for (int j = 0; j < n; j++) {
+    int j = 0;
+#if defined(KERNELS_AVX2)
+    __m256 vmax = _mm256_set1_ps(max), vsum = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(att + j), vmax));
+        _mm256_storeu_ps(att + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    sum = sum8_tree(vsum);
+#endif
+    for (; j < n; j++) {
         att[j] = expf(att[j] - max);
         sum += att[j];
     }
-    for (int j = 0; j < n; j++) att[j] /= sum;
+    float inv = 1.0f / sum;
+    for (j = 0; j < n; j++) att[j] *= inv;
+}
+
+/* Attention's two inner loops over cached positions. Each result is
+   computed the same way wherever it falls in a call, so splitting a range
+   (near and far keys) or a batch changes no bit. */
+
+/* scores[j] = scale * (q . k_j), k_j = k + j * stride, n floats each. */
+static void attn_scores(const float *q, const float *k, size_t stride, int count, int n, float scale, float *scores) {
+    int n8 = 0;
+#if defined(KERNELS_AVX2)
+    n8 = n & ~7;
+    int j = 0;
+    for (; j + 4 <= count; j += 4) { /* four keys at once: four independent chains */
+        const float *k0 = k + (size_t)j * stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int i = 0; i < n8; i += 8) {
+            __m256 qv = _mm256_loadu_ps(q + i);
+            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + stride + i), a1);
+            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * stride + i), a2);
+            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * stride + i), a3);
+        }
+        scores[j] = sum8_tree(a0), scores[j + 1] = sum8_tree(a1), scores[j + 2] = sum8_tree(a2), scores[j + 3] = sum8_tree(a3);
+    }
+    for (; j < count; j++) {
+        __m256 a = _mm256_setzero_ps();
+        for (int i = 0; i < n8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + (size_t)j * stride + i), a);
+        scores[j] = sum8_tree(a);
+    }
+#else
+    for (int j = 0; j < count; j++) scores[j] = 0;
+#endif
+    for (int j = 0; j < count; j++) {
+        const float *kj = k + (size_t)j * stride;
+        float s = scores[j];
+        for (int i = n8; i < n; i++) s += q[i] * kj[i];
+        scores[j] = s * scale;
+    }
+}
+
+/* out = sum over j of w[j] * v_j, v_j = v + j * stride, n floats each:
+   64 columns at a time held in registers while the rows stream past. */
+static void attn_weighted_sum(float *out, const float *w, const float *v, size_t stride, int count, int n) {
+    int c0 = 0;
+#if defined(KERNELS_AVX2)
+    for (; c0 + 64 <= n; c0 += 64) {
+        __m256 acc[8];
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (int j = 0; j < count; j++) {
+            __m256 wj = _mm256_set1_ps(w[j]);
+            const float *vj = v + (size_t)j * stride + c0;
+            for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 8 * i), acc[i]);
+        }
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
+    }
+    for (; c0 + 8 <= n; c0 += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int j = 0; j < count; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(v + (size_t)j * stride + c0), acc);
+        _mm256_storeu_ps(out + c0, acc);
+    }
+#endif
+    for (int c = c0; c < n; c++) {
+        float acc = 0;
+        for (int j = 0; j < count; j++) acc = fmaf(w[j], v[(size_t)j * stride + c], acc);
+        out[c] = acc;
+    }
 }
 
 typedef struct {
@@ -1306,13 +1417,11 @@ static void attention_task(void *arg, int ith, int nth) {
         int near_from = first_near_key(job, p);
         if (near_from > 0) {
             const float *qf = c->q_far + (size_t)t * cfg->n_heads * hd + (size_t)h * hd, *kf = s->k_far + layer_k;
-            for (int j = 0; j < near_from; j++) att[j] = dot_f32(qf, kf + (size_t)j * kv_stride, hd) * scale;
+            attn_scores(qf, kf, kv_stride, near_from, hd, scale, att);
         }
-        for (int j = near_from; j <= p; j++) att[j] = dot_f32(q, kc + (size_t)j * kv_stride, hd) * scale;
+        attn_scores(q, kc + (size_t)near_from * kv_stride, kv_stride, p + 1 - near_from, hd, scale, att + near_from);
         softmax(att, p + 1);
-        float *out = c->xb + (size_t)t * cfg->n_heads * vd + (size_t)h * vd;
-        memset(out, 0, (size_t)vd * sizeof(float));
-        for (int j = 0; j <= p; j++) axpy(out, att[j], vc + (size_t)j * v_stride, vd);
+        attn_weighted_sum(c->xb + (size_t)t * cfg->n_heads * vd + (size_t)h * vd, att, vc, v_stride, p + 1, vd);
     }
 }
 
