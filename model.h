@@ -237,7 +237,8 @@ typedef struct {
     float *q_far;              /* rectified schemes: each token's query for distant keys, [max_batch][q_dim] */
     float *far_cos, *far_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *kfar_cos, *kfar_sin; /* Leaky: the far copy's key rotation, [max_batch][rope_dim / 2] */
-    float *scores;             /* attention scores, [n_threads][ctx_len] */
+    float *scores;             /* attention scores, [n_threads][scores_stride]: a KV head's group of query heads */
+    size_t scores_stride;
     /* multi-head latent attention: each token's query latent [max_batch][q_lora_rank];
        per thread, a head's absorbed query and attended latent, and their int8 copies */
     float *qa, *mla_work;
@@ -1078,7 +1079,8 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->tok_cos = malloc(B * (half ? half : 1) * sizeof(float));
     c->tok_sin = malloc(B * (half ? half : 1) * sizeof(float));
     int n_threads_real = c->pool ? c->pool->n_threads : 1;
-    c->scores = malloc((size_t)n_threads_real * ctx_len * sizeof(float));
+    c->scores_stride = (size_t)ctx_len * (cfg->attn_kind == ATTN_MLA ? 1 : cfg->n_heads / cfg->n_kv_heads);
+    c->scores = malloc((size_t)n_threads_real * c->scores_stride * sizeof(float));
     int extra_ok = 1;
     if (cfg->attn_kind == ATTN_MLA) {
         size_t lat = (size_t)cfg->kv_lora_rank, blocks = (size_t)max64(cfg->qk_nope_head_dim, cfg->kv_lora_rank) / QK + 1;
@@ -1351,14 +1353,16 @@ static void attn_scores(const float *q, const float *k, size_t stride, int count
     }
 }
 
-/* out = sum over j of w[j] * v_j, v_j = v + j * stride, n floats each:
-   64 columns at a time held in registers while the rows stream past. */
+/* out += sum over j of w[j] * v_j, v_j = v + j * stride, n floats each:
+   64 columns at a time held in registers while the rows stream past. Each
+   column adds its rows in order, so a range added in pieces gives the same
+   bits as at once. */
 static void attn_weighted_sum(float *out, const float *w, const float *v, size_t stride, int count, int n) {
     int c0 = 0;
 #if defined(KERNELS_AVX2)
     for (; c0 + 64 <= n; c0 += 64) {
         __m256 acc[8];
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
         for (int j = 0; j < count; j++) {
             __m256 wj = _mm256_set1_ps(w[j]);
             const float *vj = v + (size_t)j * stride + c0;
@@ -1367,13 +1371,13 @@ static void attn_weighted_sum(float *out, const float *w, const float *v, size_t
         for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
     }
     for (; c0 + 8 <= n; c0 += 8) {
-        __m256 acc = _mm256_setzero_ps();
+        __m256 acc = _mm256_loadu_ps(out + c0);
         for (int j = 0; j < count; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(v + (size_t)j * stride + c0), acc);
         _mm256_storeu_ps(out + c0, acc);
     }
 #endif
     for (int c = c0; c < n; c++) {
-        float acc = 0;
+        float acc = out[c];
         for (int j = 0; j < count; j++) acc = fmaf(w[j], v[(size_t)j * stride + c], acc);
         out[c] = acc;
     }
@@ -1396,32 +1400,45 @@ static int first_near_key(const AttentionJob *job, int p) {
 
 /* One (token, head) pair per work item: scores against the sequence's cached
    keys up to the token's own position, softmax, weighted sum of values. */
+/* Keys are read a tile at a time for all the query heads that share them,
+   so each tile comes from memory once per KV head, not once per query head. */
+#define ATTN_TILE 64
+
 static void attention_task(void *arg, int ith, int nth) {
     const AttentionJob *job = arg;
     Context *c = job->c;
     const ModelConfig *cfg = &c->model->cfg;
     int hd = cfg->head_dim, vd = cfg->v_head_dim, group = cfg->n_heads / cfg->n_kv_heads;
-    size_t kv_stride = (size_t)cfg->n_kv_heads * hd, v_stride = (size_t)cfg->n_kv_heads * vd;
+    size_t kv_stride = (size_t)cfg->n_kv_heads * hd, v_stride = (size_t)cfg->n_kv_heads * vd, q_dim = (size_t)cfg->n_heads * hd;
     float scale = c->attn_scale;
-    float *att = c->scores + (size_t)ith * c->ctx_len;
+    float *att = c->scores + (size_t)ith * c->scores_stride; /* [group][ctx_len] */
     int64_t lo, hi;
-    split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
+    split_range((int64_t)job->n * cfg->n_kv_heads, ith, nth, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
-        int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), kvh = h / group;
+        int t = (int)(item / cfg->n_kv_heads), kvh = (int)(item % cfg->n_kv_heads);
         const Sequence *s = job->seqs[t];
-        int p = c->pos[t];
-        const float *q = c->q + (size_t)t * cfg->n_heads * hd + (size_t)h * hd;
+        int p = c->pos[t], near_from = first_near_key(job, p);
         size_t layer_k = (size_t)job->layer * s->capacity * kv_stride + (size_t)kvh * hd;
-        const float *kc = s->k + layer_k;
+        const float *kc = s->k + layer_k, *kf = near_from > 0 ? s->k_far + layer_k : NULL;
         const float *vc = s->v + (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd;
-        int near_from = first_near_key(job, p);
-        if (near_from > 0) {
-            const float *qf = c->q_far + (size_t)t * cfg->n_heads * hd + (size_t)h * hd, *kf = s->k_far + layer_k;
-            attn_scores(qf, kf, kv_stride, near_from, hd, scale, att);
+        const float *q = c->q + (size_t)t * q_dim + (size_t)kvh * group * hd;
+        const float *qf = near_from > 0 ? c->q_far + (size_t)t * q_dim + (size_t)kvh * group * hd : NULL;
+        for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
+            int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
+            for (int g = 0; g < group; g++) { /* keys before near_from: the far query on the far copy */
+                float *a = att + (size_t)g * c->ctx_len;
+                if (m > j0) attn_scores(qf + (size_t)g * hd, kf + (size_t)j0 * kv_stride, kv_stride, m - j0, hd, scale, a + j0);
+                if (j1 > m) attn_scores(q + (size_t)g * hd, kc + (size_t)m * kv_stride, kv_stride, j1 - m, hd, scale, a + m);
+            }
         }
-        attn_scores(q, kc + (size_t)near_from * kv_stride, kv_stride, p + 1 - near_from, hd, scale, att + near_from);
-        softmax(att, p + 1);
-        attn_weighted_sum(c->xb + (size_t)t * cfg->n_heads * vd + (size_t)h * vd, att, vc, v_stride, p + 1, vd);
+        float *out = c->xb + (size_t)t * cfg->n_heads * vd + (size_t)kvh * group * vd;
+        for (int g = 0; g < group; g++) softmax(att + (size_t)g * c->ctx_len, p + 1);
+        memset(out, 0, (size_t)group * vd * sizeof(float));
+        for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
+            int cnt = j0 + ATTN_TILE <= p + 1 ? ATTN_TILE : p + 1 - j0;
+            for (int g = 0; g < group; g++)
+                attn_weighted_sum(out + (size_t)g * vd, att + (size_t)g * c->ctx_len + j0, vc + (size_t)j0 * v_stride, v_stride, cnt, vd);
+        }
     }
 }
 
@@ -1437,7 +1454,7 @@ static void attention_mla_task(void *arg, int ith, int nth) {
     const Layer *L = &c->model->layers[job->layer];
     int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim;
-    float *att = c->scores + (size_t)ith * c->ctx_len;
+    float *att = c->scores + (size_t)ith * c->scores_stride;
     float *q_abs = c->mla_work + (size_t)ith * (2 * row - dr), *o_lat = q_abs + row;
     BlockQ8A *xq = c->mla_q8 + (size_t)ith * ((dn > lat ? dn : lat) / QK + 1);
     int64_t lo, hi;
@@ -1478,7 +1495,7 @@ static void attention_mla_expanded_task(void *arg, int ith, int nth) {
     const ModelConfig *cfg = &c->model->cfg;
     int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim, kv_row = (size_t)cfg->n_heads * (dn + dv);
-    float *att = c->scores + (size_t)ith * c->ctx_len;
+    float *att = c->scores + (size_t)ith * c->scores_stride;
     int64_t lo, hi;
     split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
