@@ -632,6 +632,117 @@ static inline __attribute__((always_inline)) void gemm_x8_avx2(const void *w, in
 }
 #endif
 
+#if defined(KERNELS_NEON) && defined(__aarch64__)
+/* The same operations with NEON: rows 0-3 and 4-7 of a step are one vector
+   each, and every four-byte group of a row meets the token's four values of
+   that step. With the dot-product extension, one sdot per vector (x's group
+   picked by lane); without it, widening multiplies whose int16 products are
+   summed pairwise into int32 (every product of int8 fits int16 exactly). */
+static inline __attribute__((always_inline)) void gemm_x8_neon(const void *w, int type, const BlockQ8A *x, size_t stride,
+                                                                int n_x, int blocks, float *out) {
+    float32x4_t acc[4][2];
+    for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = vdupq_n_f32(0);
+    for (int b = 0; b < blocks; b++) {
+        int32x4_t dot[4][2]; /* token k, rows 0-3 and 4-7 */
+        const uint16_t *d;
+#if defined(__ARM_FEATURE_DOTPROD)
+        int8x16_t xv[4][2]; /* token k's values 0-15 and 16-31 */
+        for (int k = 0; k < n_x; k++) {
+            const BlockQ8A *xb = x + k * stride + b;
+            xv[k][0] = vld1q_s8(xb->qs), xv[k][1] = vld1q_s8(xb->qs + 16);
+            dot[k][0] = dot[k][1] = vdupq_n_s32(0);
+        }
+        if (type == TYPE_Q8_0) {
+            const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
+            d = blk->d;
+#define X8_Q8_STEP(st)                                                                                     \
+    do {                                                                                                   \
+        int8x16_t w0 = vld1q_s8(blk->qs + (st) * 32), w1 = vld1q_s8(blk->qs + (st) * 32 + 16);             \
+        for (int k = 0; k < n_x; k++) {                                                                    \
+            dot[k][0] = vdotq_laneq_s32(dot[k][0], w0, xv[k][(st) / 4], (st) % 4);                         \
+            dot[k][1] = vdotq_laneq_s32(dot[k][1], w1, xv[k][(st) / 4], (st) % 4);                         \
+        }                                                                                                  \
+    } while (0)
+            X8_Q8_STEP(0); X8_Q8_STEP(1); X8_Q8_STEP(2); X8_Q8_STEP(3);
+            X8_Q8_STEP(4); X8_Q8_STEP(5); X8_Q8_STEP(6); X8_Q8_STEP(7);
+#undef X8_Q8_STEP
+        } else {
+            const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
+            d = blk->d;
+            const uint8x16_t low4 = vdupq_n_u8(15);
+            /* nibbles 0..15 as signed bytes: low ones meet values 4st.., high ones 16 + 4st.. */
+#define X8_Q4_STEP(st)                                                                                     \
+    do {                                                                                                   \
+        uint8x16_t p0 = vld1q_u8(blk->qs + (st) * 32), p1 = vld1q_u8(blk->qs + (st) * 32 + 16);            \
+        int8x16_t l0 = vreinterpretq_s8_u8(vandq_u8(p0, low4)), h0 = vreinterpretq_s8_u8(vshrq_n_u8(p0, 4)); \
+        int8x16_t l1 = vreinterpretq_s8_u8(vandq_u8(p1, low4)), h1 = vreinterpretq_s8_u8(vshrq_n_u8(p1, 4)); \
+        for (int k = 0; k < n_x; k++) {                                                                    \
+            dot[k][0] = vdotq_laneq_s32(vdotq_laneq_s32(dot[k][0], l0, xv[k][0], (st)), h0, xv[k][1], (st)); \
+            dot[k][1] = vdotq_laneq_s32(vdotq_laneq_s32(dot[k][1], l1, xv[k][0], (st)), h1, xv[k][1], (st)); \
+        }                                                                                                  \
+    } while (0)
+            X8_Q4_STEP(0); X8_Q4_STEP(1); X8_Q4_STEP(2); X8_Q4_STEP(3);
+#undef X8_Q4_STEP
+        }
+#else
+        int32x4_t pair[4][4]; /* token k, rows 0-1, 2-3, 4-5, 6-7: two partial sums per row */
+        for (int k = 0; k < n_x; k++)
+            for (int j = 0; j < 4; j++) pair[k][j] = vdupq_n_s32(0);
+        if (type == TYPE_Q8_0) {
+            const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
+            d = blk->d;
+            for (int st = 0; st < 8; st++) {
+                int8x16_t w0 = vld1q_s8(blk->qs + st * 32), w1 = vld1q_s8(blk->qs + st * 32 + 16);
+                for (int k = 0; k < n_x; k++) {
+                    int32_t x4;
+                    memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
+                    int8x16_t xg = vreinterpretq_s8_s32(vdupq_n_s32(x4));
+                    pair[k][0] = vpadalq_s16(pair[k][0], vmull_s8(vget_low_s8(w0), vget_low_s8(xg)));
+                    pair[k][1] = vpadalq_s16(pair[k][1], vmull_high_s8(w0, xg));
+                    pair[k][2] = vpadalq_s16(pair[k][2], vmull_s8(vget_low_s8(w1), vget_low_s8(xg)));
+                    pair[k][3] = vpadalq_s16(pair[k][3], vmull_high_s8(w1, xg));
+                }
+            }
+        } else {
+            const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
+            d = blk->d;
+            const uint8x16_t low4 = vdupq_n_u8(15);
+            for (int st = 0; st < 4; st++) {
+                uint8x16_t p0 = vld1q_u8(blk->qs + st * 32), p1 = vld1q_u8(blk->qs + st * 32 + 16);
+                int8x16_t l0 = vreinterpretq_s8_u8(vandq_u8(p0, low4)), h0 = vreinterpretq_s8_u8(vshrq_n_u8(p0, 4));
+                int8x16_t l1 = vreinterpretq_s8_u8(vandq_u8(p1, low4)), h1 = vreinterpretq_s8_u8(vshrq_n_u8(p1, 4));
+                for (int k = 0; k < n_x; k++) { /* |nibble * x| <= 15 * 128: a low and a high product fit int16 */
+                    int32_t xl4, xh4;
+                    memcpy(&xl4, x[k * stride + b].qs + 4 * st, 4);
+                    memcpy(&xh4, x[k * stride + b].qs + 4 * st + 16, 4);
+                    int8x16_t xl = vreinterpretq_s8_s32(vdupq_n_s32(xl4)), xh = vreinterpretq_s8_s32(vdupq_n_s32(xh4));
+                    pair[k][0] = vpadalq_s16(pair[k][0], vmlal_s8(vmull_s8(vget_low_s8(l0), vget_low_s8(xl)), vget_low_s8(h0), vget_low_s8(xh)));
+                    pair[k][1] = vpadalq_s16(pair[k][1], vmlal_high_s8(vmull_high_s8(l0, xl), h0, xh));
+                    pair[k][2] = vpadalq_s16(pair[k][2], vmlal_s8(vmull_s8(vget_low_s8(l1), vget_low_s8(xl)), vget_low_s8(h1), vget_low_s8(xh)));
+                    pair[k][3] = vpadalq_s16(pair[k][3], vmlal_high_s8(vmull_high_s8(l1, xl), h1, xh));
+                }
+            }
+        }
+        for (int k = 0; k < n_x; k++)
+            dot[k][0] = vpaddq_s32(pair[k][0], pair[k][1]), dot[k][1] = vpaddq_s32(pair[k][2], pair[k][3]);
+#endif
+        if (type == TYPE_Q4_0)
+            for (int k = 0; k < n_x; k++) {
+                int32x4_t off = vdupq_n_s32(8 * x[k * stride + b].sum);
+                dot[k][0] = vsubq_s32(dot[k][0], off), dot[k][1] = vsubq_s32(dot[k][1], off);
+            }
+        float16x8_t dh = vreinterpretq_f16_u16(vld1q_u16(d));
+        float32x4_t dw0 = vcvt_f32_f16(vget_low_f16(dh)), dw1 = vcvt_high_f32_f16(dh);
+        for (int k = 0; k < n_x; k++) {
+            float xd = x[k * stride + b].d;
+            acc[k][0] = vfmaq_f32(acc[k][0], vcvtq_f32_s32(dot[k][0]), vmulq_n_f32(dw0, xd));
+            acc[k][1] = vfmaq_f32(acc[k][1], vcvtq_f32_s32(dot[k][1]), vmulq_n_f32(dw1, xd));
+        }
+    }
+    for (int k = 0; k < n_x; k++) vst1q_f32(out + 8 * k, acc[k][0]), vst1q_f32(out + 8 * k + 4, acc[k][1]);
+}
+#endif
+
 static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out) {
 #if defined(KERNELS_AVX2)
     /* constant types and token counts: specialized copies */
@@ -641,6 +752,17 @@ static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t st
     } else {
         if (n_x == 4) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 4, blocks, out);
         else gemm_x8_avx2(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
+    }
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+    /* constant types and token counts: one token is decoding, four the bulk of a batch */
+    if (type == TYPE_Q8_0) {
+        if (n_x == 4) gemm_x8_neon(w, TYPE_Q8_0, x, stride, 4, blocks, out);
+        else if (n_x == 1) gemm_x8_neon(w, TYPE_Q8_0, x, stride, 1, blocks, out);
+        else gemm_x8_neon(w, TYPE_Q8_0, x, stride, n_x, blocks, out);
+    } else {
+        if (n_x == 4) gemm_x8_neon(w, TYPE_Q4_0, x, stride, 4, blocks, out);
+        else if (n_x == 1) gemm_x8_neon(w, TYPE_Q4_0, x, stride, 1, blocks, out);
+        else gemm_x8_neon(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
     }
 #else
     gemm_x8_ref(w, type, x, stride, n_x, blocks, out);
