@@ -199,7 +199,8 @@ typedef struct {
 } Positions;
 
 /* One sequence's KV cache. Layout: k[layer][position][kv_head][head_dim] and
-   v[layer][position][kv_head][v_head_dim], f32, allocated for `capacity`
+   v[layer][position][kv_head][v_head_dim], f32 or f16 (kv_type, the
+   context's when the sequence was made), allocated for `capacity`
    positions; keys are stored rotated by their position. Under ReRoPE and
    Leaky ReRoPE a second key copy k_far (same layout) holds what distant
    queries read: the raw key (ReRoPE) or the key rotated by position / K
@@ -216,13 +217,16 @@ typedef struct {
     int n_past;
     int capacity;
     int rope_len;
-    float *k, *v;
-    float *k_far;              /* NULL unless the context rectifies positions */
+    int kv_type;               /* TYPE_F32 or TYPE_F16 */
+    void *k, *v;
+    void *k_far;               /* NULL unless the context rectifies positions */
 } Sequence;
 
 typedef struct {
     const Model *model;
     int ctx_len;               /* longest sequence this context serves */
+    int kv_type;               /* the KV caches of sequences made for it: TYPE_F32 (context_new's default) or
+                                  TYPE_F16 (set before making them) */
     int max_batch;             /* most tokens in one forward call */
     int max_logits;            /* most logit rows one call returns */
     ThreadPool *pool;
@@ -237,6 +241,7 @@ typedef struct {
     float *q_far;              /* rectified schemes: each token's query for distant keys, [max_batch][q_dim] */
     float *far_cos, *far_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *kfar_cos, *kfar_sin; /* Leaky: the far copy's key rotation, [max_batch][rope_dim / 2] */
+    float *k_far_row;          /* one token's far key before it is cached */
     float *scores;             /* attention scores, [n_threads][scores_stride]: a KV head's group of query heads */
     size_t scores_stride;
     /* multi-head latent attention: each token's query latent [max_batch][q_lora_rank];
@@ -271,8 +276,11 @@ void model_free(Model *m);
 long long model_repack(Model *m, size_t limit);
 int model_repack_pays(void);
 const Tensor *model_tensor(const Model *m, const char *name);
-/* KV-cache bytes one token takes in one sequence. */
+/* KV-cache bytes one token takes in one sequence, f32. */
 size_t model_kv_bytes_per_token(const Model *m);
+/* The same for a sequence made for context c: its cache type, and the far
+   key copy of ReRoPE and Leaky ReRoPE. */
+size_t context_kv_bytes_per_token(const Context *c);
 
 /* A sequence for use with context c (and any context of the same model and positions). */
 int sequence_init(Sequence *s, const Context *c, int capacity, char *err, size_t errlen);
@@ -295,8 +303,9 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
    Returns 0, or -1 when they do not match. */
 int sequence_copy(Sequence *dst, const Sequence *src, const Model *m, int n);
 /* Writes positions [0, n) of s to f, or reads them from f into s (setting
-   n_past = n). Raw f32 in the cache layout, layer by layer; the caller keeps
-   what identifies them (model_digest, the tokens). Returns 0, or -1 on a
+   n_past = n). Raw values in the cache's layout and type, layer by layer;
+   the caller keeps what identifies them (model_digest, the cache type, the
+   tokens). Returns 0, or -1 on a
    short read or a failed write. */
 int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing);
 /* A 64-bit fingerprint of what a KV cache depends on besides its tokens:
@@ -408,6 +417,32 @@ size_t model_kv_bytes_per_token(const Model *m) {
     const ModelConfig *c = &m->cfg;
     return (size_t)c->n_layers * (kv_key_width(c) + kv_value_width(c)) * sizeof(float);
 }
+
+/* Bytes of one cached value. */
+static size_t kv_elem(int type) { return type == TYPE_F16 ? 2 : 4; }
+
+/* Cached values: written from f32 (f16 rounds to nearest even), read back as f32. */
+static void kv_store(void *dst, int type, const float *src, size_t n) {
+    if (type == TYPE_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *h = dst;
+    size_t i = 0;
+#if defined(KERNELS_AVX2)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) h[i] = f32_to_f16(src[i]);
+}
+
+static void kv_load(float *dst, const void *src, int type, size_t n) {
+    if (type == TYPE_F32) memcpy(dst, src, n * sizeof(float));
+    else dequantize_row(TYPE_F16, src, dst, (int64_t)n);
+}
+
+/* Element `index` of a cache part. */
+static void *kv_at(const void *base, int type, size_t index) { return (uint8_t *)base + index * kv_elem(type); }
 
 /* Whether layer l routes to experts (DeepSeek: after the first k dense
    layers, every moe_layer_freq-th). */
@@ -882,7 +917,7 @@ static int do_repack(Model *m, Matrix *w, void *arg) {
 }
 
 int model_repack_pays(void) {
-#if defined(KERNELS_AVX2)
+#if defined(KERNELS_AVX2) || (defined(KERNELS_NEON) && defined(__aarch64__))
     return 1;
 #else
     return 0; /* the portable eight-row kernel is no faster than the row-by-row ones */
@@ -919,18 +954,25 @@ void model_free(Model *m) {
  */
 static int rectified(const Positions *p) { return p->scheme == POS_REROPE || p->scheme == POS_LEAKY; }
 
+size_t context_kv_bytes_per_token(const Context *ctx) {
+    const ModelConfig *c = &ctx->model->cfg;
+    size_t w = kv_key_width(c) + kv_value_width(c) + (rectified(&ctx->positions) ? kv_far_width(c) : 0);
+    return (size_t)c->n_layers * w * kv_elem(ctx->kv_type);
+}
+
 int sequence_init(Sequence *s, const Context *ctx, int capacity, char *err, size_t errlen) {
     const ModelConfig *c = &ctx->model->cfg;
     memset(s, 0, sizeof *s);
     if (capacity <= 0) return seterr(err, errlen, "context length must be positive");
-    size_t positions = (size_t)capacity * c->n_layers, vw = kv_value_width(c);
-    s->k = calloc(positions * kv_key_width(c), sizeof(float));
-    s->v = vw ? calloc(positions * vw, sizeof(float)) : NULL;
-    if (rectified(&ctx->positions)) s->k_far = calloc(positions * kv_far_width(c), sizeof(float));
+    size_t positions = (size_t)capacity * c->n_layers, vw = kv_value_width(c), elem = kv_elem(ctx->kv_type);
+    s->kv_type = ctx->kv_type;
+    s->k = calloc(positions * kv_key_width(c), elem);
+    s->v = vw ? calloc(positions * vw, elem) : NULL;
+    if (rectified(&ctx->positions)) s->k_far = calloc(positions * kv_far_width(c), elem);
     if (!s->k || (vw && !s->v) || (rectified(&ctx->positions) && !s->k_far)) {
         sequence_free(s);
         return seterr(err, errlen, "out of memory for a %d-token KV cache (%zu bytes)", capacity,
-                      (size_t)capacity * model_kv_bytes_per_token(ctx->model));
+                      (size_t)capacity * context_kv_bytes_per_token(ctx));
     }
     s->capacity = capacity;
     return 0;
@@ -1022,7 +1064,7 @@ void context_free(Context *c) {
     free(c->rope_cos); free(c->rope_sin);
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
     free(c->xq); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
-    free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin);
+    free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin); free(c->k_far_row);
     free(c->qa); free(c->mla_work); free(c->mla_q8); free(c->mla_kv); free(c->mla_lat);
     free(c->router_logits); free(c->route_w); free(c->route_id); free(c->moe_in); free(c->moe_out); free(c->moe_tokens);
     free(c);
@@ -1049,6 +1091,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->model = m;
     c->positions = pos;
     c->ctx_len = ctx_len;
+    c->kv_type = TYPE_F32;
     c->max_batch = max_batch;
     c->max_logits = max_logits;
     double scale = 1 / sqrt((double)cfg->head_dim);
@@ -1108,7 +1151,8 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
         c->far_sin = malloc(B * (half ? half : 1) * sizeof(float));
         c->kfar_cos = malloc(B * (half ? half : 1) * sizeof(float));
         c->kfar_sin = malloc(B * (half ? half : 1) * sizeof(float));
-        if (!c->q_far || !c->far_cos || !c->far_sin || !c->kfar_cos || !c->kfar_sin) {
+        c->k_far_row = malloc(kv_far_width(cfg) * sizeof(float));
+        if (!c->q_far || !c->far_cos || !c->far_sin || !c->kfar_cos || !c->kfar_sin || !c->k_far_row) {
             context_free(c);
             seterr(err, errlen, "out of memory for the run state");
             return NULL;
@@ -1319,45 +1363,75 @@ static void softmax(float *att, int n) {
    computed the same way wherever it falls in a call, so splitting a range
    (near and far keys) or a batch changes no bit. */
 
-/* scores[j] = scale * (q . k_j), k_j = k + j * stride, n floats each. */
-static void attn_scores(const float *q, const float *k, size_t stride, int count, int n, float scale, float *scores) {
+/* Eight cached values from element i of a row, as f32. */
+#if defined(KERNELS_AVX2)
+static inline __m256 kv_load8(const void *row, int type, size_t i) {
+    if (type == TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    return _mm256_loadu_ps((const float *)row + i);
+}
+#endif
+
+static inline float kv_value(const void *row, int type, size_t i) {
+    return type == TYPE_F16 ? f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
+/* scores[j] = scale * (base_j + q . k_j), k_j = row j of a cache part
+   (`stride` elements apart, n used), base_j = scores[j] with add, else 0. */
+static inline __attribute__((always_inline)) void attn_scores_typed(const float *q, const void *k, int type, size_t stride,
+                                                                     int count, int n, float scale, int add, float *scores) {
     int n8 = 0;
+    float dot[4];
 #if defined(KERNELS_AVX2)
     n8 = n & ~7;
     int j = 0;
     for (; j + 4 <= count; j += 4) { /* four keys at once: four independent chains */
-        const float *k0 = k + (size_t)j * stride;
+        const void *k0 = kv_at(k, type, (size_t)j * stride);
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int i = 0; i < n8; i += 8) {
             __m256 qv = _mm256_loadu_ps(q + i);
-            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
-            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + stride + i), a1);
-            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * stride + i), a2);
-            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * stride + i), a3);
+            a0 = _mm256_fmadd_ps(qv, kv_load8(k0, type, i), a0);
+            a1 = _mm256_fmadd_ps(qv, kv_load8(k0, type, stride + i), a1);
+            a2 = _mm256_fmadd_ps(qv, kv_load8(k0, type, 2 * stride + i), a2);
+            a3 = _mm256_fmadd_ps(qv, kv_load8(k0, type, 3 * stride + i), a3);
         }
-        scores[j] = sum8_tree(a0), scores[j + 1] = sum8_tree(a1), scores[j + 2] = sum8_tree(a2), scores[j + 3] = sum8_tree(a3);
+        dot[0] = sum8_tree(a0), dot[1] = sum8_tree(a1), dot[2] = sum8_tree(a2), dot[3] = sum8_tree(a3);
+        for (int u = 0; u < 4; u++) {
+            const void *kj = kv_at(k, type, (size_t)(j + u) * stride);
+            for (int i = n8; i < n; i++) dot[u] += q[i] * kv_value(kj, type, i);
+            scores[j + u] = ((add ? scores[j + u] : 0) + dot[u]) * scale;
+        }
     }
     for (; j < count; j++) {
+        const void *kj = kv_at(k, type, (size_t)j * stride);
         __m256 a = _mm256_setzero_ps();
-        for (int i = 0; i < n8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + (size_t)j * stride + i), a);
-        scores[j] = sum8_tree(a);
+        for (int i = 0; i < n8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv_load8(kj, type, i), a);
+        dot[0] = sum8_tree(a);
+        for (int i = n8; i < n; i++) dot[0] += q[i] * kv_value(kj, type, i);
+        scores[j] = ((add ? scores[j] : 0) + dot[0]) * scale;
     }
 #else
-    for (int j = 0; j < count; j++) scores[j] = 0;
-#endif
+    (void)n8;
     for (int j = 0; j < count; j++) {
-        const float *kj = k + (size_t)j * stride;
-        float s = scores[j];
-        for (int i = n8; i < n; i++) s += q[i] * kj[i];
-        scores[j] = s * scale;
+        const void *kj = kv_at(k, type, (size_t)j * stride);
+        dot[0] = 0;
+        for (int i = 0; i < n; i++) dot[0] += q[i] * kv_value(kj, type, i);
+        scores[j] = ((add ? scores[j] : 0) + dot[0]) * scale;
     }
+#endif
 }
 
-/* out += sum over j of w[j] * v_j, v_j = v + j * stride, n floats each:
-   64 columns at a time held in registers while the rows stream past. Each
-   column adds its rows in order, so a range added in pieces gives the same
-   bits as at once. */
-static void attn_weighted_sum(float *out, const float *w, const float *v, size_t stride, int count, int n) {
+static void attn_scores(const float *q, const void *k, int type, size_t stride, int count, int n, float scale, int add,
+                        float *scores) {
+    if (type == TYPE_F16) attn_scores_typed(q, k, TYPE_F16, stride, count, n, scale, add, scores);
+    else attn_scores_typed(q, k, TYPE_F32, stride, count, n, scale, add, scores);
+}
+
+/* out += sum over j of w[j] * v_j, v_j = row j of a cache part (`stride`
+   elements apart, n used): 64 columns at a time held in registers while the
+   rows stream past. Each column adds its rows in order, so a range added in
+   pieces gives the same bits as at once. */
+static inline __attribute__((always_inline)) void attn_weighted_sum_typed(float *out, const float *w, const void *v, int type,
+                                                                           size_t stride, int count, int n) {
     int c0 = 0;
 #if defined(KERNELS_AVX2)
     for (; c0 + 64 <= n; c0 += 64) {
@@ -1365,22 +1439,28 @@ static void attn_weighted_sum(float *out, const float *w, const float *v, size_t
         for (int i = 0; i < 8; i++) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
         for (int j = 0; j < count; j++) {
             __m256 wj = _mm256_set1_ps(w[j]);
-            const float *vj = v + (size_t)j * stride + c0;
-            for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(vj + 8 * i), acc[i]);
+            const void *vj = kv_at(v, type, (size_t)j * stride + c0);
+            for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(wj, kv_load8(vj, type, 8 * i), acc[i]);
         }
         for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
     }
     for (; c0 + 8 <= n; c0 += 8) {
         __m256 acc = _mm256_loadu_ps(out + c0);
-        for (int j = 0; j < count; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(v + (size_t)j * stride + c0), acc);
+        for (int j = 0; j < count; j++)
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), kv_load8(v, type, (size_t)j * stride + c0), acc);
         _mm256_storeu_ps(out + c0, acc);
     }
 #endif
     for (int c = c0; c < n; c++) {
         float acc = out[c];
-        for (int j = 0; j < count; j++) acc = fmaf(w[j], v[(size_t)j * stride + c], acc);
+        for (int j = 0; j < count; j++) acc = fmaf(w[j], kv_value(v, type, (size_t)j * stride + c), acc);
         out[c] = acc;
     }
+}
+
+static void attn_weighted_sum(float *out, const float *w, const void *v, int type, size_t stride, int count, int n) {
+    if (type == TYPE_F16) attn_weighted_sum_typed(out, w, v, TYPE_F16, stride, count, n);
+    else attn_weighted_sum_typed(out, w, v, TYPE_F32, stride, count, n);
 }
 
 typedef struct {
@@ -1418,17 +1498,18 @@ static void attention_task(void *arg, int ith, int nth) {
         int t = (int)(item / cfg->n_kv_heads), kvh = (int)(item % cfg->n_kv_heads);
         const Sequence *s = job->seqs[t];
         int p = c->pos[t], near_from = first_near_key(job, p);
+        int kt = s->kv_type;
         size_t layer_k = (size_t)job->layer * s->capacity * kv_stride + (size_t)kvh * hd;
-        const float *kc = s->k + layer_k, *kf = near_from > 0 ? s->k_far + layer_k : NULL;
-        const float *vc = s->v + (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd;
+        const void *kc = kv_at(s->k, kt, layer_k), *kf = near_from > 0 ? kv_at(s->k_far, kt, layer_k) : NULL;
+        const void *vc = kv_at(s->v, kt, (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd);
         const float *q = c->q + (size_t)t * q_dim + (size_t)kvh * group * hd;
         const float *qf = near_from > 0 ? c->q_far + (size_t)t * q_dim + (size_t)kvh * group * hd : NULL;
         for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
             int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
             for (int g = 0; g < group; g++) { /* keys before near_from: the far query on the far copy */
                 float *a = att + (size_t)g * c->ctx_len;
-                if (m > j0) attn_scores(qf + (size_t)g * hd, kf + (size_t)j0 * kv_stride, kv_stride, m - j0, hd, scale, a + j0);
-                if (j1 > m) attn_scores(q + (size_t)g * hd, kc + (size_t)m * kv_stride, kv_stride, j1 - m, hd, scale, a + m);
+                if (m > j0) attn_scores(qf + (size_t)g * hd, kv_at(kf, kt, (size_t)j0 * kv_stride), kt, kv_stride, m - j0, hd, scale, 0, a + j0);
+                if (j1 > m) attn_scores(q + (size_t)g * hd, kv_at(kc, kt, (size_t)m * kv_stride), kt, kv_stride, j1 - m, hd, scale, 0, a + m);
             }
         }
         float *out = c->xb + (size_t)t * cfg->n_heads * vd + (size_t)kvh * group * vd;
@@ -1437,7 +1518,8 @@ static void attention_task(void *arg, int ith, int nth) {
         for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
             int cnt = j0 + ATTN_TILE <= p + 1 ? ATTN_TILE : p + 1 - j0;
             for (int g = 0; g < group; g++)
-                attn_weighted_sum(out + (size_t)g * vd, att + (size_t)g * c->ctx_len + j0, vc + (size_t)j0 * v_stride, v_stride, cnt, vd);
+                attn_weighted_sum(out + (size_t)g * vd, att + (size_t)g * c->ctx_len + j0, kv_at(vc, kt, (size_t)j0 * v_stride), kt,
+                                  v_stride, cnt, vd);
         }
     }
 }
@@ -1466,18 +1548,20 @@ static void attention_mla_task(void *arg, int ith, int nth) {
         if (type_is_quantized(L->wk_b.type)) quantize_row_q8a(q, xq, dn);
         for (int i = 0; i < lat; i++) q_abs[i] = row_dot(&L->wk_b, h * lat + i, q, xq);
         memcpy(q_abs + lat, q + dn, (size_t)dr * sizeof(float));
-        const float *kc = s->k + (size_t)job->layer * s->capacity * row;
+        int kt = s->kv_type;
+        const void *kc = kv_at(s->k, kt, (size_t)job->layer * s->capacity * row);
         int near_from = first_near_key(job, p);
         if (near_from > 0) { /* distant keys: the latent part as it is, the rotary part from the far copy */
             const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
-            const float *kf = s->k_far + (size_t)job->layer * s->capacity * dr;
-            for (int j = 0; j < near_from; j++)
-                att[j] = (dot_f32(q_abs, kc + j * row, lat) + dot_f32(qf, kf + (size_t)j * dr, dr)) * c->attn_scale;
+            const void *kf = kv_at(s->k_far, kt, (size_t)job->layer * s->capacity * dr);
+            attn_scores(q_abs, kc, kt, row, near_from, lat, 1.0f, 0, att);
+            attn_scores(qf, kf, kt, (size_t)dr, near_from, dr, c->attn_scale, 1, att);
         }
-        for (int j = near_from; j <= p; j++) att[j] = dot_f32(q_abs, kc + j * row, (int)row) * c->attn_scale;
+        attn_scores(q_abs, kv_at(kc, kt, (size_t)near_from * row), kt, row, p + 1 - near_from, (int)row, c->attn_scale, 0,
+                    att + near_from);
         softmax(att, p + 1);
         memset(o_lat, 0, (size_t)lat * sizeof(float));
-        for (int j = 0; j <= p; j++) axpy(o_lat, att[j], kc + j * row, lat);
+        attn_weighted_sum(o_lat, att, kc, kt, row, p + 1, lat);
         if (type_is_quantized(L->wkv_b.type)) quantize_row_q8a(o_lat, xq, lat);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
         for (int i = 0; i < dv; i++) out[i] = row_dot(&L->wkv_b, h * (dn + dv) + dn + i, o_lat, xq);
@@ -1502,20 +1586,22 @@ static void attention_mla_expanded_task(void *arg, int ith, int nth) {
         int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), p = c->pos[t];
         const Sequence *s = job->seqs[t];
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim;
-        const float *kc = s->k + (size_t)job->layer * s->capacity * row, *kv = c->mla_kv + (size_t)h * (dn + dv);
+        int kt = s->kv_type;
+        const void *kc = kv_at(s->k, kt, (size_t)job->layer * s->capacity * row);
+        const float *kv = c->mla_kv + (size_t)h * (dn + dv);
         int near_from = first_near_key(job, p);
+        attn_scores(q, kv, TYPE_F32, kv_row, p + 1, dn, 1.0f, 0, att); /* the expanded keys' nope part */
         if (near_from > 0) {
             const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
-            const float *kf = s->k_far + (size_t)job->layer * s->capacity * dr;
-            for (int j = 0; j < near_from; j++)
-                att[j] = (dot_f32(q, kv + j * kv_row, dn) + dot_f32(qf, kf + (size_t)j * dr, dr)) * c->attn_scale;
+            attn_scores(qf, kv_at(s->k_far, kt, (size_t)job->layer * s->capacity * dr), kt, (size_t)dr, near_from, dr,
+                        c->attn_scale, 1, att);
         }
-        for (int j = near_from; j <= p; j++)
-            att[j] = (dot_f32(q, kv + j * kv_row, dn) + dot_f32(q + dn, kc + j * row + lat, dr)) * c->attn_scale;
+        attn_scores(q + dn, kv_at(kc, kt, (size_t)near_from * row + lat), kt, row, p + 1 - near_from, dr, c->attn_scale, 1,
+                    att + near_from);
         softmax(att, p + 1);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
         memset(out, 0, (size_t)dv * sizeof(float));
-        for (int j = 0; j <= p; j++) axpy(out, att[j], kv + j * kv_row + dn, dv);
+        attn_weighted_sum(out, att, kv + dn, TYPE_F32, kv_row, p + 1, dv);
     }
 }
 
@@ -1547,7 +1633,7 @@ static void mla_expand(Context *c, const Layer *L, const Sequence *s, int layer,
     for (int j0 = 0; j0 < positions; j0 += c->max_batch) {
         int m = positions - j0 < c->max_batch ? positions - j0 : c->max_batch;
         for (int j = 0; j < m; j++)
-            memcpy(c->mla_lat + j * lat, s->k + ((size_t)layer * s->capacity + j0 + j) * row, lat * sizeof(float));
+            kv_load(c->mla_lat + j * lat, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + j0 + j) * row), s->kv_type, lat);
         MatmulOut kv[1] = {{c->mla_kv + (size_t)j0 * kv_row, &L->wkv_b}};
         matmul(c, c->mla_lat, m, kv, 1);
     }
@@ -1737,18 +1823,19 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
             size_t far_width = kv_far_width(cfg);
             if (rotary) {
                 if (rectified(ps)) { /* the far query and key, from the raw ones */
-                    float *qf = c->q_far + (size_t)t * q_dim, *kf = s->k_far + ((size_t)l * s->capacity + c->pos[t]) * far_width;
+                    float *qf = c->q_far + (size_t)t * q_dim, *kf = c->k_far_row;
                     memcpy(qf, q, (size_t)q_dim * sizeof(float));
                     memcpy(kf, k_rot, far_width * sizeof(float));
                     rope(qf + (q_rot - q), cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
                     rope(kf, k_heads, k_stride, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
+                    kv_store(kv_at(s->k_far, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * far_width), s->kv_type, kf, far_width);
                 }
                 const float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
                 rope(q_rot, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
                 rope(k_rot, k_heads, k_stride, cfg->rope_dim, cs, sn);
             }
-            memcpy(s->k + ((size_t)l * s->capacity + c->pos[t]) * k_width, k, (size_t)k_width * sizeof(float));
-            if (v_dim) memcpy(s->v + ((size_t)l * s->capacity + c->pos[t]) * v_dim, v, (size_t)v_dim * sizeof(float));
+            kv_store(kv_at(s->k, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * k_width), s->kv_type, k, (size_t)k_width);
+            if (v_dim) kv_store(kv_at(s->v, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * v_dim), s->kv_type, v, (size_t)v_dim);
         }
         AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
         int expand = mla && mla_expand_pays(c, seqs, n);
@@ -1786,27 +1873,29 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
  * parts (keys, values, far keys), layer by layer.
  */
 typedef struct {
-    float *base;
-    size_t width;              /* floats per position */
+    uint8_t *base;
+    size_t width;              /* bytes per position */
 } KvPart;
 
 static int kv_parts(const Sequence *s, const Model *m, KvPart parts[3]) {
     int n = 0;
-    parts[n++] = (KvPart){s->k, kv_key_width(&m->cfg)};
-    if (s->v) parts[n++] = (KvPart){s->v, kv_value_width(&m->cfg)};
-    if (s->k_far) parts[n++] = (KvPart){s->k_far, kv_far_width(&m->cfg)};
+    size_t elem = kv_elem(s->kv_type);
+    parts[n++] = (KvPart){s->k, kv_key_width(&m->cfg) * elem};
+    if (s->v) parts[n++] = (KvPart){s->v, kv_value_width(&m->cfg) * elem};
+    if (s->k_far) parts[n++] = (KvPart){s->k_far, kv_far_width(&m->cfg) * elem};
     return n;
 }
 
 int sequence_copy(Sequence *dst, const Sequence *src, const Model *m, int n) {
     KvPart to[3], from[3];
     int parts = kv_parts(dst, m, to);
-    if (parts != kv_parts(src, m, from) || !!dst->k_far != !!src->k_far || n < 0 || n > src->n_past || n > dst->capacity)
+    if (parts != kv_parts(src, m, from) || !!dst->k_far != !!src->k_far || dst->kv_type != src->kv_type || n < 0 ||
+        n > src->n_past || n > dst->capacity)
         return -1;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int p = 0; p < parts; p++)
             memcpy(to[p].base + (size_t)l * dst->capacity * to[p].width, from[p].base + (size_t)l * src->capacity * from[p].width,
-                   (size_t)n * to[p].width * sizeof(float));
+                   (size_t)n * to[p].width);
     dst->n_past = n;
     return 0;
 }
@@ -1817,9 +1906,9 @@ int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing) {
     if (n < 0 || n > s->capacity || (writing && n > s->n_past)) return -1;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int p = 0; p < np; p++) {
-            float *at = parts[p].base + (size_t)l * s->capacity * parts[p].width;
-            size_t count = (size_t)n * parts[p].width;
-            if ((writing ? fwrite(at, sizeof(float), count, f) : fread(at, sizeof(float), count, f)) != count) return -1;
+            uint8_t *at = parts[p].base + (size_t)l * s->capacity * parts[p].width;
+            size_t bytes = (size_t)n * parts[p].width;
+            if ((writing ? fwrite(at, 1, bytes, f) : fread(at, 1, bytes, f)) != bytes) return -1;
         }
     if (!writing) s->n_past = n;
     return 0;

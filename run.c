@@ -65,6 +65,7 @@ typedef struct {
     double mem;         /* --mem: bytes the NBCE rows may take; 0 = what the system has available */
     int nbce_chunk;     /* --nbce-chunk: most tokens in one context; 0 = what fits */
     int no_repack;      /* --no-repack: matrices stay as the file has them */
+    int kv_type;        /* --kv: TYPE_F16 (default) or TYPE_F32 */
 } Options;
 
 static void usage(void) {
@@ -86,6 +87,7 @@ static void usage(void) {
             "  --ppl            score the prompt: mean negative log-likelihood per token\n"
             "  --verbose        print the model's shape and memory use on stderr\n"
             "  --no-repack      use quantized matrices as stored, not interleaved for the eight-row kernels\n"
+            "  --kv T           KV cache type: f16 or f32 (default f16)\n"
             "  --pos P          positions for rotary layers: rope, nope, rerope, leaky\n"
             "  --window W       rerope/leaky window (default: a quarter of the trained context)\n"
             "  --leaky-k K      leaky slope divisor (default 16)\n"
@@ -202,7 +204,7 @@ static void override_rope(ModelConfig *c, const Options *o) {
 
 static Options parse_options(int argc, char **argv) {
     Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1,
-                 .beta = 0.25f, .eta = 0.1f, .nbce_top_p = 0.95f, .pool = NBCE_MIN_ENTROPY};
+                 .beta = 0.25f, .eta = 0.1f, .nbce_top_p = 0.95f, .pool = NBCE_MIN_ENTROPY, .kv_type = TYPE_F16};
     int nbce_option = 0; /* the index of an NBCE-only option given */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
@@ -229,6 +231,12 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--ppl")) o.ppl = 1;
         else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) o.verbose = 1;
         else if (!strcmp(a, "--no-repack")) o.no_repack = 1;
+        else if (!strcmp(a, "--kv")) {
+            const char *t = VALUE();
+            if (!strcmp(t, "f16")) o.kv_type = TYPE_F16;
+            else if (!strcmp(t, "f32")) o.kv_type = TYPE_F32;
+            else die("unknown --kv '%s' (f16 or f32)", t);
+        }
         else if (!strcmp(a, "--chat")) o.chat = 1;
         else if (!strcmp(a, "--system")) o.system = VALUE();
         else if (!strcmp(a, "--chat-template")) o.chat_template = VALUE();
@@ -512,7 +520,8 @@ static int feed(Engine *e, const int *tokens, int n, const uint8_t *want) {
 
 static void print_verbose(const Engine *e, const Options *o) {
     const ModelConfig *c = &e->model.cfg;
-    size_t kv_token = model_kv_bytes_per_token(&e->model);
+    size_t elem = e->ctx->kv_type == TYPE_F16 ? 2 : 4, kv_token = model_kv_bytes_per_token(&e->model) / 4 * elem;
+    const char *kt = type_name(e->ctx->kv_type);
     fprintf(stderr, "model: dim %d, %d layers, %d heads (%d KV heads, head dim %d), hidden %d, vocab %d, trained context %d\n",
             c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->hidden_dim, c->vocab_size, c->max_seq_len);
     fprintf(stderr, "weights: %.2f MiB mapped (%s)", e->model.map_bytes / 1048576.0, type_name(e->model.tok_emb.type));
@@ -521,18 +530,18 @@ static void print_verbose(const Engine *e, const Options *o) {
     fputc('\n', stderr);
     if (c->attn_kind == ATTN_MLA) {
         size_t mha = (size_t)c->n_layers * c->n_heads * (c->head_dim + c->v_head_dim) * sizeof(float);
-        fprintf(stderr, "kv cache: %zu bytes per token (f32 latent attention: %d layers x (latent %d + rotary key %d) x 4 bytes; "
-                "keys and values per head would take %zu), %.2f MiB for %d tokens\n", kv_token, c->n_layers,
-                c->kv_lora_rank, c->qk_rope_head_dim, mha, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
+        fprintf(stderr, "kv cache: %zu bytes per token (%s latent attention: %d layers x (latent %d + rotary key %d) x %zu bytes; "
+                "keys and values per head would take %zu), %.2f MiB for %d tokens\n", kv_token, kt, c->n_layers,
+                c->kv_lora_rank, c->qk_rope_head_dim, elem, mha / 4 * elem, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
     } else {
-        fprintf(stderr, "kv cache: %zu bytes per token (f32 k and v: %d layers x %d KV heads x (%d + %d) dims x 4 bytes), %.2f MiB for %d tokens\n",
-                kv_token, c->n_layers, c->n_kv_heads, c->head_dim, c->v_head_dim, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
+        fprintf(stderr, "kv cache: %zu bytes per token (%s k and v: %d layers x %d KV heads x (%d + %d) dims x %zu bytes), %.2f MiB for %d tokens\n",
+                kv_token, kt, c->n_layers, c->n_kv_heads, c->head_dim, c->v_head_dim, elem, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
     }
     if (c->ffn_kind == FFN_MOE)
         fprintf(stderr, "experts: %d routed (%d per token), %d shared, hidden %d; dense layers before %d\n", c->n_experts,
                 c->n_experts_used, c->n_shared_experts, c->moe_hidden_dim, c->first_k_dense);
     if (e->ctx->positions.scheme == POS_REROPE || e->ctx->positions.scheme == POS_LEAKY) {
-        size_t far = (size_t)c->n_layers * kv_far_width(c) * sizeof(float);
+        size_t far = (size_t)c->n_layers * kv_far_width(c) * elem;
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }
@@ -735,6 +744,7 @@ static void engine_start(Engine *e, const Options *o) {
     }
     e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl || o->nbce_dir ? batch : 1, o->threads, &pos, err, sizeof err);
     if (!e->ctx) die("%s", err);
+    e->ctx->kv_type = o->kv_type;
     if (!o->nbce_dir && sequence_init(&e->seq, e->ctx, e->ctx_len, err, sizeof err)) die("%s", err);
     if (o->verbose) print_verbose(e, o);
 }
@@ -1742,12 +1752,6 @@ static void kv_file_save(Engine *e, Row *row, const char *dir, uint64_t digest) 
 
 /* ---- memory ---- */
 
-static size_t row_bytes_per_token(const Engine *e) {
-    size_t b = model_kv_bytes_per_token(&e->model);
-    if (e->ctx->positions.scheme == POS_REROPE || e->ctx->positions.scheme == POS_LEAKY)
-        b += (size_t)e->model.cfg.n_layers * kv_far_width(&e->model.cfg) * sizeof(float);
-    return b;
-}
 
 static const char *mib(double bytes, char *buf, size_t cap) {
     if (bytes >= 1024.0 * 1048576) snprintf(buf, cap, "%.2f GiB", bytes / (1024.0 * 1048576));
@@ -1886,7 +1890,7 @@ static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, co
         }
 
     /* Memory: every row's cache for its prompt and the answer. */
-    size_t per_token = row_bytes_per_token(e);
+    size_t per_token = context_kv_bytes_per_token(e->ctx);
     double need = 0, held = 0;
     long long prompt_tokens = 0;
     for (int r = 0; r < n_rows; r++) need += (double)(rows[r].n + budget) * per_token, prompt_tokens += rows[r].n;
@@ -2052,6 +2056,7 @@ static void run_nbce(Engine *e, const Options *o) {
     char err[512];
     if (nbce_init(&nb, e->ctx, o->beta, o->eta, o->nbce_top_p, o->pool, err, sizeof err)) die("%s", err);
     uint64_t digest = model_digest(&e->model, &e->ctx->positions);
+    digest = hash_bytes(digest, &e->ctx->kv_type, sizeof e->ctx->kv_type); /* the cache files hold values of this type */
     if (o->cache_dir && mkdir(o->cache_dir, 0777) && errno != EEXIST)
         die("cannot create the cache folder '%s': %s", o->cache_dir, strerror(errno));
     Sampler s;

@@ -52,12 +52,13 @@ for name in models:
                   f"{text['mean_nll']:.6f} (rel {rel:.1e}, limit {tol:g})")
     hf_cfg = json.load(open(os.path.join(folder, "config.json")))
     if "kv_lora_rank" in hf_cfg and files["f32"]:  # latent attention: the cache is the compressed one, exactly
-        rc, out, err = run(files["f32"], "-p", "a", "-n", "1", "--verbose")
-        want = hf_cfg["num_hidden_layers"] * (hf_cfg["kv_lora_rank"] + hf_cfg["qk_rope_head_dim"]) * 4
-        got = re.search(r"kv cache: (\d+) bytes per token", err)
-        check(got is not None and int(got.group(1)) == want,
-              f"{name}: --verbose KV cache {got.group(1) if got else '?'} bytes per token = layers x (latent + rotary key) "
-              f"x 4 = {want}")
+        for kv, size in (("f16", 2), ("f32", 4)):
+            rc, out, err = run(files["f32"], "-p", "a", "-n", "1", "--verbose", "--kv", kv)
+            want = hf_cfg["num_hidden_layers"] * (hf_cfg["kv_lora_rank"] + hf_cfg["qk_rope_head_dim"]) * size
+            got = re.search(r"kv cache: (\d+) bytes per token", err)
+            check(got is not None and int(got.group(1)) == want,
+                  f"{name}: --verbose --kv {kv}: KV cache {got.group(1) if got else '?'} bytes per token = layers x "
+                  f"(latent + rotary key) x {size} = {want}")
     for case in ref.get("greedy", []) if files["f32"] else []:
         rc, out, err = run(files["f32"], "-p", case["prompt"], "-t", "0", "-n", str(len(case["ids"])), "--ignore-eos",
                            "--json", *args)

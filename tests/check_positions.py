@@ -19,7 +19,7 @@ base = [os.path.join(ASSETS, "llama2c/stories260K.bin"), "-z", os.path.join(ASSE
 rc, out, err = run(*base, "--tokenize")
 check(rc == 0 and json.loads(out) == fx["ids"], f"positions text: --tokenize gives the reference's {fx['n_tokens']} ids")
 for case in fx["cases"]:
-    rc, out, err = run(*base, "--ppl", "--json", *case["args"])
+    rc, out, err = run(*base, "--ppl", "--json", "--kv", "f32", *case["args"])  # the float64 oracle: an f32 cache
     got = json.loads(out)["mean_nll"] if rc == 0 else float("nan")
     rel = abs(got - case["mean_nll"]) / case["mean_nll"]
     check(rel <= 1e-4, f"{' '.join(case['args'])}: --ppl {got:.6f} vs float64 reference {case['mean_nll']:.6f} "

@@ -159,8 +159,10 @@ import json
 a=json.loads(open('$TMP/ppl.json').read()); b=json.loads(open('$TMP/ppl64.json').read())
 assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)
 "
+    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 --kv f32 > /dev/null 2> $TMP/verbose.err
+    check "--verbose --kv f32 prints the KV cache bytes per token" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
     $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
-    check "--verbose prints the KV cache bytes per token" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
+    check "the KV cache is f16 by default: half the bytes" grep -q 'kv cache: 640 bytes per token (f16' $TMP/verbose.err
 
     # The float64 transformers oracle (tests/oracle): same ids, same NLL, same greedy tokens.
     FIX=tests/fixtures/stories260K_oracle.json
@@ -250,6 +252,7 @@ assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
     expect_error "prompt longer than the context" $BIN/run $M --ctx 8 -p 'Once upon a time there was a little girl named Lily who loved to play'
     expect_error "--ppl on a one-token text" $BIN/run $M --ppl -p ''
     expect_error "unknown --pos" $BIN/run $M --pos spiral
+    expect_error "unknown --kv" $BIN/run $M --kv q3
     expect_error "--window without rerope or leaky" $BIN/run $M --window 64
     expect_error "--leaky-k without leaky" $BIN/run $M --pos rerope --leaky-k 4
     expect_error "--logn 1" $BIN/run $M --logn 1

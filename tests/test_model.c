@@ -164,12 +164,14 @@ static void logits_fed(const Model *m, const Positions *p, int step, int rope_le
 }
 
 static int mla_path; /* Context.mla_path for the contexts logits_threads makes */
+static int kv_type = TYPE_F32; /* and their Context.kv_type */
 
 static void logits_threads(const Model *m, const Positions *p, int step, int rope_len, int threads, float *out) {
     int V = m->cfg.vocab_size, ctx = 64;
     char err[256];
     Context *c = context_new(m, ctx, N_PROMPT, N_PROMPT, threads, p, err, sizeof err);
     c->mla_path = mla_path;
+    c->kv_type = kv_type;
     Sequence s;
     sequence_init(&s, c, ctx, err, sizeof err);
     s.rope_len = rope_len;
@@ -448,6 +450,35 @@ static int build_mla_model(Model *m, int q_lora) {
     return 0;
 }
 
+/* An f16 KV cache: logits within f16 rounding of the f32 cache's, and the
+   bit-for-bit invariants hold within it (batching, threads, ReRoPE). */
+static void test_kv_f16(const Model *m, const char *what) {
+    size_t bytes = (size_t)N_PROMPT * m->cfg.vocab_size * sizeof(float);
+    int n = (int)(bytes / sizeof(float));
+    float *f32 = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
+    logits_fed(m, NULL, 0, 0, f32);
+    kv_type = TYPE_F16;
+    logits_fed(m, NULL, 0, 0, a);
+    double e = rel_error(a, f32, n);
+    CHECK(e > 0 && e < 2e-3, "%s, f16 KV cache: logits within f16 rounding of the f32 cache's (rel %.2g)", what, e);
+    logits_fed(m, NULL, 1, 0, b);
+    int same = !memcmp(a, b, bytes);
+    logits_threads(m, NULL, 7, 0, 3, b);
+    same &= !memcmp(a, b, bytes);
+    CHECK(same, "%s, f16 KV cache: one batch == token by token == batches of 7 on 3 threads, bit for bit", what);
+    Positions wide = {POS_REROPE, 1000, 1.0f, 0}, leaky = {POS_LEAKY, 4, 3.0f, 0};
+    logits_fed(m, &wide, 0, 0, b);
+    same = !memcmp(a, b, bytes);
+    logits_fed(m, &leaky, 0, 0, a);
+    logits_fed(m, &leaky, 1, 0, b);
+    CHECK(same && !memcmp(a, b, bytes), "%s, f16 KV cache: ReRoPE with a wide window == RoPE; Leaky W=4 prefill == decode, "
+          "bit for bit (far keys in f16 too)", what);
+    kv_type = TYPE_F32;
+    free(f32);
+    free(a);
+    free(b);
+}
+
 static void test_mla(int q_lora) {
     Model m;
     if (build_mla_model(&m, q_lora)) return;
@@ -462,6 +493,7 @@ static void test_mla(int q_lora) {
     logits_fed(&m, NULL, 0, 0, rope);
     CHECK(!memcmp(a, rope, bytes), "%s: a 20-token prefill expands the latents (cheaper than absorbing)", what);
     mla_path = 1; /* absorbed from here on: the bit-for-bit invariants hold within one way */
+    test_kv_f16(&m, what);
     logits_fed(&m, NULL, 0, 0, rope);
     CHECK(rel_error(a, rope, n) < 1e-5, "%s: expanded and absorbed attention agree to rounding (rel %.2g)", what,
           rel_error(a, rope, n));
@@ -972,6 +1004,7 @@ int main(int argc, char **argv) {
     double e = compare_with_reference(&m);
     CHECK(e < 1e-5, "stories260K forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", e);
     test_batching_and_threads(&m);
+    test_kv_f16(&m, "stories260K");
     test_positions(&m);
     test_rope_scaling(&m);
     test_mla(0);
