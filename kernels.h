@@ -540,7 +540,7 @@ static inline void dot_quant_x4(const void *w, int type, const BlockQ8A *x, size
 }
 
 /* ---------------------------------------------------------------------------
- * Eight interleaved rows (BlockQ8_0x8 / BlockQ4_0x8) against n_x <= 4
+ * Eight interleaved rows (BlockQ8_0x8 / BlockQ4_0x8) against n_x <= 8
  * activation rows, `stride` blocks apart: out[k * 8 + r] = row r . x_k.
  * Per block, the integer dot of each row is exact; then acc_r +=
  * (float)dot_r * (d_r * d_x) in one fused multiply-add, block after block.
@@ -593,9 +593,11 @@ static inline __m256i dpbusd_add(__m256i acc, __m256i u, __m256i s) {
 
 static inline __attribute__((always_inline)) void gemm_x8_avx2(const void *w, int type, const BlockQ8A *x, size_t stride,
                                                                 int n_x, int blocks, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[8];
+    for (int k = 0; k < n_x; k++) acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < blocks; b++) {
-        __m256i dot[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        __m256i dot[8];
+        for (int k = 0; k < n_x; k++) dot[k] = _mm256_setzero_si256();
         const uint16_t *d;
         if (type == TYPE_Q8_0) {
             const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
@@ -747,22 +749,28 @@ static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t st
 #if defined(KERNELS_AVX2)
     /* constant types and token counts: specialized copies */
     if (type == TYPE_Q8_0) {
-        if (n_x == 4) gemm_x8_avx2(w, TYPE_Q8_0, x, stride, 4, blocks, out);
+        if (n_x == 8) gemm_x8_avx2(w, TYPE_Q8_0, x, stride, 8, blocks, out);
+        else if (n_x == 1) gemm_x8_avx2(w, TYPE_Q8_0, x, stride, 1, blocks, out);
         else gemm_x8_avx2(w, TYPE_Q8_0, x, stride, n_x, blocks, out);
     } else {
-        if (n_x == 4) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 4, blocks, out);
+        if (n_x == 8) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 8, blocks, out);
+        else if (n_x == 1) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 1, blocks, out);
         else gemm_x8_avx2(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
     }
 #elif defined(KERNELS_NEON) && defined(__aarch64__)
-    /* constant types and token counts: one token is decoding, four the bulk of a batch */
-    if (type == TYPE_Q8_0) {
-        if (n_x == 4) gemm_x8_neon(w, TYPE_Q8_0, x, stride, 4, blocks, out);
-        else if (n_x == 1) gemm_x8_neon(w, TYPE_Q8_0, x, stride, 1, blocks, out);
-        else gemm_x8_neon(w, TYPE_Q8_0, x, stride, n_x, blocks, out);
-    } else {
-        if (n_x == 4) gemm_x8_neon(w, TYPE_Q4_0, x, stride, 4, blocks, out);
-        else if (n_x == 1) gemm_x8_neon(w, TYPE_Q4_0, x, stride, 1, blocks, out);
-        else gemm_x8_neon(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
+    /* constant types and token counts: one token is decoding, four at a time the bulk of a batch */
+    for (int k0 = 0; k0 < n_x; k0 += 4) {
+        int m = n_x - k0 < 4 ? n_x - k0 : 4;
+        const BlockQ8A *xk = x + (size_t)k0 * stride;
+        if (type == TYPE_Q8_0) {
+            if (m == 4) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, 4, blocks, out + 8 * k0);
+            else if (m == 1) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, 1, blocks, out + 8 * k0);
+            else gemm_x8_neon(w, TYPE_Q8_0, xk, stride, m, blocks, out + 8 * k0);
+        } else {
+            if (m == 4) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, 4, blocks, out + 8 * k0);
+            else if (m == 1) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, 1, blocks, out + 8 * k0);
+            else gemm_x8_neon(w, TYPE_Q4_0, xk, stride, m, blocks, out + 8 * k0);
+        }
     }
 #else
     gemm_x8_ref(w, type, x, stride, n_x, blocks, out);

@@ -1210,11 +1210,11 @@ static void matmul_task(void *arg, int ith, int nth) {
             int64_t r1 = r0 + MATMUL_TILE;
             if (r1 > hi) r1 = hi;
             if (r1 > end) r1 = end;
-            if (w->interleaved) { /* eight rows at a time, up to four tokens each call (tiles start at multiples of 8) */
-                for (int t = 0; t < job->n; t += 4) {
-                    int k = job->n - t < 4 ? job->n - t : 4;
+            if (w->interleaved) { /* eight rows at a time, up to eight tokens each call (tiles start at multiples of 8) */
+                for (int t = 0; t < job->n; t += 8) {
+                    int k = job->n - t < 8 ? job->n - t : 8;
                     for (int64_t g = r0; g < r1; g += 8) {
-                        float r32[32];
+                        float r32[64];
                         gemm_x8((const uint8_t *)w->data + (size_t)(g - first) * w->row_bytes, w->type,
                                 job->inq + (size_t)t * blocks, blocks, k, (int)blocks, r32);
                         for (int kk = 0; kk < k; kk++)

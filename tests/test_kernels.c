@@ -238,17 +238,17 @@ static void test_quantize_q8a(void) {
     CHECK(same, "activation quantization: the kernel gives the reference's values, scales and sums");
 }
 
-/* Eight interleaved rows: the kernel gives the reference's bits for 1-4
+/* Eight interleaved rows: the kernel gives the reference's bits for 1-8
    tokens, each token the same bits whatever else is in the call, and the
    results agree with the row-by-row dot products to rounding. */
 static void test_gemm_x8(void) {
     enum { N = 2048, B = N / QK };
-    static float w[8][N], x[4][N];
+    static float w[8][N], x[8][N];
     static BlockQ8_0 w8[8 * B];
     static BlockQ4_0 w4[8 * B];
     static BlockQ8_0x8 p8[B];
     static BlockQ4_0x8 p4[B];
-    static BlockQ8A xq[4 * B];
+    static BlockQ8A xq[8 * B];
     int same_ref = 1, same_batch = 1;
     double worst = 0;
     for (int rep = 0; rep < 10; rep++) {
@@ -257,7 +257,7 @@ static void test_gemm_x8(void) {
             quantize_row_q8_0(w[r], w8 + r * B, N);
             quantize_row_q4_0(w[r], w4 + r * B, N);
         }
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 8; k++) {
             fill(x[k], N, 1.0f);
             quantize_row_q8a(x[k], xq + k * B, N);
         }
@@ -266,17 +266,17 @@ static void test_gemm_x8(void) {
         const void *packed[2] = {p8, p4}, *plain[2] = {w8, w4};
         const int types[2] = {TYPE_Q8_0, TYPE_Q4_0}, rowb[2] = {sizeof(BlockQ8_0), sizeof(BlockQ4_0)};
         for (int i = 0; i < 2; i++) {
-            float all[32], ref[32];
-            gemm_x8(packed[i], types[i], xq, B, 4, B, all);
-            gemm_x8_ref(packed[i], types[i], xq, B, 4, B, ref);
+            float all[64], ref[64];
+            gemm_x8(packed[i], types[i], xq, B, 8, B, all);
+            gemm_x8_ref(packed[i], types[i], xq, B, 8, B, ref);
             same_ref &= !memcmp(all, ref, sizeof all);
-            for (int n_x = 1; n_x <= 3; n_x++)
-                for (int k0 = 0; k0 + n_x <= 4; k0++) {
-                    float part[32];
+            for (int n_x = 1; n_x <= 7; n_x++)
+                for (int k0 = 0; k0 + n_x <= 8; k0++) {
+                    float part[64];
                     gemm_x8(packed[i], types[i], xq + k0 * B, B, n_x, B, part);
                     same_batch &= !memcmp(part, all + 8 * k0, (size_t)n_x * 8 * sizeof(float));
                 }
-            for (int k = 0; k < 4; k++)
+            for (int k = 0; k < 8; k++)
                 for (int r = 0; r < 8; r++) {
                     float one = dot_quant((const uint8_t *)plain[i] + (size_t)r * B * rowb[i], types[i], xq + k * B, N);
                     double e = fabs(one - all[8 * k + r]) / (fabs(one) + 1.0); /* these dots are about 2 in size */
@@ -285,7 +285,7 @@ static void test_gemm_x8(void) {
         }
     }
     CHECK(same_ref, "eight interleaved rows: the kernel gives the scalar reference's bits (q8_0, q4_0)");
-    CHECK(same_batch, "eight interleaved rows: 1, 2 or 3 tokens in a call give the bits they get among 4");
+    CHECK(same_batch, "eight interleaved rows: 1 to 7 tokens in a call give the bits they get among 8");
     CHECK(worst < 1e-5, "eight interleaved rows agree with the row-by-row dot products to rounding (worst rel %.2g)", worst);
 }
 
