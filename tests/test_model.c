@@ -704,7 +704,11 @@ static void test_repack(Model *m, const char *type) {
           "in eights), the f16 down matrix or the embeddings, and only once", type, got);
     logits_fed(m, NULL, 0, 0, a);
     double e = rel_error(a, plain, N_PROMPT * V);
-    CHECK(e < 1e-5, "%s repacked: logits equal the row-by-row kernels' to rounding (rel %.2g)", type, e);
+    /* The two kernels round differently in the last bit; where that moves a
+       later activation across an int8 rounding boundary, the logits move by
+       about one quantization step (seen at 1.3e-3 on ARM), not more. */
+    CHECK(e < 5e-3, "%s repacked: logits equal the row-by-row kernels' to within an activation quantization step (rel %.2g)",
+          type, e);
     logits_fed(m, NULL, 1, 0, b);
     CHECK(!memcmp(a, b, bytes), "%s repacked: prefill as one batch == token-by-token decode, bit for bit", type);
     logits_fed(m, NULL, 5, 0, b);
