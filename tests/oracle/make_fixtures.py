@@ -334,14 +334,36 @@ def greedy(logits_fn, n):
     return toks[1:]
 
 
-def main():
+def oracle_args():
+    """The command line the stories260K oracle scripts share."""
     ap = argparse.ArgumentParser()
     ap.add_argument("assets")
     ap.add_argument("out_json")
     ap.add_argument("--numpy-only", action="store_true")
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def stories_tokenizer(path, vocab_size):
+    """tok512.model as the engine and llama2.c read it.
+
+    tok512.model asks SentencePiece to collapse runs of whitespace; the
+    llama2.c tokenizer.bin the engine reads cannot say so, and llama2.c never
+    collapsed them. Switch it off so the ids are the ones the engine (and
+    llama2.c) produce; the fixtures test the forward pass, not that rule."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(open(path, "rb").read())
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    assert sp.get_piece_size() == vocab_size, sp.get_piece_size()
+    assert sp.bos_id() == BOS, sp.bos_id()
+    return sp
+
+
+def main():
+    args = oracle_args()
     import sentencepiece as spm
     A = lambda n: os.path.join(args.assets, n)
     cfg, W, raw = load_llama2c_v0(A("stories260K.bin"))
@@ -355,17 +377,7 @@ def main():
     print("freq_cis max |diff| vs theta=10000:", fdiff, flush=True)
     assert fdiff < 1e-3
 
-    # tok512.model asks SentencePiece to collapse runs of whitespace; the
-    # llama2.c tokenizer.bin the engine reads cannot say so, and llama2.c never
-    # collapsed them. Switch it off so the ids are the ones the engine (and
-    # llama2.c) produce; this fixture tests the forward pass, not that rule.
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-    proto = sp_pb2.ModelProto()
-    proto.ParseFromString(open(A("tok512.model"), "rb").read())
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    assert sp.get_piece_size() == cfg["vocab_size"], sp.get_piece_size()
-    assert sp.bos_id() == BOS, sp.bos_id()
+    sp = stories_tokenizer(A("tok512.model"), cfg["vocab_size"])
     tok_bytes = open(A("tok512.model"), "rb").read()
 
     tiny_all = open(A("tinystories_sample_cs336.txt"), "rb").read()

@@ -36,7 +36,6 @@ Usage:
 ASSETS_DIR holds stories260K.bin, tok512.model and tinystories_sample_cs336.txt.
 --numpy-only: no torch/transformers (a local logic check; the fixture then says so).
 """
-import argparse
 import hashlib
 import json
 import os
@@ -45,7 +44,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import BOS, HF, load_llama2c_v0, np_forward  # noqa: E402
+from make_fixtures import BOS, HF, load_llama2c_v0, np_forward, oracle_args, stories_tokenizer  # noqa: E402
 
 EOS = 2
 STOP = (BOS, EOS)
@@ -389,24 +388,13 @@ def run_case(case, sp, cfg, primary_fn, np_fn, torch_step, stats):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("assets")
-    ap.add_argument("out_json")
-    ap.add_argument("--numpy-only", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-
+    args = oracle_args()
     import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
     A = lambda n: os.path.join(args.assets, n)
     cfg, W, raw = load_llama2c_v0(A("stories260K.bin"))
     tok_bytes = open(A("tok512.model"), "rb").read()
-    # as make_fixtures.py: llama2.c's tokenizer (and the engine) never collapse whitespace
-    proto = sp_pb2.ModelProto()
-    proto.ParseFromString(tok_bytes)
-    proto.normalizer_spec.remove_extra_whitespaces = False
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    assert sp.get_piece_size() == cfg["vocab_size"] and sp.bos_id() == BOS and sp.eos_id() == EOS
+    sp = stories_tokenizer(A("tok512.model"), cfg["vocab_size"])
+    assert sp.eos_id() == EOS
 
     source = open(A(SOURCE_TEXT), "rb").read().decode("utf-8")
     for ex in EXCERPTS:
