@@ -209,7 +209,15 @@ static inline void quantize_row_q4_0(const float *x, BlockQ4_0 *y, int64_t n) {
 static inline void quantize_row(int type, const float *x, void *out, int64_t n) {
     switch (type) {
     case TYPE_F32: memcpy(out, x, (size_t)n * 4); break;
-    case TYPE_F16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_f16(x[i]); break;
+    case TYPE_F16: {
+        int64_t i = 0;
+#if defined(KERNELS_AVX2)
+        for (; i + 8 <= n; i += 8) /* round to nearest even, as f32_to_f16 */
+            _mm_storeu_si128((__m128i *)((uint16_t *)out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+        for (; i < n; i++) ((uint16_t *)out)[i] = f32_to_f16(x[i]);
+        break;
+    }
     case TYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_bf16(x[i]); break;
     case TYPE_Q8_0: quantize_row_q8_0(x, out, n); break;
     case TYPE_Q4_0: quantize_row_q4_0(x, out, n); break;
@@ -219,7 +227,14 @@ static inline void quantize_row(int type, const float *x, void *out, int64_t n) 
 static inline void dequantize_row(int type, const void *row, float *y, int64_t n) {
     switch (type) {
     case TYPE_F32: memcpy(y, row, (size_t)n * 4); break;
-    case TYPE_F16: for (int64_t i = 0; i < n; i++) y[i] = f16_to_f32(((const uint16_t *)row)[i]); break;
+    case TYPE_F16: {
+        int64_t i = 0;
+#if defined(KERNELS_AVX2)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i))));
+#endif
+        for (; i < n; i++) y[i] = f16_to_f32(((const uint16_t *)row)[i]);
+        break;
+    }
     case TYPE_BF16: for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(((const uint16_t *)row)[i]); break;
     case TYPE_Q8_0:
         for (int64_t b = 0; b < n / QK; b++) {

@@ -421,26 +421,6 @@ size_t model_kv_bytes_per_token(const Model *m) {
 /* Bytes of one cached value. */
 static size_t kv_elem(int type) { return type == TYPE_F16 ? 2 : 4; }
 
-/* Cached values: written from f32 (f16 rounds to nearest even), read back as f32. */
-static void kv_store(void *dst, int type, const float *src, size_t n) {
-    if (type == TYPE_F32) {
-        memcpy(dst, src, n * sizeof(float));
-        return;
-    }
-    uint16_t *h = dst;
-    size_t i = 0;
-#if defined(KERNELS_AVX2)
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
-#endif
-    for (; i < n; i++) h[i] = f32_to_f16(src[i]);
-}
-
-static void kv_load(float *dst, const void *src, int type, size_t n) {
-    if (type == TYPE_F32) memcpy(dst, src, n * sizeof(float));
-    else dequantize_row(TYPE_F16, src, dst, (int64_t)n);
-}
-
 /* Element `index` of a cache part. */
 static void *kv_at(const void *base, int type, size_t index) { return (uint8_t *)base + index * kv_elem(type); }
 
@@ -1633,7 +1613,7 @@ static void mla_expand(Context *c, const Layer *L, const Sequence *s, int layer,
     for (int j0 = 0; j0 < positions; j0 += c->max_batch) {
         int m = positions - j0 < c->max_batch ? positions - j0 : c->max_batch;
         for (int j = 0; j < m; j++)
-            kv_load(c->mla_lat + j * lat, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + j0 + j) * row), s->kv_type, lat);
+            dequantize_row(s->kv_type, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + j0 + j) * row), c->mla_lat + j * lat, (int64_t)lat);
         MatmulOut kv[1] = {{c->mla_kv + (size_t)j0 * kv_row, &L->wkv_b}};
         matmul(c, c->mla_lat, m, kv, 1);
     }
@@ -1828,14 +1808,14 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                     memcpy(kf, k_rot, far_width * sizeof(float));
                     rope(qf + (q_rot - q), cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
                     rope(kf, k_heads, k_stride, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
-                    kv_store(kv_at(s->k_far, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * far_width), s->kv_type, kf, far_width);
+                    quantize_row(s->kv_type, kf, kv_at(s->k_far, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * far_width), (int64_t)far_width);
                 }
                 const float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
                 rope(q_rot, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
                 rope(k_rot, k_heads, k_stride, cfg->rope_dim, cs, sn);
             }
-            kv_store(kv_at(s->k, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * k_width), s->kv_type, k, (size_t)k_width);
-            if (v_dim) kv_store(kv_at(s->v, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * v_dim), s->kv_type, v, (size_t)v_dim);
+            quantize_row(s->kv_type, k, kv_at(s->k, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * k_width), k_width);
+            if (v_dim) quantize_row(s->kv_type, v, kv_at(s->v, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * v_dim), v_dim);
         }
         AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
         int expand = mla && mla_expand_pays(c, seqs, n);

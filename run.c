@@ -1899,9 +1899,9 @@ static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, co
     char b1[32], b2[32];
     if (need > limit)
         die("the %d NBCE rows (%lld prompt tokens, %d more each for the answer) need %s of KV cache at %zu bytes per "
-            "token, more than the %s available%s; use fewer or shorter contexts (fewer documents, or --nbce-chunk N) or "
-            "a smaller answer budget (-n)", n_rows, prompt_tokens, budget, mib(need, b1, sizeof b1), per_token,
-            mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "");
+            "token, more than the %s available%s; use fewer or shorter contexts (fewer documents, or --nbce-chunk N), "
+            "a smaller answer budget (-n)%s", n_rows, prompt_tokens, budget, mib(need, b1, sizeof b1), per_token,
+            mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "", o->kv_type == TYPE_F32 ? " or an f16 cache (--kv f16)" : "");
     fprintf(stderr, "nbce: %d documents, %d contexts + the unconditional row, %lld prompt tokens; KV cache %s "
             "(%zu bytes per token, %s available)\n", n_docs, n_rows - 1, prompt_tokens, mib(need, b1, sizeof b1), per_token,
             mib(limit, b2, sizeof b2));

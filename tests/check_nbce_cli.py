@@ -255,6 +255,8 @@ check(rc == 0 and "came from caches" not in err, "caches made under other positi
 rc, out, err = nbce(four, "-p", Q, "--mem", "100K")
 check(one_error(rc, err, "KV cache", "more than", "--mem", "--nbce-chunk", "-n"),
       f"rows that need more than --mem: one error naming the sizes and the ways out: {err.strip()}")
+rc, out, err = nbce(four, "-p", Q, "--mem", "100K", "--kv", "f32")
+check(one_error(rc, err, "--kv f16"), f"with an f32 cache the memory error also offers an f16 one: {err.strip()}")
 rc, out, err = nbce(four, "-p", Q, "-n", "1")
 check(rc == 0 and "nbce: 4 documents, 4 contexts + the unconditional row" in err and "KV cache" in err,
       "the KV memory of all rows is reported before starting")
