@@ -429,6 +429,60 @@ static inline float dot_f32(const float *a, const float *b, int n) {
 #endif
 }
 
+/* ---------------------------------------------------------------------------
+ * Float weights (f32, f16, bf16) against float activations, a block of rows
+ * against a block of tokens:
+ *
+ *   out[t * out_stride + r] = row r of w (rows row_bytes apart) . x row t
+ *                             (x_stride floats apart), r < n_rows, t < n_x.
+ *
+ * Each output is one chain, the same whatever is computed beside it: a
+ * vector accumulator takes one fused multiply-add per 8 elements (4 on NEON)
+ * along the row, its lanes are summed in a fixed order, and the n % 8 (n % 4)
+ * elements left over are added one fmaf at a time. So a token gives the same
+ * bits in a batch as alone, and any split of rows over threads gives the same
+ * bits. Blocking only decides how many chains run side by side: R rows by T
+ * tokens cost R + T vector loads per R * T multiply-adds (one row by four
+ * tokens: five per four, and the loads are the limit).
+ *
+ * gemm_float takes any n_rows and n_x and blocks them itself: tokens
+ * GEMM_FLOAT_TOKENS at a time, rows GEMM_FLOAT_ROWS at a time against them,
+ * and more rows at a time against fewer tokens (decoding, one token: eight
+ * rows, so that eight chains hide the multiply-add latency). It reads the
+ * rows once per token block, so callers pass tiles of rows that stay in cache
+ * (multiples of GEMM_FLOAT_ROWS: the rows left over go in smaller blocks)
+ * with all their tokens.
+ */
+#if defined(KERNELS_AVX2) && defined(__AVX512VL__)
+/* AVX-512 only for its 32 registers: the same eight-lane operations as
+   AVX2, so the same bits, with 4 x 4 accumulators. */
+#define GEMM_FLOAT_ROWS 4
+#define GEMM_FLOAT_TOKENS 4
+#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) <= 2 ? 8 : 4) /* rows per block against t tokens */
+#elif defined(KERNELS_AVX2)
+/* 3 x 4 accumulators, 3 weight vectors and a token's vector fill the 16
+   ymm registers. */
+#define GEMM_FLOAT_ROWS 3
+#define GEMM_FLOAT_TOKENS 4
+#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) == 1 ? 8 : (t) == 2 ? 4 : 3)
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+/* 32 q registers: 4 x 4 accumulators, 4 weight vectors, a token's vector. */
+#define GEMM_FLOAT_ROWS 4
+#define GEMM_FLOAT_TOKENS 4
+#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) <= 2 ? 8 : 4)
+#else
+/* the plain loop: nothing to gain from blocking */
+#define GEMM_FLOAT_ROWS 1
+#define GEMM_FLOAT_TOKENS 1
+#endif
+
+/* Element i of an f32, f16 or bf16 row. */
+static inline float float_weight(const void *w, int type, int i) {
+    if (type == TYPE_F32) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    return type == TYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
 #if defined(KERNELS_AVX2)
 /* Eight weights of an f32, f16 or bf16 row from index i, as f32. */
 static inline __m256 weight8(const void *w, int type, int i) {
@@ -438,62 +492,148 @@ static inline __m256 weight8(const void *w, int type, int i) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* One f32/f16/bf16 weight row against n_x activation rows (stride floats
-   apart), each result computed exactly as it would be alone: the weights are
-   loaded and widened once for all of them. */
-static inline __attribute__((always_inline)) void dot_float_avx2(const void *w, int type, const float *x, size_t stride,
-                                                                  int n_x, int n, float *out) {
-    __m256 acc0[4], acc1[4];
-    for (int k = 0; k < n_x; k++) acc0[k] = acc1[k] = _mm256_setzero_ps();
+/* n_rows x n_x outputs, at most 8 x 4 (and as many as the registers hold);
+   a constant type, n_rows and n_x make the accumulators registers. */
+static inline __attribute__((always_inline)) void gemm_float_block(const void *w, int type, size_t row_bytes, int n_rows,
+                                                                    const float *x, size_t x_stride, int n_x, int n,
+                                                                    float *out, size_t out_stride) {
+    __m256 acc[8][4];
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_x; t++) acc[r][t] = _mm256_setzero_ps();
     int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256 w0 = weight8(w, type, i), w1 = weight8(w, type, i + 8);
-        for (int k = 0; k < n_x; k++) {
-            acc0[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + k * stride + i), acc0[k]);
-            acc1[k] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + k * stride + i + 8), acc1[k]);
+    for (; i + 8 <= n; i += 8) {
+        /* Each vector is loaded once into a register: left alone, GCC folds
+           the load into every multiply-add that uses it, and the extra loads
+           (two per cycle) become the limit. The empty asm hides the value. */
+        if (n_x == 1) { /* the token's vector stays, each weight vector is used once */
+            __m256 xv = _mm256_loadu_ps(x + i);
+            if (n_rows > 1) __asm__("" : "+x"(xv));
+            for (int r = 0; r < n_rows; r++) acc[r][0] = _mm256_fmadd_ps(weight8((const uint8_t *)w + r * row_bytes, type, i), xv, acc[r][0]);
+            continue;
+        }
+        __m256 wv[8];
+        for (int r = 0; r < n_rows; r++) {
+            wv[r] = weight8((const uint8_t *)w + r * row_bytes, type, i);
+            __asm__("" : "+x"(wv[r]));
+        }
+        for (int t = 0; t < n_x; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * x_stride + i);
+            if (n_rows > 1) __asm__("" : "+x"(xv));
+            for (int r = 0; r < n_rows; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
         }
     }
-    if (i + 8 <= n) {
-        __m256 w0 = weight8(w, type, i);
-        for (int k = 0; k < n_x; k++) acc0[k] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + k * stride + i), acc0[k]);
-        i += 8;
-    }
-    for (int k = 0; k < n_x; k++) {
-        float s = hsum256(_mm256_add_ps(acc0[k], acc1[k]));
-        for (int j = i; j < n; j++) {
-            float wj = type == TYPE_F32 ? ((const float *)w)[j]
-                     : type == TYPE_F16 ? f16_to_f32(((const uint16_t *)w)[j]) : bf16_to_f32(((const uint16_t *)w)[j]);
-            s += wj * x[k * stride + j];
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_x; t++) {
+            const void *wr = (const uint8_t *)w + r * row_bytes;
+            const float *xt = x + t * x_stride;
+            float s = hsum256(acc[r][t]);
+            for (int j = i; j < n; j++) s = fmaf(float_weight(wr, type, j), xt[j], s);
+            out[t * out_stride + r] = s;
         }
-        out[k] = s;
+}
+#elif defined(KERNELS_NEON) && defined(__aarch64__)
+/* Four weights of an f32, f16 or bf16 row from index i, as f32. */
+static inline float32x4_t weight4(const void *w, int type, int i) {
+    if (type == TYPE_F32) return vld1q_f32((const float *)w + i);
+    uint16x4_t h = vld1_u16((const uint16_t *)w + i);
+    if (type == TYPE_F16) return vcvt_f32_f16(vreinterpret_f16_u16(h));
+    return vreinterpretq_f32_u32(vshll_n_u16(h, 16));
+}
+
+/* n_rows x n_x outputs, at most 8 x 4 (and at most 16 of them). */
+static inline __attribute__((always_inline)) void gemm_float_block(const void *w, int type, size_t row_bytes, int n_rows,
+                                                                    const float *x, size_t x_stride, int n_x, int n,
+                                                                    float *out, size_t out_stride) {
+    float32x4_t acc[8][4];
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_x; t++) acc[r][t] = vdupq_n_f32(0);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t wv[8];
+        for (int r = 0; r < n_rows; r++) wv[r] = weight4((const uint8_t *)w + r * row_bytes, type, i);
+        for (int t = 0; t < n_x; t++) {
+            float32x4_t xv = vld1q_f32(x + t * x_stride + i);
+            for (int r = 0; r < n_rows; r++) acc[r][t] = vfmaq_f32(acc[r][t], wv[r], xv);
+        }
+    }
+    for (int r = 0; r < n_rows; r++)
+        for (int t = 0; t < n_x; t++) {
+            const void *wr = (const uint8_t *)w + r * row_bytes;
+            const float *xt = x + t * x_stride;
+            float s = vaddvq_f32(acc[r][t]);
+            for (int j = i; j < n; j++) s = fmaf(float_weight(wr, type, j), xt[j], s);
+            out[t * out_stride + r] = s;
+        }
+}
+#endif
+
+#if defined(GEMM_FLOAT_BLOCK_ROWS)
+/* All rows against n_x (constant) tokens: blocks of `block_rows` rows, then
+   what is left in blocks of 4, 2 and 1 (each size a constant, so the
+   accumulators stay registers). */
+static inline __attribute__((always_inline)) void gemm_float_rows(const void *w, int type, size_t row_bytes, int n_rows,
+                                                                   int block_rows, const float *x, size_t x_stride, int n_x,
+                                                                   int n, float *out, size_t out_stride) {
+#define GEMM_FLOAT_BLOCK(rows)                                                                                         \
+    do {                                                                                                               \
+        gemm_float_block((const uint8_t *)w + (size_t)r * row_bytes, type, row_bytes, rows, x, x_stride, n_x, n, out + r, \
+                         out_stride);                                                                                  \
+        r += rows;                                                                                                     \
+    } while (0)
+    int r = 0;
+    while (r + block_rows <= n_rows) GEMM_FLOAT_BLOCK(block_rows);
+    if (block_rows > 4 && r + 4 <= n_rows) GEMM_FLOAT_BLOCK(4);
+    if (block_rows > 2 && r + 2 <= n_rows) GEMM_FLOAT_BLOCK(2);
+    if (r < n_rows) GEMM_FLOAT_BLOCK(1);
+#undef GEMM_FLOAT_BLOCK
+}
+
+/* Constant type: one specialized copy per type and token count (up to
+   GEMM_FLOAT_TOKENS, four on every SIMD path). */
+static inline __attribute__((always_inline)) void gemm_float_typed(const void *w, int type, size_t row_bytes, int n_rows,
+                                                                    const float *x, size_t x_stride, int n_x, int n,
+                                                                    float *out, size_t out_stride) {
+    _Static_assert(GEMM_FLOAT_TOKENS == 4, "the token counts below");
+    for (int t = 0; t < n_x; t += GEMM_FLOAT_TOKENS) {
+        const float *xt = x + (size_t)t * x_stride;
+        float *ot = out + (size_t)t * out_stride;
+        switch (n_x - t) {
+        case 1: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(1), xt, x_stride, 1, n, ot, out_stride); break;
+        case 2: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(2), xt, x_stride, 2, n, ot, out_stride); break;
+        case 3: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(3), xt, x_stride, 3, n, ot, out_stride); break;
+        default: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(4), xt, x_stride, 4, n, ot, out_stride); break;
+        }
     }
 }
 #endif
+
+static inline void gemm_float(const void *w, int type, size_t row_bytes, int n_rows, const float *x, size_t x_stride,
+                              int n_x, int n, float *out, size_t out_stride) {
+#if defined(GEMM_FLOAT_BLOCK_ROWS)
+    if (type == TYPE_F32) gemm_float_typed(w, TYPE_F32, row_bytes, n_rows, x, x_stride, n_x, n, out, out_stride);
+    else if (type == TYPE_F16) gemm_float_typed(w, TYPE_F16, row_bytes, n_rows, x, x_stride, n_x, n, out, out_stride);
+    else gemm_float_typed(w, TYPE_BF16, row_bytes, n_rows, x, x_stride, n_x, n, out, out_stride);
+#else
+    for (int t = 0; t < n_x; t++)
+        for (int r = 0; r < n_rows; r++) {
+            const void *wr = (const uint8_t *)w + (size_t)r * row_bytes;
+            const float *xt = x + (size_t)t * x_stride;
+            out[(size_t)t * out_stride + r] = type == TYPE_F32 ? dot_f32_ref(wr, xt, n)
+                                            : type == TYPE_F16 ? dot_f16_ref(wr, xt, n) : dot_bf16_ref(wr, xt, n);
+        }
+#endif
+}
 
 /* An f32, f16 or bf16 weight row against one activation row. */
 static inline float dot_float(const void *w, int type, const float *x, int n) {
-#if defined(KERNELS_AVX2)
-    float r; /* constant types: one specialized copy each */
-    if (type == TYPE_F32) dot_float_avx2(w, TYPE_F32, x, 0, 1, n, &r);
-    else if (type == TYPE_F16) dot_float_avx2(w, TYPE_F16, x, 0, 1, n, &r);
-    else dot_float_avx2(w, TYPE_BF16, x, 0, 1, n, &r);
+    float r;
+    gemm_float(w, type, 0, 1, x, 0, 1, n, &r, 1);
     return r;
-#else
-    if (type == TYPE_F32) return dot_f32(w, x, n);
-    return type == TYPE_F16 ? dot_f16_ref(w, x, n) : dot_bf16_ref(w, x, n);
-#endif
 }
 
-/* The same row against four activation rows, `stride` floats apart: the
-   same results as four dot_float calls, bit for bit. */
+/* Until model.h calls gemm_float: the same row against four activation rows. */
 static inline void dot_float_x4(const void *w, int type, const float *x, size_t stride, int n, float out[4]) {
-#if defined(KERNELS_AVX2)
-    if (type == TYPE_F32) dot_float_avx2(w, TYPE_F32, x, stride, 4, n, out);
-    else if (type == TYPE_F16) dot_float_avx2(w, TYPE_F16, x, stride, 4, n, out);
-    else dot_float_avx2(w, TYPE_BF16, x, stride, 4, n, out);
-#else
-    for (int k = 0; k < 4; k++) out[k] = dot_float(w, type, x + k * stride, n);
-#endif
+    gemm_float(w, type, 0, 1, x, stride, 4, n, out, 1);
 }
 
 #if defined(KERNELS_NEON) && defined(__aarch64__)

@@ -115,7 +115,7 @@ static double dot_double(const float *a, const float *b, int n, double *mag) {
 
 /* Every type's dot product, SIMD and scalar, against the f32 reference. */
 static void test_dots(void) {
-    const int lengths[] = {32, 64, 96, 172, 1000, 2048, 5632};
+    const int lengths[] = {1, 5, 8, 13, 32, 64, 96, 172, 1000, 2048, 5632}; /* the quantized types skip n % 32 */
     for (int type = TYPE_F32; type <= TYPE_Q4_0; type++) {
         int bad_simd = 0, bad_ref = 0, cases = 0;
         double worst = 0;
@@ -169,7 +169,7 @@ static void test_dots(void) {
     CHECK(dot_quant(w, TYPE_Q8_0, a, 4 * QK) == dot_q8_0_ref(w, a, 4 * QK), "q8_0 dot at the int8 extremes is exact");
 }
 
-/* The four-token kernel gives each token the bits the one-token kernel gives. */
+/* The four-token quantized kernel gives each token the bits the one-token kernel gives. */
 static void test_dot_x4(void) {
     enum { N = 2048, B = N / QK };
     static float w[N], x[4][N];
@@ -197,24 +197,61 @@ static void test_dot_x4(void) {
         }
     }
     CHECK(same, "q8_0 and q4_0: four tokens at once == one at a time, bit for bit");
-    same = 1;
-    const int lengths[] = {172, 2048, 100, 8};
-    for (int type = TYPE_F32; type <= TYPE_BF16; type++)
-        for (int li = 0; li < 4; li++) {
+}
+
+/* gemm_float, every type and row length (none to several vectors long, with
+   and without a remainder): each output is within rounding of the double
+   dot, and every blocking of 7 rows by 9 tokens, at every offset, gives
+   each output the bits of the 1 x 1 call; outputs outside the block are
+   left alone. */
+static void test_gemm_float(void) {
+    enum { ROWS = 7, TOKENS = 9, MAX_N = 2048, PAD = 3 };
+    static float w[ROWS][MAX_N], wd[ROWS][MAX_N], x[TOKENS][MAX_N + PAD];
+    static uint8_t wq[ROWS * (MAX_N * 4 + 8)];
+    const int lengths[] = {1, 3, 7, 8, 13, 16, 100, 172, 2048};
+    for (int type = TYPE_F32; type <= TYPE_BF16; type++) {
+        int bad_ref = 0, bad_bits = 0, touched = 0, calls = 0;
+        double worst = 0;
+        for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
             int n = lengths[li];
-            uint16_t wh[N];
-            fill(w, n, 0.05f);
-            for (int k = 0; k < 4; k++) fill(x[k], n, 1.0f);
-            quantize_row(type, w, type == TYPE_F32 ? (void *)w : (void *)wh, n);
-            const void *row = type == TYPE_F32 ? (const void *)w : (const void *)wh;
-            float out[4];
-            dot_float_x4(row, type, x[0], N, n, out);
-            for (int k = 0; k < 4; k++) {
-                float one = dot_float(row, type, x[k], n);
-                same &= !memcmp(&one, &out[k], sizeof one);
+            size_t row_bytes = type_row_bytes(type, n) + 8, x_stride = MAX_N + PAD; /* neither packed tight */
+            for (int r = 0; r < ROWS; r++) {
+                fill(w[r], n, 0.05f);
+                quantize_row(type, w[r], wq + r * row_bytes, n);
+                dequantize_row(type, wq + r * row_bytes, wd[r], n);
             }
+            for (int t = 0; t < TOKENS; t++) fill(x[t], n, 1.0f);
+            float one[ROWS][TOKENS];
+            for (int r = 0; r < ROWS; r++)
+                for (int t = 0; t < TOKENS; t++) {
+                    gemm_float(wq + r * row_bytes, type, row_bytes, 1, x[t], x_stride, 1, n, &one[r][t], 1);
+                    double mag, want = dot_double(wd[r], x[t], n, &mag);
+                    if (fabs(one[r][t] - want) > 1e-5 * mag + 1e-6) bad_ref++;
+                    if (fabs(one[r][t] - want) / (mag + 1e-30) > worst) worst = fabs(one[r][t] - want) / (mag + 1e-30);
+                    float d = dot_float(wq + r * row_bytes, type, x[t], n);
+                    bad_bits += memcmp(&d, &one[r][t], sizeof d) != 0;
+                }
+            for (int nr = 1; nr <= ROWS; nr++)
+                for (int nx = 1; nx <= TOKENS; nx++)
+                    for (int r0 = 0; r0 + nr <= ROWS; r0++)
+                        for (int t0 = 0; t0 + nx <= TOKENS; t0++, calls++) {
+                            enum { STRIDE = ROWS + 2 }; /* out rows with a gap */
+                            float out[TOKENS][STRIDE];
+                            for (int t = 0; t < TOKENS; t++)
+                                for (int r = 0; r < STRIDE; r++) out[t][r] = -1e30f;
+                            gemm_float(wq + r0 * row_bytes, type, row_bytes, nr, x[t0], x_stride, nx, n, out[0], STRIDE);
+                            for (int t = 0; t < TOKENS; t++)
+                                for (int r = 0; r < STRIDE; r++) {
+                                    if (t < nx && r < nr) bad_bits += memcmp(&out[t][r], &one[r0 + r][t0 + t], sizeof(float)) != 0;
+                                    else touched += out[t][r] != -1e30f;
+                                }
+                        }
         }
-    CHECK(same, "f32, f16 and bf16: four tokens at once == one at a time, bit for bit (rows of 8 to 2048)");
+        CHECK(bad_ref == 0, "gemm_float %s: within rounding of the double dot, rows of 1 to 2048 (worst rel %.2g)", type_name(type), worst);
+        CHECK(bad_bits == 0 && touched == 0,
+              "gemm_float %s: %d blockings of 7 rows x 9 tokens give every output the 1 x 1 bits (%d differ, %d outside written)",
+              type_name(type), calls, bad_bits, touched);
+    }
 }
 
 /* Activation quantization: the SIMD path gives the reference's bytes, scale and sum. */
@@ -322,6 +359,7 @@ int main(void) {
     test_quantize_q8a();
     test_gemm_x8();
     test_dot_x4();
+    test_gemm_float();
     test_half_conversions();
     test_quant_roundtrip();
     test_dots();
