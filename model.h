@@ -242,7 +242,7 @@ typedef struct {
     float *far_cos, *far_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *kfar_cos, *kfar_sin; /* Leaky: the far copy's key rotation, [max_batch][rope_dim / 2] */
     float *k_far_row;          /* one token's far key before it is cached */
-    float *scores;             /* attention scores, [n_threads][scores_stride]: a KV head's group of query heads */
+    float *scores;             /* attention, [n_threads][scores_stride]: a tile of scores, max and sum per query head */
     size_t scores_stride;
     /* multi-head latent attention: each token's query latent [max_batch][q_lora_rank];
        per thread, a head's absorbed query and attended latent, and their int8 copies */
@@ -419,6 +419,8 @@ size_t model_kv_bytes_per_token(const Model *m) {
 }
 
 /* Bytes of one cached value. */
+#define ATTN_TILE 64 /* attention's positions per tile (the attention tasks) */
+
 static size_t kv_elem(int type) { return type == TYPE_F16 ? 2 : 4; }
 
 /* Element `index` of a cache part. */
@@ -1102,7 +1104,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->tok_cos = malloc(B * (half ? half : 1) * sizeof(float));
     c->tok_sin = malloc(B * (half ? half : 1) * sizeof(float));
     int n_threads_real = c->pool ? c->pool->n_threads : 1;
-    c->scores_stride = (size_t)ctx_len * (cfg->attn_kind == ATTN_MLA ? 1 : cfg->n_heads / cfg->n_kv_heads);
+    c->scores_stride = (size_t)(ATTN_TILE + 2) * (cfg->attn_kind == ATTN_MLA ? 1 : cfg->n_heads / cfg->n_kv_heads);
     c->scores = malloc((size_t)n_threads_real * c->scores_stride * sizeof(float));
     int extra_ok = 1;
     if (cfg->attn_kind == ATTN_MLA) {
@@ -1203,21 +1205,24 @@ static void matmul_task(void *arg, int ith, int nth) {
                 }
                 continue;
             }
+            if (!type_is_quantized(w->type)) { /* the tile of rows against the whole batch, register-blocked */
+                gemm_float((const uint8_t *)w->data + (size_t)(r0 - first) * w->row_bytes, w->type, w->row_bytes, (int)(r1 - r0),
+                           job->in, (size_t)job->cols, job->n, w->cols, job->outs[o].out + (r0 - first), (size_t)w->rows);
+                continue;
+            }
             int t = 0;
             for (; t + 4 <= job->n; t += 4) { /* four tokens per weight row: the row is loaded and unpacked once */
                 float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
                 for (int64_t r = r0; r < r1; r++) {
                     const void *row = (const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes;
-                    if (type_is_quantized(w->type)) dot_quant_x4(row, w->type, job->inq + (size_t)t * blocks, blocks, w->cols, r4);
-                    else dot_float_x4(row, w->type, job->in + (size_t)t * job->cols, (size_t)job->cols, w->cols, r4);
+                    dot_quant_x4(row, w->type, job->inq + (size_t)t * blocks, blocks, w->cols, r4);
                     for (int k = 0; k < 4; k++) y[(size_t)k * w->rows + r] = r4[k];
                 }
             }
             for (; t < job->n; t++) {
-                const float *x = job->in + (size_t)t * job->cols;
                 const BlockQ8A *xq = job->inq + (size_t)t * blocks;
                 float *y = job->outs[o].out + (size_t)t * w->rows - first;
-                for (int64_t r = r0; r < r1; r++) y[r] = row_dot(w, (int)(r - first), x, xq);
+                for (int64_t r = r0; r < r1; r++) y[r] = dot_quant((const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes, w->type, xq, w->cols);
             }
         }
         first = end;
@@ -1314,34 +1319,65 @@ static inline __m256 exp8_nonpositive(__m256 x) {
 }
 #endif
 
-/* In place: x[j] = exp(x[j] - max) / sum (attention, routing, sampling).
-   Eight at a time where AVX2 is; the sum is kept in eight lanes, then added
-   in a fixed order, so it does not depend on n's split either. */
-static void softmax(float *att, int n) {
-    float max = -INFINITY, sum = 0;
-    for (int j = 0; j < n; j++)
-        if (att[j] > max) max = att[j];
+/* One step of an online softmax (a tile of a row at a time): x[0..n) become
+   exp(x[j] - max'), max' = the larger of *max and the tile's largest; the
+   running *sum, and the output accumulated from earlier tiles (out[0..m)),
+   are rescaled from the old max to max'. Starting from *max = -INFINITY and
+   *sum = 0, the row's softmax is the final out divided by *sum. Eight at a
+   time where AVX2 is: the tile's sum is kept in eight lanes and added in a
+   fixed order, so the result does not depend on how n splits. */
+static void softmax_tile(float *x, int n, float *max, float *sum, float *out, int m) {
+    float new_max = *max, tile_sum = 0;
     int j = 0;
 #if defined(KERNELS_AVX2)
-    __m256 vmax = _mm256_set1_ps(max), vsum = _mm256_setzero_ps();
+    if (n >= 8) {
+        __m256 vm = _mm256_loadu_ps(x);
+        for (j = 8; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        if (_mm_cvtss_f32(h) > new_max) new_max = _mm_cvtss_f32(h);
+    }
+#endif
+    for (; j < n; j++)
+        if (x[j] > new_max) new_max = x[j];
+    if (new_max > *max) { /* exp(-inf) = 0 on the first tile: nothing to rescale but zeros */
+        float alpha = expf(*max - new_max);
+        *sum *= alpha;
+        for (int i = 0; i < m; i++) out[i] *= alpha;
+        *max = new_max;
+    }
+    j = 0;
+#if defined(KERNELS_AVX2)
+    __m256 vmax = _mm256_set1_ps(new_max), vsum = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8) {
-        __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(att + j), vmax));
-        _mm256_storeu_ps(att + j, e);
+        __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + j), vmax));
+        _mm256_storeu_ps(x + j, e);
         vsum = _mm256_add_ps(vsum, e);
     }
-    sum = sum8_tree(vsum);
+    tile_sum = sum8_tree(vsum);
 #endif
     for (; j < n; j++) {
-        att[j] = expf(att[j] - max);
-        sum += att[j];
+        x[j] = expf(x[j] - new_max);
+        tile_sum += x[j];
     }
-    float inv = 1.0f / sum;
-    for (j = 0; j < n; j++) att[j] *= inv;
+    *sum += tile_sum;
 }
 
-/* Attention's two inner loops over cached positions. Each result is
-   computed the same way wherever it falls in a call, so splitting a range
-   (near and far keys) or a batch changes no bit. */
+/* In place: x[j] = exp(x[j] - max) / sum (routing, sampling): one tile. */
+static void softmax(float *x, int n) {
+    float max = -INFINITY, sum = 0;
+    softmax_tile(x, n, &max, &sum, NULL, 0);
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) x[j] *= inv;
+}
+
+/* Attention's two inner loops over a tile of cached positions, for one or
+   more query heads that share the keys and values (a KV head's group). Each
+   result is computed the same way whichever block of heads and positions it
+   falls in, so splitting a range (near and far keys, tiles) or a batch
+   changes no bit; grouping only saves loads: a key or value row is read and
+   widened once for several heads. */
 
 /* Eight cached values from element i of a row, as f32. */
 #if defined(KERNELS_AVX2)
@@ -1355,92 +1391,142 @@ static inline float kv_value(const void *row, int type, size_t i) {
     return type == TYPE_F16 ? f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
-/* scores[j] = scale * (base_j + q . k_j), k_j = row j of a cache part
-   (`stride` elements apart, n used), base_j = scores[j] with add, else 0. */
-static inline __attribute__((always_inline)) void attn_scores_typed(const float *q, const void *k, int type, size_t stride,
-                                                                     int count, int n, float scale, int add, float *scores) {
-    int n8 = 0;
-    float dot[4];
+/* One score: base + q . k over n elements, the SIMD part already in acc. */
+static inline float score_finish(float d, const float *q, const void *k, int type, int from, int n, float base, float scale) {
+    for (int i = from; i < n; i++) d += q[i] * kv_value(k, type, i);
+    return (base + d) * scale;
+}
+
 #if defined(KERNELS_AVX2)
-    n8 = n & ~7;
-    int j = 0;
-    for (; j + 4 <= count; j += 4) { /* four keys at once: four independent chains */
-        const void *k0 = kv_at(k, type, (size_t)j * stride);
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int i = 0; i < n8; i += 8) {
-            __m256 qv = _mm256_loadu_ps(q + i);
-            a0 = _mm256_fmadd_ps(qv, kv_load8(k0, type, i), a0);
-            a1 = _mm256_fmadd_ps(qv, kv_load8(k0, type, stride + i), a1);
-            a2 = _mm256_fmadd_ps(qv, kv_load8(k0, type, 2 * stride + i), a2);
-            a3 = _mm256_fmadd_ps(qv, kv_load8(k0, type, 3 * stride + i), a3);
-        }
-        dot[0] = sum8_tree(a0), dot[1] = sum8_tree(a1), dot[2] = sum8_tree(a2), dot[3] = sum8_tree(a3);
-        for (int u = 0; u < 4; u++) {
-            const void *kj = kv_at(k, type, (size_t)(j + u) * stride);
-            for (int i = n8; i < n; i++) dot[u] += q[i] * kv_value(kj, type, i);
-            scores[j + u] = ((add ? scores[j + u] : 0) + dot[u]) * scale;
+/* H query heads against K keys (H * K <= 8 accumulators, constants after
+   inlining): one eight-wide FMA chain per score along the elements. */
+static inline __attribute__((always_inline)) void scores_block(const float *q, size_t q_stride, int H, const void *k, int type,
+                                                                size_t k_stride, int K, int n, float scale, int add, float *s,
+                                                                size_t s_stride) {
+    __m256 acc[8]; /* [h * K + u] */
+    for (int i = 0; i < H * K; i++) acc[i] = _mm256_setzero_ps();
+    int n8 = n & ~7;
+    for (int i = 0; i < n8; i += 8) {
+        __m256 kv[4];
+        for (int u = 0; u < K; u++) kv[u] = kv_load8(k, type, (size_t)u * k_stride + i);
+        for (int h = 0; h < H; h++) {
+            __m256 qv = _mm256_loadu_ps(q + h * q_stride + i);
+            for (int u = 0; u < K; u++) acc[h * K + u] = _mm256_fmadd_ps(qv, kv[u], acc[h * K + u]);
         }
     }
-    for (; j < count; j++) {
-        const void *kj = kv_at(k, type, (size_t)j * stride);
-        __m256 a = _mm256_setzero_ps();
-        for (int i = 0; i < n8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), kv_load8(kj, type, i), a);
-        dot[0] = sum8_tree(a);
-        for (int i = n8; i < n; i++) dot[0] += q[i] * kv_value(kj, type, i);
-        scores[j] = ((add ? scores[j] : 0) + dot[0]) * scale;
-    }
+    float d[8];
+    if (H * K == 8) { /* eight sum8_trees at once, the same bits: pairs, quads, then the two halves */
+        __m256 r[4];
+        for (int i = 0; i < 4; i++) r[i] = _mm256_hadd_ps(acc[2 * i], acc[2 * i + 1]);
+        __m256 lo = _mm256_hadd_ps(r[0], r[1]), hi = _mm256_hadd_ps(r[2], r[3]);
+        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31)));
+    } else
+        for (int i = 0; i < H * K; i++) d[i] = sum8_tree(acc[i]);
+    for (int h = 0; h < H; h++)
+        for (int u = 0; u < K; u++) {
+            float *sj = s + h * s_stride + u;
+            *sj = score_finish(d[h * K + u], q + h * q_stride, kv_at(k, type, (size_t)u * k_stride), type, n8, n, add ? *sj : 0, scale);
+        }
+}
+
+/* All count keys for H heads: blocks of 8/H keys, then one at a time. */
+static inline __attribute__((always_inline)) void scores_heads(const float *q, size_t q_stride, int H, const void *k, int type,
+                                                                size_t k_stride, int count, int n, float scale, int add, float *s,
+                                                                size_t s_stride) {
+    int j = 0, K = H == 4 ? 2 : 4;
+    for (; j + K <= count; j += K)
+        scores_block(q, q_stride, H, kv_at(k, type, (size_t)j * k_stride), type, k_stride, K, n, scale, add, s + j, s_stride);
+    for (; j < count; j++)
+        scores_block(q, q_stride, H, kv_at(k, type, (size_t)j * k_stride), type, k_stride, 1, n, scale, add, s + j, s_stride);
+}
+#endif
+
+/* s[g * s_stride + j] = scale * (base + q_g . k_j) for the n_q query rows
+   q_g (q_stride apart) and count key rows k_j of a cache part (k_stride
+   elements apart), n elements used; base = the score already there with
+   add, else 0. */
+static inline __attribute__((always_inline)) void attn_scores_typed(const float *q, size_t q_stride, int n_q, const void *k,
+                                                                     int type, size_t k_stride, int count, int n, float scale,
+                                                                     int add, float *s, size_t s_stride) {
+#if defined(KERNELS_AVX2)
+    int g = 0;
+    for (; g + 4 <= n_q; g += 4) scores_heads(q + g * q_stride, q_stride, 4, k, type, k_stride, count, n, scale, add, s + g * s_stride, s_stride);
+    for (; g + 2 <= n_q; g += 2) scores_heads(q + g * q_stride, q_stride, 2, k, type, k_stride, count, n, scale, add, s + g * s_stride, s_stride);
+    for (; g < n_q; g++) scores_heads(q + g * q_stride, q_stride, 1, k, type, k_stride, count, n, scale, add, s + g * s_stride, s_stride);
 #else
-    (void)n8;
-    for (int j = 0; j < count; j++) {
-        const void *kj = kv_at(k, type, (size_t)j * stride);
-        dot[0] = 0;
-        for (int i = 0; i < n; i++) dot[0] += q[i] * kv_value(kj, type, i);
-        scores[j] = ((add ? scores[j] : 0) + dot[0]) * scale;
-    }
-#endif
-}
-
-static void attn_scores(const float *q, const void *k, int type, size_t stride, int count, int n, float scale, int add,
-                        float *scores) {
-    if (type == TYPE_F16) attn_scores_typed(q, k, TYPE_F16, stride, count, n, scale, add, scores);
-    else attn_scores_typed(q, k, TYPE_F32, stride, count, n, scale, add, scores);
-}
-
-/* out += sum over j of w[j] * v_j, v_j = row j of a cache part (`stride`
-   elements apart, n used): 64 columns at a time held in registers while the
-   rows stream past. Each column adds its rows in order, so a range added in
-   pieces gives the same bits as at once. */
-static inline __attribute__((always_inline)) void attn_weighted_sum_typed(float *out, const float *w, const void *v, int type,
-                                                                           size_t stride, int count, int n) {
-    int c0 = 0;
-#if defined(KERNELS_AVX2)
-    for (; c0 + 64 <= n; c0 += 64) {
-        __m256 acc[8];
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_loadu_ps(out + c0 + 8 * i);
+    for (int g = 0; g < n_q; g++)
         for (int j = 0; j < count; j++) {
-            __m256 wj = _mm256_set1_ps(w[j]);
-            const void *vj = kv_at(v, type, (size_t)j * stride + c0);
-            for (int i = 0; i < 8; i++) acc[i] = _mm256_fmadd_ps(wj, kv_load8(vj, type, 8 * i), acc[i]);
+            float *sj = s + g * s_stride + j;
+            *sj = score_finish(0, q + g * q_stride, kv_at(k, type, (size_t)j * k_stride), type, 0, n, add ? *sj : 0, scale);
         }
-        for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + c0 + 8 * i, acc[i]);
-    }
-    for (; c0 + 8 <= n; c0 += 8) {
-        __m256 acc = _mm256_loadu_ps(out + c0);
-        for (int j = 0; j < count; j++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), kv_load8(v, type, (size_t)j * stride + c0), acc);
-        _mm256_storeu_ps(out + c0, acc);
-    }
 #endif
-    for (int c = c0; c < n; c++) {
-        float acc = out[c];
-        for (int j = 0; j < count; j++) acc = fmaf(w[j], kv_value(v, type, (size_t)j * stride + c), acc);
-        out[c] = acc;
+}
+
+static void attn_scores(const float *q, size_t q_stride, int n_q, const void *k, int type, size_t k_stride, int count, int n,
+                        float scale, int add, float *s, size_t s_stride) {
+    if (type == TYPE_F16) attn_scores_typed(q, q_stride, n_q, k, TYPE_F16, k_stride, count, n, scale, add, s, s_stride);
+    else attn_scores_typed(q, q_stride, n_q, k, TYPE_F32, k_stride, count, n, scale, add, s, s_stride);
+}
+
+#if defined(KERNELS_AVX2)
+/* H heads' output columns [c0, c0 + 8C) += their weights times count value
+   rows (constants H, C after inlining; H * C <= 8 accumulators). */
+static inline __attribute__((always_inline)) void wsum_block(float *out, size_t o_stride, int H, const float *w, size_t w_stride,
+                                                              const void *v, int type, size_t v_stride, int count, int C, int c0) {
+    __m256 acc[4][8];
+    for (int h = 0; h < H; h++)
+        for (int u = 0; u < C; u++) acc[h][u] = _mm256_loadu_ps(out + h * o_stride + c0 + 8 * u);
+    for (int j = 0; j < count; j++) {
+        __m256 vv[8];
+        for (int u = 0; u < C; u++) vv[u] = kv_load8(v, type, (size_t)j * v_stride + c0 + 8 * u);
+        for (int h = 0; h < H; h++) {
+            __m256 wj = _mm256_set1_ps(w[h * w_stride + j]);
+            for (int u = 0; u < C; u++) acc[h][u] = _mm256_fmadd_ps(wj, vv[u], acc[h][u]);
+        }
+    }
+    for (int h = 0; h < H; h++)
+        for (int u = 0; u < C; u++) _mm256_storeu_ps(out + h * o_stride + c0 + 8 * u, acc[h][u]);
+}
+
+/* All n columns for H heads: blocks of 64 / H columns, then eight at a time. */
+static inline __attribute__((always_inline)) int wsum_heads(float *out, size_t o_stride, int H, const float *w, size_t w_stride,
+                                                             const void *v, int type, size_t v_stride, int count, int n) {
+    int c0 = 0, C = 8 / H;
+    for (; c0 + 8 * C <= n; c0 += 8 * C) wsum_block(out, o_stride, H, w, w_stride, v, type, v_stride, count, C, c0);
+    for (; c0 + 8 <= n; c0 += 8) wsum_block(out, o_stride, H, w, w_stride, v, type, v_stride, count, 1, c0);
+    return c0;
+}
+#endif
+
+/* out_g += sum over j of w_g[j] * v_j for the n_q heads (outputs o_stride
+   apart, weights w_stride apart) and count value rows v_j (v_stride elements
+   apart, n used). Each column adds its rows in order with fused multiply-adds
+   whatever the block. */
+static inline __attribute__((always_inline)) void attn_weighted_sum_typed(float *out, size_t o_stride, int n_q, const float *w,
+                                                                           size_t w_stride, const void *v, int type,
+                                                                           size_t v_stride, int count, int n) {
+    for (int g = 0; g < n_q;) {
+        int H = 1, c0 = 0;
+#if defined(KERNELS_AVX2)
+        H = n_q - g >= 4 ? 4 : n_q - g >= 2 ? 2 : 1;
+        if (H == 4) c0 = wsum_heads(out, o_stride, 4, w, w_stride, v, type, v_stride, count, n);
+        else if (H == 2) c0 = wsum_heads(out, o_stride, 2, w, w_stride, v, type, v_stride, count, n);
+        else c0 = wsum_heads(out, o_stride, 1, w, w_stride, v, type, v_stride, count, n);
+#endif
+        for (int h = 0; h < H; h++)
+            for (int col = c0; col < n; col++) {
+                float acc = out[h * o_stride + col];
+                for (int j = 0; j < count; j++) acc = fmaf(w[h * w_stride + j], kv_value(v, type, (size_t)j * v_stride + col), acc);
+                out[h * o_stride + col] = acc;
+            }
+        g += H, out += H * o_stride, w += H * w_stride;
     }
 }
 
-static void attn_weighted_sum(float *out, const float *w, const void *v, int type, size_t stride, int count, int n) {
-    if (type == TYPE_F16) attn_weighted_sum_typed(out, w, v, TYPE_F16, stride, count, n);
-    else attn_weighted_sum_typed(out, w, v, TYPE_F32, stride, count, n);
+static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float *w, size_t w_stride, const void *v, int type,
+                              size_t v_stride, int count, int n) {
+    if (type == TYPE_F16) attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_F16, v_stride, count, n);
+    else attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_F32, v_stride, count, n);
 }
 
 typedef struct {
@@ -1458,12 +1544,52 @@ static int first_near_key(const AttentionJob *job, int p) {
     return from > 0 ? from : 0;
 }
 
-/* One (token, head) pair per work item: scores against the sequence's cached
-   keys up to the token's own position, softmax, weighted sum of values. */
-/* Keys are read a tile at a time for all the query heads that share them,
-   so each tile comes from memory once per KV head, not once per query head. */
-#define ATTN_TILE 64
+/* Positions are visited ATTN_TILE at a time, at multiples of ATTN_TILE
+   whatever the batch, so a token's numbers do not depend on its batch:
+   scores of the tile, one online-softmax step, its weighted values. A
+   thread's scratch holds one tile of scores and the running max and sum per
+   query head, whatever the context length. */
 
+/* Asks for count cache rows (stride elements apart, n used) ahead of their
+   use: the prefetcher does not follow a head's rows, strided among the
+   other heads', soon enough. */
+static void prefetch_rows(const void *base, int type, size_t stride, int count, int n) {
+    for (int j = 0; j < count; j++) {
+        const char *row = kv_at(base, type, (size_t)j * stride);
+        for (size_t b = 0; b < (size_t)n * kv_elem(type); b += 64) __builtin_prefetch(row + b);
+    }
+}
+
+typedef struct {
+    float *scores;             /* [n_q][ATTN_TILE] */
+    float *max, *sum;          /* [n_q] */
+    int n_q;
+} AttnTiles;
+
+static AttnTiles attn_tiles(Context *c, int ith, int n_q) {
+    float *base = c->scores + (size_t)ith * c->scores_stride;
+    AttnTiles a = {base, base + (size_t)n_q * ATTN_TILE, base + (size_t)n_q * (ATTN_TILE + 1), n_q};
+    for (int g = 0; g < n_q; g++) a.max[g] = -INFINITY, a.sum[g] = 0;
+    return a;
+}
+
+/* The tile [j0, j0 + count) of scores is in a->scores: softmax step and its
+   values (count rows from v) into the heads' outputs (o_stride apart, n). */
+static void attn_tile_values(AttnTiles *a, float *out, size_t o_stride, const void *v, int type, size_t v_stride, int count, int n) {
+    for (int g = 0; g < a->n_q; g++)
+        softmax_tile(a->scores + (size_t)g * ATTN_TILE, count, &a->max[g], &a->sum[g], out + (size_t)g * o_stride, n);
+    attn_weighted_sum(out, o_stride, a->n_q, a->scores, ATTN_TILE, v, type, v_stride, count, n);
+}
+
+static void attn_tiles_finish(const AttnTiles *a, float *out, size_t o_stride, int n) {
+    for (int g = 0; g < a->n_q; g++) {
+        float inv = 1.0f / a->sum[g];
+        for (int i = 0; i < n; i++) out[(size_t)g * o_stride + i] *= inv;
+    }
+}
+
+/* One (token, KV head) pair per work item: its group of query heads against
+   the sequence's cached keys and values up to the token's own position. */
 static void attention_task(void *arg, int ith, int nth) {
     const AttentionJob *job = arg;
     Context *c = job->c;
@@ -1471,7 +1597,6 @@ static void attention_task(void *arg, int ith, int nth) {
     int hd = cfg->head_dim, vd = cfg->v_head_dim, group = cfg->n_heads / cfg->n_kv_heads;
     size_t kv_stride = (size_t)cfg->n_kv_heads * hd, v_stride = (size_t)cfg->n_kv_heads * vd, q_dim = (size_t)cfg->n_heads * hd;
     float scale = c->attn_scale;
-    float *att = c->scores + (size_t)ith * c->scores_stride; /* [group][ctx_len] */
     int64_t lo, hi;
     split_range((int64_t)job->n * cfg->n_kv_heads, ith, nth, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
@@ -1484,23 +1609,21 @@ static void attention_task(void *arg, int ith, int nth) {
         const void *vc = kv_at(s->v, kt, (size_t)job->layer * s->capacity * v_stride + (size_t)kvh * vd);
         const float *q = c->q + (size_t)t * q_dim + (size_t)kvh * group * hd;
         const float *qf = near_from > 0 ? c->q_far + (size_t)t * q_dim + (size_t)kvh * group * hd : NULL;
-        for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
-            int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
-            for (int g = 0; g < group; g++) { /* keys before near_from: the far query on the far copy */
-                float *a = att + (size_t)g * c->ctx_len;
-                if (m > j0) attn_scores(qf + (size_t)g * hd, kv_at(kf, kt, (size_t)j0 * kv_stride), kt, kv_stride, m - j0, hd, scale, 0, a + j0);
-                if (j1 > m) attn_scores(q + (size_t)g * hd, kv_at(kc, kt, (size_t)m * kv_stride), kt, kv_stride, j1 - m, hd, scale, 0, a + m);
-            }
-        }
         float *out = c->xb + (size_t)t * cfg->n_heads * vd + (size_t)kvh * group * vd;
-        for (int g = 0; g < group; g++) softmax(att + (size_t)g * c->ctx_len, p + 1);
+        AttnTiles a = attn_tiles(c, ith, group);
         memset(out, 0, (size_t)group * vd * sizeof(float));
         for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
-            int cnt = j0 + ATTN_TILE <= p + 1 ? ATTN_TILE : p + 1 - j0;
-            for (int g = 0; g < group; g++)
-                attn_weighted_sum(out + (size_t)g * vd, att + (size_t)g * c->ctx_len + j0, kv_at(vc, kt, (size_t)j0 * v_stride), kt,
-                                  v_stride, cnt, vd);
+            int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
+            prefetch_rows(kv_at(vc, kt, (size_t)j0 * v_stride), kt, v_stride, j1 - j0, vd); /* in flight during the scores */
+            if (j1 + ATTN_TILE <= p + 1) prefetch_rows(kv_at(kc, kt, (size_t)j1 * kv_stride), kt, kv_stride, ATTN_TILE, hd);
+            if (m > j0) /* keys before near_from: the far query on the far copy */
+                attn_scores(qf, hd, group, kv_at(kf, kt, (size_t)j0 * kv_stride), kt, kv_stride, m - j0, hd, scale, 0, a.scores, ATTN_TILE);
+            if (j1 > m)
+                attn_scores(q, hd, group, kv_at(kc, kt, (size_t)m * kv_stride), kt, kv_stride, j1 - m, hd, scale, 0, a.scores + (m - j0),
+                            ATTN_TILE);
+            attn_tile_values(&a, out, vd, kv_at(vc, kt, (size_t)j0 * v_stride), kt, v_stride, j1 - j0, vd);
         }
+        attn_tiles_finish(&a, out, vd, vd);
     }
 }
 
@@ -1516,7 +1639,6 @@ static void attention_mla_task(void *arg, int ith, int nth) {
     const Layer *L = &c->model->layers[job->layer];
     int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim;
-    float *att = c->scores + (size_t)ith * c->scores_stride;
     float *q_abs = c->mla_work + (size_t)ith * (2 * row - dr), *o_lat = q_abs + row;
     BlockQ8A *xq = c->mla_q8 + (size_t)ith * ((dn > lat ? dn : lat) / QK + 1);
     int64_t lo, hi;
@@ -1528,20 +1650,23 @@ static void attention_mla_task(void *arg, int ith, int nth) {
         if (type_is_quantized(L->wk_b.type)) quantize_row_q8a(q, xq, dn);
         for (int i = 0; i < lat; i++) q_abs[i] = row_dot(&L->wk_b, h * lat + i, q, xq);
         memcpy(q_abs + lat, q + dn, (size_t)dr * sizeof(float));
-        int kt = s->kv_type;
+        int kt = s->kv_type, near_from = first_near_key(job, p);
         const void *kc = kv_at(s->k, kt, (size_t)job->layer * s->capacity * row);
-        int near_from = first_near_key(job, p);
-        if (near_from > 0) { /* distant keys: the latent part as it is, the rotary part from the far copy */
-            const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
-            const void *kf = kv_at(s->k_far, kt, (size_t)job->layer * s->capacity * dr);
-            attn_scores(q_abs, kc, kt, row, near_from, lat, 1.0f, 0, att);
-            attn_scores(qf, kf, kt, (size_t)dr, near_from, dr, c->attn_scale, 1, att);
-        }
-        attn_scores(q_abs, kv_at(kc, kt, (size_t)near_from * row), kt, row, p + 1 - near_from, (int)row, c->attn_scale, 0,
-                    att + near_from);
-        softmax(att, p + 1);
+        const void *kf = near_from > 0 ? kv_at(s->k_far, kt, (size_t)job->layer * s->capacity * dr) : NULL;
+        const float *qf = near_from > 0 ? c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn : NULL;
+        AttnTiles a = attn_tiles(c, ith, 1);
         memset(o_lat, 0, (size_t)lat * sizeof(float));
-        attn_weighted_sum(o_lat, att, kc, kt, row, p + 1, lat);
+        for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
+            int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
+            if (m > j0) { /* distant keys: the latent part as it is, the rotary part from the far copy */
+                attn_scores(q_abs, 0, 1, kv_at(kc, kt, (size_t)j0 * row), kt, row, m - j0, lat, 1.0f, 0, a.scores, 0);
+                attn_scores(qf, 0, 1, kv_at(kf, kt, (size_t)j0 * dr), kt, (size_t)dr, m - j0, dr, c->attn_scale, 1, a.scores, 0);
+            }
+            if (j1 > m)
+                attn_scores(q_abs, 0, 1, kv_at(kc, kt, (size_t)m * row), kt, row, j1 - m, (int)row, c->attn_scale, 0, a.scores + (m - j0), 0);
+            attn_tile_values(&a, o_lat, 0, kv_at(kc, kt, (size_t)j0 * row), kt, row, j1 - j0, lat);
+        }
+        attn_tiles_finish(&a, o_lat, 0, lat);
         if (type_is_quantized(L->wkv_b.type)) quantize_row_q8a(o_lat, xq, lat);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
         for (int i = 0; i < dv; i++) out[i] = row_dot(&L->wkv_b, h * (dn + dv) + dn + i, o_lat, xq);
@@ -1559,29 +1684,31 @@ static void attention_mla_expanded_task(void *arg, int ith, int nth) {
     const ModelConfig *cfg = &c->model->cfg;
     int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim, kv_row = (size_t)cfg->n_heads * (dn + dv);
-    float *att = c->scores + (size_t)ith * c->scores_stride;
     int64_t lo, hi;
     split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
         int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), p = c->pos[t];
         const Sequence *s = job->seqs[t];
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim;
-        int kt = s->kv_type;
+        int kt = s->kv_type, near_from = first_near_key(job, p);
         const void *kc = kv_at(s->k, kt, (size_t)job->layer * s->capacity * row);
+        const void *kf = near_from > 0 ? kv_at(s->k_far, kt, (size_t)job->layer * s->capacity * dr) : NULL;
         const float *kv = c->mla_kv + (size_t)h * (dn + dv);
-        int near_from = first_near_key(job, p);
-        attn_scores(q, kv, TYPE_F32, kv_row, p + 1, dn, 1.0f, 0, att); /* the expanded keys' nope part */
-        if (near_from > 0) {
-            const float *qf = c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn;
-            attn_scores(qf, kv_at(s->k_far, kt, (size_t)job->layer * s->capacity * dr), kt, (size_t)dr, near_from, dr,
-                        c->attn_scale, 1, att);
-        }
-        attn_scores(q + dn, kv_at(kc, kt, (size_t)near_from * row + lat), kt, row, p + 1 - near_from, dr, c->attn_scale, 1,
-                    att + near_from);
-        softmax(att, p + 1);
+        const float *qf = near_from > 0 ? c->q_far + (size_t)t * q_dim + (size_t)h * cfg->head_dim + dn : NULL;
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
+        AttnTiles a = attn_tiles(c, ith, 1);
         memset(out, 0, (size_t)dv * sizeof(float));
-        attn_weighted_sum(out, att, kv + dn, TYPE_F32, kv_row, p + 1, dv);
+        for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
+            int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
+            attn_scores(q, 0, 1, kv + (size_t)j0 * kv_row, TYPE_F32, kv_row, j1 - j0, dn, 1.0f, 0, a.scores, 0); /* nope part */
+            if (m > j0)
+                attn_scores(qf, 0, 1, kv_at(kf, kt, (size_t)j0 * dr), kt, (size_t)dr, m - j0, dr, c->attn_scale, 1, a.scores, 0);
+            if (j1 > m)
+                attn_scores(q + dn, 0, 1, kv_at(kc, kt, (size_t)m * row + lat), kt, row, j1 - m, dr, c->attn_scale, 1,
+                            a.scores + (m - j0), 0);
+            attn_tile_values(&a, out, 0, kv + (size_t)j0 * kv_row + dn, TYPE_F32, kv_row, j1 - j0, dv);
+        }
+        attn_tiles_finish(&a, out, 0, dv);
     }
 }
 
