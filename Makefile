@@ -2,6 +2,7 @@
 #        make test       -> the whole test suite (last line: N passed, N failed)
 #        make sanitize   -> the test suite on ASan + UBSan builds (build/sanitize)
 #        make PORTABLE=1 -> no -march=native (scalar kernels unless CFLAGS adds SIMD flags)
+#        make BLIS=1     -> f32 prefill through BLIS (opt-in; rebuild with `make clean` first)
 CC ?= cc
 OPT ?= -O3
 ifeq ($(PORTABLE),1)
@@ -12,6 +13,12 @@ endif
 CFLAGS ?= $(OPT) $(ARCH)
 CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-function
 LDLIBS += -lm -lpthread
+# make BLIS=1: f32 matrices against batches of 16+ tokens go through BLIS
+# (Debian: libblis-dev). Opt-in; see README "Benchmarks" for what it gains.
+ifeq ($(BLIS),1)
+CFLAGS += -DMODEL_BLIS
+LDLIBS += -lblis
+endif
 
 ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h unicode_tables.h
 

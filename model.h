@@ -383,6 +383,9 @@ int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tok
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(MODEL_BLIS)
+#include <blis.h> /* make BLIS=1: f32 prefill through bli_sgemm */
+#endif
 
 static int seterr(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
@@ -1089,6 +1092,9 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     int64_t kv_in = max64((int64_t)cfg->n_kv_heads * cfg->head_dim, (int64_t)kv_key_width(cfg));
     size_t B = (size_t)max_batch, half = (size_t)(cfg->rope_dim / 2);
     c->pool = pool_new(n_threads);
+#if defined(MODEL_BLIS)
+    bli_thread_set_num_threads(1); /* each pool thread makes its own single-threaded calls */
+#endif
     c->rope_cos = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
     c->rope_sin = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
     c->x = malloc(B * cfg->dim * sizeof(float));
@@ -1178,6 +1184,7 @@ static inline float row_dot(const Matrix *w, int r, const float *x, const BlockQ
 }
 
 #define MATMUL_TILE 16 /* rows kept hot in cache while the batch streams past */
+#define MODEL_BLIS_MIN_TOKENS 16 /* make BLIS=1: smaller batches stay on gemm_float */
 
 static void matmul_task(void *arg, int ith, int nth) {
     const MatmulJob *job = arg;
@@ -1205,6 +1212,20 @@ static void matmul_task(void *arg, int ith, int nth) {
                 }
                 continue;
             }
+#if defined(MODEL_BLIS)
+            /* The thread's rows of an f32 matrix against a batch of at least
+               MODEL_BLIS_MIN_TOKENS, in one BLIS call: out^T = W x^T. BLIS
+               sums in its own order, so such a batch's numbers differ in the
+               last bits from decoding the same tokens one at a time. */
+            if (w->type == TYPE_F32 && job->n >= MODEL_BLIS_MIN_TOKENS) {
+                int64_t last = hi < end ? hi : end;
+                float one = 1.0f, zero = 0.0f;
+                bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, job->n, last - r0, w->cols, &one, (float *)job->in, job->cols, 1,
+                          (float *)w->data + (size_t)(r0 - first) * w->cols, 1, w->cols, &zero,
+                          job->outs[o].out + (r0 - first), w->rows, 1);
+                break;
+            }
+#endif
             if (!type_is_quantized(w->type)) { /* the tile of rows against the whole batch, register-blocked */
                 gemm_float((const uint8_t *)w->data + (size_t)(r0 - first) * w->row_bytes, w->type, w->row_bytes, (int)(r1 - r0),
                            job->in, (size_t)job->cols, job->n, w->cols, job->outs[o].out + (r0 - first), (size_t)w->rows);
