@@ -450,6 +450,94 @@ static int build_mla_model(Model *m, int q_lora) {
     return 0;
 }
 
+/* A random llama-shaped model (f32, 2 layers, dim 96) with the given heads. */
+static int build_gqa_model(Model *m, int n_heads, int n_kv_heads) {
+    memset(m, 0, sizeof *m);
+    ModelConfig *c = &m->cfg;
+    int dim = 96, hd = dim / n_heads, kv = n_kv_heads * hd, hidden = 64, V = 512;
+    *c = (ModelConfig){.arch = ARCH_LLAMA, .dim = dim, .n_layers = 2, .n_heads = n_heads, .n_kv_heads = n_kv_heads,
+                       .head_dim = hd, .v_head_dim = hd, .hidden_dim = hidden, .vocab_size = V, .max_seq_len = 256,
+                       .norm_eps = 1e-5f, .rope_theta = 10000, .rope_dim = hd};
+    struct { char name[64]; int rows, cols; float scale, base; } t[32];
+    int n = 0;
+#define T(r, cl, sc, b, ...) (snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__), t[n].rows = r, t[n].cols = cl, t[n].scale = sc, t[n++].base = b)
+    T(V, dim, 2, 0, "tok_embeddings"); T(V, dim, 0.5f, 0, "output"); T(0, dim, 0.2f, 1, "norm");
+    for (int l = 0; l < 2; l++) {
+        T(0, dim, 0.2f, 1, "layers.%d.attention_norm", l); T(0, dim, 0.2f, 1, "layers.%d.ffn_norm", l);
+        T(dim, dim, 0.6f, 0, "layers.%d.attention.wq", l); T(kv, dim, 0.6f, 0, "layers.%d.attention.wk", l);
+        T(kv, dim, 0.4f, 0, "layers.%d.attention.wv", l); T(dim, dim, 0.3f, 0, "layers.%d.attention.wo", l);
+        T(hidden, dim, 0.3f, 0, "layers.%d.feed_forward.w1", l); T(dim, hidden, 0.3f, 0, "layers.%d.feed_forward.w2", l);
+        T(hidden, dim, 0.3f, 0, "layers.%d.feed_forward.w3", l);
+    }
+#undef T
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (size_t)(t[i].rows ? t[i].rows : 1) * t[i].cols;
+    float *data = malloc(total * sizeof(float)), *p = data;
+    m->owned = data;
+    uint32_t state = 777u + (uint32_t)n_heads * 31u + (uint32_t)n_kv_heads;
+    int cap = 0;
+    for (int i = 0; i < n; i++) {
+        size_t count = (size_t)(t[i].rows ? t[i].rows : 1) * t[i].cols;
+        for (size_t k = 0; k < count; k++) p[k] = t[i].base + rand_weight(&state, t[i].scale);
+        if (add_tensor(m, &cap, t[i].name, TYPE_F32, t[i].rows, t[i].cols, p)) return -1;
+        p += count;
+    }
+    char err[256];
+    if (model_bind(m, err, sizeof err)) {
+        CHECK(0, "the random %d/%d-head model binds: %s", n_heads, n_kv_heads, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Attention over several 64-position tiles with groups of 3 and 8 query
+   heads per KV head (head sizes 8 and 12: SIMD blocks of 4, 2 and 1 heads,
+   and a tail of 4 elements), fed in uneven batches on 2 threads, against
+   the naive reference one token at a time. */
+static void test_gqa_tiles(void) {
+    const int shapes[][2] = {{12, 4}, {8, 1}};
+    enum { LEN = 150 };
+    for (int k = 0; k < 2; k++) {
+        Model m;
+        if (build_gqa_model(&m, shapes[k][0], shapes[k][1])) continue;
+        int V = m.cfg.vocab_size, tokens[LEN];
+        uint32_t state = 99;
+        for (int i = 0; i < LEN; i++) tokens[i] = (int)((rand_weight(&state, 1) + 0.5f) * (V - 1));
+        char err[256];
+        Context *c = context_new(&m, LEN, 64, 64, 2, NULL, err, sizeof err);
+        Sequence s;
+        RefModel r;
+        if (!c || sequence_init(&s, c, LEN, err, sizeof err)) {
+            CHECK(0, "GQA %d/%d context: %s", shapes[k][0], shapes[k][1], err);
+            model_free(&m);
+            continue;
+        }
+        c->kv_type = TYPE_F32;
+        ref_init(&r, &m, LEN);
+        float *ref = malloc((size_t)V * sizeof(float));
+        Sequence *seqs[64];
+        uint8_t want[64];
+        for (int i = 0; i < 64; i++) seqs[i] = &s, want[i] = 1;
+        double worst = 0;
+        for (int t = 0, step = 37; t < LEN; t += step) { /* batches that straddle the tiles */
+            int nb = LEN - t < step ? LEN - t : step;
+            model_forward(c, seqs, tokens + t, nb, want);
+            for (int i = 0; i < nb; i++) {
+                ref_forward(&r, LEN, tokens[t + i], t + i, ref);
+                double e = rel_error(c->logits + (size_t)i * V, ref, V);
+                if (e > worst) worst = e;
+            }
+        }
+        CHECK(worst < 1e-5, "GQA, %d query heads on %d KV heads, head size %d: 150 positions (3 attention tiles) in batches of 37 "
+              "match the naive reference (rel %.2g)", shapes[k][0], shapes[k][1], m.cfg.head_dim, worst);
+        free(ref);
+        ref_free(&r);
+        sequence_free(&s);
+        context_free(c);
+        model_free(&m);
+    }
+}
+
 /* An f16 KV cache: logits within f16 rounding of the f32 cache's, and the
    bit-for-bit invariants hold within it (batching, threads, ReRoPE). */
 static void test_kv_f16(const Model *m, const char *what) {
@@ -1009,6 +1097,7 @@ int main(int argc, char **argv) {
     CHECK(e < 1e-5, "stories260K forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", e);
     test_batching_and_threads(&m);
     test_kv_f16(&m, "stories260K");
+    test_gqa_tiles();
     test_positions(&m);
     test_rope_scaling(&m);
     test_mla(0);
