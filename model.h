@@ -199,7 +199,7 @@ typedef struct {
 } Positions;
 
 /* One sequence's KV cache. Layout: k[layer][position][kv_head][head_dim] and
-   v[layer][position][kv_head][v_head_dim], f32 or f16 (kv_type, the
+   v[layer][position][kv_head][v_head_dim], f32, f16 or q8_0 (kv_type, the
    context's when the sequence was made), allocated for `capacity`
    positions; keys are stored rotated by their position. Under ReRoPE and
    Leaky ReRoPE a second key copy k_far (same layout) holds what distant
@@ -217,7 +217,7 @@ typedef struct {
     int n_past;
     int capacity;
     int rope_len;
-    int kv_type;               /* TYPE_F32 or TYPE_F16 */
+    int kv_type;               /* TYPE_F32, TYPE_F16 or TYPE_Q8_0 */
     void *k, *v;
     void *k_far;               /* NULL unless the context rectifies positions */
 } Sequence;
@@ -225,8 +225,8 @@ typedef struct {
 typedef struct {
     const Model *model;
     int ctx_len;               /* longest sequence this context serves */
-    int kv_type;               /* the KV caches of sequences made for it: TYPE_F32 (context_new's default) or
-                                  TYPE_F16 (set before making them) */
+    int kv_type;               /* the KV caches of sequences made for it: TYPE_F32 (context_new's default),
+                                  TYPE_F16 or TYPE_Q8_0 (set before making them) */
     int max_batch;             /* most tokens in one forward call */
     int max_logits;            /* most logit rows one call returns */
     ThreadPool *pool;
@@ -421,13 +421,20 @@ size_t model_kv_bytes_per_token(const Model *m) {
     return (size_t)c->n_layers * (kv_key_width(c) + kv_value_width(c)) * sizeof(float);
 }
 
-/* Bytes of one cached value. */
 #define ATTN_TILE 64 /* attention's positions per tile (the attention tasks) */
 
-static size_t kv_elem(int type) { return type == TYPE_F16 ? 2 : 4; }
+/* Element `index` of a cache part: f32, f16 or q8_0 (whose indices are at
+   block starts: every width and head offset is a multiple of 32, which
+   kv_type_fits checks). */
+static void *kv_at(const void *base, int type, size_t index) { return (uint8_t *)base + type_row_bytes(type, (int64_t)index); }
 
-/* Element `index` of a cache part. */
-static void *kv_at(const void *base, int type, size_t index) { return (uint8_t *)base + index * kv_elem(type); }
+/* Whether a q8_0 cache can hold this model's rows: each head's keys and
+   values (MLA: the latent and the rotary key) start and end on blocks. */
+static int kv_type_fits(const ModelConfig *c, int type) {
+    if (type != TYPE_Q8_0) return type == TYPE_F32 || type == TYPE_F16;
+    if (c->attn_kind == ATTN_MLA) return c->kv_lora_rank % QK == 0 && c->qk_rope_head_dim % QK == 0;
+    return c->head_dim % QK == 0 && c->v_head_dim % QK == 0;
+}
 
 /* Whether layer l routes to experts (DeepSeek: after the first k dense
    layers, every moe_layer_freq-th). */
@@ -942,18 +949,22 @@ static int rectified(const Positions *p) { return p->scheme == POS_REROPE || p->
 size_t context_kv_bytes_per_token(const Context *ctx) {
     const ModelConfig *c = &ctx->model->cfg;
     size_t w = kv_key_width(c) + kv_value_width(c) + (rectified(&ctx->positions) ? kv_far_width(c) : 0);
-    return (size_t)c->n_layers * w * kv_elem(ctx->kv_type);
+    return (size_t)c->n_layers * type_row_bytes(ctx->kv_type, (int64_t)w);
 }
 
 int sequence_init(Sequence *s, const Context *ctx, int capacity, char *err, size_t errlen) {
     const ModelConfig *c = &ctx->model->cfg;
     memset(s, 0, sizeof *s);
     if (capacity <= 0) return seterr(err, errlen, "context length must be positive");
-    size_t positions = (size_t)capacity * c->n_layers, vw = kv_value_width(c), elem = kv_elem(ctx->kv_type);
-    s->kv_type = ctx->kv_type;
-    s->k = calloc(positions * kv_key_width(c), elem);
-    s->v = vw ? calloc(positions * vw, elem) : NULL;
-    if (rectified(&ctx->positions)) s->k_far = calloc(positions * kv_far_width(c), elem);
+    int kt = ctx->kv_type;
+    if (!kv_type_fits(c, kt))
+        return seterr(err, errlen, "a %s KV cache needs head sizes that are multiples of %d (this model's: %d)", type_name(kt), QK,
+                      c->attn_kind == ATTN_MLA ? c->qk_rope_head_dim : c->head_dim);
+    size_t positions = (size_t)capacity * c->n_layers, vw = kv_value_width(c);
+    s->kv_type = kt;
+    s->k = calloc(positions, type_row_bytes(kt, (int64_t)kv_key_width(c)));
+    s->v = vw ? calloc(positions, type_row_bytes(kt, (int64_t)vw)) : NULL;
+    if (rectified(&ctx->positions)) s->k_far = calloc(positions, type_row_bytes(kt, (int64_t)kv_far_width(c)));
     if (!s->k || (vw && !s->v) || (rectified(&ctx->positions) && !s->k_far)) {
         sequence_free(s);
         return seterr(err, errlen, "out of memory for a %d-token KV cache (%zu bytes)", capacity,
@@ -1404,11 +1415,20 @@ static void softmax(float *x, int n) {
 #if defined(KERNELS_AVX2)
 static inline __m256 kv_load8(const void *row, int type, size_t i) {
     if (type == TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    if (type == TYPE_Q8_0) { /* eight of a block's int8s, times its scale */
+        const BlockQ8_0 *b = (const BlockQ8_0 *)row + i / QK;
+        __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + i % QK))));
+        return _mm256_mul_ps(q, _mm256_set1_ps(f16_to_f32(b->d)));
+    }
     return _mm256_loadu_ps((const float *)row + i);
 }
 #endif
 
 static inline float kv_value(const void *row, int type, size_t i) {
+    if (type == TYPE_Q8_0) {
+        const BlockQ8_0 *b = (const BlockQ8_0 *)row + i / QK;
+        return f16_to_f32(b->d) * b->qs[i % QK];
+    }
     return type == TYPE_F16 ? f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
@@ -1486,6 +1506,7 @@ static inline __attribute__((always_inline)) void attn_scores_typed(const float 
 static void attn_scores(const float *q, size_t q_stride, int n_q, const void *k, int type, size_t k_stride, int count, int n,
                         float scale, int add, float *s, size_t s_stride) {
     if (type == TYPE_F16) attn_scores_typed(q, q_stride, n_q, k, TYPE_F16, k_stride, count, n, scale, add, s, s_stride);
+    else if (type == TYPE_Q8_0) attn_scores_typed(q, q_stride, n_q, k, TYPE_Q8_0, k_stride, count, n, scale, add, s, s_stride);
     else attn_scores_typed(q, q_stride, n_q, k, TYPE_F32, k_stride, count, n, scale, add, s, s_stride);
 }
 
@@ -1547,6 +1568,7 @@ static inline __attribute__((always_inline)) void attn_weighted_sum_typed(float 
 static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float *w, size_t w_stride, const void *v, int type,
                               size_t v_stride, int count, int n) {
     if (type == TYPE_F16) attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_F16, v_stride, count, n);
+    else if (type == TYPE_Q8_0) attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_Q8_0, v_stride, count, n);
     else attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_F32, v_stride, count, n);
 }
 
@@ -1577,7 +1599,7 @@ static int first_near_key(const AttentionJob *job, int p) {
 static void prefetch_rows(const void *base, int type, size_t stride, int count, int n) {
     for (int j = 0; j < count; j++) {
         const char *row = kv_at(base, type, (size_t)j * stride);
-        for (size_t b = 0; b < (size_t)n * kv_elem(type); b += 64) __builtin_prefetch(row + b);
+        for (size_t b = 0; b < type_row_bytes(type, n); b += 64) __builtin_prefetch(row + b);
     }
 }
 
@@ -2007,10 +2029,10 @@ typedef struct {
 
 static int kv_parts(const Sequence *s, const Model *m, KvPart parts[3]) {
     int n = 0;
-    size_t elem = kv_elem(s->kv_type);
-    parts[n++] = (KvPart){s->k, kv_key_width(&m->cfg) * elem};
-    if (s->v) parts[n++] = (KvPart){s->v, kv_value_width(&m->cfg) * elem};
-    if (s->k_far) parts[n++] = (KvPart){s->k_far, kv_far_width(&m->cfg) * elem};
+    int kt = s->kv_type;
+    parts[n++] = (KvPart){s->k, type_row_bytes(kt, (int64_t)kv_key_width(&m->cfg))};
+    if (s->v) parts[n++] = (KvPart){s->v, type_row_bytes(kt, (int64_t)kv_value_width(&m->cfg))};
+    if (s->k_far) parts[n++] = (KvPart){s->k_far, type_row_bytes(kt, (int64_t)kv_far_width(&m->cfg))};
     return n;
 }
 

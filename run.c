@@ -87,7 +87,7 @@ static void usage(void) {
             "  --ppl            score the prompt: mean negative log-likelihood per token\n"
             "  --verbose        print the model's shape and memory use on stderr\n"
             "  --no-repack      use quantized matrices as stored, not interleaved for the eight-row kernels\n"
-            "  --kv T           KV cache type: f16 or f32 (default f16)\n"
+            "  --kv T           KV cache type: f16, f32 or q8_0 (default f16; q8_0 needs head sizes in 32s)\n"
             "  --pos P          positions for rotary layers: rope, nope, rerope, leaky\n"
             "  --window W       rerope/leaky window (default: a quarter of the trained context)\n"
             "  --leaky-k K      leaky slope divisor (default 16)\n"
@@ -235,7 +235,8 @@ static Options parse_options(int argc, char **argv) {
             const char *t = VALUE();
             if (!strcmp(t, "f16")) o.kv_type = TYPE_F16;
             else if (!strcmp(t, "f32")) o.kv_type = TYPE_F32;
-            else die("unknown --kv '%s' (f16 or f32)", t);
+            else if (!strcmp(t, "q8_0")) o.kv_type = TYPE_Q8_0;
+            else die("unknown --kv '%s' (f16, f32 or q8_0)", t);
         }
         else if (!strcmp(a, "--chat")) o.chat = 1;
         else if (!strcmp(a, "--system")) o.system = VALUE();
@@ -520,8 +521,10 @@ static int feed(Engine *e, const int *tokens, int n, const uint8_t *want) {
 
 static void print_verbose(const Engine *e, const Options *o) {
     const ModelConfig *c = &e->model.cfg;
-    size_t elem = e->ctx->kv_type == TYPE_F16 ? 2 : 4, kv_token = model_kv_bytes_per_token(&e->model) / 4 * elem;
-    const char *kt = type_name(e->ctx->kv_type);
+    int kv = e->ctx->kv_type;
+    size_t kv_token = (size_t)c->n_layers * type_row_bytes(kv, (int64_t)(kv_key_width(c) + kv_value_width(c)));
+    double elem = type_row_bytes(kv, QK) / (double)QK; /* bytes per cached number: q8_0 keeps a scale per 32 */
+    const char *kt = type_name(kv);
     fprintf(stderr, "model: dim %d, %d layers, %d heads (%d KV heads, head dim %d), hidden %d, vocab %d, trained context %d\n",
             c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->hidden_dim, c->vocab_size, c->max_seq_len);
     fprintf(stderr, "weights: %.2f MiB mapped (%s)", e->model.map_bytes / 1048576.0, type_name(e->model.tok_emb.type));
@@ -530,18 +533,18 @@ static void print_verbose(const Engine *e, const Options *o) {
     fputc('\n', stderr);
     if (c->attn_kind == ATTN_MLA) {
         size_t mha = (size_t)c->n_layers * c->n_heads * (c->head_dim + c->v_head_dim) * sizeof(float);
-        fprintf(stderr, "kv cache: %zu bytes per token (%s latent attention: %d layers x (latent %d + rotary key %d) x %zu bytes; "
-                "keys and values per head would take %zu), %.2f MiB for %d tokens\n", kv_token, kt, c->n_layers,
+        fprintf(stderr, "kv cache: %zu bytes per token (%s latent attention: %d layers x (latent %d + rotary key %d) x %.4g bytes; "
+                "keys and values per head would take %.0f), %.2f MiB for %d tokens\n", kv_token, kt, c->n_layers,
                 c->kv_lora_rank, c->qk_rope_head_dim, elem, mha / 4 * elem, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
     } else {
-        fprintf(stderr, "kv cache: %zu bytes per token (%s k and v: %d layers x %d KV heads x (%d + %d) dims x %zu bytes), %.2f MiB for %d tokens\n",
+        fprintf(stderr, "kv cache: %zu bytes per token (%s k and v: %d layers x %d KV heads x (%d + %d) dims x %.4g bytes), %.2f MiB for %d tokens\n",
                 kv_token, kt, c->n_layers, c->n_kv_heads, c->head_dim, c->v_head_dim, elem, (double)kv_token * e->ctx_len / 1048576.0, e->ctx_len);
     }
     if (c->ffn_kind == FFN_MOE)
         fprintf(stderr, "experts: %d routed (%d per token), %d shared, hidden %d; dense layers before %d\n", c->n_experts,
                 c->n_experts_used, c->n_shared_experts, c->moe_hidden_dim, c->first_k_dense);
     if (e->ctx->positions.scheme == POS_REROPE || e->ctx->positions.scheme == POS_LEAKY) {
-        size_t far = (size_t)c->n_layers * kv_far_width(c) * elem;
+        size_t far = (size_t)c->n_layers * type_row_bytes(kv, (int64_t)kv_far_width(c));
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }

@@ -4,6 +4,8 @@
 For every model folder in tests/fixtures/hf (made by tests/oracle/make_hf_fixtures.py):
 export it to f32 and q8_0, then check `--tokenize` id for id and `--ppl --json`
 mean NLL (within 1e-4 relative for f32, 1% for q8_0) on each reference text,
+and the f32 export's with a q8_0 KV cache on the first text (1%; refused with
+one error line where the cached rows are not in blocks of 32),
 with the reference's run_args (e.g. a --ctx past a short trained length).
 Where the reference has greedy continuations (transformers generating one
 token at a time through its cache), the f32 export's `-t 0 --json` ids must
@@ -51,6 +53,20 @@ for name in models:
             check(rel <= tol, f"{name} {text['file']} {quant}: --ppl mean NLL {got:.6f} vs transformers float64 "
                   f"{text['mean_nll']:.6f} (rel {rel:.1e}, limit {tol:g})")
     hf_cfg = json.load(open(os.path.join(folder, "config.json")))
+    if "kv_lora_rank" in hf_cfg:  # what a q8_0 cache blocks by 32: each head's rows, or the latent and rotary key
+        widths = (hf_cfg["kv_lora_rank"], hf_cfg["qk_rope_head_dim"])
+    else:
+        widths = (hf_cfg.get("head_dim") or hf_cfg["hidden_size"] // hf_cfg["num_attention_heads"],)
+    for text in ref["texts"][:1] if files["f32"] else []:
+        rc, out, err = run(files["f32"], "-f", os.path.join(folder, text["file"]), "--ppl", "--json", "--kv", "q8_0", *args)
+        if all(w % 32 == 0 for w in widths):
+            got = json.loads(out)["mean_nll"] if rc == 0 else float("nan")
+            rel = abs(got - text["mean_nll"]) / text["mean_nll"]
+            check(rel <= 1e-2, f"{name} {text['file']} f32 weights, --kv q8_0: --ppl mean NLL {got:.6f} vs transformers "
+                  f"float64 {text['mean_nll']:.6f} (rel {rel:.1e}, limit 1%)")
+        else:
+            check(rc == 1 and out == "" and len(err.strip().splitlines()) == 1 and "multiples of 32" in err,
+                  f"{name}: --kv q8_0 with cached rows of {widths} numbers (not in 32s): one error line, status 1: {err.strip()}")
     if "kv_lora_rank" in hf_cfg and files["f32"]:  # latent attention: the cache is the compressed one, exactly
         for kv, size in (("f16", 2), ("f32", 4)):
             rc, out, err = run(files["f32"], "-p", "a", "-n", "1", "--verbose", "--kv", kv)
