@@ -50,8 +50,43 @@ sanitize:
 	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/$$t tests/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
 	@BIN=$(SAN) sh tests/run_tests.sh
 
+# Cross builds, statically linked, in build/cross/T (T = aarch64, armhf or
+# riscv64; Debian's gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf,
+# gcc-riscv64-linux-gnu). Beside each program, a script of its name runs it
+# under qemu-user, so `make test-cross` runs the whole suite on each target
+# through BIN=build/cross/T.
+CROSS_TARGETS = aarch64 armhf riscv64
+CROSS_CC_aarch64 = aarch64-linux-gnu-gcc
+CROSS_CC_armhf = arm-linux-gnueabihf-gcc
+CROSS_CC_riscv64 = riscv64-linux-gnu-gcc
+CROSS_ARCH_aarch64 = -march=armv8.2-a+dotprod
+CROSS_ARCH_armhf = -march=armv7-a -mfpu=neon -mfloat-abi=hard
+CROSS_ARCH_riscv64 = -march=rv64gc
+CROSS_QEMU_aarch64 = qemu-aarch64 -cpu max
+CROSS_QEMU_armhf = qemu-arm -cpu max
+CROSS_QEMU_riscv64 = qemu-riscv64
+CROSS_PROGRAMS = run export test_kernels test_json test_tokenizer test_model
+CROSS_OPT = -O2 # Debian's aarch64 gcc 12 crashes vectorizing test_kernels.c at -O3
+
+cross-%: $(ENGINE) run.c export.c tests/*.c
+	@mkdir -p build/cross/$*
+	@for p in $(CROSS_PROGRAMS); do \
+	    src=$$p.c; case $$p in test_*) src=tests/$$p.c;; esac; \
+	    echo "$(CROSS_CC_$*) ... -o build/cross/$*/$$p.bin"; \
+	    $(CROSS_CC_$*) $(CROSS_OPT) $(CROSS_ARCH_$*) -static -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra \
+	        -Wno-unused-function -o build/cross/$*/$$p.bin $$src tokenizer.c -lm -lpthread || exit 1; \
+	    printf '#!/bin/sh\nexec $(CROSS_QEMU_$*) "$$0.bin" "$$@"\n' > build/cross/$*/$$p; chmod +x build/cross/$*/$$p; \
+	done
+
+test-cross: $(addprefix cross-,$(CROSS_TARGETS))
+	@for t in $(CROSS_TARGETS); do echo "== $$t (qemu-user)"; \
+	    BIN=build/cross/$$t TEST_TMP=build/cross/$$t.tmp sh tests/run_tests.sh > build/cross/$$t.log 2>&1; \
+	    grep -E '^FAIL' build/cross/$$t.log; echo "$$t: $$(tail -n 1 build/cross/$$t.log)"; done
+	@for t in $(CROSS_TARGETS); do tail -n 1 build/cross/$$t.log; done | \
+	    awk '{ p += $$1; f += $$3 } END { print p " passed, " f " failed"; exit f > 0 }'
+
 clean:
 	rm -f run export
 	rm -rf tests/bin tests/tmp build
 
-.PHONY: all test sanitize clean
+.PHONY: all test sanitize test-cross clean

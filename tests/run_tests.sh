@@ -9,7 +9,8 @@ BIN=${BIN:-.}
 TESTBIN=$BIN
 [ "$BIN" = . ] && TESTBIN=tests/bin
 export EXPORT="$BIN/export"
-TMP=tests/tmp
+TMP=${TEST_TMP:-tests/tmp} # its own folder lets several runs go at once (make test-cross)
+export TEST_TMP=$TMP
 mkdir -p $TMP
 passed=0
 failed=0

@@ -16,6 +16,7 @@
 #include "../json.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <locale.h>
 #include <math.h>
 #include <stdarg.h>
@@ -883,15 +884,15 @@ static void test_truncation_and_corruption(void)
     /* Random inputs over JSON's alphabet: a crude fuzzer, deterministic. */
     {
         static const char alphabet[] = "{}[]\",:\\/ \n0123456789-+.eEtruefalsnbfu\xC3\xA9\xED\xF0\x9F\x80";
-        unsigned long x = 12345;
+        uint64_t x = 12345; /* 64 bits on every target: the LCG below needs them */
         char buf[64];
         bad = 0;
         size_t ok = 0;
         for (int iter = 0; iter < 200000; iter++) {
-            x = x * 6364136223846793005UL + 1442695040888963407UL;
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
             size_t len = (x >> 33) % sizeof buf;
             for (size_t i = 0; i < len; i++) {
-                x = x * 6364136223846793005UL + 1442695040888963407UL;
+                x = x * 6364136223846793005ULL + 1442695040888963407ULL;
                 buf[i] = alphabet[(x >> 33) % (sizeof alphabet - 1)];
             }
             rc = parse_n(&doc, buf, len);

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 static char path_v0[4096], path_v1[4096], path_tok[4096];
+static const char *tmp_dir = "tests/tmp"; /* $TEST_TMP when set: runs side by side keep apart */
 
 /* ---------------------------------------------------------------------------
  * Naive reference forward: one token at a time, plain loops, f32, weights
@@ -772,7 +773,8 @@ static void test_llama2c_versions(const Model *v0) {
           "versions 0 and 1 hold the same config and weights");
     model_free(&v1);
 
-    const char *p2 = "tests/tmp/stories260K_v2.bin";
+    char p2[4096];
+    snprintf(p2, sizeof p2, "%s/stories260K_v2.bin", tmp_dir);
     Model v2;
     rc = write_v2(v0, p2, 64) || model_load(&v2, p2, err, sizeof err);
     CHECK(rc == 0, "llama2.c version 2 (int8, groups of 64) file loads %s", rc ? err : "");
@@ -796,11 +798,11 @@ static void test_repack(Model *m, const char *type) {
     float *plain = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
     logits_fed(m, NULL, 0, 0, plain);
     CHECK(model_repack(m, 0) == 0 && !m->layers[0].wq.interleaved, "%s: model_repack copies nothing beyond its limit", type);
-    long long got = model_repack(m, (size_t)1 << 40);
+    long long got = model_repack(m, SIZE_MAX);
     const Layer *L = &m->layers[0];
     CHECK(got > 0 && L->wq.interleaved && L->wk.interleaved && L->wo.interleaved && m->output.interleaved &&
           !L->w1.interleaved && !L->w2.interleaved && !m->tok_emb.interleaved && m->output.data != m->tok_emb.data &&
-          model_repack(m, (size_t)1 << 40) == 0,
+          model_repack(m, SIZE_MAX) == 0,
           "%s: model_repack interleaves q/k/v/o and a copy of the tied classifier (%lld bytes), not gate/up (172 rows, not "
           "in eights), the f16 down matrix or the embeddings, and only once", type, got);
     logits_fed(m, NULL, 0, 0, a);
@@ -834,7 +836,7 @@ static void test_export(const Model *v0) {
     const double fwd_tol[] = {1e-5, 1e-5, 1e-5, 1e-5, 1e-5};
     char cmd[16384], out[4096], err[512];
     for (int i = 0; i < 5; i++) {
-        snprintf(out, sizeof out, "tests/tmp/stories260K_%s.bin", types[i]);
+        snprintf(out, sizeof out, "%s/stories260K_%s.bin", tmp_dir, types[i]);
         const char *exporter = getenv("EXPORT") ? getenv("EXPORT") : "./export";
         snprintf(cmd, sizeof cmd, "'%s' '%s' '%s' --tokenizer '%s' --quant %s 2>/dev/null", exporter, path_v0, out, path_tok, types[i]);
         int rc = system(cmd);
@@ -1096,7 +1098,8 @@ static void test_nbce_rows(const Model *m) {
 int main(int argc, char **argv) {
     const char *assets = assets_dir(argc, argv);
     if (!assets) return check_summary();
-    mkdir("tests/tmp", 0755);
+    if (getenv("TEST_TMP")) tmp_dir = getenv("TEST_TMP");
+    mkdir(tmp_dir, 0755);
     snprintf(path_v0, sizeof path_v0, "%s/llama2c/stories260K.bin", assets);
     snprintf(path_v1, sizeof path_v1, "%s/llama2c/stories260K_v1.bin", assets);
     snprintf(path_tok, sizeof path_tok, "%s/llama2c/tok512.bin", assets);
