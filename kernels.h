@@ -3,8 +3,9 @@
  *
  * Every kernel has a portable scalar version, which is the reference the
  * tests compare against, and SIMD versions chosen at compile time (AVX2+FMA+F16C,
- * AVX-512 VNNI for the int8 dots, NEON on ARM). SIMD and scalar agree to float
- * rounding; the integer parts of the quantized dots agree exactly.
+ * AVX-512 VNNI for the int8 dots, NEON on AArch64 and on ARMv7 with VFPv4).
+ * SIMD and scalar agree to float rounding; the integer parts of the quantized
+ * dots agree exactly.
  */
 #ifndef KERNELS_H
 #define KERNELS_H
@@ -22,7 +23,14 @@
 #include <immintrin.h>
 #define KERNELS_AVX2 1
 #endif
-#if defined(__ARM_NEON)
+/* NEON: always on AArch64; on 32-bit ARM only with VFPv4's fused
+   multiply-add (-mfpu=neon-vfpv4: Cortex-A7/A15 and later, Raspberry Pi 2
+   on), because the float kernels' chains are fused multiply-adds, like the
+   fmaf of their scalar tails and of gemm_x8_ref. Older ARMv7 NEON
+   (-mfpu=neon) gets the portable kernels. ARMv7's NEON arithmetic flushes
+   subnormal floats to zero, so there the kernels can differ from the scalar
+   reference below 1.2e-38; each output is still computed one way only. */
+#if defined(__ARM_NEON) && defined(__ARM_FEATURE_FMA)
 #include <arm_neon.h>
 #define KERNELS_NEON 1
 #endif
@@ -400,6 +408,61 @@ static inline __attribute__((always_inline)) void dot_quant_avx2(const void *w, 
 }
 #endif
 
+#if defined(KERNELS_NEON)
+/* What the NEON kernels use of AArch64's additions to NEON, written with
+   ARMv7's instructions where those are missing: one kernel serves both, and
+   the two give the same bits (each shim sums in the AArch64 order). */
+
+/* (v0 + v1) + (v2 + v3) */
+static inline float hsum_f32x4(float32x4_t v) {
+#if defined(__aarch64__)
+    return vaddvq_f32(v);
+#else
+    float32x2_t s = vpadd_f32(vget_low_f32(v), vget_high_f32(v));
+    return vget_lane_f32(vpadd_f32(s, s), 0);
+#endif
+}
+
+/* a0 + a1, a2 + a3, b0 + b1, b2 + b3 */
+static inline int32x4_t padd_s32(int32x4_t a, int32x4_t b) {
+#if defined(__aarch64__)
+    return vpaddq_s32(a, b);
+#else
+    return vcombine_s32(vpadd_s32(vget_low_s32(a), vget_high_s32(a)), vpadd_s32(vget_low_s32(b), vget_high_s32(b)));
+#endif
+}
+
+/* The products of the high eight bytes of a and b as int16 (and those added to acc). */
+static inline int16x8_t mull_high_s8(int8x16_t a, int8x16_t b) {
+#if defined(__aarch64__)
+    return vmull_high_s8(a, b);
+#else
+    return vmull_s8(vget_high_s8(a), vget_high_s8(b));
+#endif
+}
+
+static inline int16x8_t mlal_high_s8(int16x8_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__aarch64__)
+    return vmlal_high_s8(acc, a, b);
+#else
+    return vmlal_s8(acc, vget_high_s8(a), vget_high_s8(b));
+#endif
+}
+
+/* Four halves from h, as f32. GCC's 32-bit arm_neon.h declares the
+   conversion only under -mfp16-format=ieee; the instruction itself comes
+   with VFPv4, which KERNELS_NEON requires there. */
+static inline float32x4_t load_f16x4(const uint16_t *h) {
+#if defined(__aarch64__)
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+#else
+    float32x4_t f;
+    __asm__("vcvt.f32.f16 %q0, %P1" : "=w"(f) : "w"(vld1_u16(h)));
+    return f;
+#endif
+}
+#endif
+
 static inline float dot_f32(const float *a, const float *b, int n) {
 #if defined(KERNELS_AVX2)
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
@@ -414,14 +477,14 @@ static inline float dot_f32(const float *a, const float *b, int n) {
     float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
     for (; i < n; i++) s += a[i] * b[i];
     return s;
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
+#elif defined(KERNELS_NEON)
     float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
         s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
     }
-    float s = vaddvq_f32(vaddq_f32(s0, s1));
+    float s = hsum_f32x4(vaddq_f32(s0, s1));
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 #else
@@ -459,17 +522,17 @@ static inline float dot_f32(const float *a, const float *b, int n) {
 #define GEMM_FLOAT_ROWS 4
 #define GEMM_FLOAT_TOKENS 4
 #define GEMM_FLOAT_BLOCK_ROWS(t) ((t) <= 2 ? 8 : 4) /* rows per block against t tokens */
-#elif defined(KERNELS_AVX2)
-/* 3 x 4 accumulators, 3 weight vectors and a token's vector fill the 16
-   ymm registers. */
-#define GEMM_FLOAT_ROWS 3
-#define GEMM_FLOAT_TOKENS 4
-#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) == 1 ? 8 : (t) == 2 ? 4 : 3)
 #elif defined(KERNELS_NEON) && defined(__aarch64__)
 /* 32 q registers: 4 x 4 accumulators, 4 weight vectors, a token's vector. */
 #define GEMM_FLOAT_ROWS 4
 #define GEMM_FLOAT_TOKENS 4
 #define GEMM_FLOAT_BLOCK_ROWS(t) ((t) <= 2 ? 8 : 4)
+#elif defined(KERNELS_AVX2) || defined(KERNELS_NEON)
+/* 3 x 4 accumulators, 3 weight vectors and a token's vector fill the 16
+   registers (AVX2's ymm, ARMv7's q). */
+#define GEMM_FLOAT_ROWS 3
+#define GEMM_FLOAT_TOKENS 4
+#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) == 1 ? 8 : (t) == 2 ? 4 : 3)
 #else
 /* the plain loop: nothing to gain from blocking */
 #define GEMM_FLOAT_ROWS 1
@@ -540,13 +603,12 @@ static inline __attribute__((always_inline)) void gemm_float_block(const void *w
         for (int t = 0; t < n_x; t++)
             out[t * out_stride + r] = float_dot_tail(hsum256(acc[r][t]), (const uint8_t *)w + r * row_bytes, type, x + t * x_stride, i, n);
 }
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
+#elif defined(KERNELS_NEON)
 /* Four weights of an f32, f16 or bf16 row from index i, as f32. */
 static inline float32x4_t weight4(const void *w, int type, int i) {
     if (type == TYPE_F32) return vld1q_f32((const float *)w + i);
-    uint16x4_t h = vld1_u16((const uint16_t *)w + i);
-    if (type == TYPE_F16) return vcvt_f32_f16(vreinterpret_f16_u16(h));
-    return vreinterpretq_f32_u32(vshll_n_u16(h, 16));
+    if (type == TYPE_F16) return load_f16x4((const uint16_t *)w + i);
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)w + i), 16));
 }
 
 /* n_rows x n_x outputs, at most 8 x 4 (and at most 16 of them). */
@@ -567,7 +629,7 @@ static inline __attribute__((always_inline)) void gemm_float_block(const void *w
     }
     for (int r = 0; r < n_rows; r++)
         for (int t = 0; t < n_x; t++)
-            out[t * out_stride + r] = float_dot_tail(vaddvq_f32(acc[r][t]), (const uint8_t *)w + r * row_bytes, type, x + t * x_stride, i, n);
+            out[t * out_stride + r] = float_dot_tail(hsum_f32x4(acc[r][t]), (const uint8_t *)w + r * row_bytes, type, x + t * x_stride, i, n);
 }
 #endif
 
@@ -635,7 +697,7 @@ static inline float dot_float(const void *w, int type, const float *x, int n) {
     return r;
 }
 
-#if defined(KERNELS_NEON) && defined(__aarch64__)
+#if defined(KERNELS_NEON)
 /* One quantized weight row against one activation row, NEON: the block's
    weights as two vectors of 16 signed bytes, multiplied with the dot-product
    instructions where the CPU has them, widening multiplies where not. */
@@ -658,13 +720,13 @@ static inline float dot_quant_neon(const void *w, int type, const BlockQ8A *x, i
 #if defined(__ARM_FEATURE_DOTPROD)
         int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
 #else
-        int16x8_t l0 = vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), h0 = vmull_s8(vget_high_s8(w0), vget_high_s8(x0));
-        int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = vmull_s8(vget_high_s8(w1), vget_high_s8(x1));
+        int16x8_t l0 = vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), h0 = mull_high_s8(w0, x0);
+        int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = mull_high_s8(w1, x1);
         int32x4_t p = vaddq_s32(vaddq_s32(vpaddlq_s16(l0), vpaddlq_s16(h0)), vaddq_s32(vpaddlq_s16(l1), vpaddlq_s16(h1)));
 #endif
-        acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), dw * x[b].d);
+        acc = vfmaq_f32(acc, vcvtq_f32_s32(p), vdupq_n_f32(dw * x[b].d));
     }
-    return vaddvq_f32(acc);
+    return hsum_f32x4(acc);
 }
 #endif
 
@@ -675,7 +737,7 @@ static inline float dot_quant(const void *w, int type, const BlockQ8A *x, int n)
     if (type == TYPE_Q8_0) dot_quant_avx2(w, TYPE_Q8_0, x, 0, 1, n, &r); /* constant types: two specialized copies */
     else dot_quant_avx2(w, TYPE_Q4_0, x, 0, 1, n, &r);
     return r;
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
+#elif defined(KERNELS_NEON)
     return dot_quant_neon(w, type, x, n);
 #else
     return type == TYPE_Q8_0 ? dot_q8_0_ref(w, x, n) : dot_q4_0_ref(w, x, n);
@@ -788,21 +850,29 @@ static inline __attribute__((always_inline)) void gemm_x8_avx2(const void *w, in
 }
 #endif
 
-#if defined(KERNELS_NEON) && defined(__aarch64__)
+#if defined(KERNELS_NEON)
 /* The same operations with NEON: rows 0-3 and 4-7 of a step are one vector
    each, and every four-byte group of a row meets the token's four values of
    that step. With the dot-product extension, one sdot per vector (x's group
    picked by lane); without it, widening multiplies whose int16 products are
-   summed pairwise into int32 (every product of int8 fits int16 exactly). */
+   summed pairwise into int32 (every product of int8 fits int16 exactly).
+   At most GEMM_X8_NEON_TOKENS tokens a call: each token's int32 sums take
+   four q registers, so four tokens fill half of AArch64's 32 but would
+   leave nothing of ARMv7's 16 for the weights (they spill). */
+#if defined(__aarch64__)
+#define GEMM_X8_NEON_TOKENS 4
+#else
+#define GEMM_X8_NEON_TOKENS 2
+#endif
 static inline __attribute__((always_inline)) void gemm_x8_neon(const void *w, int type, const BlockQ8A *x, size_t stride,
                                                                 int n_x, int blocks, float *out) {
-    float32x4_t acc[4][2];
-    for (int k = 0; k < 4; k++) acc[k][0] = acc[k][1] = vdupq_n_f32(0);
+    float32x4_t acc[GEMM_X8_NEON_TOKENS][2];
+    for (int k = 0; k < GEMM_X8_NEON_TOKENS; k++) acc[k][0] = acc[k][1] = vdupq_n_f32(0);
     for (int b = 0; b < blocks; b++) {
-        int32x4_t dot[4][2]; /* token k, rows 0-3 and 4-7 */
+        int32x4_t dot[GEMM_X8_NEON_TOKENS][2]; /* token k, rows 0-3 and 4-7 */
         const uint16_t *d;
 #if defined(__ARM_FEATURE_DOTPROD)
-        int8x16_t xv[4][2]; /* token k's values 0-15 and 16-31 */
+        int8x16_t xv[GEMM_X8_NEON_TOKENS][2]; /* token k's values 0-15 and 16-31 */
         for (int k = 0; k < n_x; k++) {
             const BlockQ8A *xb = x + k * stride + b;
             xv[k][0] = vld1q_s8(xb->qs), xv[k][1] = vld1q_s8(xb->qs + 16);
@@ -841,7 +911,7 @@ static inline __attribute__((always_inline)) void gemm_x8_neon(const void *w, in
 #undef X8_Q4_STEP
         }
 #else
-        int32x4_t pair[4][4]; /* token k, rows 0-1, 2-3, 4-5, 6-7: two partial sums per row */
+        int32x4_t pair[GEMM_X8_NEON_TOKENS][4]; /* token k, rows 0-1, 2-3, 4-5, 6-7: two partial sums per row */
         for (int k = 0; k < n_x; k++)
             for (int j = 0; j < 4; j++) pair[k][j] = vdupq_n_s32(0);
         if (type == TYPE_Q8_0) {
@@ -854,9 +924,9 @@ static inline __attribute__((always_inline)) void gemm_x8_neon(const void *w, in
                     memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
                     int8x16_t xg = vreinterpretq_s8_s32(vdupq_n_s32(x4));
                     pair[k][0] = vpadalq_s16(pair[k][0], vmull_s8(vget_low_s8(w0), vget_low_s8(xg)));
-                    pair[k][1] = vpadalq_s16(pair[k][1], vmull_high_s8(w0, xg));
+                    pair[k][1] = vpadalq_s16(pair[k][1], mull_high_s8(w0, xg));
                     pair[k][2] = vpadalq_s16(pair[k][2], vmull_s8(vget_low_s8(w1), vget_low_s8(xg)));
-                    pair[k][3] = vpadalq_s16(pair[k][3], vmull_high_s8(w1, xg));
+                    pair[k][3] = vpadalq_s16(pair[k][3], mull_high_s8(w1, xg));
                 }
             }
         } else {
@@ -873,22 +943,21 @@ static inline __attribute__((always_inline)) void gemm_x8_neon(const void *w, in
                     memcpy(&xh4, x[k * stride + b].qs + 4 * st + 16, 4);
                     int8x16_t xl = vreinterpretq_s8_s32(vdupq_n_s32(xl4)), xh = vreinterpretq_s8_s32(vdupq_n_s32(xh4));
                     pair[k][0] = vpadalq_s16(pair[k][0], vmlal_s8(vmull_s8(vget_low_s8(l0), vget_low_s8(xl)), vget_low_s8(h0), vget_low_s8(xh)));
-                    pair[k][1] = vpadalq_s16(pair[k][1], vmlal_high_s8(vmull_high_s8(l0, xl), h0, xh));
+                    pair[k][1] = vpadalq_s16(pair[k][1], mlal_high_s8(mull_high_s8(l0, xl), h0, xh));
                     pair[k][2] = vpadalq_s16(pair[k][2], vmlal_s8(vmull_s8(vget_low_s8(l1), vget_low_s8(xl)), vget_low_s8(h1), vget_low_s8(xh)));
-                    pair[k][3] = vpadalq_s16(pair[k][3], vmlal_high_s8(vmull_high_s8(l1, xl), h1, xh));
+                    pair[k][3] = vpadalq_s16(pair[k][3], mlal_high_s8(mull_high_s8(l1, xl), h1, xh));
                 }
             }
         }
         for (int k = 0; k < n_x; k++)
-            dot[k][0] = vpaddq_s32(pair[k][0], pair[k][1]), dot[k][1] = vpaddq_s32(pair[k][2], pair[k][3]);
+            dot[k][0] = padd_s32(pair[k][0], pair[k][1]), dot[k][1] = padd_s32(pair[k][2], pair[k][3]);
 #endif
         if (type == TYPE_Q4_0)
             for (int k = 0; k < n_x; k++) {
                 int32x4_t off = vdupq_n_s32(8 * x[k * stride + b].sum);
                 dot[k][0] = vsubq_s32(dot[k][0], off), dot[k][1] = vsubq_s32(dot[k][1], off);
             }
-        float16x8_t dh = vreinterpretq_f16_u16(vld1q_u16(d));
-        float32x4_t dw0 = vcvt_f32_f16(vget_low_f16(dh)), dw1 = vcvt_high_f32_f16(dh);
+        float32x4_t dw0 = load_f16x4(d), dw1 = load_f16x4(d + 4);
         for (int k = 0; k < n_x; k++) {
             float xd = x[k * stride + b].d;
             acc[k][0] = vfmaq_f32(acc[k][0], vcvtq_f32_s32(dot[k][0]), vmulq_n_f32(dw0, xd));
@@ -911,17 +980,18 @@ static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t st
         else if (n_x == 1) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 1, blocks, out);
         else gemm_x8_avx2(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
     }
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
-    /* constant types and token counts: one token is decoding, four at a time the bulk of a batch */
-    for (int k0 = 0; k0 < n_x; k0 += 4) {
-        int m = n_x - k0 < 4 ? n_x - k0 : 4;
+#elif defined(KERNELS_NEON)
+    /* constant types and token counts: one token is decoding, GEMM_X8_NEON_TOKENS at a time the bulk of a batch */
+    enum { T = GEMM_X8_NEON_TOKENS };
+    for (int k0 = 0; k0 < n_x; k0 += T) {
+        int m = n_x - k0 < T ? n_x - k0 : T;
         const BlockQ8A *xk = x + (size_t)k0 * stride;
         if (type == TYPE_Q8_0) {
-            if (m == 4) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, 4, blocks, out + 8 * k0);
+            if (m == T) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, T, blocks, out + 8 * k0);
             else if (m == 1) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, 1, blocks, out + 8 * k0);
             else gemm_x8_neon(w, TYPE_Q8_0, xk, stride, m, blocks, out + 8 * k0);
         } else {
-            if (m == 4) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, 4, blocks, out + 8 * k0);
+            if (m == T) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, T, blocks, out + 8 * k0);
             else if (m == 1) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, 1, blocks, out + 8 * k0);
             else gemm_x8_neon(w, TYPE_Q4_0, xk, stride, m, blocks, out + 8 * k0);
         }

@@ -201,11 +201,11 @@ static void test_dot_x4(void) {
 
 /* gemm_float, every type and row length (none to several vectors long, with
    and without a remainder): each output is within rounding of the double
-   dot, and every blocking of 7 rows by 9 tokens, at every offset, gives
-   each output the bits of the 1 x 1 call; outputs outside the block are
-   left alone. */
+   dot, and every blocking of 9 rows by 9 tokens, at every offset, gives
+   each output the bits of the 1 x 1 call (9 rows: decoding's blocks of 8
+   run too); outputs outside the block are left alone. */
 static void test_gemm_float(void) {
-    enum { ROWS = 7, TOKENS = 9, MAX_N = 2048, PAD = 3 };
+    enum { ROWS = 9, TOKENS = 9, MAX_N = 2048, PAD = 3 };
     static float w[ROWS][MAX_N], wd[ROWS][MAX_N], x[TOKENS][MAX_N + PAD];
     static uint8_t wq[ROWS * (MAX_N * 4 + 8)];
     const int lengths[] = {1, 3, 7, 8, 13, 16, 100, 172, 2048};
@@ -249,7 +249,7 @@ static void test_gemm_float(void) {
         }
         CHECK(bad_ref == 0, "gemm_float %s: within rounding of the double dot, rows of 1 to 2048 (worst rel %.2g)", type_name(type), worst);
         CHECK(bad_bits == 0 && touched == 0,
-              "gemm_float %s: %d blockings of 7 rows x 9 tokens give every output the 1 x 1 bits (%d differ, %d outside written)",
+              "gemm_float %s: %d blockings of 9 rows x 9 tokens give every output the 1 x 1 bits (%d differ, %d outside written)",
               type_name(type), calls, bad_bits, touched);
     }
 }
@@ -326,6 +326,36 @@ static void test_gemm_x8(void) {
     CHECK(worst < 1e-5, "eight interleaved rows agree with the row-by-row dot products to rounding (worst rel %.2g)", worst);
 }
 
+/* The NEON kernels' shims for AArch64 instructions that ARMv7 lacks, against
+   their definitions, on lanes that all differ (the kernels call some only
+   with repeated lanes, where a mixed-up half would not show). */
+static void test_neon_shims(void) {
+#if defined(KERNELS_NEON)
+    int8_t a[16], b[16];
+    int16_t acc[8], prod[8], sum[8];
+    int32_t p[4], q[4], pq[4];
+    volatile float tiny = 1e-8f; /* not a constant: GCC folds vaddvq_f32 of constants left to right, unlike faddp */
+    float v[4] = {1.0f, tiny, -1.0f, tiny}, f[4];
+    uint16_t h[4] = {0x3c00, 0xc500, 0x0001, 0x7bff}; /* 1, -5, the least subnormal, the largest finite */
+    for (int i = 0; i < 16; i++) a[i] = (int8_t)(i * 17 - 128), b[i] = (int8_t)(100 - i * 13);
+    for (int i = 0; i < 8; i++) acc[i] = (int16_t)(i * 1000 - 3000);
+    for (int i = 0; i < 4; i++) p[i] = i * 7 - 100000, q[i] = 1000000 * (i + 1) + i;
+    int ok = 1;
+    vst1q_s16(prod, mull_high_s8(vld1q_s8(a), vld1q_s8(b)));
+    vst1q_s16(sum, mlal_high_s8(vld1q_s16(acc), vld1q_s8(a), vld1q_s8(b)));
+    for (int i = 0; i < 8; i++) ok &= prod[i] == a[8 + i] * b[8 + i] && sum[i] == acc[i] + a[8 + i] * b[8 + i];
+    vst1q_s32(pq, padd_s32(vld1q_s32(p), vld1q_s32(q)));
+    ok &= pq[0] == p[0] + p[1] && pq[1] == p[2] + p[3] && pq[2] == q[0] + q[1] && pq[3] == q[2] + q[3];
+    float s = hsum_f32x4(vld1q_f32(v)), want = (v[0] + v[1]) + (v[2] + v[3]); /* 0 in that order, 1e-8 left to right */
+    ok &= !memcmp(&s, &want, sizeof s);
+    vst1q_f32(f, load_f16x4(h));
+    for (int i = 0; i < 4; i++) ok &= f[i] == f16_to_f32_soft(h[i]);
+    CHECK(ok, "NEON shims: widening products, pairwise sums, the horizontal sum's order, four halves to f32");
+#elif defined(__arm__) || defined(__aarch64__)
+    printf("SKIP NEON kernels not compiled (32-bit ARM needs NEON with VFPv4: -mfpu=neon-vfpv4)\n");
+#endif
+}
+
 /* The softmax's exp: within 2 ulp of the true value over its range, 0 below it. */
 static void test_softmax_exp(void) {
 #if defined(KERNELS_AVX2)
@@ -355,6 +385,7 @@ static void test_softmax_exp(void) {
 }
 
 int main(void) {
+    test_neon_shims();
     test_softmax_exp();
     test_quantize_q8a();
     test_gemm_x8();
