@@ -3,6 +3,8 @@
 #        make sanitize   -> the test suite on ASan + UBSan builds (build/sanitize)
 #        make PORTABLE=1 -> no -march=native (scalar kernels unless CFLAGS adds SIMD flags)
 #        make BLIS=1     -> f32 prefill through BLIS (opt-in; rebuild with `make clean` first)
+#        make examples   -> examples/generate and examples/nbce_qa (model.h in another program)
+#        make static     -> build/static/run and build/static/export, statically linked
 CC ?= cc
 OPT ?= -O3
 ifeq ($(PORTABLE),1)
@@ -30,13 +32,28 @@ run: run.c $(ENGINE)
 export: export.c $(ENGINE)
 	$(CC) $(CFLAGS) -o $@ export.c tokenizer.c $(LDLIBS)
 
-tests/bin/%: tests/%.c $(ENGINE)
+# test_model counts allocations: every allocation call goes through its wrappers.
+ALLOC_WRAP = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
+WRAP_test_model = $(ALLOC_WRAP)
+tests/bin/%: tests/%.c tests/check.h $(ENGINE)
 	@mkdir -p tests/bin
+	$(CC) $(CFLAGS) $(WRAP_$*) -o $@ $< tokenizer.c $(LDLIBS)
+
+# Programs that embed the engine: model.h and tokenizer.c, nothing else.
+EXAMPLES = examples/generate examples/nbce_qa
+examples: $(EXAMPLES)
+examples/%: examples/%.c $(ENGINE)
 	$(CC) $(CFLAGS) -o $@ $< tokenizer.c $(LDLIBS)
+
+# Statically linked, for copying to a machine without a matching libc.
+static: run.c export.c $(ENGINE)
+	@mkdir -p build/static
+	$(CC) $(CFLAGS) -static -o build/static/run run.c tokenizer.c $(LDLIBS)
+	$(CC) $(CFLAGS) -static -o build/static/export export.c tokenizer.c $(LDLIBS)
 
 TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model
 
-test: all $(TEST_BINS)
+test: all $(TEST_BINS) $(EXAMPLES)
 	@sh tests/run_tests.sh
 
 # The same suite on binaries built with AddressSanitizer and UBSan, in build/sanitize.
@@ -46,8 +63,10 @@ sanitize:
 	@mkdir -p $(SAN)
 	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/run run.c tokenizer.c $(LDLIBS)
 	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/export export.c tokenizer.c $(LDLIBS)
+	for t in generate nbce_qa; do \
+	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/$$t examples/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
 	for t in test_kernels test_json test_tokenizer test_model; do \
-	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/$$t tests/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
+	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $$([ $$t = test_model ] && echo "$(ALLOC_WRAP)") -o $(SAN)/$$t tests/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
 	@BIN=$(SAN) sh tests/run_tests.sh
 
 # Cross builds, statically linked, in build/cross/T (T = aarch64, armhf or
@@ -60,21 +79,22 @@ CROSS_CC_aarch64 = aarch64-linux-gnu-gcc
 CROSS_CC_armhf = arm-linux-gnueabihf-gcc
 CROSS_CC_riscv64 = riscv64-linux-gnu-gcc
 CROSS_ARCH_aarch64 = -march=armv8.2-a+dotprod
-CROSS_ARCH_armhf = -march=armv7-a -mfpu=neon -mfloat-abi=hard
+CROSS_ARCH_armhf = -march=armv7-a -mfpu=neon-vfpv4 -mfloat-abi=hard # VFPv4 (Cortex-A7 on, Raspberry Pi 2 on): its fused multiply-add turns on the NEON kernels (kernels.h)
 CROSS_ARCH_riscv64 = -march=rv64gc
 CROSS_QEMU_aarch64 = qemu-aarch64 -cpu max
 CROSS_QEMU_armhf = qemu-arm -cpu max
 CROSS_QEMU_riscv64 = qemu-riscv64
-CROSS_PROGRAMS = run export test_kernels test_json test_tokenizer test_model
+CROSS_PROGRAMS = run export generate nbce_qa test_kernels test_json test_tokenizer test_model
 CROSS_OPT = -O2 # Debian's aarch64 gcc 12 crashes vectorizing test_kernels.c at -O3
 
-cross-%: $(ENGINE) run.c export.c tests/*.c
+cross-%: $(ENGINE) run.c export.c tests/*.c tests/check.h examples/*.c
 	@mkdir -p build/cross/$*
 	@for p in $(CROSS_PROGRAMS); do \
-	    src=$$p.c; case $$p in test_*) src=tests/$$p.c;; esac; \
+	    src=$$p.c; wrap=; case $$p in test_*) src=tests/$$p.c;; generate|nbce_qa) src=examples/$$p.c;; esac; \
+	    [ $$p = test_model ] && wrap="$(ALLOC_WRAP)"; \
 	    echo "$(CROSS_CC_$*) ... -o build/cross/$*/$$p.bin"; \
 	    $(CROSS_CC_$*) $(CROSS_OPT) $(CROSS_ARCH_$*) -static -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra \
-	        -Wno-unused-function -o build/cross/$*/$$p.bin $$src tokenizer.c -lm -lpthread || exit 1; \
+	        -Wno-unused-function $$wrap -o build/cross/$*/$$p.bin $$src tokenizer.c -lm -lpthread || exit 1; \
 	    printf '#!/bin/sh\nexec $(CROSS_QEMU_$*) "$$0.bin" "$$@"\n' > build/cross/$*/$$p; chmod +x build/cross/$*/$$p; \
 	done
 
@@ -86,7 +106,7 @@ test-cross: $(addprefix cross-,$(CROSS_TARGETS))
 	    awk '{ p += $$1; f += $$3 } END { print p " passed, " f " failed"; exit f > 0 }'
 
 clean:
-	rm -f run export
+	rm -f run export $(EXAMPLES)
 	rm -rf tests/bin tests/tmp build
 
-.PHONY: all test sanitize test-cross clean
+.PHONY: all examples static test sanitize test-cross clean

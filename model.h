@@ -260,6 +260,8 @@ typedef struct {
     float *router_logits, *route_w, *moe_in, *moe_out;
     int *route_id, *moe_tokens;
     float *logits;             /* [max_logits][vocab] */
+    Sequence **feed_seqs;      /* sequence_feed's batch: [max_batch] copies of one sequence */
+    size_t scratch_bytes;      /* everything above, allocated once by context_new */
     char error[256];
 } Context;
 
@@ -297,6 +299,10 @@ void context_free(Context *c);
    written, in order, to c->logits. Returns the number of logit rows, or -1
    with c->error set. */
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want);
+/* Appends tokens[0 .. n) (a prompt, or one sampled token) to s, running
+   them forward max_batch at a time. Returns the next-token logits after the
+   last one (c->logits, valid until the next call), or NULL with c->error set. */
+const float *sequence_feed(Context *c, Sequence *s, const int *tokens, int n);
 
 /* Copies positions [0, n) of src into dst, two sequences of the same model
    and positions (n <= src->n_past, n <= dst->capacity); dst->n_past = n.
@@ -369,6 +375,31 @@ int nbce_pool(Nbce *nb, float *z);
    not NULL, hears the tokens done after every batch. */
 int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tokens, const int *n_tokens, int n_rows,
               float *z, void (*progress)(void *arg, int done, int total), void *arg);
+
+/* ---------------------------------------------------------------------------
+ * Sampling, as llama2.c does it (xorshift RNG, temperature, top-p) plus
+ * top-k. Temperature 0 is greedy. The same seed gives the same tokens.
+ */
+typedef struct {
+    float prob;
+    int id;
+} SampleCandidate;
+
+typedef struct {
+    int vocab;
+    float temperature;         /* 0: always the most likely token */
+    float top_p;               /* nucleus; 0 or 1 (and above): the whole distribution */
+    int top_k;                 /* 0: no limit */
+    unsigned long long rng;    /* xorshift state, from the seed */
+    float *probs;              /* [vocab] */
+    SampleCandidate *cand;     /* [vocab] tokens that can still be drawn, most likely first */
+} Sampler;
+
+/* Returns 0, or -1 when memory runs out. */
+int sampler_init(Sampler *s, int vocab, float temperature, float top_p, int top_k, unsigned long long seed);
+void sampler_free(Sampler *s);
+/* Draws the next token from logits[vocab]. */
+int sampler_sample(Sampler *s, const float *logits);
 
 /* ===========================================================================
  * Implementation
@@ -443,11 +474,27 @@ static int moe_layer(const ModelConfig *c, int l) {
 }
 
 /* Bytes a tensor of this type and shape takes, or 0 if the shape cannot be
-   stored in that type (rows not a multiple of the group size). */
+   stored in that type (rows not a multiple of the group size) or its size
+   does not fit a size_t (a file's 4-dim shape, or 32 bits). Counted in 64
+   bits from the bytes of one 32-element group: type_row_bytes's size_t
+   would wrap on a 32-bit platform. */
 static size_t tensor_bytes(int type, int ndim, const int64_t *shape) {
-    int64_t rows = 1;
-    for (int i = 0; i < ndim - 1; i++) rows *= shape[i];
-    return (size_t)rows * type_row_bytes(type, shape[ndim - 1]);
+    uint64_t rows = 1, per_group = type_row_bytes(type, QK), cols = (uint64_t)shape[ndim - 1];
+    for (int i = 0; i < ndim - 1; i++) {
+        if (shape[i] <= 0 || rows > UINT64_MAX / (uint64_t)shape[i]) return 0;
+        rows *= (uint64_t)shape[i];
+    }
+    size_t tail = cols % QK ? type_row_bytes(type, (int64_t)(cols % QK)) : 0; /* 0 for a partial q8_0/q4_0 group */
+    if (shape[ndim - 1] <= 0 || !per_group || (cols % QK && !tail) || cols / QK > UINT64_MAX / per_group) return 0;
+    uint64_t row = cols / QK * per_group + tail;
+    return rows > SIZE_MAX / row ? 0 : (size_t)(rows * row);
+}
+
+/* A file size for messages: "5.0 GiB", "300.0 MiB". */
+static const char *size_text(uint64_t bytes, char *buf, size_t len) {
+    if (bytes >= (1ull << 30)) snprintf(buf, len, "%.1f GiB", bytes / 1073741824.0);
+    else snprintf(buf, len, "%.1f MiB", bytes / 1048576.0);
+    return buf;
 }
 
 /* ---------------------------------------------------------------------------
@@ -804,6 +851,11 @@ static int load_llama2c(Model *m, char *err, size_t errlen) {
                       m->map_bytes, (long long)expect);
     float *deq = NULL;
     if (version == 2) {
+        char size[32];
+        if ((uint64_t)total_q > SIZE_MAX / sizeof(float)) /* 32-bit: the f32 copy cannot exist, and its size would wrap */
+            return seterr(err, errlen, "its int8 weights expand to %s of f32, more than this %d-bit system can address "
+                          "(convert it with ./export --quant q8_0 on a 64-bit machine)",
+                          size_text((uint64_t)total_q * sizeof(float), size, sizeof size), (int)sizeof(void *) * 8);
         deq = m->owned = malloc((size_t)total_q * sizeof(float));
         if (!deq) return seterr(err, errlen, "out of memory expanding the int8 checkpoint");
         const int8_t *q = (const int8_t *)(base + pos + (expect - (int64_t)pos - total_q - total_q / group * 4));
@@ -834,19 +886,29 @@ static int load_llama2c(Model *m, char *err, size_t errlen) {
     return model_bind(m, err, errlen);
 }
 
+/* The whole file is mapped, so it must fit the address space: on a 32-bit
+   system (armhf) a file over 4 GiB cannot be mapped at all, and one of 2-4
+   GiB only where that much address space is free in one piece. Those are
+   refused with one line naming the size, never truncated. Offsets and sizes
+   are 64-bit throughout (off_t is, with _FILE_OFFSET_BITS=64), and every
+   offset is checked against the mapped size before it becomes a pointer. */
 int model_load(Model *m, const char *path, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
-    char why[256];
+    char why[256], size[32];
+    const int bits = (int)sizeof(void *) * 8;
     int fd = open(path, O_RDONLY);
+    if (fd < 0 && errno == EOVERFLOW) /* a 32-bit build without _FILE_OFFSET_BITS=64 */
+        return seterr(err, errlen, "model '%s' is over 2 GiB and this build cannot open it (build with -D_FILE_OFFSET_BITS=64)", path);
     if (fd < 0) return seterr(err, errlen, "cannot open model '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
         close(fd);
         return seterr(err, errlen, "model '%s' is not a regular file", path);
     }
-    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+    if (st.st_size < 0 || (uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
         close(fd);
-        return seterr(err, errlen, "model '%s' is larger than this platform can map", path);
+        return seterr(err, errlen, "model '%s' is %s: more than this %d-bit system can map", path,
+                      size_text((uint64_t)st.st_size, size, sizeof size), bits);
     }
     m->map_bytes = (size_t)st.st_size;
     if (m->map_bytes == 0) {
@@ -854,10 +916,18 @@ int model_load(Model *m, const char *path, char *err, size_t errlen) {
         return seterr(err, errlen, "model '%s' is empty", path);
     }
     m->map = mmap(NULL, m->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    int map_errno = errno;
     close(fd);
     if (m->map == MAP_FAILED) {
         m->map = NULL;
-        return seterr(err, errlen, "cannot map model '%s': %s", path, strerror(errno));
+        m->map_bytes = 0;
+        size_text((uint64_t)st.st_size, size, sizeof size);
+        if (map_errno == ENOMEM && bits < 64)
+            return seterr(err, errlen, "model '%s' is %s: more than this %d-bit system can map (no free address range "
+                          "that large)", path, size, bits);
+        if (map_errno == ENOMEM)
+            return seterr(err, errlen, "cannot map model '%s' (%s): out of address space (is `ulimit -v` set?)", path, size);
+        return seterr(err, errlen, "cannot map model '%s' (%s): %s", path, size, strerror(map_errno));
     }
     int rc = m->map_bytes >= 4 && !memcmp(m->map, MODEL_MAGIC, 4) ? load_native(m, why, sizeof why)
                                                                    : load_llama2c(m, why, sizeof why);
@@ -901,7 +971,13 @@ static int do_repack(Model *m, Matrix *w, void *arg) {
     int blocks = w->cols / QK;
     for (int g = 0; g < w->rows / 8; g++)
         repack_x8((const uint8_t *)w->data + (size_t)g * 8 * w->row_bytes, w->type, blocks, out + (size_t)g * 8 * w->row_bytes);
-    (void)m;
+    /* The mapped original is not read again: give its whole pages back, or
+       the matrix would sit in memory twice (the kernel re-reads them from
+       the file should anything touch them). */
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), from = (uintptr_t)w->data, to = from + (size_t)w->rows * w->row_bytes;
+    uintptr_t map = (uintptr_t)m->map;
+    from = (from + page - 1) / page * page, to = to / page * page;
+    if (m->map && from >= map && to <= map + m->map_bytes && to > from) madvise((void *)from, to - from, MADV_DONTNEED);
     w->data = out;
     w->interleaved = 1;
     *at = out + (size_t)w->rows * w->row_bytes;
@@ -909,7 +985,7 @@ static int do_repack(Model *m, Matrix *w, void *arg) {
 }
 
 int model_repack_pays(void) {
-#if defined(KERNELS_AVX2) || (defined(KERNELS_NEON) && defined(__aarch64__))
+#if defined(KERNELS_AVX2) || defined(KERNELS_NEON)
     return 1;
 #else
     return 0; /* the portable eight-row kernel is no faster than the row-by-row ones */
@@ -1063,10 +1139,18 @@ void context_free(Context *c) {
     free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin); free(c->k_far_row);
     free(c->qa); free(c->mla_work); free(c->mla_q8); free(c->mla_kv); free(c->mla_lat);
     free(c->router_logits); free(c->route_w); free(c->route_id); free(c->moe_in); free(c->moe_out); free(c->moe_tokens);
+    free(c->feed_seqs);
     free(c);
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* context_new's allocations, counted so a program can report its memory. */
+static void *context_alloc(Context *c, size_t bytes) {
+    void *p = malloc(bytes);
+    if (p) c->scratch_bytes += bytes;
+    return p;
+}
 
 Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits, int n_threads,
                      const Positions *positions, char *err, size_t errlen) {
@@ -1106,51 +1190,52 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
 #if defined(MODEL_BLIS)
     bli_thread_set_num_threads(1); /* each pool thread makes its own single-threaded calls */
 #endif
-    c->rope_cos = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
-    c->rope_sin = malloc((size_t)ctx_len * (half ? half : 1) * sizeof(float));
-    c->x = malloc(B * cfg->dim * sizeof(float));
-    c->xb = malloc(B * wide * sizeof(float));
-    c->xb2 = malloc(B * cfg->dim * sizeof(float));
-    c->q = malloc(B * q_dim * sizeof(float));
-    c->k = malloc(B * kv_in * sizeof(float));
-    c->v = malloc(B * cfg->n_kv_heads * cfg->v_head_dim * sizeof(float));
-    c->hb = malloc(B * ffn * sizeof(float));
-    c->hb2 = malloc(B * ffn * sizeof(float));
-    c->xq = malloc(B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
-    c->pos = malloc(B * sizeof(int));
-    c->tok_cos = malloc(B * (half ? half : 1) * sizeof(float));
-    c->tok_sin = malloc(B * (half ? half : 1) * sizeof(float));
+    c->rope_cos = context_alloc(c, (size_t)ctx_len * (half ? half : 1) * sizeof(float));
+    c->rope_sin = context_alloc(c, (size_t)ctx_len * (half ? half : 1) * sizeof(float));
+    c->x = context_alloc(c, B * cfg->dim * sizeof(float));
+    c->xb = context_alloc(c, B * wide * sizeof(float));
+    c->xb2 = context_alloc(c, B * cfg->dim * sizeof(float));
+    c->q = context_alloc(c, B * q_dim * sizeof(float));
+    c->k = context_alloc(c, B * kv_in * sizeof(float));
+    c->v = context_alloc(c, B * cfg->n_kv_heads * cfg->v_head_dim * sizeof(float));
+    c->hb = context_alloc(c, B * ffn * sizeof(float));
+    c->hb2 = context_alloc(c, B * ffn * sizeof(float));
+    c->xq = context_alloc(c, B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
+    c->pos = context_alloc(c, B * sizeof(int));
+    c->tok_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
+    c->tok_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
     int n_threads_real = c->pool ? c->pool->n_threads : 1;
     c->scores_stride = (size_t)(ATTN_TILE + 2) * (cfg->attn_kind == ATTN_MLA ? 1 : cfg->n_heads / cfg->n_kv_heads);
-    c->scores = malloc((size_t)n_threads_real * c->scores_stride * sizeof(float));
+    c->scores = context_alloc(c, (size_t)n_threads_real * c->scores_stride * sizeof(float));
     int extra_ok = 1;
     if (cfg->attn_kind == ATTN_MLA) {
         size_t lat = (size_t)cfg->kv_lora_rank, blocks = (size_t)max64(cfg->qk_nope_head_dim, cfg->kv_lora_rank) / QK + 1;
-        if (cfg->q_lora_rank) extra_ok &= !!(c->qa = malloc(B * cfg->q_lora_rank * sizeof(float)));
-        extra_ok &= !!(c->mla_work = malloc((size_t)n_threads_real * (2 * lat + cfg->qk_rope_head_dim) * sizeof(float)));
-        extra_ok &= !!(c->mla_q8 = malloc((size_t)n_threads_real * blocks * sizeof(BlockQ8A)));
+        if (cfg->q_lora_rank) extra_ok &= !!(c->qa = context_alloc(c, B * cfg->q_lora_rank * sizeof(float)));
+        extra_ok &= !!(c->mla_work = context_alloc(c, (size_t)n_threads_real * (2 * lat + cfg->qk_rope_head_dim) * sizeof(float)));
+        extra_ok &= !!(c->mla_q8 = context_alloc(c, (size_t)n_threads_real * blocks * sizeof(BlockQ8A)));
         size_t expanded = (size_t)ctx_len * cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
         if (expanded * sizeof(float) <= ((size_t)1 << 29)) { /* up to 512 MiB; beyond, prefill stays absorbed */
-            extra_ok &= !!(c->mla_kv = malloc(expanded * sizeof(float)));
-            extra_ok &= !!(c->mla_lat = malloc(B * lat * sizeof(float)));
+            extra_ok &= !!(c->mla_kv = context_alloc(c, expanded * sizeof(float)));
+            extra_ok &= !!(c->mla_lat = context_alloc(c, B * lat * sizeof(float)));
         }
     }
     if (cfg->ffn_kind == FFN_MOE) {
-        extra_ok &= !!(c->router_logits = malloc(B * cfg->n_experts * sizeof(float)));
-        extra_ok &= !!(c->route_w = malloc(B * cfg->n_experts_used * sizeof(float)));
-        extra_ok &= !!(c->route_id = malloc(B * cfg->n_experts_used * sizeof(int)));
-        extra_ok &= !!(c->moe_in = malloc(B * cfg->dim * sizeof(float)));
-        extra_ok &= !!(c->moe_out = malloc(B * cfg->dim * sizeof(float)));
-        extra_ok &= !!(c->moe_tokens = malloc(B * sizeof(int)));
+        extra_ok &= !!(c->router_logits = context_alloc(c, B * cfg->n_experts * sizeof(float)));
+        extra_ok &= !!(c->route_w = context_alloc(c, B * cfg->n_experts_used * sizeof(float)));
+        extra_ok &= !!(c->route_id = context_alloc(c, B * cfg->n_experts_used * sizeof(int)));
+        extra_ok &= !!(c->moe_in = context_alloc(c, B * cfg->dim * sizeof(float)));
+        extra_ok &= !!(c->moe_out = context_alloc(c, B * cfg->dim * sizeof(float)));
+        extra_ok &= !!(c->moe_tokens = context_alloc(c, B * sizeof(int)));
     }
-    c->logits = malloc((size_t)max_logits * cfg->vocab_size * sizeof(float));
+    c->logits = context_alloc(c, (size_t)max_logits * cfg->vocab_size * sizeof(float));
+    c->feed_seqs = context_alloc(c, B * sizeof(Sequence *));
     if (rectified(&pos)) {
-        c->q_far = malloc(B * q_dim * sizeof(float));
-        c->far_cos = malloc(B * (half ? half : 1) * sizeof(float));
-        c->far_sin = malloc(B * (half ? half : 1) * sizeof(float));
-        c->kfar_cos = malloc(B * (half ? half : 1) * sizeof(float));
-        c->kfar_sin = malloc(B * (half ? half : 1) * sizeof(float));
-        c->k_far_row = malloc(kv_far_width(cfg) * sizeof(float));
+        c->q_far = context_alloc(c, B * q_dim * sizeof(float));
+        c->far_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
+        c->far_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
+        c->kfar_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
+        c->kfar_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
+        c->k_far_row = context_alloc(c, kv_far_width(cfg) * sizeof(float));
         if (!c->q_far || !c->far_cos || !c->far_sin || !c->kfar_cos || !c->kfar_sin || !c->k_far_row) {
             context_free(c);
             seterr(err, errlen, "out of memory for the run state");
@@ -1158,7 +1243,8 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
         }
     }
     if (!extra_ok || !c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
-        !c->hb || !c->hb2 || !c->xq || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits) {
+        !c->hb || !c->hb2 || !c->xq || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits ||
+        !c->feed_seqs) {
         context_free(c);
         seterr(err, errlen, "out of memory for the run state");
         return NULL;
@@ -2018,6 +2104,15 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
     return n_out;
 }
 
+const float *sequence_feed(Context *c, Sequence *s, const int *tokens, int n) {
+    for (int i = 0; i < c->max_batch; i++) c->feed_seqs[i] = s;
+    for (int done = 0; done < n; done += c->max_batch) {
+        int b = n - done < c->max_batch ? n - done : c->max_batch;
+        if (model_forward(c, c->feed_seqs, tokens + done, b, NULL) < 0) return NULL;
+    }
+    return c->logits;
+}
+
 /* ---------------------------------------------------------------------------
  * Keeping and moving KV caches: positions [0, n) of each of a sequence's
  * parts (keys, values, far keys), layer by layer.
@@ -2297,6 +2392,107 @@ int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tok
     int chosen = nbce_pool(nb, z);
     if (chosen < 0) return seterr(c->error, sizeof c->error, "NBCE needs the unconditional row and at least one context");
     return chosen;
+}
+
+/* ---------------------------------------------------------------------------
+ * Sampling.
+ */
+int sampler_init(Sampler *s, int vocab, float temperature, float top_p, int top_k, unsigned long long seed) {
+    *s = (Sampler){.vocab = vocab, .temperature = temperature, .top_p = top_p, .top_k = top_k, .rng = seed};
+    s->probs = malloc((size_t)vocab * sizeof(float));
+    s->cand = malloc((size_t)vocab * sizeof *s->cand);
+    if (s->probs && s->cand) return 0;
+    sampler_free(s);
+    return -1;
+}
+
+void sampler_free(Sampler *s) {
+    free(s->probs);
+    free(s->cand);
+    s->probs = NULL;
+    s->cand = NULL;
+}
+
+static unsigned int random_u32(unsigned long long *state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (unsigned int)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* Candidate a comes before b: more likely first, the lower id on a tie (a
+   total order, so every platform draws the same token). */
+static int candidate_before(SampleCandidate a, SampleCandidate b) { return a.prob > b.prob || (a.prob == b.prob && a.id < b.id); }
+
+/* Sorts the tokens with p >= cutoff by probability, descending, into
+   s->cand, and returns how many there are. A heap sort: in place, where
+   qsort may allocate on every token. */
+static int sorted_candidates(Sampler *s, float cutoff) {
+    int n = 0;
+    for (int i = 0; i < s->vocab; i++)
+        if (s->probs[i] >= cutoff) s->cand[n++] = (SampleCandidate){s->probs[i], i};
+    SampleCandidate *c = s->cand;
+    for (int end = n, start = n / 2; end > 1;) { /* a heap with the last candidate on top, then taken off */
+        if (start > 0) start--;
+        else { SampleCandidate t = c[0]; c[0] = c[--end]; c[end] = t; }
+        for (int i = start;;) { /* sift down */
+            int child = 2 * i + 1;
+            if (child >= end) break;
+            if (child + 1 < end && candidate_before(c[child], c[child + 1])) child++;
+            if (!candidate_before(c[i], c[child])) break;
+            SampleCandidate t = c[i]; c[i] = c[child]; c[child] = t;
+            i = child;
+        }
+    }
+    return n;
+}
+
+int sampler_sample(Sampler *s, const float *logits) {
+    if (s->temperature == 0) return argmax(logits, s->vocab);
+    for (int i = 0; i < s->vocab; i++) s->probs[i] = logits[i] / s->temperature;
+    softmax(s->probs, s->vocab);
+    if (s->top_k > 0 && s->top_k < s->vocab) { /* keep the k largest: everything below the k-th goes */
+        int n = sorted_candidates(s, 0);
+        float kth = s->cand[s->top_k - 1].prob;
+        for (int i = 0; i < n; i++)
+            if (s->cand[i].prob < kth) s->probs[s->cand[i].id] = 0;
+        float sum = 0;
+        for (int i = 0; i < s->vocab; i++) sum += s->probs[i];
+        for (int i = 0; i < s->vocab; i++) s->probs[i] /= sum;
+    }
+    float coin = random_f32(&s->rng);
+    if (s->top_p <= 0 || s->top_p >= 1) { /* sample from the whole distribution */
+        float cdf = 0;
+        for (int i = 0; i < s->vocab; i++) {
+            cdf += s->probs[i];
+            if (coin < cdf) return i;
+        }
+        return s->vocab - 1;
+    }
+    /* Top-p: tokens below (1 - p) / (n - 1) cannot be in the nucleus, so they
+       are dropped before sorting (llama2.c's shortcut). */
+    int n = sorted_candidates(s, (1.0f - s->top_p) / (s->vocab - 1));
+    float cum = 0;
+    int last = n - 1;
+    for (int i = 0; i < n; i++) {
+        cum += s->cand[i].prob;
+        if (cum > s->top_p) { last = i; break; }
+    }
+    float r = coin * cum, cdf = 0;
+    for (int i = 0; i <= last; i++) {
+        cdf += s->cand[i].prob;
+        if (r < cdf) return s->cand[i].id;
+    }
+    return s->cand[last].id;
 }
 
 #endif /* MODEL_IMPLEMENTATION */

@@ -304,19 +304,52 @@ static Options parse_options(int argc, char **argv) {
 }
 
 /* Bytes the system can still give: MemAvailable, else free pages. */
+/* The first number in a file (a cgroup's limit or usage), or -1. */
+static double number_in_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    unsigned long long v;
+    int ok = f && fscanf(f, "%llu", &v) == 1; /* "max" (no limit) reads as nothing */
+    if (f) fclose(f);
+    return ok ? (double)v : -1;
+}
+
+/* Memory this process may still take: the system's MemAvailable, or less
+   inside a container whose cgroup sets a limit (v2 memory.max, v1
+   memory.limit_in_bytes), where going over means being killed. */
 static double available_memory(void) {
+    double avail = -1;
     FILE *f = fopen("/proc/meminfo", "r");
     char line[256];
     while (f && fgets(line, sizeof line, f)) {
         unsigned long long kb;
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
-            fclose(f);
-            return kb * 1024.0;
-        }
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = kb * 1024.0;
     }
     if (f) fclose(f);
-    long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
-    return pages > 0 && size > 0 ? (double)pages * size : 1e18;
+    if (avail < 0) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && size > 0 ? (double)pages * size : 1e18;
+    }
+    f = fopen("/proc/self/cgroup", "r");
+    while (f && fgets(line, sizeof line, f)) { /* "0::/path" (v2) or "N:memory:/path" (v1) */
+        char *ctrl = strchr(line, ':'), *path = ctrl ? strchr(ctrl + 1, ':') : NULL;
+        if (!path) continue;
+        *path++ = 0;
+        path[strcspn(path, "\n")] = 0;
+        char limit_file[512], usage_file[512];
+        if (!strcmp(ctrl + 1, "")) {
+            snprintf(limit_file, sizeof limit_file, "/sys/fs/cgroup%s/memory.max", path);
+            snprintf(usage_file, sizeof usage_file, "/sys/fs/cgroup%s/memory.current", path);
+        } else if (strstr(ctrl + 1, "memory")) {
+            snprintf(limit_file, sizeof limit_file, "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", path);
+            snprintf(usage_file, sizeof usage_file, "/sys/fs/cgroup/memory%s/memory.usage_in_bytes", path);
+        } else {
+            continue;
+        }
+        double limit = number_in_file(limit_file), used = number_in_file(usage_file);
+        if (limit > 0 && used >= 0 && limit - used < avail) avail = limit > used ? limit - used : 0;
+    }
+    if (f) fclose(f);
+    return avail;
 }
 
 /* Reads a whole file (or stdin for "-") byte for byte; `what` names it in errors. */
@@ -336,95 +369,6 @@ static char *read_file(const char *path, const char *what, size_t *len) {
     if (f != stdin) fclose(f);
     *len = n;
     return buf;
-}
-
-/* ---------------------------------------------------------------------------
- * Sampling, as llama2.c does it: xorshift RNG, temperature, top-p; plus top-k.
- */
-typedef struct {
-    float prob;
-    int id;
-} Candidate;
-
-typedef struct {
-    int vocab;
-    float temperature, top_p;
-    int top_k;
-    unsigned long long rng;
-    float *probs;   /* [vocab] */
-    Candidate *cand; /* [vocab] tokens that can still be drawn, most likely first */
-} Sampler;
-
-static unsigned int random_u32(unsigned long long *state) {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    return (unsigned int)((*state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-static float random_f32(unsigned long long *state) { return (random_u32(state) >> 8) / 16777216.0f; }
-
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
-static int by_prob_desc(const void *a, const void *b) {
-    float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
-    return pa > pb ? -1 : pa < pb;
-}
-
-/* Sorts the tokens with p >= cutoff by probability, descending, into
-   s->cand, and returns how many there are. */
-static int sorted_candidates(Sampler *s, float cutoff) {
-    int n = 0;
-    for (int i = 0; i < s->vocab; i++)
-        if (s->probs[i] >= cutoff) s->cand[n++] = (Candidate){s->probs[i], i};
-    qsort(s->cand, (size_t)n, sizeof *s->cand, by_prob_desc);
-    return n;
-}
-
-static int sample(Sampler *s, const float *logits) {
-    if (s->temperature == 0) return argmax(logits, s->vocab);
-    for (int i = 0; i < s->vocab; i++) s->probs[i] = logits[i] / s->temperature;
-    if (s->top_k > 0 && s->top_k < s->vocab) { /* keep the k largest: everything below the k-th goes */
-        softmax(s->probs, s->vocab);
-        int n = sorted_candidates(s, 0);
-        float kth = s->cand[s->top_k - 1].prob;
-        for (int i = 0; i < n; i++)
-            if (s->cand[i].prob < kth) s->probs[s->cand[i].id] = 0;
-        float sum = 0;
-        for (int i = 0; i < s->vocab; i++) sum += s->probs[i];
-        for (int i = 0; i < s->vocab; i++) s->probs[i] /= sum;
-    } else {
-        softmax(s->probs, s->vocab);
-    }
-    float coin = random_f32(&s->rng);
-    if (s->top_p <= 0 || s->top_p >= 1) { /* sample from the whole distribution */
-        float cdf = 0;
-        for (int i = 0; i < s->vocab; i++) {
-            cdf += s->probs[i];
-            if (coin < cdf) return i;
-        }
-        return s->vocab - 1;
-    }
-    /* Top-p: tokens below (1 - p) / (n - 1) cannot be in the nucleus, so they
-       are dropped before sorting (llama2.c's shortcut). */
-    int n = sorted_candidates(s, (1.0f - s->top_p) / (s->vocab - 1));
-    float cum = 0;
-    int last = n - 1;
-    for (int i = 0; i < n; i++) {
-        cum += s->cand[i].prob;
-        if (cum > s->top_p) { last = i; break; }
-    }
-    float r = coin * cum, cdf = 0;
-    for (int i = 0; i <= last; i++) {
-        cdf += s->cand[i].prob;
-        if (r < cdf) return s->cand[i].id;
-    }
-    return s->cand[last].id;
 }
 
 /* ---------------------------------------------------------------------------
@@ -505,18 +449,11 @@ typedef struct {
     int ctx_len;
 } Engine;
 
-/* Feeds tokens to the sequence in batches; logits of the last one (or of
-   every one, with want_all) end up in the context. Returns logit rows. */
-static int feed(Engine *e, const int *tokens, int n, const uint8_t *want) {
-    Sequence *seqs[512];
-    int batch = e->ctx->max_batch < 512 ? e->ctx->max_batch : 512, rows = 0;
-    for (int i = 0; i < batch; i++) seqs[i] = &e->seq;
-    for (int done = 0; done < n; done += batch) {
-        int b = n - done < batch ? n - done : batch;
-        rows = model_forward(e->ctx, seqs, tokens + done, b, want ? want + done : NULL);
-        if (rows < 0) die("%s", e->ctx->error);
-    }
-    return rows;
+/* Appends tokens to the sequence; returns the logits after the last one. */
+static const float *feed(Engine *e, const int *tokens, int n) {
+    const float *logits = sequence_feed(e->ctx, &e->seq, tokens, n);
+    if (!logits) die("%s", e->ctx->error);
+    return logits;
 }
 
 static void print_verbose(const Engine *e, const Options *o) {
@@ -549,6 +486,14 @@ static void print_verbose(const Engine *e, const Options *o) {
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }
     fprintf(stderr, "threads: %d\n", o->threads);
+    /* The budget. Weights are used from the mapped file, which the kernel
+       reads in as they are used and may drop again, except the matrices
+       repacked into memory (their mapped pages are given back). */
+    double mib = 1048576.0, kv_bytes = e->seq.k ? (double)context_kv_bytes_per_token(e->ctx) * e->seq.capacity : 0;
+    double total = (double)e->model.map_bytes + kv_bytes + e->ctx->scratch_bytes;
+    fprintf(stderr, "memory: %.2f MiB weights (%.2f MiB of them repacked in memory, the rest mapped) + %.2f MiB kv cache%s "
+            "+ %.2f MiB scratch (batches of %d tokens) = %.2f MiB\n", e->model.map_bytes / mib, e->model.repacked_bytes / mib,
+            kv_bytes / mib, e->seq.k ? "" : " (NBCE: per row, below)", e->ctx->scratch_bytes / mib, e->ctx->max_batch, total / mib);
 }
 
 static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
@@ -609,16 +554,8 @@ typedef struct {
     double prefill_tps, decode_tps;
 } Generation;
 
-static void sampler_init(Sampler *s, int vocab, const Options *o) {
-    *s = (Sampler){.vocab = vocab, .temperature = o->temperature, .top_p = o->top_p, .top_k = o->top_k, .rng = o->seed};
-    s->probs = malloc((size_t)vocab * sizeof(float));
-    s->cand = malloc((size_t)vocab * sizeof *s->cand);
-    if (!s->probs || !s->cand) die("out of memory");
-}
-
-static void sampler_free(Sampler *s) {
-    free(s->probs);
-    free(s->cand);
+static void sampler_start(Sampler *s, int vocab, const Options *o) {
+    if (sampler_init(s, vocab, o->temperature, o->top_p, o->top_k, o->seed)) die("out of memory");
 }
 
 /* What generate() samples from and feeds: one sequence, or NBCE's rows.
@@ -646,7 +583,7 @@ static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int 
     if (!g->ids || (o->json && !g->out.text)) die("out of memory");
     double t_first = now_seconds();
     while (g->n_gen < max_new) {
-        int next = sample(s, scores);
+        int next = sampler_sample(s, scores);
         /* llama2.c's models end a story with BOS, so BOS stops generation too */
         if (!o->ignore_eos && (tokenizer_is_eos(tok, next) || next == tokenizer_bos(tok) || next == end_of_turn)) {
             g->stop = next;
@@ -673,8 +610,7 @@ static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int 
 
 static const float *sequence_step(void *self, int token) {
     Engine *e = self;
-    feed(e, &token, 1, NULL);
-    return e->ctx->logits;
+    return feed(e, &token, 1);
 }
 
 /* Feeds the prompt after whatever the sequence already holds, then
@@ -686,7 +622,7 @@ static void generate_sequence(Engine *e, Sampler *s, const int *prompt, int n_pr
     if (o->steps >= 0 && o->steps < max_new) max_new = o->steps;
     double t0 = now_seconds();
     e->seq.rope_len = e->seq.n_past + n_prompt; /* dynamic NTK: the prompt is rotated for its whole length */
-    feed(e, prompt, n_prompt, NULL);
+    feed(e, prompt, n_prompt);
     double t1 = now_seconds();
     generate(e->tokenizer, s, e->ctx->logits, prompt[n_prompt - 1], max_new, (Stepper){sequence_step, e}, end_of_turn,
              skip_space, o, g);
@@ -720,7 +656,7 @@ static void generation_free(Generation *g) {
 static void run_generate(Engine *e, const int *prompt, int n_prompt, const Options *o) {
     Sampler s;
     Generation g;
-    sampler_init(&s, e->model.cfg.vocab_size, o);
+    sampler_start(&s, e->model.cfg.vocab_size, o);
     generate_sequence(e, &s, prompt, n_prompt, -1, 0, o, &g);
     report(&g, n_prompt, NULL, o);
     generation_free(&g);
@@ -1294,7 +1230,7 @@ static void run_chat(Engine *e, const Options *o) {
     if (n > e->ctx_len) die("the chat has %d tokens, more than the context of %d", n, e->ctx_len);
     engine_start(e, o);
     Sampler s;
-    sampler_init(&s, e->model.cfg.vocab_size, o);
+    sampler_start(&s, e->model.cfg.vocab_size, o);
     for (int turn = 1;; turn++) {
         if (o->verbose)
             fprintf(stderr, "chat: turn %d feeds %d new tokens after %d in the cache (%s formatter)\n", turn, n,
@@ -2063,7 +1999,7 @@ static void run_nbce(Engine *e, const Options *o) {
     if (o->cache_dir && mkdir(o->cache_dir, 0777) && errno != EEXIST)
         die("cannot create the cache folder '%s': %s", o->cache_dir, strerror(errno));
     Sampler s;
-    sampler_init(&s, e->model.cfg.vocab_size, o);
+    sampler_start(&s, e->model.cfg.vocab_size, o);
     Row *rows = NULL;
     int n_rows = 0;
     if (o->prompt || o->prompt_file) {
@@ -2107,8 +2043,13 @@ int main(int argc, char **argv) {
     override_rope(&e.model.cfg, &o);
     /* Interleaved copies of the quantized matrices, where that is faster and
        they fit beside everything else; otherwise the mapped file serves. */
-    if (!o.no_repack && !o.tokenize && model_repack_pays() && model_repack(&e.model, (size_t)(available_memory() / 2)) < 0)
-        die("out of memory repacking the model's matrices (--no-repack uses them as stored)");
+    if (!o.no_repack && !o.tokenize && model_repack_pays()) {
+        /* a copy only while it takes at most half of the memory left: a model
+           near or above that runs from the mapped file as it is */
+        double half = available_memory() / 2;
+        if (model_repack(&e.model, half < (double)SIZE_MAX ? (size_t)half : SIZE_MAX) < 0)
+            fprintf(stderr, "warning: no memory to copy the matrices into the faster layout; using them as stored\n");
+    }
     e.tokenizer = e.model.tokenizer;
     if (o.tokenizer_path) {
         e.own_tokenizer = tokenizer_load(o.tokenizer_path, e.model.cfg.vocab_size, err, sizeof err);

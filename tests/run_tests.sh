@@ -7,7 +7,8 @@ ASSETS=${ASSETS:-../shared/assets}
 # BIN: where run, export and the test programs are (make sanitize sets it)
 BIN=${BIN:-.}
 TESTBIN=$BIN
-[ "$BIN" = . ] && TESTBIN=tests/bin
+EXBIN=$BIN # the example programs (make examples)
+[ "$BIN" = . ] && TESTBIN=tests/bin && EXBIN=examples
 export EXPORT="$BIN/export"
 TMP=${TEST_TMP:-tests/tmp} # its own folder lets several runs go at once (make test-cross)
 export TEST_TMP=$TMP
@@ -51,6 +52,8 @@ run_suite check_export_errors python3 tests/check_export_errors.py "$BIN" $TMP
 run_suite check_chat python3 tests/check_chat.py "$BIN" $TMP
 run_suite check_nbce_cli python3 tests/check_nbce_cli.py "$BIN" $TMP
 run_suite check_nbce python3 tests/check_nbce.py "$BIN" $TMP "$ASSETS"
+# Model files over 2 and 4 GiB (sparse), on 64- and 32-bit targets
+run_suite check_large_file python3 tests/check_large_file.py "$BIN" $TMP "$ASSETS"
 
 echo "== command line"
 have_assets=1
@@ -106,6 +109,32 @@ if [ $have_assets -eq 1 ]; then
     check "export notes the f16 fallback for rows of 172" grep -q 'note: 5 matrices have rows that are not a multiple of 32 (e.g. layers.0.feed_forward.w2): stored as f16' $TMP/export_q8_0.err
     $BIN/run $TMP/s_f32.bin -t 0 -n 200 > $TMP/golden_f32.out 2>/dev/null
     check "the exported f32 model (tokenizer inside) prints the expected text" cmp -s $TMP/golden_f32.out $GOLDEN
+    # Small contexts: --ctx N gives the first N tokens of the story, then stops.
+    for n in 1 2 3 7; do
+        $BIN/run $TMP/s_f32.bin -t 0 -n 200 --ctx $n > $TMP/ctx_$n.out 2>/dev/null
+        check "--ctx $n prints the start of the expected text and stops" python3 -c "
+got=open('$TMP/ctx_$n.out',encoding='utf-8').read().rstrip('\\n'); want=open('$GOLDEN',encoding='utf-8').read()
+assert 0 < len(got) < 40 and want.startswith(got), repr(got)"
+    done
+
+    # The example programs (examples/): model.h inside another program.
+    $EXBIN/generate $TMP/s_f32.bin '' 200 > $TMP/example_generate.out 2> $TMP/example_generate.err
+    check "examples/generate prints llama2.c's expected text exactly" cmp -s $TMP/example_generate.out $GOLDEN
+    $EXBIN/generate $TMP/s_q8_0.bin 'Once upon a time' 60 0.8 > $TMP/example_sampled.out 2>/dev/null
+    $BIN/run $TMP/s_q8_0.bin -p 'Once upon a time' -n 60 -t 0.8 --top-p 0.9 -s 42 --kv f32 > $TMP/run_sampled.out 2>/dev/null
+    check "examples/generate samples what ./run samples (same seed, top-p, f32 cache)" cmp -s $TMP/example_sampled.out $TMP/run_sampled.out
+    mkdir -p $TMP/example_docs
+    printf 'Tom had a red ball. He played with it in the park every day.' > $TMP/example_docs/a.txt
+    printf 'Lily had a small cat named Kitty. Kitty liked milk.' > $TMP/example_docs/b.txt
+    printf 'The sun was hot. Ben went to swim in the lake.' > $TMP/example_docs/c.txt
+    $EXBIN/nbce_qa $TMP/s_q8_0.bin 'What did Lily have?' "$(cat $TMP/example_docs/a.txt)" "$(cat $TMP/example_docs/b.txt)" \
+        "$(cat $TMP/example_docs/c.txt)" > $TMP/example_nbce.out 2>/dev/null
+    $BIN/run $TMP/s_q8_0.bin --nbce $TMP/example_docs -p 'What did Lily have?' -t 0 -n 48 --kv f32 > $TMP/run_nbce.out 2>/dev/null
+    check "examples/nbce_qa over documents in memory answers as ./run --nbce over them as files" \
+        sh -c "head -n -1 $TMP/example_nbce.out | cmp -s - $TMP/run_nbce.out"
+    check "examples/nbce_qa names the document chosen most: Lily's" grep -qx 'source: document 2' $TMP/example_nbce.out
+    expect_error "examples/generate on a missing model" $EXBIN/generate $TMP/nope.bin hi
+
     $BIN/run $TMP/s_q8_0.bin -t 0 -n 40 > $TMP/q8.out 2>/dev/null
     check "the q8_0 model still tells the story" grep -q '^Once upon a time, there was a little girl named Lily' $TMP/q8.out
 

@@ -16,6 +16,25 @@
 #include "../model.h"
 #include "check.h"
 
+/* Every malloc, calloc, realloc and posix_memalign of a test program (its
+   engine code, tokenizer.c, and libc itself in static builds) passes
+   through these: test_model is linked with -Wl,--wrap=... (the
+   Makefile's ALLOC_WRAP), so a test can count what a stretch of code
+   allocates. */
+static volatile long check_allocations; /* volatile: the compiler assumes malloc changes no variable of ours */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+int __real_posix_memalign(void **p, size_t align, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+int __wrap_posix_memalign(void **p, size_t align, size_t n);
+void *__wrap_malloc(size_t n) { check_allocations++; return __real_malloc(n); }
+void *__wrap_calloc(size_t n, size_t size) { check_allocations++; return __real_calloc(n, size); }
+void *__wrap_realloc(void *p, size_t n) { check_allocations++; return __real_realloc(p, n); }
+int __wrap_posix_memalign(void **p, size_t align, size_t n) { check_allocations++; return __real_posix_memalign(p, align, n); }
+
 #include <sys/stat.h>
 
 static char path_v0[4096], path_v1[4096], path_tok[4096];
@@ -1042,6 +1061,8 @@ static int argmax_f(const float *v, int n) {
     return best;
 }
 
+static long nbce_step_allocations; /* made by nbce_feed's decode steps, over every nbce_run */
+
 /* Rows of stories260K run together: step by step, the batch split and the
    thread count change nothing; identical contexts behave as one. Returns the
    chosen rows and the last z. */
@@ -1057,16 +1078,61 @@ static void nbce_run(const Model *m, int batch, int threads, const int *const *r
     for (int r = 0; r < n_rows; r++) sequence_init(&seqs[r], c, 64, err, sizeof err), sp[r] = &seqs[r];
     float *z = malloc((size_t)m->cfg.vocab_size * sizeof(float));
     chosen[0] = nbce_feed(&nb, c, sp, rows, lens, n_rows, z, NULL, NULL);
+    long allocations = check_allocations;
     for (int s = 1; s < steps; s++) {
         token = argmax_f(z, m->cfg.vocab_size);
         for (int r = 0; r < n_rows; r++) toks[r] = &token, ones[r] = 1;
         chosen[s] = nbce_feed(&nb, c, sp, toks, ones, n_rows, z, NULL, NULL);
     }
+    nbce_step_allocations += check_allocations - allocations;
     memcpy(z_out, z, (size_t)m->cfg.vocab_size * sizeof(float));
     free(z);
     for (int r = 0; r < n_rows; r++) sequence_free(&seqs[r]);
     nbce_free(&nb);
     context_free(c);
+}
+
+/* The token loop of a program that embeds the engine: sample, decode,
+   feed. After start-up it allocates nothing (DEVELOPERS.md), which the
+   wrapped allocator (tests/check.h) counts. */
+static void test_no_allocation_per_token(const Model *m) {
+    char err[256];
+    Tokenizer *tok = tokenizer_load_llama2c(path_tok, m->cfg.vocab_size, err, sizeof err);
+    Context *c = context_new(m, 256, 64, 1, 2, NULL, err, sizeof err);
+    Sequence seq;
+    Sampler top_p, top_k;
+    if (!tok || !c || sequence_init(&seq, c, 256, err, sizeof err) ||
+        sampler_init(&top_p, m->cfg.vocab_size, 0.9f, 0.9f, 0, 7) || sampler_init(&top_k, m->cfg.vocab_size, 1.0f, 0, 40, 7)) {
+        CHECK(0, "allocation test set-up: %s", err);
+        return;
+    }
+    long before = check_allocations;
+    Sampler probe;
+    sampler_init(&probe, m->cfg.vocab_size, 1, 0, 0, 1);
+    long counted = check_allocations - before;
+    const float *logits = sequence_feed(c, &seq, prompt, 20);
+    int drawn = sampler_sample(&probe, logits); /* uses the probe, so its allocations are not optimised away */
+    sampler_free(&probe);
+    CHECK(counted == 2 && drawn >= 0, "the allocation counter sees sampler_init's two buffers (%ld)", counted);
+    int prev = prompt[19], steps = 0;
+    size_t printed = 0;
+    before = check_allocations;
+    while (logits && seq.n_past < 250) {
+        int next = sampler_sample(steps % 2 ? &top_k : &top_p, logits);
+        size_t len;
+        tokenizer_decode(tok, prev, next, &len);
+        printed += len;
+        prev = next;
+        logits = sequence_feed(c, &seq, &next, 1);
+        steps++;
+    }
+    CHECK(logits && check_allocations == before, "%d tokens sampled (top-p and top-k), decoded and fed allocate nothing "
+          "(%ld allocations, %zu bytes of text)", steps, check_allocations - before, printed);
+    sampler_free(&top_p);
+    sampler_free(&top_k);
+    sequence_free(&seq);
+    context_free(c);
+    tokenizer_free(tok);
 }
 
 static void test_nbce_rows(const Model *m) {
@@ -1090,6 +1156,8 @@ static void test_nbce_rows(const Model *m) {
     for (int s = 0; s < steps; s++) all_first &= c_alt[s] == 1 && c_one[s] == 1;
     CHECK(all_first && !memcmp(z_alt, z_one, V * sizeof(float)),
           "NBCE rows: two identical contexts == that context alone (row 1 chosen at every step, same scores bit for bit)");
+    CHECK(nbce_step_allocations == 0, "NBCE rows: %d decode steps of 2-3 rows allocate nothing (%ld allocations)",
+          4 * (steps - 1), nbce_step_allocations);
     free(z_ref);
     free(z_alt);
     free(z_one);
@@ -1120,6 +1188,7 @@ int main(int argc, char **argv) {
     test_mla(24);
     test_nbce_pooling();
     test_nbce_rows(&m);
+    test_no_allocation_per_token(&m);
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);
