@@ -5,6 +5,7 @@
 #        make BLIS=1     -> f32 prefill through BLIS (opt-in; rebuild with `make clean` first)
 #        make examples   -> examples/generate and examples/nbce_qa (model.h in another program)
 #        make static     -> build/static/run and build/static/export, statically linked
+#        make CROSS=aarch64 (or armhf, riscv64) -> static cross builds in build/cross/T; make test-cross
 CC ?= cc
 OPT ?= -O3
 ifeq ($(PORTABLE),1)
@@ -75,6 +76,10 @@ sanitize:
 # under qemu-user, so `make test-cross` runs the whole suite on each target
 # through BIN=build/cross/T.
 CROSS_TARGETS = aarch64 armhf riscv64
+# make CROSS=T is make cross-T
+ifneq ($(CROSS),)
+.DEFAULT_GOAL := cross-$(CROSS)
+endif
 CROSS_CC_aarch64 = aarch64-linux-gnu-gcc
 CROSS_CC_armhf = arm-linux-gnueabihf-gcc
 CROSS_CC_riscv64 = riscv64-linux-gnu-gcc
@@ -88,6 +93,7 @@ CROSS_PROGRAMS = run export generate nbce_qa test_kernels test_json test_tokeniz
 CROSS_OPT = -O2 # Debian's aarch64 gcc 12 crashes vectorizing test_kernels.c at -O3
 
 cross-%: $(ENGINE) run.c export.c tests/*.c tests/check.h examples/*.c
+	@[ -n "$(CROSS_CC_$*)" ] || { echo "error: unknown cross target '$*' (one of: $(CROSS_TARGETS))" >&2; exit 1; }
 	@mkdir -p build/cross/$*
 	@for p in $(CROSS_PROGRAMS); do \
 	    src=$$p.c; wrap=; case $$p in test_*) src=tests/$$p.c;; generate|nbce_qa) src=examples/$$p.c;; esac; \

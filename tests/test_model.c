@@ -780,6 +780,52 @@ static int write_v2(const Model *m, const char *path, int group) {
     return fclose(f);
 }
 
+static int argmax_f(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* Greedy tokens of models a and b (NULL: a alone), each with its own
+   context and sequence; with b, their steps alternate. */
+static void greedy_side_by_side(const Model *a, const Model *b, int n, int *out_a, int *out_b) {
+    const Model *ms[2] = {a, b};
+    int *outs[2] = {out_a, out_b}, n_models = b ? 2 : 1;
+    Context *c[2] = {NULL, NULL};
+    Sequence s[2];
+    const float *logits[2];
+    char err[256];
+    for (int i = 0; i < n_models; i++) {
+        c[i] = context_new(ms[i], 64, 8, 1, 2, NULL, err, sizeof err);
+        sequence_init(&s[i], c[i], 64, err, sizeof err);
+        logits[i] = sequence_feed(c[i], &s[i], prompt, 5);
+    }
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < n_models; i++) {
+            outs[i][t] = argmax_f(logits[i], ms[i]->cfg.vocab_size);
+            logits[i] = sequence_feed(c[i], &s[i], &outs[i][t], 1);
+        }
+    for (int i = 0; i < n_models; i++) sequence_free(&s[i]), context_free(c[i]);
+}
+
+/* No global state: stories260K and a random GQA model, decoding in turn. */
+static void test_two_models(const Model *v0) {
+    Model g;
+    if (build_gqa_model(&g, 8, 2, 16)) {
+        CHECK(0, "two models: the random model builds");
+        return;
+    }
+    int alone0[40], alone1[40], both0[40], both1[40], differ = 0;
+    greedy_side_by_side(v0, NULL, 40, alone0, NULL);
+    greedy_side_by_side(&g, NULL, 40, alone1, NULL);
+    greedy_side_by_side(v0, &g, 40, both0, both1);
+    for (int t = 0; t < 40; t++) differ += alone0[t] != alone1[t];
+    CHECK(differ > 20 && !memcmp(alone0, both0, sizeof alone0) && !memcmp(alone1, both1, sizeof alone1),
+          "two models in one process, decoding in turn, each give the tokens they give alone (the two differ at %d of 40)", differ);
+    model_free(&g);
+}
+
 static void test_llama2c_versions(const Model *v0) {
     char err[512];
     Model v1;
@@ -1054,13 +1100,6 @@ static void test_nbce_pooling(void) {
           "NBCE: a nucleus above 1 is refused: %s", err);
 }
 
-static int argmax_f(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 static long nbce_step_allocations; /* made by nbce_feed's decode steps, over every nbce_run */
 
 /* Rows of stories260K run together: step by step, the batch split and the
@@ -1189,6 +1228,7 @@ int main(int argc, char **argv) {
     test_nbce_pooling();
     test_nbce_rows(&m);
     test_no_allocation_per_token(&m);
+    test_two_models(&m);
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);
