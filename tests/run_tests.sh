@@ -200,6 +200,14 @@ assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)
     check "--verbose --kv f32 prints the KV cache bytes per token" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
     $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
     check "the KV cache is f16 by default: half the bytes" grep -q 'kv cache: 640 bytes per token (f16' $TMP/verbose.err
+    check "--verbose's memory line: the file's weights + 512 tokens x 640 bytes of KV cache + scratch = its total" python3 -c "
+import os,re
+line=[l for l in open('$TMP/verbose.err') if l.startswith('memory:')][0]
+w,rep,kv,scratch,batch,total=re.fullmatch(r'memory: ([0-9.]+) MiB weights \\(([0-9.]+) MiB of them repacked in memory, the rest mapped\\) \\+ ([0-9.]+) MiB kv cache \\+ ([0-9.]+) MiB scratch \\(batches of ([0-9]+) tokens\\) = ([0-9.]+) MiB\\n',line).groups()
+M=1048576
+assert abs(float(w)-os.path.getsize('$TMP/s_f32.bin')/M)<0.01 and float(rep)==0, line
+assert abs(float(kv)-512*640/M)<0.01 and 0<float(scratch)<64 and int(batch)==512, line
+assert abs(float(w)+float(kv)+float(scratch)-float(total))<0.02, line"
 
     # The float64 transformers oracle (tests/oracle): same ids, same NLL, same greedy tokens.
     FIX=tests/fixtures/stories260K_oracle.json
