@@ -463,35 +463,6 @@ static inline float32x4_t load_f16x4(const uint16_t *h) {
 }
 #endif
 
-static inline float dot_f32(const float *a, const float *b, int n) {
-#if defined(KERNELS_AVX2)
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-#elif defined(KERNELS_NEON)
-    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
-    }
-    float s = hsum_f32x4(vaddq_f32(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-#else
-    return dot_f32_ref(a, b, n);
-#endif
-}
-
 /* ---------------------------------------------------------------------------
  * Float weights (f32, f16, bf16) against float activations, a block of rows
  * against a block of tokens:
