@@ -2319,7 +2319,7 @@ static int gg_skip(Gguf *g, uint32_t type, int depth)
 {
     if (type == GG_STRING) {
         uint64_t n = gg_u64(g);
-        if (g->failed || n > (1u << 30) || fseek(g->f, (long)n, SEEK_CUR) != 0) return gg_fail(g, "bad string");
+        if (g->failed || n > (1u << 30) || fseeko(g->f, (off_t)n, SEEK_CUR) != 0) return gg_fail(g, "bad string");
         return 0;
     }
     if (type == GG_ARRAY) {
@@ -2328,7 +2328,7 @@ static int gg_skip(Gguf *g, uint32_t type, int depth)
         if (g->failed || depth > 2 || n > ((uint64_t)1 << 32)) return gg_fail(g, "bad array");
         size_t es = gg_type_size(et);
         if (es) {
-            if (fseek(g->f, (long)(n * es), SEEK_CUR) != 0) return gg_fail(g, "bad array");
+            if (fseeko(g->f, (off_t)(n * es), SEEK_CUR) != 0) return gg_fail(g, "bad array");
             return 0;
         }
         for (uint64_t i = 0; i < n; i++)
