@@ -395,7 +395,7 @@ typedef struct {
     SampleCandidate *cand;     /* [vocab] tokens that can still be drawn, most likely first */
 } Sampler;
 
-/* Returns 0, or -1 when memory runs out. */
+/* Any seed (0 included) gives a fixed sequence. Returns 0, or -1 when memory runs out. */
 int sampler_init(Sampler *s, int vocab, float temperature, float top_p, int top_k, unsigned long long seed);
 void sampler_free(Sampler *s);
 /* Draws the next token from logits[vocab]. */
@@ -2105,7 +2105,7 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
 }
 
 const float *sequence_feed(Context *c, Sequence *s, const int *tokens, int n) {
-    for (int i = 0; i < c->max_batch; i++) c->feed_seqs[i] = s;
+    for (int i = 0; i < n && i < c->max_batch; i++) c->feed_seqs[i] = s;
     for (int done = 0; done < n; done += c->max_batch) {
         int b = n - done < c->max_batch ? n - done : c->max_batch;
         if (model_forward(c, c->feed_seqs, tokens + done, b, NULL) < 0) return NULL;
@@ -2398,7 +2398,9 @@ int nbce_feed(Nbce *nb, Context *c, Sequence *const *rows, const int *const *tok
  * Sampling.
  */
 int sampler_init(Sampler *s, int vocab, float temperature, float top_p, int top_k, unsigned long long seed) {
-    *s = (Sampler){.vocab = vocab, .temperature = temperature, .top_p = top_p, .top_k = top_k, .rng = seed};
+    /* xorshift never leaves the state 0, so seed 0 starts from another constant */
+    *s = (Sampler){.vocab = vocab, .temperature = temperature, .top_p = top_p, .top_k = top_k,
+                   .rng = seed ? seed : 0x9e3779b97f4a7c15ull};
     s->probs = malloc((size_t)vocab * sizeof(float));
     s->cand = malloc((size_t)vocab * sizeof *s->cand);
     if (s->probs && s->cand) return 0;

@@ -303,7 +303,6 @@ static Options parse_options(int argc, char **argv) {
     return o;
 }
 
-/* Bytes the system can still give: MemAvailable, else free pages. */
 /* The first number in a file (a cgroup's limit or usage), or -1. */
 static double number_in_file(const char *path) {
     FILE *f = fopen(path, "r");

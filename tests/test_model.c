@@ -16,7 +16,7 @@
 #include "../model.h"
 #include "check.h"
 
-/* Every malloc, calloc, realloc and posix_memalign of a test program (its
+/* Every malloc, calloc, realloc and posix_memalign of this program (its
    engine code, tokenizer.c, and libc itself in static builds) passes
    through these: test_model is linked with -Wl,--wrap=... (the
    Makefile's ALLOC_WRAP), so a test can count what a stretch of code
@@ -780,13 +780,6 @@ static int write_v2(const Model *m, const char *path, int group) {
     return fclose(f);
 }
 
-static int argmax_f(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 /* Greedy tokens of models a and b (NULL: a alone), each with its own
    context and sequence; with b, their steps alternate. */
 static void greedy_side_by_side(const Model *a, const Model *b, int n, int *out_a, int *out_b) {
@@ -803,7 +796,7 @@ static void greedy_side_by_side(const Model *a, const Model *b, int n, int *out_
     }
     for (int t = 0; t < n; t++)
         for (int i = 0; i < n_models; i++) {
-            outs[i][t] = argmax_f(logits[i], ms[i]->cfg.vocab_size);
+            outs[i][t] = argmax(logits[i], ms[i]->cfg.vocab_size);
             logits[i] = sequence_feed(c[i], &s[i], &outs[i][t], 1);
         }
     for (int i = 0; i < n_models; i++) sequence_free(&s[i]), context_free(c[i]);
@@ -1119,7 +1112,7 @@ static void nbce_run(const Model *m, int batch, int threads, const int *const *r
     chosen[0] = nbce_feed(&nb, c, sp, rows, lens, n_rows, z, NULL, NULL);
     long allocations = check_allocations;
     for (int s = 1; s < steps; s++) {
-        token = argmax_f(z, m->cfg.vocab_size);
+        token = argmax(z, m->cfg.vocab_size);
         for (int r = 0; r < n_rows; r++) toks[r] = &token, ones[r] = 1;
         chosen[s] = nbce_feed(&nb, c, sp, toks, ones, n_rows, z, NULL, NULL);
     }
@@ -1133,7 +1126,7 @@ static void nbce_run(const Model *m, int batch, int threads, const int *const *r
 
 /* The token loop of a program that embeds the engine: sample, decode,
    feed. After start-up it allocates nothing (DEVELOPERS.md), which the
-   wrapped allocator (tests/check.h) counts. */
+   wrapped allocator (top of this file) counts. */
 static void test_no_allocation_per_token(const Model *m) {
     char err[256];
     Tokenizer *tok = tokenizer_load_llama2c(path_tok, m->cfg.vocab_size, err, sizeof err);
