@@ -1010,6 +1010,7 @@ static int rope_rows(const ModelConfig *c, const char *name, int *rope_dim, int 
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--version")) printf("export %s\n", ENGINE_VERSION), exit(0);
     if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') usage();
     const char *src = argv[1], *out = argv[2], *tok_path = NULL;
     int quant = TYPE_Q8_0;

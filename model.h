@@ -22,6 +22,8 @@
 #ifndef MODEL_H
 #define MODEL_H
 
+#define ENGINE_VERSION "0.2.0" /* ./run --version, ./export --version */
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -1,10 +1,10 @@
 /* run.c - the command line and the one main loop.
  *
  *   ./run MODEL [options]      generate text, score it (--ppl) or tokenize it
+ *   ./run [options]            the same with the shipped model, models/reader.bin
  *
  * MODEL is a file written by ./export or a llama2.c checkpoint (with -z for
- * its tokenizer.bin). The contract for every option is ../shared/docs/CLI.md;
- * README.md has examples.
+ * its tokenizer.bin). README.md documents every option, with examples.
  */
 #define MODEL_IMPLEMENTATION
 #include "model.h"
@@ -40,6 +40,7 @@ static double now_seconds(void) {
 /* ---------------------------------------------------------------------------
  * Options.
  */
+#define DEFAULT_MODEL "models/reader.bin" /* the project's own model, when none is named */
 typedef struct {
     const char *model_path, *tokenizer_path, *prompt, *prompt_file;
     int steps;          /* -1: until end-of-sequence or a full context */
@@ -70,7 +71,7 @@ typedef struct {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: ./run MODEL [options]\n"
+            "usage: ./run [MODEL] [options]   (MODEL: default " DEFAULT_MODEL " beside ./run)\n"
             "  -p TEXT          prompt\n"
             "  -f FILE          read the prompt from FILE (- = stdin)\n"
             "  -n N             tokens to generate (default: until end-of-sequence or full context)\n"
@@ -113,7 +114,8 @@ static void usage(void) {
             "                   (default {context}\\n\\n{question}, in the model's chat format if it has one)\n"
             "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question)\n"
             "  --cache-dir DIR  NBCE: keep the documents' KV caches in DIR for later runs\n"
-            "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n");
+            "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n"
+            "  --version        print the version and exit\n");
     exit(1);
 }
 
@@ -202,6 +204,22 @@ static void override_rope(ModelConfig *c, const Options *o) {
         die("--rope-orig-ctx applies to dynamic, yarn and llama3 scaling");
 }
 
+/* The model ./run reads when none is named: the repository's own, found
+   beside the program (so ./run works from any folder), else in the current
+   folder. */
+static const char *default_model(void) {
+    static char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - sizeof DEFAULT_MODEL);
+    char *slash = n > 0 ? memrchr(path, '/', (size_t)n) : NULL;
+    if (slash) {
+        memcpy(slash + 1, DEFAULT_MODEL, sizeof DEFAULT_MODEL);
+        if (access(path, R_OK) == 0) return path;
+    }
+    if (access(DEFAULT_MODEL, R_OK) == 0) return DEFAULT_MODEL;
+    die("no model named, and the default %s is not beside ./run or in this folder (./run MODEL [options])", DEFAULT_MODEL);
+    return NULL;
+}
+
 static Options parse_options(int argc, char **argv) {
     Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1,
                  .beta = 0.25f, .eta = 0.1f, .nbce_top_p = 0.95f, .pool = NBCE_MIN_ENTROPY, .kv_type = TYPE_F16};
@@ -209,9 +227,10 @@ static Options parse_options(int argc, char **argv) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
     o.seed = (unsigned long long)time(NULL);
-    if (argc < 2 || argv[1][0] == '-') usage();
-    o.model_path = argv[1];
-    for (int i = 2; i < argc; i++) {
+    if (argc < 2) usage();
+    int first = argv[1][0] == '-' ? 1 : 2; /* options straight away: the default model */
+    o.model_path = first == 2 ? argv[1] : NULL;
+    for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         int has_value = i + 1 < argc;
 #define VALUE() (has_value ? argv[++i] : (die("option %s needs a value", a), ""))
@@ -277,9 +296,11 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--cache-dir")) o.cache_dir = VALUE(), nbce_option = i - 1;
         else if (!strcmp(a, "--mem")) o.mem = parse_size(a, VALUE()), nbce_option = i - 1;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
+        else if (!strcmp(a, "--version")) printf("run %s\n", ENGINE_VERSION), exit(0);
         else die("unknown option '%s' (./run with no arguments lists them)", a);
 #undef VALUE
     }
+    if (!o.model_path) o.model_path = default_model();
     if (o.prompt && o.prompt_file) die("give the prompt with -p or -f, not both");
     if (nbce_option && !o.nbce_dir) die("%s only applies with --nbce", argv[nbce_option]);
     if (o.nbce_dir && (o.chat || o.ppl || o.chat_history))
