@@ -51,7 +51,7 @@ enum { ARCH_LLAMA = 1 };                               /* llama-family decoder *
 enum { POS_ROPE = 0, POS_NONE = 1 };                   /* per-layer position scheme in the file */
 /* What rotary layers do at run time (--pos): the model's RoPE, or no
    positions, or RoPE with the relative distance rectified (ReRoPE: min(d, W);
-   Leaky ReRoPE: d below W, W + (d - W) / K beyond). ALGORITHMS.md §2-4. */
+   Leaky ReRoPE: d below W, W + (d - W) / K beyond). docs/POSITIONS.md, docs/ALGORITHMS.md. */
 enum { POS_MODEL = 0, POS_NOPE = 1, POS_REROPE = 2, POS_LEAKY = 3 };
 enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR = 1, ROPE_SCALING_NTK = 2, ROPE_SCALING_DYNAMIC = 3,
        ROPE_SCALING_YARN = 4, ROPE_SCALING_LLAMA3 = 5 };
@@ -325,7 +325,7 @@ uint64_t model_digest(const Model *m, const Positions *positions);
 uint64_t hash_bytes(uint64_t h, const void *data, size_t n);
 
 /* ---------------------------------------------------------------------------
- * NBCE, naive-Bayes context extension (ALGORITHMS.md §6). Row 0 holds the
+ * NBCE, naive-Bayes context extension (docs/NBCE.md). Row 0 holds the
  * question alone, rows 1..n one context each with the question. Every step
  * feeds all rows the same token and pools their next-token distributions:
  * each row is cut to its top-p nucleus; the row with the least entropy is
@@ -1178,7 +1178,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->max_logits = max_logits;
     double scale = 1 / sqrt((double)cfg->head_dim);
     if (cfg->attn_kind == ATTN_MLA && cfg->rope_scaling == ROPE_SCALING_YARN && cfg->rope_mscale_all_dim > 0 &&
-        cfg->rope_factor > 1) { /* DeepSeek's YaRN sharpens the softmax by mscale^2 (ALGORITHMS.md §3) */
+        cfg->rope_factor > 1) { /* DeepSeek's YaRN sharpens the softmax by mscale^2 (docs/POSITIONS.md) */
         double mscale = 0.1 * cfg->rope_mscale_all_dim * log(cfg->rope_factor) + 1;
         scale *= mscale * mscale;
     }
@@ -1758,7 +1758,7 @@ static void attention_task(void *arg, int ith, int nth) {
     }
 }
 
-/* Multi-head latent attention, absorbed (ALGORITHMS.md §5): a head's key
+/* Multi-head latent attention, absorbed (docs/ALGORITHMS.md): a head's key
    up-projection is folded into its query, q_abs = [W_uk^T q_nope | q_rope],
    so each score is one dot product with a cached row [latent | rotary key];
    the head attends over latents and applies its value up-projection after.

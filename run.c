@@ -1301,7 +1301,7 @@ done:
 }
 
 /* ---------------------------------------------------------------------------
- * NBCE over a folder of documents (CLI.md "NBCE", ALGORITHMS.md §6).
+ * NBCE over a folder of documents (docs/NBCE.md).
  *
  * Every regular file under the folder, in byte-wise order of its path
  * relative to the folder, is a document. A document too long to share a

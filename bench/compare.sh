@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Side-by-side CPU benchmark (issue 7): our ./run against llama.cpp's llama-bench
+# Side-by-side CPU benchmark: our ./run against llama.cpp's llama-bench
 # and llama2.c's run / runq, interleaved on the same shapes, weight types and
 # thread counts, with the machine's memory read bandwidth measured in the same
-# run; then two of the issue's special rows: long-context decode and NBCE.
+# run; then two special rows: long-context decode and NBCE.
 #
 # It builds none of the peers and fetches nothing: pass the paths of their
 # binaries, built from their own sources outside this repository. It compiles
@@ -402,7 +402,7 @@ if [ "$DO_LONG" = 1 ] && [ -s "$D/long_short.tg" ]; then
             "$(fmt "$(med "long_$which.pp")")" "$(mean < "$D/long_$which.other")"
     done
     echo
-    echo "cost vs $LONG_SHORT = ms/token over ms/token after the $LONG_SHORT-token prompt (issue 7's target: at most 1.3 at 4096)."
+    echo "cost vs $LONG_SHORT = ms/token over ms/token after the $LONG_SHORT-token prompt (the target: at most 1.3 at 4096)."
     awk -v t="$LONG_CTX" -v s="$LONG_SHORT" -v w="$(step_bytes "$(cat "$D/long_shape")" "$LONG_TYPE")" -v ty="$LONG_TYPE" '{ kv = $2 * 2 * $4 * $5 * 2
         printf "For scale: a step at position %d reads %.0f MB of f16 KV cache besides %.0f MB of %s weights, %.2fx the bytes of a step at %d.\n",
             t, kv * t / 1e6, w / 1e6, ty, (w + kv * t) / (w + kv * s), s }' "$D/long_shape"

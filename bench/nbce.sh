@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NBCE decode cost as the number of contexts grows (issue: NBCE): time per
+# NBCE decode cost as the number of contexts grows (docs/BENCHMARKS.md): time per
 # generated token with 1, 4, 16 and 64 contexts of about 256 tokens, all rows
 # decoded as one batch per step, next to decoding the same rows one by one
 # (plain generation, measured), and the total prefill throughput.

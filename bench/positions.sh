@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Extrapolation table for the position schemes (issue: positions): mean NLL of
+# Extrapolation table for the position schemes (docs/POSITIONS.md): mean NLL of
 # a model trained at 512 tokens (llama2.c's stories260K) scored in windows of
 # 256 ... 4096 tokens, under RoPE, NoPE, ReRoPE and Leaky ReRoPE (log-n on and
 # off) and RoPE with NTK-aware and dynamic NTK scaling, and the decode speed of
