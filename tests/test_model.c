@@ -10,7 +10,13 @@
  *     here from export.py's description of it);
  *   - ./export round trips: config, tokenizer and every tensor come back
  *     within the type's rounding, f32 exactly.
- * Usage: test_model [ASSETS_DIR]   (run from the repository root)
+ * What does not depend on stories260K (the reference forward, batching,
+ * threads, positions, NBCE rows, no allocation per token, two models in one
+ * process, the repacked layout) also runs on the shipped q8_0 model, with or
+ * without the assets; so do the models built in memory (GQA tiles, latent
+ * attention, NBCE pooling).
+ * Usage: test_model [ASSETS_DIR [MODEL]]   (run from the repository root;
+ * MODEL: the shipped model, models/reader.bin)
  */
 #define MODEL_IMPLEMENTATION
 #include "../model.h"
@@ -802,7 +808,7 @@ static void greedy_side_by_side(const Model *a, const Model *b, int n, int *out_
     for (int i = 0; i < n_models; i++) sequence_free(&s[i]), context_free(c[i]);
 }
 
-/* No global state: stories260K and a random GQA model, decoding in turn. */
+/* No global state: a real model and a random GQA model, decoding in turn. */
 static void test_two_models(const Model *v0) {
     Model g;
     if (build_gqa_model(&g, 8, 2, 16)) {
@@ -849,8 +855,13 @@ static void test_llama2c_versions(const Model *v0) {
  * ./export round trips.
  */
 /* model_repack: the quantized matrices interleaved eight rows at a time
-   give the same logits to rounding, and keep every bit-for-bit invariant. */
-static void test_repack(Model *m, const char *type) {
+   give the same logits to rounding, and keep every bit-for-bit invariant.
+   stories260K's gate/up have 172 rows and its down matrix is f16; in the
+   shipped model every matrix is quantized with rows in eights, so all are
+   interleaved, and a last-bit difference crosses int8 rounding boundaries
+   in 8 layers, not 5 (5.5e-3 seen on x86): a looser bound there, still far
+   below what a wrong block or scale does (about 1). */
+static void test_repack(Model *m, const char *type, int stories) {
     int V = m->cfg.vocab_size;
     size_t bytes = (size_t)N_PROMPT * V * sizeof(float);
     float *plain = malloc(bytes), *a = malloc(bytes), *b = malloc(bytes);
@@ -858,18 +869,32 @@ static void test_repack(Model *m, const char *type) {
     CHECK(model_repack(m, 0) == 0 && !m->layers[0].wq.interleaved, "%s: model_repack copies nothing beyond its limit", type);
     long long got = model_repack(m, SIZE_MAX);
     const Layer *L = &m->layers[0];
-    CHECK(got > 0 && L->wq.interleaved && L->wk.interleaved && L->wo.interleaved && m->output.interleaved &&
-          !L->w1.interleaved && !L->w2.interleaved && !m->tok_emb.interleaved && m->output.data != m->tok_emb.data &&
-          model_repack(m, SIZE_MAX) == 0,
-          "%s: model_repack interleaves q/k/v/o and a copy of the tied classifier (%lld bytes), not gate/up (172 rows, not "
-          "in eights), the f16 down matrix or the embeddings, and only once", type, got);
+    if (stories) {
+        CHECK(got > 0 && L->wq.interleaved && L->wk.interleaved && L->wo.interleaved && m->output.interleaved &&
+              !L->w1.interleaved && !L->w2.interleaved && !m->tok_emb.interleaved && m->output.data != m->tok_emb.data &&
+              model_repack(m, SIZE_MAX) == 0,
+              "%s: model_repack interleaves q/k/v/o and a copy of the tied classifier (%lld bytes), not gate/up (172 rows, not "
+              "in eights), the f16 down matrix or the embeddings, and only once", type, got);
+    } else {
+        long long want = (long long)m->output.rows * m->output.row_bytes;
+        int all = m->output.interleaved && !m->tok_emb.interleaved && m->output.data != m->tok_emb.data;
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            const Matrix *ws[] = {&m->layers[l].wq, &m->layers[l].wk, &m->layers[l].wv, &m->layers[l].wo,
+                                  &m->layers[l].w1, &m->layers[l].w2, &m->layers[l].w3};
+            for (int i = 0; i < 7; i++) all &= ws[i]->interleaved, want += (long long)ws[i]->rows * ws[i]->row_bytes;
+        }
+        CHECK(got == want && all && model_repack(m, SIZE_MAX) == 0,
+              "%s: model_repack interleaves all seven matrices of every layer and a copy of the tied classifier (%lld "
+              "bytes, their sum %lld), not the embeddings, and only once", type, got, want);
+    }
     logits_fed(m, NULL, 0, 0, a);
     double e = rel_error(a, plain, N_PROMPT * V);
     /* The two kernels round differently in the last bit; where that moves a
        later activation across an int8 rounding boundary, the logits move by
        about one quantization step (seen at 1.3e-3 on ARM), not more. */
-    CHECK(e < 5e-3, "%s repacked: logits equal the row-by-row kernels' to within an activation quantization step (rel %.2g)",
-          type, e);
+    double tol = stories ? 5e-3 : 5e-2;
+    CHECK(e < tol, "%s repacked: logits equal the row-by-row kernels' to within activation quantization steps (rel %.2g, "
+          "limit %g)", type, e, tol);
     logits_fed(m, NULL, 1, 0, b);
     CHECK(!memcmp(a, b, bytes), "%s repacked: prefill as one batch == token-by-token decode, bit for bit", type);
     logits_fed(m, NULL, 5, 0, b);
@@ -924,7 +949,7 @@ static void test_export(const Model *v0) {
         double e = compare_with_reference(&m);
         CHECK(e < (type_is_quantized(m.layers[0].wq.type) ? 2e-2 : fwd_tol[i]),
               "export %s: forward matches the f32 reference on the dequantized weights (rel %.2g)", types[i], e);
-        if (type_is_quantized(m.layers[0].wq.type)) test_repack(&m, types[i]);
+        if (type_is_quantized(m.layers[0].wq.type)) test_repack(&m, types[i], 1);
         if (i == 3) {
             CHECK(m.layers[0].w1.type == TYPE_Q8_0 && m.layers[0].w2.type == TYPE_F16,
                   "rows of 172 (not a multiple of 32) fall back to f16, the rest stay q8_0");
@@ -1095,7 +1120,7 @@ static void test_nbce_pooling(void) {
 
 static long nbce_step_allocations; /* made by nbce_feed's decode steps, over every nbce_run */
 
-/* Rows of stories260K run together: step by step, the batch split and the
+/* Rows of a real model run together: step by step, the batch split and the
    thread count change nothing; identical contexts behave as one. Returns the
    chosen rows and the last z. */
 static void nbce_run(const Model *m, int batch, int threads, const int *const *rows, const int *lens, int n_rows, int steps,
@@ -1129,7 +1154,9 @@ static void nbce_run(const Model *m, int batch, int threads, const int *const *r
    wrapped allocator (top of this file) counts. */
 static void test_no_allocation_per_token(const Model *m) {
     char err[256];
-    Tokenizer *tok = tokenizer_load_llama2c(path_tok, m->cfg.vocab_size, err, sizeof err);
+    /* stories260K's tokenizer is tok512.bin beside it; the shipped model carries its own */
+    Tokenizer *own = m->tokenizer ? NULL : tokenizer_load_llama2c(path_tok, m->cfg.vocab_size, err, sizeof err);
+    const Tokenizer *tok = m->tokenizer ? m->tokenizer : own;
     Context *c = context_new(m, 256, 64, 1, 2, NULL, err, sizeof err);
     Sequence seq;
     Sampler top_p, top_k;
@@ -1164,7 +1191,7 @@ static void test_no_allocation_per_token(const Model *m) {
     sampler_free(&top_k);
     sequence_free(&seq);
     context_free(c);
-    tokenizer_free(tok);
+    tokenizer_free(own);
 }
 
 static void test_nbce_rows(const Model *m) {
@@ -1195,11 +1222,72 @@ static void test_nbce_rows(const Model *m) {
     free(z_one);
 }
 
+/* The checks that hold for any model file with f32 weights (stories260K,
+   the shipped model's f32 export): its forward against the naive reference,
+   then the invariants, bit for bit or to rounding. */
+static void test_any_model(Model *m, const char *what) {
+    double e = compare_with_reference(m);
+    CHECK(e < 1e-5, "%s forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", what, e);
+    test_batching_and_threads(m);
+    test_kv_f16(m, what);
+    test_positions(m);
+    test_rope_scaling(m);
+    test_nbce_rows(m);
+    test_no_allocation_per_token(m);
+    test_two_models(m);
+}
+
+/* The shipped model (q8_0). Its q8_0 kernels round the activations to 8
+   bits, so a difference in the last bit anywhere (an f16 cache, a far key)
+   moves its logits by a percent or more through 8 layers: the checks to
+   rounding run on its f32 export, the file itself gets the reference within
+   that rounding, the bit-for-bit invariants and the repacked layout. */
+static void test_shipped_model(const char *path) {
+    Model m;
+    char err[512], out[4096], cmd[8192], what[4200];
+    if (model_load(&m, path, err, sizeof err)) {
+        CHECK(0, "%s loads: %s", path, err);
+        return;
+    }
+    if (!type_is_quantized(m.layers[0].wq.type)) {
+        test_any_model(&m, path);
+        model_free(&m);
+        return;
+    }
+    double e = compare_with_reference(&m);
+    CHECK(e < 0.1, "%s (%s) forward matches the naive f32 reference on its dequantized weights within its 8-bit "
+          "activations (rel %.2g, limit 0.1; a wrong scale or block moves it by about 1)", path, type_name(m.layers[0].wq.type), e);
+    test_batching_and_threads(&m);
+    test_nbce_rows(&m);
+    test_no_allocation_per_token(&m);
+    test_two_models(&m);
+    test_repack(&m, path, 0);
+    model_free(&m);
+
+    snprintf(out, sizeof out, "%s/shipped_f32.bin", tmp_dir);
+    const char *exporter = getenv("EXPORT") ? getenv("EXPORT") : "./export";
+    snprintf(cmd, sizeof cmd, "'%s' '%s' '%s' --quant f32 2>/dev/null", exporter, path, out);
+    int rc = system(cmd) || model_load(&m, out, err, sizeof err);
+    CHECK(rc == 0, "%s exports to f32 and loads %s", path, rc ? err : "");
+    if (rc) return;
+    snprintf(what, sizeof what, "%s as f32", path);
+    test_any_model(&m, what);
+    model_free(&m);
+    remove(out);
+}
+
 int main(int argc, char **argv) {
-    const char *assets = assets_dir(argc, argv);
-    if (!assets) return check_summary();
     if (getenv("TEST_TMP")) tmp_dir = getenv("TEST_TMP");
     mkdir(tmp_dir, 0755);
+    /* models built here, in memory, and the shipped one */
+    test_gqa_tiles();
+    test_mla(0);
+    test_mla(24);
+    test_nbce_pooling();
+    test_shipped_model(argc > 2 ? argv[2] : "models/reader.bin");
+
+    const char *assets = assets_dir(argc, argv);
+    if (!assets) return check_summary();
     snprintf(path_v0, sizeof path_v0, "%s/llama2c/stories260K.bin", assets);
     snprintf(path_v1, sizeof path_v1, "%s/llama2c/stories260K_v1.bin", assets);
     snprintf(path_tok, sizeof path_tok, "%s/llama2c/tok512.bin", assets);
@@ -1209,19 +1297,7 @@ int main(int argc, char **argv) {
         CHECK(0, "stories260K loads: %s", err);
         return check_summary();
     }
-    double e = compare_with_reference(&m);
-    CHECK(e < 1e-5, "stories260K forward (batched, 2 threads) matches the naive f32 reference (rel %.2g)", e);
-    test_batching_and_threads(&m);
-    test_kv_f16(&m, "stories260K");
-    test_gqa_tiles();
-    test_positions(&m);
-    test_rope_scaling(&m);
-    test_mla(0);
-    test_mla(24);
-    test_nbce_pooling();
-    test_nbce_rows(&m);
-    test_no_allocation_per_token(&m);
-    test_two_models(&m);
+    test_any_model(&m, "stories260K");
     test_llama2c_versions(&m);
     test_export(&m);
     model_free(&m);
