@@ -63,12 +63,6 @@ fi
 run_suite check_large_file python3 tests/check_large_file.py "$BIN" $TMP "$ASSETS"
 
 echo "== command line"
-have_assets=1
-if [ ! -f "$ASSETS/PROVENANCE.md" ]; then
-    have_assets=0
-    if [ "$CI" = true ]; then fail "assets found at $ASSETS (required when CI=true)"
-    else echo "SKIP command-line tests that need assets: none at $ASSETS"; fi
-fi
 
 # expect_error NAME COMMAND...: exit status 1 (no signal), exactly one line on
 # stderr, and it starts with "error: ".
@@ -95,6 +89,292 @@ expect_error "export from a missing file" $BIN/export $TMP/does-not-exist.bin $T
 expect_error "export of a text file" $BIN/export $TMP/garbage.bin $TMP/x.bin
 check "a failed export leaves no output" test ! -e $TMP/x.bin
 
+# expect_error_naming WORD NAME COMMAND...: as expect_error, and the line
+# names WORD (so the damage made is the one the loader reports).
+expect_error_naming() {
+    _word=$1; shift
+    expect_error "$@"
+    grep -qF -- "$_word" $TMP/err.txt || fail "$1: the error names '$_word'"
+}
+
+# ---------------------------------------------------------------------------
+# The shipped model, models/reader.bin (models/PROVENANCE.md), and copies of
+# it made here: every command-line check that needs only some model file, so
+# a clone without the assets runs them too. References: its oracle fixture
+# (tests/fixtures/reader_oracle.json: SentencePiece's ids, transformers'
+# float64 greedy tokens, checked in full by check_reader.py), the format's
+# layout (docs/FORMAT.md), and relations that must hold.
+M=models/reader.bin
+run_suite check_reader python3 tests/check_reader.py "$BIN" $TMP $M
+echo "== command line: models/reader.bin"
+RFIX=tests/fixtures/reader_oracle.json
+fixture() { python3 -c "import json,sys; f=json.load(open('$RFIX')); sys.stdout.buffer.write(($1).encode())"; }
+P1=$(fixture "f['greedy'][0]['prompt']") # It is a truth universally acknowledged
+P2=$(fixture "f['greedy'][1]['prompt']") # a prompt the model is unsure about: margins of 0.01-3 nats
+# greedy_prefix: the fixture's greedy ids for P1 before the first step whose
+# margin is below 1 nat (a q8_0 model may flip those).
+greedy_prefix="g=f['greedy'][0]; k=next((i for i,m in enumerate(g['margins']) if m<1.0),len(g['ids'])); want=g['ids'][:k]"
+
+check "./run --version prints model.h's ENGINE_VERSION" sh -c \
+    "$BIN/run --version | grep -qx \"run \$(sed -n 's/^#define ENGINE_VERSION \"\\(.*\\)\".*/\\1/p' model.h)\""
+$BIN/run $M -p "$P1" -t 0 -n 12 > $TMP/r_named.out 2> $TMP/r_named.err
+$BIN/run -p "$P1" -t 0 -n 12 > $TMP/r_default.out 2>/dev/null
+check "./run without a model name runs models/reader.bin" sh -c "test -s $TMP/r_named.out && cmp -s $TMP/r_named.out $TMP/r_default.out"
+check "the stats line reports prompt and generated tokens with tok/s" \
+    grep -Eq '^prompt: [0-9]+ tokens, [0-9.]+ tok/s \| generated: 12 tokens, [0-9.]+ tok/s$' $TMP/r_named.err
+
+# Sampling: the same seed gives the same text for every thread count.
+for t in 1 2 3; do
+    $BIN/run $M -p "$P2" -t 0.9 --top-p 0.9 -s 42 -n 100 --threads $t > $TMP/r_sample_$t.out 2>/dev/null
+done
+check "sampled text with a fixed seed is identical for 1, 2 and 3 threads" \
+    sh -c "test -s $TMP/r_sample_1.out && cmp -s $TMP/r_sample_1.out $TMP/r_sample_2.out && cmp -s $TMP/r_sample_1.out $TMP/r_sample_3.out"
+$BIN/run $M -p "$P2" -t 0.9 -s 43 -n 100 > $TMP/r_sample_43.out 2>/dev/null
+check "another seed gives another text" sh -c "! cmp -s $TMP/r_sample_1.out $TMP/r_sample_43.out"
+$BIN/run $M -p "$P2" -t 1 --top-k 1 -s 7 -n 40 --ignore-eos > $TMP/r_topk1.out 2>/dev/null
+$BIN/run $M -p "$P2" -t 0 -n 40 --ignore-eos > $TMP/r_greedy40.out 2>/dev/null
+check "--top-k 1 samples the greedy text (where the model is unsure: margins of 0.01-3 nats)" cmp -s $TMP/r_topk1.out $TMP/r_greedy40.out
+
+# -f reads the prompt byte for byte, same as -p and -f -.
+printf '%s' "$P1" > $TMP/prompt.txt
+$BIN/run $M -f $TMP/prompt.txt -t 0 -n 30 > $TMP/f.out 2>/dev/null
+$BIN/run $M -p "$P1" -t 0 -n 30 > $TMP/p.out 2>/dev/null
+check "-f FILE and -p TEXT give the same output" sh -c "test -s $TMP/p.out && cmp -s $TMP/f.out $TMP/p.out"
+$BIN/run $M -f - -t 0 -n 30 < $TMP/prompt.txt > $TMP/stdin.out 2>/dev/null
+check "-f - reads the prompt from stdin" cmp -s $TMP/stdin.out $TMP/p.out
+
+# --tokenize and --json.
+hello=$(fixture "next(c['text'] for c in f['tokenizer_cases'] if c['text']=='Hello world')")
+$BIN/run $M -p "$hello" --tokenize > $TMP/r_hello.ids
+check "--tokenize -p 'Hello world' prints SentencePiece's ids with BOS as a JSON array" python3 -c "
+import json
+want=[c['ids_special'] for c in json.load(open('$RFIX'))['tokenizer_cases'] if c['text']=='Hello world'][0]
+got=open('$TMP/r_hello.ids').read()
+assert got==json.dumps(want)+'\\n', (got, want)"
+$BIN/run $M -p "$P1" -t 0 -n 25 --json > $TMP/gen.json 2>/dev/null
+$BIN/run $M -p "$P1" --tokenize > $TMP/p1.ids
+check "--json prints one valid object: text, ids (transformers' greedy tokens), counts" python3 -c "
+import json
+f=json.load(open('$RFIX')); $greedy_prefix
+o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
+assert set(o)=={'text','ids','prompt_tokens','generated_tokens','prefill_tok_s','decode_tok_s'}, o
+assert o['prompt_tokens']==len(json.load(open('$TMP/p1.ids'))) and o['generated_tokens']==25==len(o['ids']), o
+assert len(want)>=8 and o['ids'][:len(want)]==want[:25], (o['ids'], want)"
+check "--json text equals the streamed text" python3 -c "
+import json
+o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
+s=open('$TMP/p.out',encoding='utf-8').read()
+# p.out holds 30 tokens, the JSON 25; the JSON text must be its beginning
+assert s.startswith(o['text']) and len(o['text'])>20, (s,o['text'])"
+
+# --ppl over a text longer than the context (the fixture's 1082-token text).
+fixture "[t['text'] for t in f['texts'] if t['name']=='long_ctx128'][0]" > $TMP/r_long.txt
+$BIN/run $M -f $TMP/r_long.txt --ppl --json > $TMP/ppl.json 2>/dev/null
+check "--ppl --json prints tokens (SentencePiece's count), mean_nll and ppl = exp(mean_nll)" python3 -c "
+import json,math
+o=json.loads(open('$TMP/ppl.json').read()); t=[t for t in json.load(open('$RFIX'))['texts'] if t['name']=='long_ctx128'][0]
+assert set(o)=={'tokens','mean_nll','ppl'} and o['tokens']==len(t['ids'])>512, o
+assert 0<o['mean_nll']<4 and abs(math.exp(o['mean_nll'])-o['ppl'])<1e-3*o['ppl'], o"
+$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 64 > $TMP/ppl64.json 2>/dev/null
+check "--ppl over a text longer than --ctx scores it in windows (same token count, higher loss at --ctx 64)" python3 -c "
+import json
+a=json.loads(open('$TMP/ppl.json').read()); b=json.loads(open('$TMP/ppl64.json').read())
+assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)"
+
+# Positions from the command line: the invariants end to end.
+$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 > $TMP/pos_rope.json 2>/dev/null
+$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 --pos rerope --window 100000 > $TMP/pos_rerope_wide.json 2>/dev/null
+check "--pos rerope with a window beyond the context scores exactly as RoPE" \
+    sh -c "test -s $TMP/pos_rope.json && cmp -s $TMP/pos_rope.json $TMP/pos_rerope_wide.json"
+$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 --pos rerope --window 0 --logn 0 > $TMP/pos_rerope0.json 2>/dev/null
+$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 --pos nope > $TMP/pos_nope.json 2>/dev/null
+check "--pos rerope --window 0 scores exactly as --pos nope" sh -c "test -s $TMP/pos_nope.json && cmp -s $TMP/pos_rerope0.json $TMP/pos_nope.json"
+check "--pos nope scores worse than RoPE (the model was trained with RoPE)" python3 -c "
+import json
+a=json.load(open('$TMP/pos_rope.json')); b=json.load(open('$TMP/pos_nope.json'))
+assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
+
+# --verbose: the KV cache and memory lines, against the config in the fixture
+# (bytes per token = layers x KV heads x (2 x head dim) x bytes per number).
+$BIN/run $M -p "$P1" -n 5 --verbose -t 0 --kv f32 > /dev/null 2> $TMP/verbose32.err
+$BIN/run $M -p "$P1" -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
+$BIN/run $M -p "$P1" -n 5 --verbose -t 0 --no-repack > /dev/null 2> $TMP/verbose_norepack.err
+kv16=$(fixture "str((lambda m: m['num_hidden_layers']*m['num_key_value_heads']*2*(m['hidden_size']//m['num_attention_heads'])*2)(f['model']))")
+check "--verbose --kv f32 prints the KV cache bytes per token (layers x KV heads x 2 x head dim x 4: $((kv16 * 2)))" \
+    grep -q "^kv cache: $((kv16 * 2)) bytes per token (f32" $TMP/verbose32.err
+check "the KV cache is f16 by default: half the bytes ($kv16)" grep -q "^kv cache: $kv16 bytes per token (f16" $TMP/verbose.err
+check "--verbose's memory line: weights = the file, repacked = every q8_0 matrix and the tied classifier's copy (or none), + 512 x $kv16 bytes of KV + scratch = its total" python3 -c "
+import json,os,re
+m=json.load(open('$RFIX'))['model']; M=1048576
+d,L,h,kv,hid,V=m['hidden_size'],m['num_hidden_layers'],m['num_attention_heads'],m['num_key_value_heads'],m['intermediate_size'],m['vocab_size']
+q8=lambda rows,cols: rows*cols//32*34  # q8_0: 34 bytes per 32 weights (docs/FORMAT.md)
+kvd=kv*(d//h)
+matrices=L*(2*q8(d,d)+2*q8(kvd,d)+2*q8(hid,d)+q8(d,hid))+q8(V,d)
+def parse(path):
+    line=[l for l in open(path) if l.startswith('memory:')][0]
+    g=re.fullmatch(r'memory: ([0-9.]+) MiB weights \\(([0-9.]+) MiB of them repacked in memory, the rest mapped\\) \\+ ([0-9.]+) MiB kv cache \\+ ([0-9.]+) MiB scratch \\(batches of ([0-9]+) tokens\\) = ([0-9.]+) MiB\\n',line)
+    assert g, line
+    return [float(x) for x in g.groups()], line
+(w,rep,kvm,scratch,batch,total),line=parse('$TMP/verbose.err')
+assert abs(w-os.path.getsize('$M')/M)<0.01, line
+assert rep==0 or abs(rep-matrices/M)<0.01, (line, matrices/M)
+assert (rep>0)==('of matrices copied interleaved' in open('$TMP/verbose.err').read()), line
+assert abs(kvm-512*$kv16/M)<0.01 and 0<scratch<64 and int(batch)==512, line
+assert abs(w+kvm+scratch-total)<0.02, line
+(w2,rep2,kvm2,s2,b2,t2),line2=parse('$TMP/verbose_norepack.err')
+assert rep2==0 and (w2,kvm2,s2)==(w,kvm,scratch), line2"
+
+# Small contexts: --ctx P+N-1 after the P-token prompt P1 gives N tokens
+# (the last one is never fed), the start of transformers' greedy text.
+np1=$(python3 -c "import json; print(len(json.load(open('$TMP/p1.ids'))))")
+for n in 1 2 3 7; do
+    $BIN/run $M -p "$P1" -t 0 -n 200 --ctx $((np1 + n - 1)) --json > $TMP/ctx_$n.json 2>/dev/null
+    check "--ctx $((np1 + n - 1)) after a $np1-token prompt gives $n token(s), the start of transformers' greedy ones" python3 -c "
+import json
+f=json.load(open('$RFIX')); $greedy_prefix
+o=json.loads(open('$TMP/ctx_$n.json').read().strip().splitlines()[-1])
+assert o['generated_tokens']==$n and o['ids']==want[:$n], o"
+done
+$BIN/run $M -p '' -t 0 -n 5 --json > $TMP/ctx_bos5.json 2>/dev/null
+$BIN/run $M -p '' -t 0 -n 200 --ctx 1 --json > $TMP/ctx_bos1.json 2>/dev/null
+check "--ctx 1 after BOS alone gives one token, the first of -n 5" python3 -c "
+import json
+a,b=(json.loads(open(p).read().strip().splitlines()[-1]) for p in ('$TMP/ctx_bos5.json','$TMP/ctx_bos1.json'))
+assert a['generated_tokens']==5 and b['ids']==a['ids'][:1], (a,b)"
+
+# Copies through ./export: q8_0 again is the same file (dequantizing a q8_0
+# block and quantizing it again gives back its bytes); f32 holds the same
+# weights; q4_0 requantizes.
+for q in q8_0 f32 q4_0; do
+    $BIN/export $M $TMP/r_$q.bin --quant $q 2> $TMP/r_export_$q.err
+    check "export models/reader.bin --quant $q succeeds" test -s $TMP/r_$q.bin
+done
+check "export --quant q8_0 of the q8_0 model writes the same file, byte for byte" cmp -s $M $TMP/r_q8_0.bin
+fixture "[t['text'] for t in f['texts'] if t['name']=='pride'][0]" > $TMP/r_pride.txt
+for q in f32 q4_0; do
+    $BIN/run $TMP/r_$q.bin -f $TMP/r_pride.txt --ppl --json > $TMP/r_ppl_$q.json 2>/dev/null
+done
+$BIN/run $M -f $TMP/r_pride.txt --ppl --json > $TMP/r_ppl_q8_0.json 2>/dev/null
+$BIN/run $TMP/r_q4_0.bin -p "$P1" -n 1 --verbose > /dev/null 2> $TMP/r_q4_0.err
+check "the f32 copy scores the book as the q8_0 model does (within 1%), the q4_0 copy worse but still knows it (< 0.5 nats)" python3 -c "
+import json
+a,b,c=(json.load(open('$TMP/r_ppl_%s.json' % q)) for q in ('q8_0','f32','q4_0'))
+assert a['tokens']==b['tokens']==c['tokens'] and abs(b['mean_nll']-a['mean_nll'])<=0.01*a['mean_nll'], (a,b)
+assert a['mean_nll'] < c['mean_nll'] < 0.5, (a,c)"
+check "the q4_0 copy is q4_0 (--verbose)" grep -q '^weights: [0-9.]* MiB mapped (q4_0)' $TMP/r_q4_0.err
+$BIN/run $TMP/r_f32.bin -p "$P1" -n 1 --verbose > /dev/null 2> $TMP/r_f32.err
+check "the f32 copy: nothing to repack, all its weights mapped" \
+    grep -Eq '^memory: [0-9.]+ MiB weights \(0.00 MiB of them repacked in memory, the rest mapped\)' $TMP/r_f32.err
+
+# The example programs (examples/): model.h inside another program.
+$EXBIN/generate $M "$P1" 30 > $TMP/example_generate.out 2>/dev/null
+$BIN/run $M -p "$P1" -t 0 -n 30 --kv f32 > $TMP/run_greedy.out 2>/dev/null
+check "examples/generate prints ./run's greedy text (f32 cache)" sh -c "test -s $TMP/run_greedy.out && cmp -s $TMP/example_generate.out $TMP/run_greedy.out"
+$EXBIN/generate $M "$P2" 60 0.8 > $TMP/example_sampled.out 2>/dev/null
+$BIN/run $M -p "$P2" -n 60 -t 0.8 --top-p 0.9 -s 42 --kv f32 > $TMP/run_sampled.out 2>/dev/null
+check "examples/generate samples what ./run samples (same seed, top-p, f32 cache)" \
+    sh -c "test -s $TMP/run_sampled.out && cmp -s $TMP/example_sampled.out $TMP/run_sampled.out"
+# NBCE over reading-task documents (tools/reading.py): three documents, a
+# question about each, the answer in exactly one of them.
+rm -rf $TMP/reading_docs $TMP/reading_docs.jsonl
+python3 tools/reading.py $TMP/reading_docs --docs 3 --seed 1
+set -- $TMP/reading_docs/*.txt
+for i in 1 2 3; do
+    q=$(python3 -c "import json; print(json.loads(open('$TMP/reading_docs.jsonl').readlines()[$i - 1])['question'])")
+    $EXBIN/nbce_qa $M "$q" "$(cat $1)" "$(cat $2)" "$(cat $3)" > $TMP/example_nbce_$i.out 2>/dev/null
+    $BIN/run $M --nbce $TMP/reading_docs -p "$q" -t 0 -n 48 --kv f32 > $TMP/run_nbce_$i.out 2>/dev/null
+    check "examples/nbce_qa over documents in memory answers question $i as ./run --nbce over them as files" \
+        sh -c "test -s $TMP/run_nbce_$i.out && head -n -1 $TMP/example_nbce_$i.out | cmp -s - $TMP/run_nbce_$i.out"
+    check "examples/nbce_qa answers question $i right and names the document that holds the fact" python3 -c "
+import json,sys
+sys.path.insert(0,'tools'); import reading
+q=json.loads(open('$TMP/reading_docs.jsonl').readlines()[$i - 1])
+lines=open('$TMP/example_nbce_$i.out',encoding='utf-8').read().split('\\n')
+files=sorted(n for n in __import__('os').listdir('$TMP/reading_docs'))
+assert reading.answered(''.join(lines[:-2]), q['answer']), (lines, q)
+assert lines[-2]=='source: document %d' % (files.index(q['file'])+1), (lines[-2], q['file'], files)"
+done
+expect_error "examples/generate on a missing model" $EXBIN/generate $TMP/nope.bin hi
+
+# Malformed model files: truncated at several points, corrupted fields. The
+# offsets come from docs/FORMAT.md's layout and this file's own header and
+# tensor table.
+size=$(wc -c < $M)
+table_end=$(python3 -c "
+import struct; d=open('$M','rb').read(32); n,t=struct.unpack_from('<IQ',d,12)[0],struct.unpack_from('<Q',d,16)[0]; print(t+104*n)")
+for cut in 3 100 1024 1500 $table_end $((size / 2)) $((size - 1)); do
+    head -c $cut $M > $TMP/cut.bin
+    expect_error "model truncated to $cut bytes" $BIN/run $TMP/cut.bin -p hi
+done
+cp $M $TMP/padded.bin; printf 'x' >> $TMP/padded.bin
+expect_error_naming "truncated or padded" "model with trailing bytes" $BIN/run $TMP/padded.bin -p hi
+# entry NAME: the offset of tensor NAME's entry in the table
+entry() { python3 -c "
+import struct,sys; d=open('$M','rb').read(); n,t=struct.unpack_from('<I',d,12)[0],struct.unpack_from('<Q',d,16)[0]
+print([t+104*i for i in range(n) if d[t+104*i:t+104*i+48].split(b'\0')[0]==b'$1'][0])"; }
+corrupt() { # corrupt OFFSET BYTES-AS-PRINTF
+    cp $M $TMP/bad.bin
+    printf "$2" | dd of=$TMP/bad.bin bs=1 seek=$1 conv=notrunc 2>/dev/null
+}
+EMB=$(entry tok_embeddings); WQ=$(entry layers.0.attention.wq); SCORES=$(entry tokenizer.scores)
+corrupt 4 '\143'; expect_error_naming "version 99" "unsupported format version" $BIN/run $TMP/bad.bin -p hi
+corrupt 0 'XXXX'; expect_error_naming "magic" "wrong magic" $BIN/run $TMP/bad.bin -p hi
+corrupt 12 '\377\377\377\377'; expect_error "n_tensors far past the file" $BIN/run $TMP/bad.bin -p hi
+corrupt 28 '\001'; expect_error_naming "truncated or padded" "file_bytes not the file's size" $BIN/run $TMP/bad.bin -p hi
+corrupt 32 '\011'; expect_error_naming "architecture" "unknown architecture" $BIN/run $TMP/bad.bin -p hi
+corrupt 36 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
+corrupt 48 '\003\000\000\000'; expect_error_naming "n_kv_heads (3)" "n_heads not a multiple of n_kv_heads" $BIN/run $TMP/bad.bin -p hi
+corrupt 64 '\377\017\000\000'; expect_error_naming "tok_embeddings" "vocab_size 4095 in the config, 4096 rows in the embedding" $BIN/run $TMP/bad.bin -p hi
+corrupt 288 '\007'; expect_error_naming "tokenizer kind" "unknown tokenizer kind" $BIN/run $TMP/bad.bin -p hi
+corrupt 292 '\210\023\000\000'; expect_error_naming "5000" "a tokenizer of 5000 pieces for 4096 embeddings" $BIN/run $TMP/bad.bin -p hi
+corrupt 300 '\210\023\000\000'; expect_error_naming "eos" "eos id out of range" $BIN/run $TMP/bad.bin -p hi
+corrupt $((EMB + 48)) '\115\000\000\000'; expect_error_naming "type 77" "unknown tensor type" $BIN/run $TMP/bad.bin -p hi
+corrupt $((EMB + 88)) '\001'; expect_error_naming "aligned" "misaligned tensor offset" $BIN/run $TMP/bad.bin -p hi
+corrupt $((EMB + 56)) '\377'; expect_error_naming "shape" "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
+corrupt $((SCORES + 88)) '\000\000\000\001'; expect_error "tensor data past the end of the file" $BIN/run $TMP/bad.bin -p hi
+corrupt $WQ 'nonexistent_tensor\000'; expect_error_naming "layers.0.attention.wq" "a required tensor missing" $BIN/run $TMP/bad.bin -p hi
+
+# Bad options.
+expect_error "-n not a number" $BIN/run $M -n abc
+expect_error "-n negative" $BIN/run $M -n -5
+expect_error "--threads 0" $BIN/run $M --threads 0
+expect_error "--top-p above 1" $BIN/run $M --top-p 1.5
+expect_error "-t negative" $BIN/run $M -t -1
+expect_error "--ctx 0" $BIN/run $M --ctx 0
+expect_error "--ppl with --ctx 1" $BIN/run $M --ppl -p "$P1" --ctx 1
+expect_error "unknown option" $BIN/run $M --frobnicate
+expect_error "option without its value" $BIN/run $M -p
+expect_error "-p and -f together" $BIN/run $M -p hi -f $TMP/prompt.txt
+expect_error "missing prompt file" $BIN/run $M -f $TMP/nope.txt
+expect_error "prompt longer than the context" $BIN/run $M --ctx 8 -p "$P1 $P2"
+expect_error "--ppl on a one-token text" $BIN/run $M --ppl -p ''
+expect_error "unknown --pos" $BIN/run $M --pos spiral
+expect_error "unknown --kv" $BIN/run $M --kv q3
+expect_error "--window without rerope or leaky" $BIN/run $M --window 64
+expect_error "--leaky-k without leaky" $BIN/run $M --pos rerope --leaky-k 4
+expect_error "--logn 1" $BIN/run $M --logn 1
+expect_error "--leaky-k below 1" $BIN/run $M --pos leaky --leaky-k 0.5
+expect_error "unknown --rope-scaling" $BIN/run $M --rope-scaling wobbly
+expect_error "--rope-scaling ntk without a factor" $BIN/run $M --rope-scaling ntk
+expect_error "--rope-factor on a model without scaling" $BIN/run $M --rope-factor 2
+expect_error "--rope-factor below 1" $BIN/run $M --rope-scaling linear --rope-factor 0.5
+expect_error "--rope-orig-ctx with ntk" $BIN/run $M --rope-scaling ntk --rope-factor 2 --rope-orig-ctx 64
+expect_error "export with an unknown --quant" $BIN/export $M $TMP/y.bin --quant q3_k
+expect_error "export of a truncated model" $BIN/export $TMP/cut.bin $TMP/y.bin
+check "failed exports leave no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"
+expect_error "export into a missing folder" $BIN/export $M $TMP/no/such/dir/out.bin
+
+# ---------------------------------------------------------------------------
+# What only stories260K and its tokenizer can check (the developers' assets):
+# llama2.c's exact golden text, its checkpoint versions and tokenizer.bin, the
+# f16 fallback of rows that are not a multiple of 32, its float64 oracle.
+echo "== command line: stories260K (assets)"
+have_assets=1
+if [ ! -f "$ASSETS/PROVENANCE.md" ]; then
+    have_assets=0
+    if [ "$CI" = true ]; then fail "assets found at $ASSETS (required when CI=true)"
+    else echo "SKIP command-line tests that need assets: none at $ASSETS"; fi
+fi
 if [ $have_assets -eq 1 ]; then
     V0=$ASSETS/llama2c/stories260K.bin
     V1=$ASSETS/llama2c/stories260K_v1.bin
@@ -104,8 +384,6 @@ if [ $have_assets -eq 1 ]; then
     # llama2.c's own test: exact greedy output of stories260K.
     $BIN/run $V0 -z $TOK -t 0 -n 200 > $TMP/golden.out 2> $TMP/golden.err
     check "stories260K.bin -z tok512.bin -t 0 -n 200 prints llama2.c's expected text exactly" cmp -s $TMP/golden.out $GOLDEN
-    check "the stats line reports prompt and generated tokens with tok/s" \
-        grep -Eq '^prompt: 1 tokens, [0-9.]+ tok/s \| generated: 200 tokens, [0-9.]+ tok/s$' $TMP/golden.err
     $BIN/run $V1 -z $TOK -t 0 -n 200 --threads 1 > $TMP/golden1.out 2>/dev/null
     check "the version-1 checkpoint prints the same text" cmp -s $TMP/golden1.out $GOLDEN
 
@@ -123,91 +401,12 @@ if [ $have_assets -eq 1 ]; then
 got=open('$TMP/ctx_$n.out',encoding='utf-8').read().rstrip('\\n'); want=open('$GOLDEN',encoding='utf-8').read()
 assert 0 < len(got) < 40 and want.startswith(got), repr(got)"
     done
-
-    # The example programs (examples/): model.h inside another program.
     $EXBIN/generate $TMP/s_f32.bin '' 200 > $TMP/example_generate.out 2> $TMP/example_generate.err
     check "examples/generate prints llama2.c's expected text exactly" cmp -s $TMP/example_generate.out $GOLDEN
-    $EXBIN/generate $TMP/s_q8_0.bin 'Once upon a time' 60 0.8 > $TMP/example_sampled.out 2>/dev/null
-    $BIN/run $TMP/s_q8_0.bin -p 'Once upon a time' -n 60 -t 0.8 --top-p 0.9 -s 42 --kv f32 > $TMP/run_sampled.out 2>/dev/null
-    check "examples/generate samples what ./run samples (same seed, top-p, f32 cache)" cmp -s $TMP/example_sampled.out $TMP/run_sampled.out
-    mkdir -p $TMP/example_docs
-    printf 'Tom had a red ball. He played with it in the park every day.' > $TMP/example_docs/a.txt
-    printf 'Lily had a small cat named Kitty. Kitty liked milk.' > $TMP/example_docs/b.txt
-    printf 'The sun was hot. Ben went to swim in the lake.' > $TMP/example_docs/c.txt
-    $EXBIN/nbce_qa $TMP/s_q8_0.bin 'What did Lily have?' "$(cat $TMP/example_docs/a.txt)" "$(cat $TMP/example_docs/b.txt)" \
-        "$(cat $TMP/example_docs/c.txt)" > $TMP/example_nbce.out 2>/dev/null
-    $BIN/run $TMP/s_q8_0.bin --nbce $TMP/example_docs -p 'What did Lily have?' -t 0 -n 48 --kv f32 > $TMP/run_nbce.out 2>/dev/null
-    check "examples/nbce_qa over documents in memory answers as ./run --nbce over them as files" \
-        sh -c "head -n -1 $TMP/example_nbce.out | cmp -s - $TMP/run_nbce.out"
-    check "examples/nbce_qa names the document chosen most: Lily's" grep -qx 'source: document 2' $TMP/example_nbce.out
-    expect_error "examples/generate on a missing model" $EXBIN/generate $TMP/nope.bin hi
-
     $BIN/run $TMP/s_q8_0.bin -t 0 -n 40 > $TMP/q8.out 2>/dev/null
     check "the q8_0 model still tells the story" grep -q '^Once upon a time, there was a little girl named Lily' $TMP/q8.out
-
-    # Sampling: the same seed gives the same text for every thread count.
-    for t in 1 2 3; do
-        $BIN/run $TMP/s_q8_0.bin -t 0.9 --top-p 0.9 -s 42 -n 120 --threads $t > $TMP/sample_$t.out 2>/dev/null
-    done
-    check "sampled text with a fixed seed is identical for 1, 2 and 3 threads" \
-        sh -c "cmp -s $TMP/sample_1.out $TMP/sample_2.out && cmp -s $TMP/sample_1.out $TMP/sample_3.out"
-    $BIN/run $TMP/s_q8_0.bin -t 0.9 -s 43 -n 120 > $TMP/sample_43.out 2>/dev/null
-    check "another seed gives another text" sh -c "! cmp -s $TMP/sample_1.out $TMP/sample_43.out"
-    $BIN/run $TMP/s_q8_0.bin -t 1 --top-k 1 -s 7 -n 50 > $TMP/topk1.out 2>/dev/null
-    $BIN/run $TMP/s_q8_0.bin -t 0 -n 50 > $TMP/greedy50.out 2>/dev/null
-    check "--top-k 1 samples the greedy text" cmp -s $TMP/topk1.out $TMP/greedy50.out
-
-    # -f reads the prompt byte for byte, same as -p.
-    printf 'Once upon a time' > $TMP/prompt.txt
-    $BIN/run $TMP/s_f32.bin -f $TMP/prompt.txt -t 0 -n 30 > $TMP/f.out 2>/dev/null
-    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -t 0 -n 30 > $TMP/p.out 2>/dev/null
-    check "-f FILE and -p TEXT give the same output" cmp -s $TMP/f.out $TMP/p.out
-    $BIN/run $TMP/s_f32.bin -f - -t 0 -n 30 < $TMP/prompt.txt > $TMP/stdin.out 2>/dev/null
-    check "-f - reads the prompt from stdin" cmp -s $TMP/stdin.out $TMP/p.out
-
-    # --tokenize and --json.
-    ids=$($BIN/run $TMP/s_f32.bin -p 'Once upon a time' --tokenize)
-    check "--tokenize prints the ids with BOS as a JSON array" test "$ids" = "[1, 403, 407, 261, 378]"
-    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -t 0 -n 25 --json > $TMP/gen.json 2>/dev/null
-    check "--json prints one valid object with text, ids and counts" python3 -c "
-import json,sys
-o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
-assert set(o)=={'text','ids','prompt_tokens','generated_tokens','prefill_tok_s','decode_tok_s'}, o
-assert o['prompt_tokens']==5 and o['generated_tokens']==25==len(o['ids'])
-assert o['text'].startswith(','), o['text']
-"
-    check "--json text equals the streamed text" python3 -c "
-import json
-o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
-s=open('$TMP/p.out',encoding='utf-8').read()
-# p.out holds 30 tokens, the JSON 25; the JSON text must be its beginning
-assert s.startswith(o['text']) and len(o['text'])>20, (s,o['text'])
-"
-    $BIN/run $TMP/s_f32.bin -f $ASSETS/text/tinystories_sample_cs336.txt --ppl --json > $TMP/ppl.json 2>/dev/null
-    check "--ppl --json prints tokens, mean_nll and ppl = exp(mean_nll)" python3 -c "
-import json,math
-o=json.loads(open('$TMP/ppl.json').read())
-assert set(o)=={'tokens','mean_nll','ppl'} and o['tokens']>100, o
-assert 0.5<o['mean_nll']<4 and abs(math.exp(o['mean_nll'])-o['ppl'])<1e-3*o['ppl'], o
-"
-    $BIN/run $TMP/s_f32.bin -f $ASSETS/text/tinystories_sample_cs336.txt --ppl --json --ctx 64 > $TMP/ppl64.json 2>/dev/null
-    check "--ppl over a text longer than --ctx scores it in windows (same token count, higher loss)" python3 -c "
-import json
-a=json.loads(open('$TMP/ppl.json').read()); b=json.loads(open('$TMP/ppl64.json').read())
-assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)
-"
     $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 --kv f32 > /dev/null 2> $TMP/verbose.err
-    check "--verbose --kv f32 prints the KV cache bytes per token" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
-    $BIN/run $TMP/s_f32.bin -p 'Once upon a time' -n 5 --verbose -t 0 > /dev/null 2> $TMP/verbose.err
-    check "the KV cache is f16 by default: half the bytes" grep -q 'kv cache: 640 bytes per token (f16' $TMP/verbose.err
-    check "--verbose's memory line: the file's weights + 512 tokens x 640 bytes of KV cache + scratch = its total" python3 -c "
-import os,re
-line=[l for l in open('$TMP/verbose.err') if l.startswith('memory:')][0]
-w,rep,kv,scratch,batch,total=re.fullmatch(r'memory: ([0-9.]+) MiB weights \\(([0-9.]+) MiB of them repacked in memory, the rest mapped\\) \\+ ([0-9.]+) MiB kv cache \\+ ([0-9.]+) MiB scratch \\(batches of ([0-9]+) tokens\\) = ([0-9.]+) MiB\\n',line).groups()
-M=1048576
-assert abs(float(w)-os.path.getsize('$TMP/s_f32.bin')/M)<0.01 and float(rep)==0, line
-assert abs(float(kv)-512*640/M)<0.01 and 0<float(scratch)<64 and int(batch)==512, line
-assert abs(float(w)+float(kv)+float(scratch)-float(total))<0.02, line"
+    check "--verbose --kv f32 prints stories260K's KV cache bytes per token (5 x 4 x (8 + 8) x 4)" grep -q 'kv cache: 1280 bytes per token' $TMP/verbose.err
 
     # The float64 transformers oracle (tests/oracle): same ids, same NLL, same greedy tokens.
     FIX=tests/fixtures/stories260K_oracle.json
@@ -239,40 +438,9 @@ import json
 got=json.loads(open('$TMP/oracle_greedy.json').read().splitlines()[-1])['ids']
 assert got==json.load(open('$FIX'))['greedy']['ids'], got"
 
-    # Positions from the command line: the invariants end to end.
-    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json > $TMP/pos_rope.json 2>/dev/null
-    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json --pos rerope --window 100000 > $TMP/pos_rerope_wide.json 2>/dev/null
-    check "--pos rerope with a window beyond the text scores exactly as RoPE" cmp -s $TMP/pos_rope.json $TMP/pos_rerope_wide.json
-    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json --pos rerope --window 0 --logn 0 > $TMP/pos_rerope0.json 2>/dev/null
-    $BIN/run $V0 -z $TOK -f $TMP/oracle_tiny.txt --ppl --json --pos nope > $TMP/pos_nope.json 2>/dev/null
-    check "--pos rerope --window 0 scores exactly as --pos nope" cmp -s $TMP/pos_rerope0.json $TMP/pos_nope.json
-    check "--pos nope scores worse than RoPE on stories260K (trained with RoPE)" python3 -c "
-import json
-a=json.load(open('$TMP/pos_rope.json')); b=json.load(open('$TMP/pos_nope.json'))
-assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
-
     run_suite check_positions python3 tests/check_positions.py "$BIN" $TMP "$ASSETS"
 
-    # Malformed model files: truncated at several points, corrupted fields.
-    size=$(wc -c < $TMP/s_q8_0.bin)
-    for cut in 3 100 1024 1500 $((size / 2)) $((size - 1)); do
-        head -c $cut $TMP/s_q8_0.bin > $TMP/cut.bin
-        expect_error "model truncated to $cut bytes" $BIN/run $TMP/cut.bin -p hi
-    done
-    cp $TMP/s_q8_0.bin $TMP/padded.bin; printf 'x' >> $TMP/padded.bin
-    expect_error "model with trailing bytes" $BIN/run $TMP/padded.bin -p hi
-    corrupt() { # corrupt OFFSET BYTES-AS-PRINTF
-        cp $TMP/s_q8_0.bin $TMP/bad.bin
-        printf "$2" | dd of=$TMP/bad.bin bs=1 seek=$1 conv=notrunc 2>/dev/null
-    }
-    corrupt 4 '\143'; expect_error "unsupported format version" $BIN/run $TMP/bad.bin -p hi
-    corrupt 0 'XXXX'; expect_error "wrong magic" $BIN/run $TMP/bad.bin -p hi
-    corrupt 36 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
-    corrupt 48 '\003\000\000\000'; expect_error "n_heads not a multiple of n_kv_heads" $BIN/run $TMP/bad.bin -p hi
-    corrupt $((1024 + 48)) '\115\000\000\000'; expect_error "unknown tensor type" $BIN/run $TMP/bad.bin -p hi
-    corrupt $((1024 + 88)) '\001'; expect_error "misaligned tensor offset" $BIN/run $TMP/bad.bin -p hi
-    corrupt $((1024 + 56)) '\377\000\000\000'; expect_error "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
-    corrupt 1024 'nonexistent_tensor\000'; expect_error "a required tensor missing" $BIN/run $TMP/bad.bin -p hi
+    # llama2.c's files, malformed: truncated checkpoints and tokenizer.bin.
     head -c 500000 $V0 > $TMP/cut_v0.bin
     expect_error "truncated llama2.c checkpoint" $BIN/run $TMP/cut_v0.bin -z $TOK -p hi
     head -c 100000 $V1 > $TMP/cut_v1.bin
@@ -281,36 +449,8 @@ assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
     expect_error "truncated tokenizer.bin" $BIN/run $V0 -z $TMP/cut_tok.bin -p hi
     expect_error "llama2.c checkpoint without -z" $BIN/run $V0 -p hi
     expect_error "missing tokenizer file" $BIN/run $V0 -z $TMP/nope.bin -p hi
-
-    # Bad options.
-    M=$TMP/s_q8_0.bin
-    expect_error "-n not a number" $BIN/run $M -n abc
-    expect_error "-n negative" $BIN/run $M -n -5
-    expect_error "--threads 0" $BIN/run $M --threads 0
-    expect_error "--top-p above 1" $BIN/run $M --top-p 1.5
-    expect_error "-t negative" $BIN/run $M -t -1
-    expect_error "--ctx 0" $BIN/run $M --ctx 0
-    expect_error "unknown option" $BIN/run $M --frobnicate
-    expect_error "option without its value" $BIN/run $M -p
-    expect_error "-p and -f together" $BIN/run $M -p hi -f $TMP/prompt.txt
-    expect_error "missing prompt file" $BIN/run $M -f $TMP/nope.txt
-    expect_error "prompt longer than the context" $BIN/run $M --ctx 8 -p 'Once upon a time there was a little girl named Lily who loved to play'
-    expect_error "--ppl on a one-token text" $BIN/run $M --ppl -p ''
-    expect_error "unknown --pos" $BIN/run $M --pos spiral
-    expect_error "unknown --kv" $BIN/run $M --kv q3
-    expect_error "--window without rerope or leaky" $BIN/run $M --window 64
-    expect_error "--leaky-k without leaky" $BIN/run $M --pos rerope --leaky-k 4
-    expect_error "--logn 1" $BIN/run $M --logn 1
-    expect_error "--leaky-k below 1" $BIN/run $M --pos leaky --leaky-k 0.5
-    expect_error "unknown --rope-scaling" $BIN/run $M --rope-scaling wobbly
-    expect_error "--rope-scaling ntk without a factor" $BIN/run $M --rope-scaling ntk
-    expect_error "--rope-factor on a model without scaling" $BIN/run $M --rope-factor 2
-    expect_error "--rope-factor below 1" $BIN/run $M --rope-scaling linear --rope-factor 0.5
-    expect_error "--rope-orig-ctx with ntk" $BIN/run $M --rope-scaling ntk --rope-factor 2 --rope-orig-ctx 64
-    expect_error "export with an unknown --quant" $BIN/export $V0 $TMP/y.bin --quant q3_k
     expect_error "export with a truncated tokenizer" $BIN/export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
-    check "failed exports leave no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"
-    expect_error "export into a missing folder" $BIN/export $V0 $TMP/no/such/dir/out.bin --tokenizer $TOK
+    check "a failed export with a tokenizer leaves no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"
 fi
 
 echo "$passed passed, $failed failed"
