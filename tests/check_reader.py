@@ -13,8 +13,9 @@ transformers' numbers in float64). Nothing here needs the developers' assets.
 - each tricky string: --tokenize equals SentencePiece's ids with BOS; where
   the string holds a control piece's text (<s>, </s>, <unk>), ./run parses it
   as that token (as the tokenizers library does; SentencePiece's encode keeps
-  it as text), so there the ids must be the control ids with each piece of
-  text between them tokenized alone;
+  it as text, and so does the library's tokenizer_encode, which test_model
+  checks against these ids), so there the ids must be the control ids with
+  each piece of text between them tokenized alone;
 - greedy continuations of the fixture's prompts (32 tokens, --ignore-eos):
   the ids equal transformers' up to the first step whose margin between the
   two best logits is below 1 nat, at least 8 steps in all;

@@ -13,14 +13,16 @@
  * What does not depend on stories260K (the reference forward, batching,
  * threads, positions, NBCE rows, no allocation per token, two models in one
  * process, the repacked layout) also runs on the shipped q8_0 model, with or
- * without the assets; so do the models built in memory (GQA tiles, latent
- * attention, NBCE pooling).
+ * without the assets, and its tokenizer is checked against SentencePiece's
+ * ids in its oracle fixture; the models built in memory (GQA tiles, latent
+ * attention, NBCE pooling) run either way.
  * Usage: test_model [ASSETS_DIR [MODEL]]   (run from the repository root;
  * MODEL: the shipped model, models/reader.bin)
  */
 #define MODEL_IMPLEMENTATION
 #include "../model.h"
 #include "check.h"
+#include "../json.h"
 
 /* Every malloc, calloc, realloc and posix_memalign of this program (its
    engine code, tokenizer.c, and libc itself in static builds) passes
@@ -1237,6 +1239,46 @@ static void test_any_model(Model *m, const char *what) {
     test_two_models(m);
 }
 
+/* The shipped model's tokenizer against SentencePiece's ids in its oracle
+   fixture (tests/fixtures/reader_oracle.json): every text and tricky string.
+   tokenizer_encode leaves control pieces written in the text (<s>, </s>,
+   <unk>) as text, as SentencePiece's encode does; ./run parses them
+   (check_reader.py checks that side). */
+static void test_shipped_tokenizer(const Tokenizer *t, const char *fixture) {
+    FILE *f = fopen(fixture, "rb");
+    char *buf = NULL, err[256] = "";
+    long n = f && !fseek(f, 0, SEEK_END) ? ftell(f) : -1;
+    JsonDoc doc = {0};
+    int ok = n > 0 && !fseek(f, 0, SEEK_SET) && (buf = malloc((size_t)n)) && fread(buf, 1, (size_t)n, f) == (size_t)n &&
+             !json_parse(&doc, buf, (size_t)n, err, sizeof err);
+    if (f) fclose(f);
+    CHECK(ok && t, "%s reads, and the model has a tokenizer%s%s", fixture, *err ? ": " : "", err);
+    int good = 0, total = 0, first_bad = -1;
+    const char *groups[2][2] = {{"texts", "ids"}, {"tokenizer_cases", "ids_special"}};
+    for (int g = 0; ok && t && g < 2; g++) {
+        const JsonValue *cases = json_get(&doc.root, groups[g][0]);
+        for (size_t i = 0; cases && i < cases->len; i++) {
+            const JsonValue *c = json_array_item(cases, i), *text = json_get(c, "text"), *want = json_get(c, groups[g][1]);
+            if (!text || text->type != JSON_STRING || !want || want->type != JSON_ARRAY) continue;
+            int max = (int)(2 * text->len + 3), *ids = malloc((size_t)max * sizeof(int));
+            int got = tokenizer_encode(t, text->str, text->len, tokenizer_add_bos(t), ids, max), same = got == (int)want->len;
+            for (int k = 0; same && k < got; k++) {
+                int id;
+                same = json_int(json_array_item(want, (size_t)k), &id) == 0 && id == ids[k];
+            }
+            good += same, total++;
+            if (!same && first_bad < 0) first_bad = total - 1;
+            free(ids);
+        }
+    }
+    char bad[64] = "";
+    if (first_bad >= 0) snprintf(bad, sizeof bad, "; the first wrong one: #%d", first_bad);
+    CHECK(total >= 70 && good == total, "the shipped model's tokenizer: %d of %d texts and tricky strings (control pieces "
+          "among them, as text) encode to SentencePiece's ids with BOS%s", good, total, bad);
+    json_free(&doc);
+    free(buf);
+}
+
 /* The shipped model (q8_0). Its q8_0 kernels round the activations to 8
    bits, so a difference in the last bit anywhere (an f16 cache, a far key)
    moves its logits by a percent or more through 8 layers: the checks to
@@ -1249,6 +1291,7 @@ static void test_shipped_model(const char *path) {
         CHECK(0, "%s loads: %s", path, err);
         return;
     }
+    test_shipped_tokenizer(m.tokenizer, "tests/fixtures/reader_oracle.json");
     if (!type_is_quantized(m.layers[0].wq.type)) {
         test_any_model(&m, path);
         model_free(&m);
