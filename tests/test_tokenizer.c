@@ -1046,9 +1046,13 @@ int main(int argc, char **argv)
         const char *ci = getenv("CI");
         int required = ci && strcmp(ci, "true") == 0;
         if (required) printf("FAIL tokenizer tests: assets not found at %s (required when CI=true)\n", r.assets);
-        else printf("SKIP tokenizer tests: assets not found at %s\n", r.assets);
-        printf("0 passed, %d failed\n", required);
-        return required;
+        else printf("SKIP tokenizer tests on llama2.c's and llama.cpp's vocabularies: assets not found at %s\n", r.assets);
+        r.failed += required;
+        /* what needs no assets: a vocabulary built here, the repository's fixtures */
+        test_synthetic(&r);
+        test_hf_fixtures(&r);
+        printf("%d passed, %d failed\n", r.passed, r.failed);
+        return r.failed ? 1 : 0;
     }
 
     char err[512] = "";
