@@ -319,6 +319,8 @@ if os.path.exists(stories) and os.path.exists(tok):
     rc, out, err = run(stories, "-z", tok, "--chat", "--chat-template", "llama2", "-p", "hi", "-n", "8", "-t", "0", "--tokenize")
     check(rc == 0 and (ids_of(rc, out) or [0])[0] == 1 and ids_of(rc, out).count(1) == 1,
           f"llama2.c stories260K --chat-template llama2: BOS once, from the rendering ({out.strip()[:80]})")
+elif os.environ.get("CI") == "true":
+    check(False, f"llama2.c checks: {stories} found (required when CI=true)")
 else:
     print(f"SKIP llama2.c checks: no {stories}")
 
