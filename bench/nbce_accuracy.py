@@ -4,8 +4,8 @@
     python3 bench/nbce_accuracy.py [--model models/reader.bin] [--ns 1,4,16,64,256]
                                    [--questions 200] [--seed 1] [--threads T] [--json FILE]
 
-For each N, folders of N documents from tools/reading.py (each document 500-880
-characters of filler, a quarter to a half of the shipped model's 512-token
+For each N, folders of N documents from tools/reading.py (each document about
+480-840 characters, a quarter to a half of the shipped model's 512-token
 context, with 1-3 facts about names no other document mentions) and
 --questions questions, each about a fact of a different document (several
 folders when N is small). Every question is answered four ways, greedy, 8
@@ -80,7 +80,8 @@ def main():
             for f in range(math.ceil(a.questions / per_folder)):
                 folder = os.path.join(work, f"n{n}_{f}")
                 count = min(per_folder, a.questions - f * per_folder)
-                qs = reading.make_folder(folder, n, a.seed * 100003 + n * 101 + f, (500, 880), (1, 3), paragraphs, count)
+                qs = reading.make_folder(folder, n, a.seed * 100003 + n * 101 + f, reading.DOC_CHARS, reading.DOC_FACTS,
+                                         paragraphs, count)
                 folders.append((folder, qs))
             res = {"ceiling": [], "truncation": [], "min-entropy": [], "mean": []}
             secs = {k: 0.0 for k in res}

@@ -21,7 +21,8 @@ writes DIR/doc-0000.txt ... and, in FILE (default DIR.jsonl beside DIR),
 Q questions (default one per document, at most 200), each about a fact of a
 different document: {"question", "answer", "file"}. Every document holds
 --facts MIN MAX facts about names that no other document mentions, and is
---chars MIN MAX characters of filler long (about 150-280 tokens of the
+about a random length of --chars MIN MAX characters, facts included
+(the default, 480-840, gives documents of about 128-256 tokens of the
 shipped model's vocabulary, a quarter to a half of its 512-token context).
 """
 import argparse
@@ -37,6 +38,8 @@ ONSETS = list("bdfghklmnprstvz") * 3 + ["br", "dr", "gr", "kr", "tr", "st", "th"
 VOWELS = list("aeiou") * 4 + ["ia", "ea", "ou", "ai", "y"]
 CODAS = [""] * 12 + list("nrlsm")
 KINDS = ("capital", "password")
+DOC_CHARS = (480, 840)  # a document's length: about 128-256 tokens of the shipped model
+DOC_FACTS = (1, 3)      # facts in a document
 
 
 def invent_word(rng):
@@ -104,26 +107,28 @@ def split_sentences(paragraph):
 
 def filler(rng, paragraphs, n_chars):
     """Consecutive paragraphs from a random place, as lists of sentences,
-    about n_chars long (the last paragraph cut at a sentence end)."""
+    about n_chars long: cut at the sentence end nearest to it."""
     i = rng.randrange(len(paragraphs))
     out, total = [], 0
-    while total < n_chars:
-        sents = split_sentences(paragraphs[i % len(paragraphs)])
-        i += 1
+    while True:
         take = []
-        for s in sents:
-            if total >= n_chars and take:
-                break
+        for s in split_sentences(paragraphs[i % len(paragraphs)]):
+            if total + len(s) > n_chars and total + len(s) - n_chars > n_chars - total and (take or out):
+                if take:
+                    out.append(take)
+                return out
             take.append(s)
             total += len(s) + 1
         out.append(take)
-    return out
+        i += 1
 
 
 def document(rng, paragraphs, n_chars, facts):
-    """Filler of about n_chars with each fact put between two sentences at
-    random (or before the first or after the last)."""
-    paras = filler(rng, paragraphs, n_chars)
+    """A document of about n_chars (facts included): filler with each fact
+    put between two sentences at random (or before the first or after the
+    last)."""
+    room = n_chars - sum(len(f.sentence()) + 1 for f in facts)
+    paras = filler(rng, paragraphs, max(1, room))
     slots = [(p, s) for p in range(len(paras)) for s in range(len(paras[p]) + 1)]
     placed = [(rng.choice(slots), i) for i in range(len(facts))]
     for (p, s), i in sorted(placed, reverse=True):  # from the end, so earlier places stay put
@@ -173,8 +178,8 @@ def main():
     ap.add_argument("folder")
     ap.add_argument("--docs", type=int, required=True, help="documents in the folder")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--chars", type=int, nargs=2, default=(500, 880), metavar=("MIN", "MAX"))
-    ap.add_argument("--facts", type=int, nargs=2, default=(1, 3), metavar=("MIN", "MAX"))
+    ap.add_argument("--chars", type=int, nargs=2, default=DOC_CHARS, metavar=("MIN", "MAX"))
+    ap.add_argument("--facts", type=int, nargs=2, default=DOC_FACTS, metavar=("MIN", "MAX"))
     ap.add_argument("--count", type=int, help="questions (default: one per document, at most 200)")
     ap.add_argument("--questions", help="where the questions go (default: FOLDER.jsonl)")
     ap.add_argument("--filler", default=DEFAULT_FILLER, help="paragraphs separated by blank lines")
