@@ -31,9 +31,10 @@ int main(int argc, char **argv) {
     const Tokenizer *tok = model.tokenizer;
     if (!tok) return fail("the model file has no tokenizer");
     /* q8_0/q4_0 matrices in the layout of the fastest kernels: a copy in
-       memory (leave it out when the model barely fits in RAM; without the
-       memory for it the model stays as stored, which works as well). */
-    model_repack(&model, SIZE_MAX);
+       memory, where a SIMD version of those kernels is compiled (as ./run
+       does, so both give the same numbers). Leave it out when the model
+       barely fits in RAM; the model as stored works as well. */
+    if (model_repack_pays()) model_repack(&model, SIZE_MAX);
     int n_rows = argc - 2, ctx_len = model.cfg.max_seq_len;
 
     /* Row texts: the question after nothing, then after each document. */
