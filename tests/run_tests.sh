@@ -48,16 +48,22 @@ for t in test_kernels test_json test_tokenizer test_model; do
 done
 # TEST_SUBSET=core (make test-cross in CI, where every program runs under
 # qemu): the C unit tests and the command-line checks below, without these
-# suites of Hugging Face fixtures, chat and NBCE options.
+# Python suites (each runs the engine many times, and qemu is slow).
 if [ "${TEST_SUBSET:-all}" = core ]; then
-    echo "SKIP check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce: TEST_SUBSET=core"
+    echo "SKIP check_reader, check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions: TEST_SUBSET=core"
 else
+    # the shipped model against its oracle fixture (transformers, SentencePiece)
+    run_suite check_reader python3 tests/check_reader.py "$BIN" $TMP models/reader.bin
     # Hugging Face checkpoints and tokenizers against transformers (tests/fixtures/hf)
     run_suite check_hf python3 tests/check_hf.py "$BIN" $TMP
     run_suite check_export_errors python3 tests/check_export_errors.py "$BIN" $TMP
     run_suite check_chat python3 tests/check_chat.py "$BIN" $TMP
     run_suite check_nbce_cli python3 tests/check_nbce_cli.py "$BIN" $TMP
     run_suite check_nbce python3 tests/check_nbce.py "$BIN" $TMP "$ASSETS"
+    # the reading task's generator, and the shipped model answering from its folder
+    run_suite check_reading python3 tests/check_reading.py "$BIN" $TMP "$ASSETS"
+    # positions past stories260K's trained context against a float64 reference
+    run_suite check_positions python3 tests/check_positions.py "$BIN" $TMP "$ASSETS"
 fi
 # Model files over 2 and 4 GiB (sparse), on 64- and 32-bit targets
 run_suite check_large_file python3 tests/check_large_file.py "$BIN" $TMP models/reader.bin
@@ -105,7 +111,6 @@ expect_error_naming() {
 # float64 greedy tokens, checked in full by check_reader.py), the format's
 # layout (docs/FORMAT.md), and relations that must hold.
 M=models/reader.bin
-run_suite check_reader python3 tests/check_reader.py "$BIN" $TMP $M
 echo "== command line: models/reader.bin"
 RFIX=tests/fixtures/reader_oracle.json
 fixture() { python3 -c "import json,sys; f=json.load(open('$RFIX')); sys.stdout.buffer.write(($1).encode())"; }
@@ -167,31 +172,32 @@ s=open('$TMP/p.out',encoding='utf-8').read()
 # p.out holds 30 tokens, the JSON 25; the JSON text must be its beginning
 assert s.startswith(o['text']) and len(o['text'])>20, (s,o['text'])"
 
-# --ppl over a text longer than the context (the fixture's 1082-token text).
-fixture "[t['text'] for t in f['texts'] if t['name']=='long_ctx128'][0]" > $TMP/r_long.txt
-$BIN/run $M -f $TMP/r_long.txt --ppl --json > $TMP/ppl.json 2>/dev/null
+# --ppl over a text longer than the context (the fixture's 328-token reading
+# task text, in windows of 128 tokens; check_reader.py scores the 1082-token
+# one against transformers).
+fixture "[t['text'] for t in f['texts'] if t['name']=='task'][0]" > $TMP/r_task.txt
+$BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 128 > $TMP/ppl.json 2>/dev/null
 check "--ppl --json prints tokens (SentencePiece's count), mean_nll and ppl = exp(mean_nll)" python3 -c "
 import json,math
-o=json.loads(open('$TMP/ppl.json').read()); t=[t for t in json.load(open('$RFIX'))['texts'] if t['name']=='long_ctx128'][0]
-assert set(o)=={'tokens','mean_nll','ppl'} and o['tokens']==len(t['ids'])>512, o
+o=json.loads(open('$TMP/ppl.json').read()); t=[t for t in json.load(open('$RFIX'))['texts'] if t['name']=='task'][0]
+assert set(o)=={'tokens','mean_nll','ppl'} and o['tokens']==len(t['ids'])>128, o
 assert 0<o['mean_nll']<4 and abs(math.exp(o['mean_nll'])-o['ppl'])<1e-3*o['ppl'], o"
-$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 64 > $TMP/ppl64.json 2>/dev/null
-check "--ppl over a text longer than --ctx scores it in windows (same token count, higher loss at --ctx 64)" python3 -c "
+$BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 64 > $TMP/ppl64.json 2>/dev/null
+check "--ppl over a text longer than --ctx scores it in windows (same token count, higher loss at --ctx 64 than 128)" python3 -c "
 import json
 a=json.loads(open('$TMP/ppl.json').read()); b=json.loads(open('$TMP/ppl64.json').read())
 assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)"
 
 # Positions from the command line: the invariants end to end.
-$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 > $TMP/pos_rope.json 2>/dev/null
-$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 --pos rerope --window 100000 > $TMP/pos_rerope_wide.json 2>/dev/null
+$BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 128 --pos rerope --window 100000 > $TMP/pos_rerope_wide.json 2>/dev/null
 check "--pos rerope with a window beyond the context scores exactly as RoPE" \
-    sh -c "test -s $TMP/pos_rope.json && cmp -s $TMP/pos_rope.json $TMP/pos_rerope_wide.json"
-$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 --pos rerope --window 0 --logn 0 > $TMP/pos_rerope0.json 2>/dev/null
-$BIN/run $M -f $TMP/r_long.txt --ppl --json --ctx 256 --pos nope > $TMP/pos_nope.json 2>/dev/null
+    sh -c "test -s $TMP/ppl.json && cmp -s $TMP/ppl.json $TMP/pos_rerope_wide.json"
+$BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 128 --pos rerope --window 0 --logn 0 > $TMP/pos_rerope0.json 2>/dev/null
+$BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 128 --pos nope > $TMP/pos_nope.json 2>/dev/null
 check "--pos rerope --window 0 scores exactly as --pos nope" sh -c "test -s $TMP/pos_nope.json && cmp -s $TMP/pos_rerope0.json $TMP/pos_nope.json"
 check "--pos nope scores worse than RoPE (the model was trained with RoPE)" python3 -c "
 import json
-a=json.load(open('$TMP/pos_rope.json')); b=json.load(open('$TMP/pos_nope.json'))
+a=json.load(open('$TMP/ppl.json')); b=json.load(open('$TMP/pos_nope.json'))
 assert b['mean_nll'] > a['mean_nll'] + 0.1, (a, b)"
 
 # --verbose: the KV cache and memory lines, against the config in the fixture
@@ -250,16 +256,18 @@ for q in q8_0 f32 q4_0; do
     check "export models/reader.bin --quant $q succeeds" test -s $TMP/r_$q.bin
 done
 check "export --quant q8_0 of the q8_0 model writes the same file, byte for byte" cmp -s $M $TMP/r_q8_0.bin
-fixture "[t['text'] for t in f['texts'] if t['name']=='pride'][0]" > $TMP/r_pride.txt
+fixture "[t['text'] for t in f['texts'] if t['name']=='pride'][0][:1000]" > $TMP/r_pride.txt # 284 tokens
 for q in f32 q4_0; do
     $BIN/run $TMP/r_$q.bin -f $TMP/r_pride.txt --ppl --json > $TMP/r_ppl_$q.json 2>/dev/null
 done
 $BIN/run $M -f $TMP/r_pride.txt --ppl --json > $TMP/r_ppl_q8_0.json 2>/dev/null
 $BIN/run $TMP/r_q4_0.bin -p "$P1" -n 1 --verbose > /dev/null 2> $TMP/r_q4_0.err
-check "the f32 copy scores the book as the q8_0 model does (within 1%), the q4_0 copy worse but still knows it (< 0.5 nats)" python3 -c "
+# (the book is memorised, down to 0.03 nats a token, while the q8_0
+# activations' rounding moves the mean by up to 5e-4 nats: more than 1% there)
+check "the f32 copy scores the book as the q8_0 model does (within 1% or 5e-4 nats), the q4_0 copy worse but still knows it (< 0.5 nats)" python3 -c "
 import json
 a,b,c=(json.load(open('$TMP/r_ppl_%s.json' % q)) for q in ('q8_0','f32','q4_0'))
-assert a['tokens']==b['tokens']==c['tokens'] and abs(b['mean_nll']-a['mean_nll'])<=0.01*a['mean_nll'], (a,b)
+assert a['tokens']==b['tokens']==c['tokens'] and abs(b['mean_nll']-a['mean_nll'])<=max(0.01*a['mean_nll'],5e-4), (a,b)
 assert a['mean_nll'] < c['mean_nll'] < 0.5, (a,c)"
 check "the q4_0 copy is q4_0 (--verbose)" grep -q '^weights: [0-9.]* MiB mapped (q4_0)' $TMP/r_q4_0.err
 $BIN/run $TMP/r_f32.bin -p "$P1" -n 1 --verbose > /dev/null 2> $TMP/r_f32.err
@@ -274,18 +282,19 @@ $EXBIN/generate $M "$P2" 60 0.8 > $TMP/example_sampled.out 2>/dev/null
 $BIN/run $M -p "$P2" -n 60 -t 0.8 --top-p 0.9 -s 42 --kv f32 > $TMP/run_sampled.out 2>/dev/null
 check "examples/generate samples what ./run samples (same seed, top-p, f32 cache)" \
     sh -c "test -s $TMP/run_sampled.out && cmp -s $TMP/example_sampled.out $TMP/run_sampled.out"
-# NBCE over reading-task documents (tools/reading.py): three documents, a
-# question about each, the answer in exactly one of them.
+# NBCE over reading-task documents (tools/reading.py): three documents, the
+# answer in exactly one of them (question 1 of seed 1: a capital, in the
+# second document).
 rm -rf $TMP/reading_docs $TMP/reading_docs.jsonl
 python3 tools/reading.py $TMP/reading_docs --docs 3 --seed 1
 set -- $TMP/reading_docs/*.txt
-for i in 1 2 3; do
-    q=$(python3 -c "import json; print(json.loads(open('$TMP/reading_docs.jsonl').readlines()[$i - 1])['question'])")
-    $EXBIN/nbce_qa $M "$q" "$(cat $1)" "$(cat $2)" "$(cat $3)" > $TMP/example_nbce_$i.out 2>/dev/null
-    $BIN/run $M --nbce $TMP/reading_docs -p "$q" -t 0 -n 48 --kv f32 > $TMP/run_nbce_$i.out 2>/dev/null
-    check "examples/nbce_qa over documents in memory answers question $i as ./run --nbce over them as files" \
-        sh -c "test -s $TMP/run_nbce_$i.out && head -n -1 $TMP/example_nbce_$i.out | cmp -s - $TMP/run_nbce_$i.out"
-    check "examples/nbce_qa answers question $i right and names the document that holds the fact" python3 -c "
+i=1
+q=$(python3 -c "import json; print(json.loads(open('$TMP/reading_docs.jsonl').readlines()[$i - 1])['question'])")
+$EXBIN/nbce_qa $M "$q" "$(cat $1)" "$(cat $2)" "$(cat $3)" > $TMP/example_nbce_$i.out 2>/dev/null
+$BIN/run $M --nbce $TMP/reading_docs -p "$q" -t 0 -n 48 --kv f32 > $TMP/run_nbce_$i.out 2>/dev/null
+check "examples/nbce_qa over documents in memory answers question $i as ./run --nbce over them as files" \
+    sh -c "test -s $TMP/run_nbce_$i.out && head -n -1 $TMP/example_nbce_$i.out | cmp -s - $TMP/run_nbce_$i.out"
+check "examples/nbce_qa answers question $i right and names the document that holds the fact" python3 -c "
 import json,sys
 sys.path.insert(0,'tools'); import reading
 q=json.loads(open('$TMP/reading_docs.jsonl').readlines()[$i - 1])
@@ -293,7 +302,6 @@ lines=open('$TMP/example_nbce_$i.out',encoding='utf-8').read().split('\\n')
 files=sorted(n for n in __import__('os').listdir('$TMP/reading_docs'))
 assert reading.answered(''.join(lines[:-2]), q['answer']), (lines, q)
 assert lines[-2]=='source: document %d' % (files.index(q['file'])+1), (lines[-2], q['file'], files)"
-done
 expect_error "examples/generate on a missing model" $EXBIN/generate $TMP/nope.bin hi
 
 # Malformed model files: truncated at several points, corrupted fields. The
@@ -437,8 +445,6 @@ assert abs(got['mean_nll']-want['mean_nll'])<=1e-2*want['mean_nll'], (got, want[
 import json
 got=json.loads(open('$TMP/oracle_greedy.json').read().splitlines()[-1])['ids']
 assert got==json.load(open('$FIX'))['greedy']['ids'], got"
-
-    run_suite check_positions python3 tests/check_positions.py "$BIN" $TMP "$ASSETS"
 
     # llama2.c's files, malformed: truncated checkpoints and tokenizer.bin.
     head -c 500000 $V0 > $TMP/cut_v0.bin
