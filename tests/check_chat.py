@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from harness import BIN, TMP, check, export, finish, run
+from harness import BIN, TMP, check, export, finish, have, run
 
 HF = "tests/fixtures/hf"
 ASSETS = os.environ.get("ASSETS", "../shared/assets")
@@ -312,17 +312,13 @@ if models["llama"]:
           f"template of an unknown family (Gemma): names the problem and --chat-template ({err.strip()[:200]})")
 
 stories, tok = os.path.join(ASSETS, "llama2c", "stories260K.bin"), os.path.join(ASSETS, "llama2c", "tok512.bin")
-if os.path.exists(stories) and os.path.exists(tok):
+if have([stories, tok], "llama2.c checks"):
     rc, out, err = run(stories, "-z", tok, "--chat", "-p", "hi")
     check(one_error_line(rc, err) and "--chat-template" in err,
           f"llama2.c stories260K (no template): names the problem and --chat-template ({err.strip()[:200]})")
     rc, out, err = run(stories, "-z", tok, "--chat", "--chat-template", "llama2", "-p", "hi", "-n", "8", "-t", "0", "--tokenize")
     check(rc == 0 and (ids_of(rc, out) or [0])[0] == 1 and ids_of(rc, out).count(1) == 1,
           f"llama2.c stories260K --chat-template llama2: BOS once, from the rendering ({out.strip()[:80]})")
-elif os.environ.get("CI") == "true":
-    check(False, f"llama2.c checks: {stories} found (required when CI=true)")
-else:
-    print(f"SKIP llama2.c checks: no {stories}")
 
 # ---------------------------------------------------------------------------
 # 4. A terminal session: two turns, the KV cache kept between them.

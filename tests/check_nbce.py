@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 
-from harness import TMP, check, finish, run
+from harness import TMP, check, finish, have, run
 
 ASSETS = sys.argv[3] if len(sys.argv) > 3 else os.environ.get("ASSETS", "../shared/assets")
 FIXTURE = "tests/fixtures/nbce_oracle.json"
@@ -126,11 +126,7 @@ def main():
     fx = json.load(open(FIXTURE, encoding="utf-8"))
     model = os.path.join(ASSETS, "llama2c", fx["model_file"])
     tok = os.path.join(ASSETS, "llama2c", fx["engine_tokenizer_file"])
-    if not (os.path.isfile(model) and os.path.isfile(tok)):
-        if os.environ.get("CI") == "true":
-            check(False, f"nbce: {model} and {tok} found (required when CI=true)")
-        else:
-            print(f"SKIP nbce checks: no {model} or {tok}")
+    if not have([model, tok], "nbce checks"):
         finish()
     for case in fx["cases"]:
         check_case(model, tok, case)

@@ -7,15 +7,17 @@ import json
 import os
 import sys
 
-from harness import TMP, check, finish, run
+from harness import TMP, check, finish, have, run
 
 ASSETS = sys.argv[3] if len(sys.argv) > 3 else "../shared/assets"
 fx = json.load(open("tests/fixtures/positions_oracle.json"))
+model, tok = os.path.join(ASSETS, "llama2c/stories260K.bin"), os.path.join(ASSETS, "llama2c/tok512.bin")
+if not have([model, tok, os.path.join(ASSETS, fx["text_file"])], "positions past stories260K's context"):
+    finish()
 text = os.path.join(TMP, "positions_text.txt")
 with open(text, "wb") as f:
     f.write(open(os.path.join(ASSETS, fx["text_file"]), "rb").read()[: fx["n_bytes"]])
-base = [os.path.join(ASSETS, "llama2c/stories260K.bin"), "-z", os.path.join(ASSETS, "llama2c/tok512.bin"),
-        "-f", text, "--ctx", str(fx["n_tokens"])]
+base = [model, "-z", tok, "-f", text, "--ctx", str(fx["n_tokens"])]
 rc, out, err = run(*base, "--tokenize")
 check(rc == 0 and json.loads(out) == fx["ids"], f"positions text: --tokenize gives the reference's {fx['n_tokens']} ids")
 for case in fx["cases"]:

@@ -22,6 +22,19 @@ def finish():
     sys.exit(1 if counts["failed"] else 0)
 
 
+def have(paths, what):
+    """Whether every one of paths exists; if not, `what` is skipped with a
+    message, or fails when CI=true (where the developers' assets must be)."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if not missing:
+        return True
+    if os.environ.get("CI") == "true":
+        check(False, f"{what}: {missing[0]} found (required when CI=true)")
+    else:
+        print(f"SKIP {what}: no {missing[0]}", flush=True)
+    return False
+
+
 def run(*args, stdin=subprocess.DEVNULL):
     """./run with args: (exit status, stdout, stderr) as text."""
     p = subprocess.run([os.path.join(BIN, "run"), *args], capture_output=True, stdin=stdin)
