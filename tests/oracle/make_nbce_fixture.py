@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent float64 oracle for NBCE (naive-Bayes context extension) on stories260K.
 
-Follows bojone/NBCE test.py's decode loop as ../shared/docs/ALGORITHMS.md section 6.2
+Follows bojone/NBCE test.py's decode loop as docs/NBCE.md ("One step, exactly")
 states it, with greedy choice instead of sampling at tau = 0.01:
 
   rows k = 0..n: row 0 = the template with an empty context, row i+1 = context i;

@@ -1,12 +1,12 @@
 #!/usr/bin/python3
-"""Float64 reference NLL of stories260K under each position scheme (ALGORITHMS.md §2-4).
+"""Float64 reference NLL of stories260K under each position scheme (docs/POSITIONS.md, docs/ALGORITHMS.md).
 
 Independent of the engine's two-key-copy method: every score is computed the
 way the reference code states it, score(i, j) = (l_i q_i) . R(-rho(i - j)) k_j
 with q and k unrotated, rho the rectified distance, l_i the log-n factor
 max(1, ln(i + 1) / ln L) applied to the query before rotation, and R(a) the
 rotation of each adjacent pair (2m, 2m+1) by a * theta^(-2m/d). The rope
-scaling cases change theta^(-2m/d) as ALGORITHMS.md §3 and transformers'
+scaling cases change theta^(-2m/d) as docs/POSITIONS.md and transformers'
 rope utilities define them: linear divides it by the factor s; NTK-aware
 raises the base to theta * s^(d/(d-2)); dynamic NTK does so with
 s * T / L - (s - 1) in place of s, for a window of T tokens past the trained L.
