@@ -23,7 +23,7 @@ CFLAGS += -DMODEL_BLIS
 LDLIBS += -lblis
 endif
 
-ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h unicode_tables.h
+ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h unicode_tables.h
 
 all: run export
 

@@ -28,6 +28,8 @@
  */
 #define JSON_IMPLEMENTATION
 #include "json.h"
+#define GGUF_IMPLEMENTATION
+#include "gguf.h"
 
 #include "tokenizer.h"
 #include "unicode_tables.h"
@@ -39,6 +41,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 /* Sanity bounds for a llama2.c tokenizer.bin. Real files have pieces of at
    most a few dozen bytes; anything beyond these is corruption, and refusing
@@ -2255,312 +2260,112 @@ static int name_in_list(const char *name, const char *list)
 }
 
 /* ------------------------------------------------------------------------ */
-/* GGUF (the metadata only: tokenizer.* keys; tensors are not read) */
+/* GGUF: the tokenizer.* metadata, through gguf.h (the file's tensors are not
+   touched). */
 
-enum { GG_U8, GG_I8, GG_U16, GG_I16, GG_U32, GG_I32, GG_F32, GG_BOOL, GG_STRING, GG_ARRAY, GG_U64, GG_I64, GG_F64 };
-
-typedef struct {
-    FILE *f;
-    const char *path;
-    char *err;
-    size_t errlen;
-    int failed;
-} Gguf;
-
-static int gg_fail(Gguf *g, const char *what)
+/* An integer key, kept at -1 when absent; another type is an error. */
+static int gguf_tok_int(const Gguf *g, const char *key, int64_t *out, char *what, size_t whatlen)
 {
-    if (!g->failed) set_err(g->err, g->errlen, "%s: %s", g->path, what);
-    g->failed = 1;
-    return -1;
-}
-
-static int gg_read(Gguf *g, void *out, size_t n)
-{
-    if (g->failed) return -1;
-    if (fread(out, 1, n, g->f) != n) return gg_fail(g, "truncated GGUF file");
-    return 0;
-}
-
-static uint64_t gg_u64(Gguf *g)
-{
-    unsigned char b[8];
-    if (gg_read(g, b, 8) < 0) return 0;
-    return (uint64_t)rd_u32(b) | (uint64_t)rd_u32(b + 4) << 32;
-}
-
-static uint32_t gg_u32(Gguf *g)
-{
-    unsigned char b[4];
-    if (gg_read(g, b, 4) < 0) return 0;
-    return rd_u32(b);
-}
-
-static size_t gg_type_size(uint32_t type)
-{
-    static const size_t sz[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
-    return type < 13 ? sz[type] : 0;
-}
-
-/* Reads a string into b (replacing its contents). */
-static int gg_string(Gguf *g, Buf *b)
-{
-    uint64_t n = gg_u64(g);
-    if (g->failed) return -1;
-    if (n > (1u << 30)) return gg_fail(g, "string longer than 1 GiB (corrupt GGUF?)");
-    b->n = 0;
-    buf_add(b, NULL, 0);
-    if (b->oom) return gg_fail(g, "out of memory");
-    buf_add(b, NULL, (size_t)n); /* room */
-    if (b->oom) return gg_fail(g, "out of memory");
-    return gg_read(g, b->p, (size_t)n);
-}
-
-static int gg_skip(Gguf *g, uint32_t type, int depth)
-{
-    if (type == GG_STRING) {
-        uint64_t n = gg_u64(g);
-        if (g->failed || n > (1u << 30) || fseeko(g->f, (off_t)n, SEEK_CUR) != 0) return gg_fail(g, "bad string");
-        return 0;
-    }
-    if (type == GG_ARRAY) {
-        uint32_t et = gg_u32(g);
-        uint64_t n = gg_u64(g);
-        if (g->failed || depth > 2 || n > ((uint64_t)1 << 32)) return gg_fail(g, "bad array");
-        size_t es = gg_type_size(et);
-        if (es) {
-            if (fseeko(g->f, (off_t)(n * es), SEEK_CUR) != 0) return gg_fail(g, "bad array");
-            return 0;
-        }
-        for (uint64_t i = 0; i < n; i++)
-            if (gg_skip(g, et, depth + 1) < 0) return -1;
-        return 0;
-    }
-    size_t es = gg_type_size(type);
-    if (!es) return gg_fail(g, "unknown value type");
-    unsigned char b[8];
-    return gg_read(g, b, es);
-}
-
-/* A numeric or boolean scalar as int64 (floats are rounded toward zero). */
-static int gg_int(Gguf *g, uint32_t type, int64_t *out)
-{
-    unsigned char b[8] = {0};
-    size_t es = gg_type_size(type);
-    if (!es || type == GG_F32 || type == GG_F64) return gg_fail(g, "expected an integer value");
-    if (gg_read(g, b, es) < 0) return -1;
-    uint64_t u = (uint64_t)rd_u32(b) | (uint64_t)rd_u32(b + 4) << 32;
-    switch (type) {
-    case GG_I8: *out = (int8_t)u; break;
-    case GG_I16: *out = (int16_t)u; break;
-    case GG_I32: *out = (int32_t)u; break;
-    case GG_I64: *out = (int64_t)u; break;
-    default: *out = (int64_t)u; break;
+    *out = -1;
+    if (gguf_int(g, key, out) == -2) {
+        snprintf(what, whatlen, "%s is not an integer", key);
+        return -1;
     }
     return 0;
 }
 
-Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen)
+Tokenizer *tokenizer_from_gguf(const Gguf *g, const char *path, char *err, size_t errlen)
 {
-    set_err(err, errlen, "%s", "");
-    if (!path) {
-        set_err(err, errlen, "tokenizer: no path given");
-        return NULL;
-    }
-    Gguf g = {fopen(path, "rb"), path, err, errlen, 0};
-    if (!g.f) {
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    Buf key = {0}, str = {0}, model = {0}, pre = {0}, chat = {0}, tokens = {0}, merges_txt = {0};
-    uint32_t *tok_at = NULL, *merge_at = NULL;
-    float *scores = NULL;
-    int32_t *ttypes = NULL;
-    int64_t n_tokens = -1, n_merges = 0, n_scores = -1, n_types = -1;
-    int64_t bos = -1, eos = -1, eot = -1, eom = -1, unk = -1, add_bos = -1, add_space = -1, extra_ws = -1;
+    char what[200] = "";
+    int64_t bos, eos, eot, eom, unk, add_bos, add_space, extra_ws;
+    const char *ints[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                          "tokenizer.ggml.eom_token_id", "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.add_bos_token",
+                          "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.remove_extra_whitespaces"};
+    int64_t *int_out[] = {&bos, &eos, &eot, &eom, &unk, &add_bos, &add_space, &extra_ws};
+    for (size_t i = 0; i < N_OF(ints) && !*what; i++) gguf_tok_int(g, ints[i], int_out[i], what, sizeof what);
+    const char *model = NULL, *pre = NULL, *chat = NULL;
+    size_t model_len = 0, pre_len = 0, chat_len = 0;
+    const char *strs[] = {"tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.chat_template"};
+    const char **str_out[] = {&model, &pre, &chat};
+    size_t *len_out[] = {&model_len, &pre_len, &chat_len};
+    for (size_t i = 0; i < N_OF(strs) && !*what; i++)
+        if (gguf_str(g, strs[i], str_out[i], len_out[i]) == -2) snprintf(what, sizeof what, "%s is not a string", strs[i]);
+    const GgufKv *tokens = gguf_array(g, "tokenizer.ggml.tokens", GGUF_STRING);
+    const GgufKv *merges = gguf_array(g, "tokenizer.ggml.merges", GGUF_STRING);
+    const GgufKv *scores = gguf_array(g, "tokenizer.ggml.scores", GGUF_F32);
+    const GgufKv *ttypes = gguf_array(g, "tokenizer.ggml.token_type", GGUF_I32);
+    if (!ttypes) ttypes = gguf_array(g, "tokenizer.ggml.token_type", GGUF_U32);
+    const char *arrays[] = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"};
+    const GgufKv *array_of[] = {tokens, merges, scores, ttypes};
+    for (size_t i = 0; i < N_OF(arrays) && !*what; i++)
+        if (!array_of[i] && gguf_find(g, arrays[i]))
+            snprintf(what, sizeof what, "%s is not an array of %s", arrays[i],
+                     i < 2 ? "strings" : i == 2 ? "f32" : "i32");
     Vocab V;
     memset(&V, 0, sizeof(V));
     Tokenizer *t = NULL;
-
-    unsigned char magic[4];
-    if (gg_read(&g, magic, 4) < 0 || memcmp(magic, "GGUF", 4) != 0) {
-        gg_fail(&g, "not a GGUF file (bad magic)");
+    int spm = 0, pre_index = -1;
+    if (*what) goto done;
+    if (!model) {
+        snprintf(what, sizeof what, "no tokenizer.ggml.model key (no tokenizer in this GGUF)");
         goto done;
     }
-    uint32_t version = gg_u32(&g);
-    uint64_t n_tensors = gg_u64(&g), n_kv = gg_u64(&g);
-    (void)n_tensors;
-    if (g.failed) goto done;
-    if (version < 2 || version > 3) {
-        char what[64];
-        snprintf(what, sizeof(what), "unsupported GGUF version %u", version);
-        gg_fail(&g, what);
+    spm = model_len == 5 && !memcmp(model, "llama", 5);
+    if (!spm && !(model_len == 4 && !memcmp(model, "gpt2", 4))) {
+        const char *kind = model_len == 4 && !memcmp(model, "bert", 4) ? " (WordPiece)"
+                           : model_len == 2 && !memcmp(model, "t5", 2) ? " (Unigram)" : "";
+        snprintf(what, sizeof what, "tokenizer model '%.*s'%s is not supported (only 'llama' and 'gpt2')",
+                 (int)(model_len > 60 ? 60 : model_len), model, kind);
         goto done;
     }
-    if (n_kv > 1000000) {
-        gg_fail(&g, "absurd metadata count (corrupt GGUF?)");
+    if (!tokens || tokens->count == 0 || tokens->count > TOKENIZER_MAX_VOCAB) {
+        snprintf(what, sizeof what, "missing or empty tokenizer.ggml.tokens");
         goto done;
     }
-    for (uint64_t k = 0; k < n_kv && !g.failed; k++) {
-        if (gg_string(&g, &key) < 0) break;
-        uint32_t type = gg_u32(&g);
-        if (g.failed) break;
-        const char *K = key.p;
-        int64_t *scalar = NULL;
-        if (!strcmp(K, "tokenizer.ggml.bos_token_id")) scalar = &bos;
-        else if (!strcmp(K, "tokenizer.ggml.eos_token_id")) scalar = &eos;
-        else if (!strcmp(K, "tokenizer.ggml.eot_token_id")) scalar = &eot;
-        else if (!strcmp(K, "tokenizer.ggml.eom_token_id")) scalar = &eom;
-        else if (!strcmp(K, "tokenizer.ggml.unknown_token_id")) scalar = &unk;
-        else if (!strcmp(K, "tokenizer.ggml.add_bos_token")) scalar = &add_bos;
-        else if (!strcmp(K, "tokenizer.ggml.add_space_prefix")) scalar = &add_space;
-        else if (!strcmp(K, "tokenizer.ggml.remove_extra_whitespaces")) scalar = &extra_ws;
-        if (scalar) {
-            gg_int(&g, type, scalar);
-            continue;
-        }
-        Buf *sv = !strcmp(K, "tokenizer.ggml.model") ? &model
-                  : !strcmp(K, "tokenizer.ggml.pre")  ? &pre
-                  : !strcmp(K, "tokenizer.chat_template") ? &chat
-                                                          : NULL;
-        if (sv) {
-            if (type != GG_STRING) {
-                gg_fail(&g, "a tokenizer string key has the wrong type");
-                break;
-            }
-            gg_string(&g, sv);
-            continue;
-        }
-        int is_tokens = !strcmp(K, "tokenizer.ggml.tokens"), is_merges = !strcmp(K, "tokenizer.ggml.merges");
-        int is_scores = !strcmp(K, "tokenizer.ggml.scores"), is_types = !strcmp(K, "tokenizer.ggml.token_type");
-        if (!is_tokens && !is_merges && !is_scores && !is_types) {
-            gg_skip(&g, type, 0);
-            continue;
-        }
-        if (type != GG_ARRAY) {
-            gg_fail(&g, "a tokenizer array key is not an array");
-            break;
-        }
-        uint32_t et = gg_u32(&g);
-        uint64_t n = gg_u64(&g);
-        if (g.failed) break;
-        if (n > TOKENIZER_MAX_VOCAB * 4ull) {
-            gg_fail(&g, "tokenizer array too large (corrupt GGUF?)");
-            break;
-        }
-        if (is_tokens || is_merges) {
-            if (et != GG_STRING) {
-                gg_fail(&g, "tokenizer.ggml.tokens / merges must be arrays of strings");
-                break;
-            }
-            if ((is_tokens && tok_at) || (is_merges && merge_at)) {
-                gg_fail(&g, "repeated tokenizer key");
-                break;
-            }
-            Buf *dst = is_tokens ? &tokens : &merges_txt;
-            uint32_t *at = malloc((size_t)(n + 1) * sizeof(uint32_t));
-            if (!at) {
-                gg_fail(&g, "out of memory");
-                break;
-            }
-            if (is_tokens) tok_at = at, n_tokens = (int64_t)n;
-            else merge_at = at, n_merges = (int64_t)n;
-            for (uint64_t i = 0; i < n && !g.failed; i++) {
-                at[i] = (uint32_t)dst->n;
-                if (gg_string(&g, &str) < 0) break;
-                buf_add(dst, str.p, str.n);
-                if (dst->oom || dst->n > UINT32_MAX) gg_fail(&g, "out of memory");
-            }
-            at[n] = (uint32_t)dst->n;
-            continue;
-        }
-        /* scores (f32) or token types (i32) */
-        if ((is_scores && et != GG_F32) || (is_types && et != GG_I32 && et != GG_U32) || (is_scores && scores) ||
-            (is_types && ttypes)) {
-            gg_fail(&g, "tokenizer.ggml.scores / token_type have the wrong element type");
-            break;
-        }
-        unsigned char *raw = malloc((size_t)n * 4 + 1);
-        if (!raw) {
-            gg_fail(&g, "out of memory");
-            break;
-        }
-        if (gg_read(&g, raw, (size_t)n * 4) < 0) {
-            free(raw);
-            break;
-        }
-        if (is_scores) {
-            scores = (float *)(void *)raw; /* convert in place from little-endian */
-            for (uint64_t i = 0; i < n; i++) scores[i] = rd_f32(raw + 4 * i);
-            n_scores = (int64_t)n;
-        } else {
-            ttypes = (int32_t *)(void *)raw;
-            for (uint64_t i = 0; i < n; i++) ttypes[i] = rd_i32(raw + 4 * i);
-            n_types = (int64_t)n;
-        }
-    }
-    if (g.failed) goto done;
-
-    if (!model.p) {
-        gg_fail(&g, "no tokenizer.ggml.model key (no tokenizer in this GGUF)");
-        goto done;
-    }
-    int spm = !strcmp(model.p, "llama"), bpe = !strcmp(model.p, "gpt2");
-    if (!spm && !bpe) {
-        char what[160];
-        const char *kind = !strcmp(model.p, "bert") ? " (WordPiece)" : !strcmp(model.p, "t5") ? " (Unigram)" : "";
-        snprintf(what, sizeof(what), "tokenizer model '%.60s'%s is not supported (only 'llama' and 'gpt2')", model.p,
-                 kind);
-        gg_fail(&g, what);
-        goto done;
-    }
-    if (n_tokens <= 0 || n_tokens > TOKENIZER_MAX_VOCAB) {
-        gg_fail(&g, "missing or empty tokenizer.ggml.tokens");
-        goto done;
-    }
-    if ((n_scores >= 0 && n_scores != n_tokens) || (n_types >= 0 && n_types != n_tokens)) {
-        gg_fail(&g, "tokenizer.ggml.scores / token_type do not match the token count");
+    if ((scores && scores->count != tokens->count) || (ttypes && ttypes->count != tokens->count)) {
+        snprintf(what, sizeof what, "tokenizer.ggml.scores / token_type do not match the token count");
         goto done;
     }
     if (spm && !scores) {
-        gg_fail(&g, "a 'llama' (SentencePiece) vocabulary needs tokenizer.ggml.scores");
+        snprintf(what, sizeof what, "a 'llama' (SentencePiece) vocabulary needs tokenizer.ggml.scores");
         goto done;
     }
-    int pre_index = -1;
-    if (bpe) {
-        const char *name = pre.p ? pre.p : "default";
+    if (!spm) {
+        char name[100];
+        snprintf(name, sizeof name, "%.*s", pre ? (int)(pre_len > 80 ? 80 : pre_len) : 7, pre ? pre : "default");
         for (size_t i = 0; i < N_OF(gguf_pretok) && pre_index < 0; i++)
             if (name_in_list(name, gguf_pretok[i].names)) pre_index = (int)i;
-        if (pre_index < 0) {
-            char what[160];
-            snprintf(what, sizeof(what), "pre-tokenizer '%.80s' (tokenizer.ggml.pre) is not supported", name);
-            gg_fail(&g, what);
+        if (pre_index < 0 || (pre && pre_len > 80)) {
+            snprintf(what, sizeof what, "pre-tokenizer '%s' (tokenizer.ggml.pre) is not supported", name);
             goto done;
         }
     }
 
-    int nv = (int)n_tokens;
+    int nv = (int)tokens->count;
     if (vocab_init(&V, nv, spm) < 0) {
-        gg_fail(&g, "out of memory");
+        snprintf(what, sizeof what, "out of memory");
         goto done;
     }
+    const uint8_t *at = tokens->value;
     for (int i = 0; i < nv; i++) {
-        int type = ttypes ? ttypes[i] : TOKEN_NORMAL;
+        int type = ttypes ? (int)gguf_array_int(ttypes, (uint64_t)i) : TOKEN_NORMAL;
         if (type == 0) type = TOKEN_NORMAL; /* undefined */
         if (type < TOKEN_NORMAL || type > TOKEN_BYTE) {
-            char what[80];
-            snprintf(what, sizeof(what), "token %d has unknown type %d", i, type);
-            gg_fail(&g, what);
+            snprintf(what, sizeof what, "token %d has unknown type %d", i, type);
             goto done;
         }
+        const char *piece;
+        size_t piece_len;
+        gguf_next_str(&at, &piece, &piece_len);
         int spelling = spm ? 2 : type == TOKEN_NORMAL ? 1 : 0;
-        vocab_set(&V, i, tokens.p + tok_at[i], tok_at[i + 1] - tok_at[i], spelling, type);
-        if (spm) V.scores[i] = scores[i];
+        vocab_set(&V, i, piece, piece_len, spelling, type);
+        if (spm) V.scores[i] = (float)gguf_array_float(scores, (uint64_t)i);
     }
     V.d.kind = spm ? TOKENIZER_SPM : TOKENIZER_BPE;
     V.d.bos_id = bos >= 0 && bos < nv ? (int)bos : -1;
     V.d.eos_id = eos >= 0 && eos < nv ? (int)eos : -1;
-    vocab_add_eos(&V, (int)eot);
-    vocab_add_eos(&V, (int)eom);
+    vocab_add_eos(&V, eot >= 0 && eot < nv ? (int)eot : -1);
+    vocab_add_eos(&V, eom >= 0 && eom < nv ? (int)eom : -1);
     if (unk >= 0 && unk < nv && V.types[unk] == TOKEN_NORMAL) V.types[unk] = TOKEN_UNKNOWN;
     if (spm) {
         V.d.add_bos = add_bos >= 0 ? (int)add_bos : 1;
@@ -2573,42 +2378,61 @@ Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen)
             vocab_add_regex(&V, gguf_pretok[pre_index].regex[i]);
         PieceMap M;
         if (piecemap_build(&M, &V) < 0) {
-            gg_fail(&g, "out of memory");
+            snprintf(what, sizeof what, "out of memory");
             goto done;
         }
         Buf scratch = {0};
-        for (int64_t i = 0; i < n_merges && !g.failed; i++) {
-            const char *m = merges_txt.p + merge_at[i];
-            size_t n = merge_at[i + 1] - merge_at[i];
+        const uint8_t *mat = merges ? merges->value : NULL;
+        for (uint64_t i = 0; merges && i < merges->count && !*what; i++) {
+            const char *m;
+            size_t n;
+            gguf_next_str(&mat, &m, &n);
             const char *sp = n > 1 ? memchr(m + 1, ' ', n - 1) : NULL;
-            if (!sp) {
-                gg_fail(&g, "a merge is not two pieces separated by a space");
-                break;
-            }
-            if (vocab_merge_text(&V, &M, m, (size_t)(sp - m), sp + 1, n - (size_t)(sp - m) - 1, 1, &scratch) < 0)
-                gg_fail(&g, "out of memory");
+            if (!sp) snprintf(what, sizeof what, "a merge is not two pieces separated by a space");
+            else if (vocab_merge_text(&V, &M, m, (size_t)(sp - m), sp + 1, n - (size_t)(sp - m) - 1, 1, &scratch) < 0)
+                snprintf(what, sizeof what, "out of memory");
         }
         free(scratch.p);
         free(M.slot);
-        if (g.failed) goto done;
+        if (*what) goto done;
     }
-    if (chat.p) buf_add(&V.chat, chat.p, chat.n);
+    if (chat) buf_add(&V.chat, chat, chat_len);
     t = vocab_finish(&V, path, err, errlen);
 
 done:
+    if (*what) set_err(err, errlen, "%s: %s", path, what);
     vocab_free(&V);
-    fclose(g.f);
-    free(key.p);
-    free(str.p);
-    free(model.p);
-    free(pre.p);
-    free(chat.p);
-    free(tokens.p);
-    free(merges_txt.p);
-    free(tok_at);
-    free(merge_at);
-    free(scores);
-    free(ttypes);
+    return t;
+}
+
+Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen)
+{
+    set_err(err, errlen, "%s", "");
+    if (!path) {
+        set_err(err, errlen, "tokenizer: no path given");
+        return NULL;
+    }
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        set_err(err, errlen, "%s: cannot open: %s", path, fd < 0 ? strerror(errno) : "not a regular file");
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    size_t size = (size_t)st.st_size;
+    void *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (map == MAP_FAILED) {
+        set_err(err, errlen, size ? "%s: cannot map: %s" : "%s: empty file", path, strerror(errno));
+        return NULL;
+    }
+    Gguf g;
+    char why[256];
+    Tokenizer *t = NULL;
+    if (gguf_parse(&g, map, size, why, sizeof why)) set_err(err, errlen, "%s: %s", path, why);
+    else t = tokenizer_from_gguf(&g, path, err, errlen);
+    gguf_free(&g);
+    munmap(map, size);
     return t;
 }
 

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "gguf.h"
 
 /* How text is split into tokens. */
 enum {
@@ -149,6 +150,9 @@ size_t tokenizer_max_piece_bytes(const Tokenizer *t); /* the longest a decoded t
 Tokenizer *tokenizer_load(const char *path, int n_vocab, char *err, size_t errlen);
 
 Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen);
+/* The same from a GGUF file already parsed (a model file model.h has mapped);
+   path names it in errors. */
+Tokenizer *tokenizer_from_gguf(const Gguf *g, const char *path, char *err, size_t errlen);
 Tokenizer *tokenizer_load_hf(const char *dir, char *err, size_t errlen);
 Tokenizer *tokenizer_load_spm(const char *path, char *err, size_t errlen);
 
