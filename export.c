@@ -620,11 +620,7 @@ static int read_deepseek(const char *file, const JsonValue *root, const HfArch *
  * the shared rotary key's dr. So the rows are taken in blocks of head_dim
  * whose rotary part starts at row offset (0 for Llama).
  */
-static int64_t rope_source_row(int64_t r, int head_dim, int rope_dim, int offset) {
-    int64_t head = r / head_dim, i = r % head_dim - offset;
-    if (i < 0 || i >= rope_dim) return r;
-    return head * head_dim + offset + (i % 2 ? rope_dim / 2 + i / 2 : i / 2);
-}
+/* (rope_source_row, in model.h, which reorders GGUF files the same way) */
 
 /* Element i of a tensor as f32 (the data need not be aligned). */
 static float hf_value(const HfTensor *t, size_t i) {
@@ -959,11 +955,6 @@ static int parse_type(const char *s) {
 
 static void write_all(FILE *f, const void *p, size_t n) {
     if (n && fwrite(p, 1, n, f) != n) die("cannot write '%s': %s", temp_path, strerror(errno));
-}
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
 }
 
 /* Writes one tensor, converting row by row so no second copy of a large

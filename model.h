@@ -173,7 +173,7 @@ typedef struct {
     int pos;                   /* POS_* */
 } Layer;
 
-enum { SOURCE_NATIVE = 0, SOURCE_LLAMA2C_V0 = 1, SOURCE_LLAMA2C_V1 = 2, SOURCE_LLAMA2C_V2 = 3 };
+enum { SOURCE_NATIVE = 0, SOURCE_LLAMA2C_V0 = 1, SOURCE_LLAMA2C_V1 = 2, SOURCE_LLAMA2C_V2 = 3, SOURCE_GGUF = 4 };
 
 typedef struct {
     ModelConfig cfg;
@@ -888,6 +888,245 @@ static int load_llama2c(Model *m, char *err, size_t errlen) {
     return model_bind(m, err, errlen);
 }
 
+/* ---------------------------------------------------------------------------
+ * GGUF files (llama.cpp's format), read through gguf.h and used in place.
+ * The metadata gives the config; the tensors are renamed to ours and their
+ * shapes turned outermost-first. ggml's f32, f16, bf16, q8_0 and q4_0 have
+ * exactly our layouts. llama.cpp's converter leaves the rotary rows of q
+ * and k in rotate_half order for every family but llama (whose rows it
+ * reorders into adjacent pairs, as ours): for those the loader copies q and
+ * k reordered (rope_source_row).
+ */
+typedef struct {
+    const char *arch;       /* general.architecture */
+    int rotate_half;        /* q/k rows left in rotate_half order by the converter */
+    int qkv_bias;           /* q, k, v biases in every layer */
+} GgufArch;
+
+static const GgufArch gguf_archs[] = {
+    {"llama", 0, 0},
+    {"qwen2", 1, 1},
+};
+
+/* Output row r of a head's rotary block comes from source row
+   rope_source_row(r): rotate_half's dims m and m + rope_dim/2 become the
+   adjacent pair (2m, 2m+1). Blocks of head_dim rows whose rotary part starts
+   at offset; rows outside it stay. (./export reorders Hugging Face rows the
+   same way.) */
+static int64_t rope_source_row(int64_t r, int head_dim, int rope_dim, int offset) {
+    int64_t head = r / head_dim, i = r % head_dim - offset;
+    if (i < 0 || i >= rope_dim) return r;
+    return head * head_dim + offset + (i % 2 ? rope_dim / 2 + i / 2 : i / 2);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static int ggml_to_type(uint32_t ggml) {
+    switch (ggml) {
+    case GGML_F32: return TYPE_F32;
+    case GGML_F16: return TYPE_F16;
+    case GGML_BF16: return TYPE_BF16;
+    case GGML_Q8_0: return TYPE_Q8_0;
+    case GGML_Q4_0: return TYPE_Q4_0;
+    default: return -1;
+    }
+}
+
+/* key = "ARCH.suffix" as an integer in [lo, hi]; *out unchanged when absent. */
+static int gguf_arch_int(const Gguf *g, const char *arch, const char *suffix, int64_t lo, int64_t hi, int32_t *out,
+                         char *err, size_t errlen) {
+    char key[96];
+    int64_t v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = gguf_int(g, key, &v);
+    if (rc == -1) return 0;
+    if (rc == -2 || v < lo || v > hi) return seterr(err, errlen, "GGUF key %s %s", key, rc == -2 ? "is not an integer" : "is out of range");
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int gguf_arch_float(const Gguf *g, const char *arch, const char *suffix, float *out, char *err, size_t errlen) {
+    char key[96];
+    double v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = gguf_float(g, key, &v);
+    if (rc == -1) return 0;
+    if (rc == -2 || !isfinite(v)) return seterr(err, errlen, "GGUF key %s is not a number", key);
+    *out = (float)v;
+    return 0;
+}
+
+/* Our name for a GGUF tensor name, or "" for one we do not use. */
+static void gguf_our_name(const GgufTensor *t, char *out, size_t len) {
+    static const char *map[][2] = {
+        {"attn_norm.weight", "attention_norm"}, {"ffn_norm.weight", "ffn_norm"},
+        {"attn_q.weight", "attention.wq"},      {"attn_k.weight", "attention.wk"},
+        {"attn_v.weight", "attention.wv"},      {"attn_output.weight", "attention.wo"},
+        {"attn_q.bias", "attention.bq"},        {"attn_k.bias", "attention.bk"},
+        {"attn_v.bias", "attention.bv"},        {"ffn_gate.weight", "feed_forward.w1"},
+        {"ffn_down.weight", "feed_forward.w2"}, {"ffn_up.weight", "feed_forward.w3"},
+    };
+    char name[GGUF_MAX_NAME + 1];
+    snprintf(name, sizeof name, "%.*s", (int)t->name_len, t->name);
+    out[0] = 0;
+    if (!strcmp(name, "token_embd.weight")) snprintf(out, len, "tok_embeddings");
+    else if (!strcmp(name, "output.weight")) snprintf(out, len, "output");
+    else if (!strcmp(name, "output_norm.weight")) snprintf(out, len, "norm");
+    int layer, at = 0;
+    if (sscanf(name, "blk.%d.%n", &layer, &at) == 1 && at > 0 && layer >= 0)
+        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+            if (!strcmp(name + at, map[i][0])) snprintf(out, len, "layers.%d.%s", layer, map[i][1]);
+}
+
+static int load_gguf(Model *m, char *err, size_t errlen) {
+    Gguf g;
+    char why[256];
+    if (gguf_parse(&g, m->map, m->map_bytes, why, sizeof why)) return seterr(err, errlen, "%s", why);
+    int rc = -1;
+    const char *arch_name;
+    size_t arch_len;
+    const GgufArch *arch = NULL;
+    if (gguf_str(&g, "general.architecture", &arch_name, &arch_len)) {
+        seterr(err, errlen, "GGUF file without general.architecture");
+        goto done;
+    }
+    for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
+        if (strlen(gguf_archs[i].arch) == arch_len && !memcmp(gguf_archs[i].arch, arch_name, arch_len)) arch = &gguf_archs[i];
+    if (!arch) {
+        seterr(err, errlen, "GGUF architecture '%.*s' is not supported (supported: llama, qwen2)", (int)(arch_len > 40 ? 40 : arch_len), arch_name);
+        goto done;
+    }
+    const char *a = arch->arch;
+    ModelConfig *c = &m->cfg;
+    *c = (ModelConfig){.arch = ARCH_LLAMA, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .qkv_bias = arch->qkv_bias};
+    if (gguf_arch_int(&g, a, "embedding_length", 1, 1 << 20, &c->dim, err, errlen) ||
+        gguf_arch_int(&g, a, "block_count", 1, 4096, &c->n_layers, err, errlen) ||
+        gguf_arch_int(&g, a, "attention.head_count", 1, 4096, &c->n_heads, err, errlen) ||
+        gguf_arch_int(&g, a, "feed_forward_length", 1, 1 << 20, &c->hidden_dim, err, errlen) ||
+        gguf_arch_int(&g, a, "context_length", 1, INT32_MAX, &c->max_seq_len, err, errlen) ||
+        gguf_arch_float(&g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, err, errlen) ||
+        gguf_arch_float(&g, a, "rope.freq_base", &c->rope_theta, err, errlen))
+        goto done;
+    if (!c->dim || !c->n_layers || !c->n_heads || !c->hidden_dim) {
+        seterr(err, errlen, "GGUF file without %s.embedding_length, block_count, attention.head_count or feed_forward_length", a);
+        goto done;
+    }
+    c->n_kv_heads = c->n_heads;
+    c->head_dim = c->dim / c->n_heads;
+    if (gguf_arch_int(&g, a, "attention.head_count_kv", 1, 4096, &c->n_kv_heads, err, errlen) ||
+        gguf_arch_int(&g, a, "attention.key_length", 1, 4096, &c->head_dim, err, errlen))
+        goto done;
+    c->v_head_dim = c->head_dim;
+    c->rope_dim = c->head_dim;
+    if (gguf_arch_int(&g, a, "attention.value_length", 1, 4096, &c->v_head_dim, err, errlen) ||
+        gguf_arch_int(&g, a, "rope.dimension_count", 0, 4096, &c->rope_dim, err, errlen))
+        goto done;
+    const char *scaling;
+    size_t scaling_len;
+    char key[96];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (!gguf_str(&g, key, &scaling, &scaling_len) && !(scaling_len == 4 && !memcmp(scaling, "none", 4))) {
+        seterr(err, errlen, "GGUF rope scaling '%.*s' is not supported yet", (int)(scaling_len > 20 ? 20 : scaling_len), scaling);
+        goto done;
+    }
+    if (gguf_tensor(&g, "rope_freqs.weight")) {
+        seterr(err, errlen, "GGUF rope_freqs (llama 3.1 scaling) is not supported yet");
+        goto done;
+    }
+
+    /* The tensors we use, renamed, shapes outermost first. */
+    m->tensors = calloc((size_t)g.n_tensors + 1, sizeof(Tensor));
+    if (!m->tensors) {
+        seterr(err, errlen, "out of memory");
+        goto done;
+    }
+    for (uint64_t i = 0; i < g.n_tensors; i++) {
+        const GgufTensor *gt = &g.tensors[i];
+        Tensor *t = &m->tensors[m->n_tensors];
+        gguf_our_name(gt, t->name, sizeof t->name);
+        if (!t->name[0]) continue;
+        t->type = ggml_to_type(gt->type);
+        if (t->type < 0) {
+            seterr(err, errlen, "tensor '%.*s' is %s, a type this build cannot run yet (f32, f16, bf16, q8_0 and q4_0 can)",
+                   (int)gt->name_len, gt->name, ggml_type_name(gt->type));
+            goto done;
+        }
+        t->ndim = (int)gt->n_dims;
+        for (int d = 0; d < t->ndim; d++) {
+            if (gt->ne[d] > (1ull << 40)) {
+                seterr(err, errlen, "tensor '%s' has an impossible shape", t->name);
+                goto done;
+            }
+            t->shape[t->ndim - 1 - d] = (int64_t)gt->ne[d];
+        }
+        t->data = gt->data;
+        t->nbytes = (size_t)gt->nbytes;
+        if (tensor_bytes(t->type, t->ndim, t->shape) != t->nbytes) {
+            seterr(err, errlen, "tensor '%s' does not fit its type and shape", t->name);
+            goto done;
+        }
+        m->n_tensors++;
+    }
+    const Tensor *emb = model_tensor(m, "tok_embeddings");
+    if (!emb || emb->ndim != 2) {
+        seterr(err, errlen, "GGUF file without a token_embd.weight matrix");
+        goto done;
+    }
+    c->vocab_size = (int32_t)(emb->shape[0] < (1 << 24) ? emb->shape[0] : -1);
+    c->tied_embeddings = !model_tensor(m, "output");
+    if (!c->max_seq_len) c->max_seq_len = 4096;
+    if (arch->rotate_half && check_config(c, err, errlen) == 0) {
+        /* q and k (and their biases) copied with the rotary rows reordered */
+        size_t total = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            uint8_t *at = m->owned;
+            for (int i = 0; i < m->n_tensors; i++) {
+                Tensor *t = &m->tensors[i];
+                if (!ends_with(t->name, ".attention.wq") && !ends_with(t->name, ".attention.wk") &&
+                    !ends_with(t->name, ".attention.bq") && !ends_with(t->name, ".attention.bk"))
+                    continue;
+                size_t row = t->nbytes / (size_t)t->shape[0];
+                if (t->shape[0] % c->head_dim) {
+                    seterr(err, errlen, "tensor '%s' is not a whole number of heads", t->name);
+                    goto done;
+                }
+                if (!pass) {
+                    total += (t->nbytes + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
+                    continue;
+                }
+                for (int64_t r = 0; r < t->shape[0]; r++)
+                    memcpy(at + (size_t)r * row, (const uint8_t *)t->data + (size_t)rope_source_row(r, c->head_dim, c->rope_dim, 0) * row, row);
+                t->data = at;
+                at += (t->nbytes + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
+            }
+            if (!pass && total && posix_memalign(&m->owned, MODEL_ALIGN, total)) {
+                m->owned = NULL;
+                seterr(err, errlen, "out of memory reordering the rotary rows");
+                goto done;
+            }
+        }
+    }
+    if (model_bind(m, err, errlen)) goto done;
+    char terr[256];
+    m->tokenizer = gguf_find(&g, "tokenizer.ggml.model") ? tokenizer_from_gguf(&g, "its tokenizer", terr, sizeof terr) : NULL;
+    if (gguf_find(&g, "tokenizer.ggml.model") && !m->tokenizer) {
+        seterr(err, errlen, "%s", terr);
+        goto done;
+    }
+    if (m->tokenizer && tokenizer_n_vocab(m->tokenizer) > c->vocab_size) {
+        seterr(err, errlen, "the tokenizer has %d tokens, the model only %d", tokenizer_n_vocab(m->tokenizer), c->vocab_size);
+        goto done;
+    }
+    m->source = SOURCE_GGUF;
+    rc = 0;
+done:
+    gguf_free(&g);
+    return rc;
+}
+
 /* The whole file is mapped, so it must fit the address space: on a 32-bit
    system (armhf) a file over 4 GiB cannot be mapped at all, and one of 2-4
    GiB only where that much address space is free in one piece. Those are
@@ -932,6 +1171,7 @@ int model_load(Model *m, const char *path, char *err, size_t errlen) {
         return seterr(err, errlen, "cannot map model '%s' (%s): %s", path, size, strerror(map_errno));
     }
     int rc = m->map_bytes >= 4 && !memcmp(m->map, MODEL_MAGIC, 4) ? load_native(m, why, sizeof why)
+             : m->map_bytes >= 4 && !memcmp(m->map, "GGUF", 4)  ? load_gguf(m, why, sizeof why)
                                                                    : load_llama2c(m, why, sizeof why);
     if (rc) {
         model_free(m);

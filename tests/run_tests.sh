@@ -50,7 +50,7 @@ done
 # qemu): the C unit tests and the command-line checks below, without these
 # Python suites (each runs the engine many times, and qemu is slow).
 if [ "${TEST_SUBSET:-all}" = core ]; then
-    echo "SKIP check_reader, check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions: TEST_SUBSET=core"
+    echo "SKIP check_reader, check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions, check_gguf: TEST_SUBSET=core"
 else
     # the shipped model against its oracle fixture (transformers, SentencePiece)
     run_suite check_reader python3 tests/check_reader.py "$BIN" $TMP models/reader.bin
@@ -64,6 +64,8 @@ else
     run_suite check_reading python3 tests/check_reading.py "$BIN" $TMP "$ASSETS"
     # positions past stories260K's trained context against a float64 reference
     run_suite check_positions python3 tests/check_positions.py "$BIN" $TMP "$ASSETS"
+    # GGUF copies of the shipped model, and damaged ones
+    run_suite check_gguf python3 tests/check_gguf.py "$BIN" $TMP models/reader.bin
 fi
 # Model files over 2 and 4 GiB (sparse), on 64- and 32-bit targets
 run_suite check_large_file python3 tests/check_large_file.py "$BIN" $TMP models/reader.bin
