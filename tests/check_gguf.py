@@ -10,7 +10,8 @@ the engine's code:
 - as llama.cpp writes qwen2 (rotary rows left in rotate_half order, q/k/v
   biases): the loader reorders q and k, so again the same output bit for bit
   (the biases are zero);
-- GGUF version 2 and general.alignment 64 read as well;
+- GGUF version 2 and general.alignment 64 read as well; ./export of the
+  llama copy to q8_0 writes models/reader.bin again, byte for byte;
 - damaged copies (truncated anywhere in the header, counts and lengths past
   the end, a repeated key, unknown value and tensor types, a tensor past the
   end or misaligned, a missing tensor, a wrong shape, an unsupported
@@ -20,9 +21,10 @@ Usage: check_gguf.py BIN_DIR TMP_DIR [MODEL]   Prints PASS/FAIL lines and "N pas
 """
 import os
 import struct
+import subprocess
 import sys
 
-from harness import TMP, check, finish, run
+from harness import BIN, TMP, check, finish, run
 
 MODEL = sys.argv[3] if len(sys.argv) > 3 else "models/reader.bin"
 work = os.path.join(TMP, "gguf")
@@ -151,6 +153,12 @@ for name, what, opts in variants:
     check(rc == 0 and out == want, f"{what}: ./run prints what models/reader.bin prints ({err.strip()[-120:]})")
     rc, ppl, err = run(path, "-f", text, "--ppl", "--json", "--ctx", "256")
     check(rc == 0 and ppl == want_ppl, f"{what}: --ppl equals the native file's, bit for bit ({ppl.strip()} vs {want_ppl.strip()})")
+
+out = os.path.join(work, "from_gguf.bin")
+p = subprocess.run([os.path.join(BIN, "export"), os.path.join(work, "llama.gguf"), out, "--quant", "q8_0"],
+                   capture_output=True, text=True)
+check(p.returncode == 0 and open(out, "rb").read() == raw,
+      f"./export of the llama GGUF copy to q8_0 writes models/reader.bin again, byte for byte ({p.stderr.strip()[-120:]})")
 
 
 def expect_error(path, what, word=None):
