@@ -60,14 +60,18 @@ test: all $(TEST_BINS) $(EXAMPLES)
 # The same suite on binaries built with AddressSanitizer and UBSan, in build/sanitize.
 SAN = build/sanitize
 SANFLAGS = -O1 -g $(ARCH) -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-sanitize:
+SAN_CC = $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64
+SAN_BINS = $(addprefix $(SAN)/,run export generate nbce_qa test_kernels test_json test_tokenizer test_model)
+$(SAN)/run $(SAN)/export: $(SAN)/%: %.c $(ENGINE)
 	@mkdir -p $(SAN)
-	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/run run.c tokenizer.c $(LDLIBS)
-	$(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/export export.c tokenizer.c $(LDLIBS)
-	for t in generate nbce_qa; do \
-	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -o $(SAN)/$$t examples/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
-	for t in test_kernels test_json test_tokenizer test_model; do \
-	    $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $$([ $$t = test_model ] && echo "$(ALLOC_WRAP)") -o $(SAN)/$$t tests/$$t.c tokenizer.c $(LDLIBS) || exit 1; done
+	$(SAN_CC) -o $@ $< tokenizer.c $(LDLIBS)
+$(SAN)/generate $(SAN)/nbce_qa: $(SAN)/%: examples/%.c $(ENGINE)
+	@mkdir -p $(SAN)
+	$(SAN_CC) -o $@ $< tokenizer.c $(LDLIBS)
+$(SAN)/test_%: tests/test_%.c tests/check.h $(ENGINE)
+	@mkdir -p $(SAN)
+	$(SAN_CC) $(if $(filter test_model,test_$*),$(ALLOC_WRAP)) -o $@ $< tokenizer.c $(LDLIBS)
+sanitize: $(SAN_BINS)
 	@BIN=$(SAN) sh tests/run_tests.sh
 
 # Cross builds, statically linked, in build/cross/T (T = aarch64, armhf or

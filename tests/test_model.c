@@ -911,6 +911,9 @@ static void test_repack(Model *m, const char *type, int stories) {
     free(b);
 }
 
+static void test_nbce_rows(const Model *m);
+static void test_no_allocation_per_token(const Model *m);
+
 static void test_export(const Model *v0) {
     const char *types[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
     /* Worst element error relative to the row's largest value: f16 and bf16
@@ -952,7 +955,11 @@ static void test_export(const Model *v0) {
         CHECK(e < (type_is_quantized(m.layers[0].wq.type) ? 2e-2 : fwd_tol[i]),
               "export %s: forward matches the f32 reference on the dequantized weights (rel %.2g)", types[i], e);
         if (type_is_quantized(m.layers[0].wq.type)) test_repack(&m, types[i], 1);
-        if (i == 3) {
+        if (i == 3) { /* the quantized path's invariants (the shipped model gets them without the assets) */
+            test_batching_and_threads(&m);
+            test_nbce_rows(&m);
+            test_no_allocation_per_token(&m);
+            test_two_models(&m);
             CHECK(m.layers[0].w1.type == TYPE_Q8_0 && m.layers[0].w2.type == TYPE_F16,
                   "rows of 172 (not a multiple of 32) fall back to f16, the rest stay q8_0");
             Tokenizer *t = tokenizer_load_llama2c(path_tok, m.cfg.vocab_size, err, sizeof err);
@@ -1286,10 +1293,11 @@ static void test_shipped_tokenizer(const Tokenizer *t, const char *fixture) {
    rounding run on its f32 export, the file itself gets the reference within
    that rounding, the bit-for-bit invariants and the repacked layout. */
 /* The shipped model: its tokenizer, its q8_0 forward against the reference
-   and every invariant of the quantized path, then its f32 export against the
-   reference. `generic`: the f32 export also gets test_any_model's invariants,
-   which otherwise stories260K checks (thirty times cheaper to run: this
-   matters under qemu, make test-cross). */
+   and its repacked layout, then its f32 export against the reference.
+   `generic`: both also get the invariants (batches, threads, NBCE rows, no
+   allocation per token, two models at once), which otherwise stories260K and
+   its exports check (thirty times cheaper to run: this matters under qemu,
+   make test-cross). */
 static void test_shipped_model(const char *path, int generic) {
     Model m;
     char err[512], out[4096], cmd[8192], what[4200];
@@ -1306,10 +1314,12 @@ static void test_shipped_model(const char *path, int generic) {
     double e = compare_with_reference(&m);
     CHECK(e < 0.1, "%s (%s) forward matches the naive f32 reference on its dequantized weights within its 8-bit "
           "activations (rel %.2g, limit 0.1; a wrong scale or block moves it by about 1)", path, type_name(m.layers[0].wq.type), e);
-    test_batching_and_threads(&m);
-    test_nbce_rows(&m);
-    test_no_allocation_per_token(&m);
-    test_two_models(&m);
+    if (generic) { /* the quantized path's invariants; with the assets, on stories260K's q8_0 export (test_export) */
+        test_batching_and_threads(&m);
+        test_nbce_rows(&m);
+        test_no_allocation_per_token(&m);
+        test_two_models(&m);
+    }
     test_repack(&m, path, 0);
     model_free(&m);
 
