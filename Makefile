@@ -54,7 +54,10 @@ static: run.c export.c $(ENGINE)
 
 TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model
 
-test: all $(TEST_BINS) $(EXAMPLES)
+# everything make test runs (make -j2 test-bins builds it two at a time)
+test-bins: all $(TEST_BINS) $(EXAMPLES)
+
+test: test-bins
 	@sh tests/run_tests.sh
 
 # The same suite on binaries built with AddressSanitizer and UBSan, in build/sanitize.
@@ -124,4 +127,4 @@ clean:
 	rm -f run export $(EXAMPLES)
 	rm -rf tests/bin tests/tmp build
 
-.PHONY: all examples static test sanitize test-cross clean
+.PHONY: all examples static test test-bins sanitize test-cross clean
