@@ -1,11 +1,11 @@
 /* export.c - the checkpoint converter.
  *
- *   ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin|none]
+ *   ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]
  *
  * SRC is one of
  *   - a file ./run can open, read through the engine's own loader
- *     (model_load): llama2.c checkpoints (versions 0, 1, 2) and model files
- *     written by this tool (to change their weight type);
+ *     (model_load): llama2.c checkpoints (versions 0, 1, 2), GGUF files and
+ *     model files written by this tool (to change their weight type);
  *   - a Hugging Face model folder (config.json and safetensors weights) of a
  *     Llama-family or DeepSeek-V2/V3 architecture, read by hf_load below.
  * Every source becomes a Model, a table of named tensors with a config;
@@ -39,9 +39,12 @@ static void die(const char *fmt, ...) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: ./export SRC OUT [--quant f32|f16|bf16|q8_0|q4_0] [--tokenizer tokenizer.bin|none]\n"
-                    "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, or a\n"
-                    "       Hugging Face model folder (Llama, Mistral, Qwen2, SmolLM3, DeepSeek-V2/V3; safetensors weights)\n");
+    fprintf(stderr, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"
+                    "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, a GGUF file,\n"
+                    "       or a Hugging Face model folder (Llama, Mistral, Qwen2, SmolLM3, DeepSeek-V2/V3; safetensors weights)\n"
+                    "  TYPE: f32, f16, bf16, q8_0 (the default), q4_0, q5_0, q4_k, q6_k, or q4_k_m (q4_k with q6_k for\n"
+                    "        the output and for attn_v and ffn_down on the layers llama.cpp's Q4_K_M gives more bits);\n"
+                    "        a GGUF file keeps its own types unless --quant is given\n");
     exit(1);
 }
 
@@ -946,11 +949,43 @@ static OutTensor *out_add(OutTable *tab, const char *name, int type, int src_typ
     return o;
 }
 
+/* --quant's value: a type quantize_row writes, or QUANT_Q4_K_M. */
+enum { QUANT_KEEP = -1, QUANT_Q4_K_M = -2 };
+
 static int parse_type(const char *s) {
-    for (int t = TYPE_F32; t <= TYPE_Q4_0; t++)
-        if (!strcmp(s, type_name(t))) return t;
-    die("unknown --quant '%s' (use f32, f16, bf16, q8_0 or q4_0)", s);
+    if (!strcmp(s, "q4_k_m")) return QUANT_Q4_K_M;
+    for (int t = 0; t < TYPE_COUNT; t++)
+        if (type_can_quantize(t) && !strcmp(s, type_name(t))) return t;
+    die("unknown --quant '%s' (use f32, f16, bf16, q8_0, q4_0, q5_0, q4_k, q6_k or q4_k_m)", s);
     return -1;
+}
+
+/* llama.cpp's choice of the layers that get more bits in its _M mixes: the
+   first and last eighth, and every third layer between. */
+static int more_bits_layer(int layer, int n_layers) {
+    return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+/* The type a matrix gets under --quant: the Q4_K_M mix picks per tensor,
+   then, as llama.cpp does, rows that do not fit a super-block type's 256
+   fall back (q4_k to q5_0, q6_k to q8_0), and rows that fit no block to f16. */
+static int export_type(const char *name, int n_layers, int quant) {
+    int type = quant, layer = -1;
+    if (quant == QUANT_Q4_K_M) {
+        type = TYPE_Q4_K;
+        sscanf(name, "layers.%d.", &layer);
+        if (!strcmp(name, "output")) type = TYPE_Q6_K;
+        else if ((ends_with(name, ".attention.wv") || ends_with(name, ".feed_forward.w2")) && layer >= 0 &&
+                 more_bits_layer(layer, n_layers))
+            type = TYPE_Q6_K;
+    }
+    return type;
+}
+
+static int export_fallback(int type, int64_t cols) {
+    if (type_row_bytes(type, cols)) return type;
+    type = type == TYPE_Q4_K ? TYPE_Q5_0 : type == TYPE_Q6_K ? TYPE_Q8_0 : type;
+    return type_row_bytes(type, cols) ? type : TYPE_F16;
 }
 
 static void write_all(FILE *f, const void *p, size_t n) {
@@ -1004,7 +1039,7 @@ int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "--version")) printf("export %s\n", ENGINE_VERSION), exit(0);
     if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') usage();
     const char *src = argv[1], *out = argv[2], *tok_path = NULL;
-    int quant = TYPE_Q8_0;
+    int quant = QUANT_KEEP;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--quant") && i + 1 < argc) quant = parse_type(argv[++i]);
         else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tok_path = argv[++i];
@@ -1021,6 +1056,7 @@ int main(int argc, char **argv) {
     int is_hf = !stat(src, &st) && S_ISDIR(st.st_mode);
     if (is_hf) hf_load(&m, &hf, src);
     else if (model_load(&m, src, err, sizeof err)) die("%s", err);
+    if (quant == QUANT_KEEP && m.source != SOURCE_GGUF) quant = TYPE_Q8_0; /* GGUF files keep their types */
     Tokenizer *own_tok = NULL;
     const Tokenizer *tok = no_tokenizer ? NULL : m.tokenizer;
     if (tok_path) {
@@ -1062,12 +1098,13 @@ int main(int argc, char **argv) {
         const Tensor *t = &m.tensors[i];
         if (!strncmp(t->name, "tokenizer.", 10)) continue; /* rewritten below */
         int type = t->type;
-        if (t->ndim == 2 && t->type <= TYPE_Q4_0) {
+        if (t->ndim == 2 && type_is_weight(t->type) && quant != QUANT_KEEP) {
             /* a MoE router stays f32: a rounded router score can change which experts a token gets */
-            type = ends_with(t->name, ".feed_forward.router") ? TYPE_F32 : quant;
-            if (!type_row_bytes(type, t->shape[1])) {
+            type = ends_with(t->name, ".feed_forward.router") ? TYPE_F32 : export_type(t->name, m.cfg.n_layers, quant);
+            int fits = export_fallback(type, t->shape[1]);
+            if (fits != type) {
                 if (!n_fallback++) fallback_example = t->name;
-                type = TYPE_F16;
+                type = fits;
             }
         }
         OutTensor *o = out_add(&tab, t->name, type, t->type, t->data, t->ndim, t->shape);
@@ -1077,8 +1114,8 @@ int main(int argc, char **argv) {
         if (is_hf && hf.rotate_half) o->rope_head_dim = rope_rows(&m.cfg, t->name, &o->rope_dim, &o->rope_offset);
     }
     if (n_fallback)
-        fprintf(stderr, "note: %d matrices have rows that are not a multiple of %d (e.g. %s): stored as f16\n", n_fallback,
-                QK, fallback_example);
+        fprintf(stderr, "note: %d matrices have rows that do not fit the type's blocks (e.g. %s): stored in the nearest type that fits\n",
+                n_fallback, fallback_example);
     TokenizerConfig tc = {0};
     TokenizerArray tok_arrays[TOKENIZER_MAX_ARRAYS];
     if (tok) {
@@ -1140,7 +1177,8 @@ int main(int argc, char **argv) {
     if (fflush(f) || fsync(fileno(f)) || fclose(f)) die("cannot write '%s': %s", temp_path, strerror(errno));
     if (rename(temp_path, out)) die("cannot rename '%s' to '%s': %s", temp_path, out, strerror(errno));
     temp_path[0] = 0;
-    fprintf(stderr, "wrote %s: %d tensors, %.2f MiB, weights %s\n", out, tab.n, offset / 1048576.0, type_name(quant));
+    fprintf(stderr, "wrote %s: %d tensors, %.2f MiB, weights %s\n", out, tab.n, offset / 1048576.0,
+            quant == QUANT_Q4_K_M ? "q4_k_m" : quant == QUANT_KEEP ? "as in the source" : type_name(quant));
     free(row_f32);
     free(row_in);
     free(row_out);

@@ -42,10 +42,20 @@ enum {
     TYPE_F32 = 0,
     TYPE_F16 = 1,
     TYPE_BF16 = 2,
-    TYPE_Q8_0 = 3, /* groups of 32: f16 scale + 32 int8, 8.5 bits per weight */
-    TYPE_Q4_0 = 4, /* groups of 32: f16 scale + 16 bytes of 4-bit values, 4.5 bits */
-    TYPE_U8 = 5,   /* raw bytes (tokenizer pieces, per-layer flags) */
+    TYPE_Q8_0 = 3,   /* groups of 32: f16 scale + 32 int8, 8.5 bits per weight */
+    TYPE_Q4_0 = 4,   /* groups of 32: f16 scale + 16 bytes of 4-bit values, 4.5 bits */
+    TYPE_U8 = 5,     /* raw bytes (tokenizer pieces, per-layer flags) */
     TYPE_U32 = 6,
+    TYPE_Q4_1 = 7,   /* groups of 32: scale and offset + 4-bit values, 5 bits */
+    TYPE_Q5_0 = 8,   /* groups of 32: scale + 5-bit values, 5.5 bits */
+    TYPE_Q5_1 = 9,   /* groups of 32: scale and offset + 5-bit values, 6 bits */
+    TYPE_IQ4_NL = 10, /* groups of 32: scale + 4-bit indices into a fixed table of 16 levels, 4.5 bits */
+    TYPE_Q2_K = 11,  /* super-blocks of 256, below: 2.625 bits */
+    TYPE_Q3_K = 12,  /* 3.4375 bits */
+    TYPE_Q4_K = 13,  /* 4.5 bits */
+    TYPE_Q5_K = 14,  /* 5.5 bits */
+    TYPE_Q6_K = 15,  /* 6.5625 bits */
+    TYPE_IQ4_XS = 16, /* 4.25 bits */
     TYPE_COUNT
 };
 
@@ -96,23 +106,133 @@ _Static_assert(sizeof(BlockQ8_0x8) == 8 * 34 && sizeof(BlockQ4_0x8) == 8 * 18, "
 _Static_assert(sizeof(BlockQ8_0) == 34, "BlockQ8_0 must be packed as in the file");
 _Static_assert(sizeof(BlockQ4_0) == 18, "BlockQ4_0 must be packed as in the file");
 
-static inline const char *type_name(int type) {
-    static const char *names[TYPE_COUNT] = {"f32", "f16", "bf16", "q8_0", "q4_0", "u8", "u32"};
-    return type >= 0 && type < TYPE_COUNT ? names[type] : "unknown";
-}
+/* The byte layouts below are ggml's, so GGUF files map as they are. */
+typedef struct {
+    uint16_t d, m; /* f16 scale and offset: value = q * d + m, q in 0..15 */
+    uint8_t qs[QK / 2]; /* as q4_0: element j low nibble, j + 16 high */
+} BlockQ4_1;
 
-static inline int type_is_quantized(int type) { return type == TYPE_Q8_0 || type == TYPE_Q4_0; }
+typedef struct {
+    uint16_t d;
+    uint8_t qh[4]; /* bit j: the fifth bit of element j */
+    uint8_t qs[QK / 2]; /* value = (q - 16) * d */
+} BlockQ5_0;
 
-/* Bytes of one row of n elements, or 0 when n does not fit the type's groups. */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2]; /* value = q * d + m */
+} BlockQ5_1;
+
+typedef struct {
+    uint16_t d;
+    uint8_t qs[QK / 2]; /* value = IQ4_LEVELS[q] * d */
+} BlockIQ4_NL;
+
+/* Super-blocks: 256 weights, in sub-blocks of 16 or 32 that each have a
+   small integer scale (and offset), times the block's f16 scales. */
+#define QK_K 256
+
+typedef struct {
+    uint8_t scales[16]; /* per 16: scale in the low nibble, offset in the high */
+    uint8_t qs[64];     /* 2-bit values: element 128h + 32j + l in bits 2j of qs[32h + l] */
+    uint16_t d, dmin;   /* value = d * scale * q - dmin * offset */
+} BlockQ2_K;
+
+typedef struct {
+    uint8_t hmask[32];  /* bit 4h + j of hmask[l]: element 128h + 32j + l's third bit, which unset means -4 */
+    uint8_t qs[64];     /* low two bits, as q2_k */
+    uint8_t scales[12]; /* sixteen 6-bit scales, biased by 32 */
+    uint16_t d;         /* value = d * (scale - 32) * q */
+} BlockQ3_K;
+
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[12]; /* eight 6-bit scales and eight 6-bit offsets, one per 32 */
+    uint8_t qs[128];    /* element 64j + l in the low nibble of qs[32j + l], 64j + 32 + l in the high */
+} BlockQ4_K;
+
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[12]; /* as q4_k */
+    uint8_t qh[32];     /* bits 2j and 2j + 1 of qh[l]: the fifth bit of elements 64j + l and 64j + 32 + l */
+    uint8_t qs[128];
+} BlockQ5_K;
+
+typedef struct {
+    uint8_t ql[128];   /* low four bits, two halves of 128 */
+    uint8_t qh[64];    /* high two bits */
+    int8_t scales[16]; /* one per 16 */
+    uint16_t d;        /* value = d * scale * (q - 32) */
+} BlockQ6_K;
+
+typedef struct {
+    uint16_t d;
+    uint16_t scales_h;  /* high two bits of the eight 6-bit scales (biased by 32) */
+    uint8_t scales_l[4]; /* low four bits */
+    uint8_t qs[128];    /* per 32: indices as iq4_nl's */
+} BlockIQ4_XS;
+
+/* Activations for the super-block types, as ggml's Q8_K: one scale per 256
+   and the sums of each 16, for the offsets. */
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} BlockQ8K;
+
+_Static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(BlockQ5_1) == 24 && sizeof(BlockIQ4_NL) == 18,
+               "32-element blocks as in ggml");
+_Static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 &&
+               sizeof(BlockQ6_K) == 210 && sizeof(BlockIQ4_XS) == 136 && sizeof(BlockQ8K) == 292,
+               "super-blocks as in ggml");
+
+/* iq4_nl's and iq4_xs's sixteen levels (non-uniform, denser near zero). */
+static const int8_t IQ4_LEVELS[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* How a weight type is stored and which activations its dot products take. */
+enum { ACT_FLOAT, ACT_Q8A, ACT_Q8K };
+
+typedef struct {
+    const char *name;
+    int block;       /* elements per block (1 for the float types) */
+    int block_bytes;
+    int act;         /* ACT_*: what the matrix kernels multiply it by; ACT_FLOAT too for non-weights */
+} TypeInfo;
+
+static const TypeInfo TYPE_INFO[TYPE_COUNT] = {
+    [TYPE_F32] = {"f32", 1, 4, ACT_FLOAT},
+    [TYPE_F16] = {"f16", 1, 2, ACT_FLOAT},
+    [TYPE_BF16] = {"bf16", 1, 2, ACT_FLOAT},
+    [TYPE_Q8_0] = {"q8_0", QK, sizeof(BlockQ8_0), ACT_Q8A},
+    [TYPE_Q4_0] = {"q4_0", QK, sizeof(BlockQ4_0), ACT_Q8A},
+    [TYPE_U8] = {"u8", 1, 1, ACT_FLOAT},
+    [TYPE_U32] = {"u32", 1, 4, ACT_FLOAT},
+    [TYPE_Q4_1] = {"q4_1", QK, sizeof(BlockQ4_1), ACT_Q8A},
+    [TYPE_Q5_0] = {"q5_0", QK, sizeof(BlockQ5_0), ACT_Q8A},
+    [TYPE_Q5_1] = {"q5_1", QK, sizeof(BlockQ5_1), ACT_Q8A},
+    [TYPE_IQ4_NL] = {"iq4_nl", QK, sizeof(BlockIQ4_NL), ACT_Q8A},
+    [TYPE_Q2_K] = {"q2_k", QK_K, sizeof(BlockQ2_K), ACT_Q8K},
+    [TYPE_Q3_K] = {"q3_k", QK_K, sizeof(BlockQ3_K), ACT_Q8K},
+    [TYPE_Q4_K] = {"q4_k", QK_K, sizeof(BlockQ4_K), ACT_Q8K},
+    [TYPE_Q5_K] = {"q5_k", QK_K, sizeof(BlockQ5_K), ACT_Q8K},
+    [TYPE_Q6_K] = {"q6_k", QK_K, sizeof(BlockQ6_K), ACT_Q8K},
+    [TYPE_IQ4_XS] = {"iq4_xs", QK_K, sizeof(BlockIQ4_XS), ACT_Q8K},
+};
+
+static inline const char *type_name(int type) { return type >= 0 && type < TYPE_COUNT ? TYPE_INFO[type].name : "unknown"; }
+
+/* A type a matrix can have (not the tokenizer's raw arrays). */
+static inline int type_is_weight(int type) { return type >= 0 && type < TYPE_COUNT && type != TYPE_U8 && type != TYPE_U32; }
+
+static inline int type_is_quantized(int type) { return type_is_weight(type) && TYPE_INFO[type].act != ACT_FLOAT; }
+
+static inline int type_block(int type) { return type >= 0 && type < TYPE_COUNT ? TYPE_INFO[type].block : 0; }
+
+/* Bytes of one row of n elements, or 0 when n does not fit the type's blocks. */
 static inline size_t type_row_bytes(int type, int64_t n) {
-    switch (type) {
-    case TYPE_F32: case TYPE_U32: return (size_t)n * 4;
-    case TYPE_F16: case TYPE_BF16: return (size_t)n * 2;
-    case TYPE_U8: return (size_t)n;
-    case TYPE_Q8_0: return n % QK ? 0 : (size_t)(n / QK) * sizeof(BlockQ8_0);
-    case TYPE_Q4_0: return n % QK ? 0 : (size_t)(n / QK) * sizeof(BlockQ4_0);
-    }
-    return 0;
+    if (type < 0 || type >= TYPE_COUNT || n < 0 || n % TYPE_INFO[type].block) return 0;
+    return (size_t)(n / TYPE_INFO[type].block) * (size_t)TYPE_INFO[type].block_bytes;
 }
 
 /* ---------------------------------------------------------------------------
@@ -213,6 +333,135 @@ static inline void quantize_row_q4_0(const float *x, BlockQ4_0 *y, int64_t n) {
     }
 }
 
+/* q5_0: like q4_0 with 16 levels each side; ./export's fallback for q4_k
+   matrices whose rows are not a multiple of 256 (as llama.cpp's). */
+static inline void quantize_row_q5_0(const float *x, BlockQ5_0 *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < QK; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+        y[b].d = f32_to_f16(max / -16.0f);
+        float d = f16_to_f32(y[b].d), id = d ? 1.0f / d : 0.0f;
+        uint32_t qh = 0;
+        for (int j = 0; j < QK; j++) {
+            int q = (int)lrintf(x[j] * id) + 16;
+            q = q < 0 ? 0 : q > 31 ? 31 : q;
+            if (j < QK / 2) y[b].qs[j] = (uint8_t)(q & 15);
+            else y[b].qs[j - QK / 2] |= (uint8_t)((q & 15) << 4);
+            qh |= (uint32_t)(q >> 4) << j;
+        }
+        memcpy(y[b].qh, &qh, 4);
+    }
+}
+
+/* The integer in [lo, hi] nearest x / step (0 for a zero step). */
+static inline int quant_level(float x, float step, int lo, int hi) {
+    int q = step != 0 ? (int)lrintf(x / step) : 0;
+    return q < lo ? lo : q > hi ? hi : q;
+}
+
+/* The scale s minimizing sum (x - s * q)^2 for the levels q in [lo, hi],
+   searched over candidates around amax / |lo| (the largest value reaching
+   the widest level), each refitted by least squares. 0 for all-zero x. */
+static inline float fit_symmetric_scale(const float *x, int n, int lo, int hi) {
+    float amax = 0, max = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
+    if (amax == 0) return 0;
+    float best = 0, best_err = INFINITY;
+    for (int c = -4; c <= 4; c++) {
+        float s = max / (lo + 0.25f * c), num = 0, den = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            int q = quant_level(x[i], s, lo, hi);
+            num += x[i] * q, den += (float)q * q;
+        }
+        if (den > 0) s = num / den;
+        for (int i = 0; i < n; i++) {
+            float e = x[i] - s * quant_level(x[i], s, lo, hi);
+            err += e * e;
+        }
+        if (err < best_err) best_err = err, best = s;
+    }
+    return best;
+}
+
+/* q6_k: each 16 values' scale fitted (levels -32..31), the sixteen scales
+   stored as int8 times the block's f16 scale, the values requantized with
+   the scales as stored. */
+static inline void quantize_row_q6_k(const float *x, BlockQ6_K *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        float scale[16], smax = 0;
+        for (int g = 0; g < 16; g++) {
+            scale[g] = fit_symmetric_scale(x + 16 * g, 16, -32, 31);
+            if (fabsf(scale[g]) > fabsf(smax)) smax = scale[g];
+        }
+        BlockQ6_K *k = &y[b];
+        memset(k, 0, sizeof *k);
+        k->d = f32_to_f16(smax / -128.0f);
+        float d = f16_to_f32(k->d);
+        uint8_t q[QK_K];
+        for (int g = 0; g < 16; g++) {
+            k->scales[g] = (int8_t)quant_level(scale[g], d, -128, 127);
+            float step = d * k->scales[g];
+            for (int i = 0; i < 16; i++) q[16 * g + i] = (uint8_t)(quant_level(x[16 * g + i], step, -32, 31) + 32);
+        }
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *v = q + 128 * h + l; /* v[0], v[32], v[64], v[96]: superblock_unpack's parts 0-3 */
+                k->ql[64 * h + l] = (uint8_t)((v[0] & 15) | (v[64] & 15) << 4);
+                k->ql[64 * h + 32 + l] = (uint8_t)((v[32] & 15) | (v[96] & 15) << 4);
+                k->qh[32 * h + l] = (uint8_t)(v[0] >> 4 | (v[32] >> 4) << 2 | (v[64] >> 4) << 4 | (v[96] >> 4) << 6);
+            }
+    }
+}
+
+/* q4_k: each 32 values get a scale and an offset (value = scale * q -
+   offset, q in 0..15, offset >= 0 so the range reaches zero), fitted by
+   alternating least squares; the eight scales and eight offsets become
+   6-bit integers times the block's two f16 scales, and the values are
+   requantized with the scales as stored. */
+static inline void quantize_row_q4_k(const float *x, BlockQ4_K *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        float scale[8], offset[8], smax = 0, omax = 0;
+        for (int j = 0; j < 8; j++) {
+            const float *v = x + 32 * j;
+            float lo = 0, hi = 0;
+            for (int i = 0; i < 32; i++) lo = fminf(lo, v[i]), hi = fmaxf(hi, v[i]);
+            float s = (hi - lo) / 15, o = -lo;
+            for (int it = 0; it < 4 && s > 0; it++) { /* refit s and o to the levels, then the levels to them */
+                float sq = 0, sqq = 0, sx = 0, sqx = 0;
+                for (int i = 0; i < 32; i++) {
+                    float q = (float)quant_level(v[i] + o, s, 0, 15);
+                    sq += q, sqq += q * q, sx += v[i], sqx += q * v[i];
+                }
+                float det = 32 * sqq - sq * sq;
+                if (det <= 0) break;
+                float ns = (32 * sqx - sq * sx) / det, no = (sq * sqx - sqq * sx) / det; /* v = ns * q - no */
+                if (ns <= 0) break;
+                s = ns, o = no < 0 ? 0 : no;
+            }
+            scale[j] = s, offset[j] = o;
+            smax = fmaxf(smax, s), omax = fmaxf(omax, o);
+        }
+        BlockQ4_K *k = &y[b];
+        k->d = f32_to_f16(smax / 63), k->dmin = f32_to_f16(omax / 63);
+        float d = f16_to_f32(k->d), dmin = f16_to_f32(k->dmin);
+        int sc[8], mn[8];
+        for (int j = 0; j < 8; j++) sc[j] = quant_level(scale[j], d, 0, 63), mn[j] = quant_level(offset[j], dmin, 0, 63);
+        for (int j = 0; j < 4; j++) {
+            k->scales[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+            k->scales[j + 4] = (uint8_t)(mn[j] | (mn[j + 4] >> 4) << 6);
+            k->scales[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
+        }
+        for (int i = 0; i < QK_K; i++) {
+            int j = i / 32, q = quant_level(x[i] + dmin * mn[j], d * sc[j], 0, 15);
+            uint8_t *byte = &k->qs[i / 64 * 32 + i % 32];
+            if (j % 2) *byte |= (uint8_t)(q << 4);
+            else *byte = (uint8_t)q;
+        }
+    }
+}
+
 /* Converts n floats to a row of the given weight type. */
 static inline void quantize_row(int type, const float *x, void *out, int64_t n) {
     switch (type) {
@@ -229,38 +478,197 @@ static inline void quantize_row(int type, const float *x, void *out, int64_t n) 
     case TYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_bf16(x[i]); break;
     case TYPE_Q8_0: quantize_row_q8_0(x, out, n); break;
     case TYPE_Q4_0: quantize_row_q4_0(x, out, n); break;
+    case TYPE_Q5_0: quantize_row_q5_0(x, out, n); break;
+    case TYPE_Q4_K: quantize_row_q4_k(x, out, n); break;
+    case TYPE_Q6_K: quantize_row_q6_k(x, out, n); break;
     }
 }
 
+/* The types quantize_row writes (./export --quant). */
+static inline int type_can_quantize(int type) {
+    return type == TYPE_F32 || type == TYPE_F16 || type == TYPE_BF16 || type == TYPE_Q8_0 || type == TYPE_Q4_0 ||
+           type == TYPE_Q5_0 || type == TYPE_Q4_K || type == TYPE_Q6_K;
+}
+
+/* Block b of a row of a 32-element type as integers and the block's scale
+   (returned) and offset: element j = q[j] * d + *m, with *m = 0 for the
+   types without an offset. */
+static inline int type_has_offset(int type) {
+    return type == TYPE_Q4_1 || type == TYPE_Q5_1 || type == TYPE_Q2_K || type == TYPE_Q4_K || type == TYPE_Q5_K;
+}
+
+static inline float block32_unpack(const void *row, int type, int64_t b, int8_t q[QK], float *m) {
+    *m = 0;
+    const uint8_t *qs; /* the 16 bytes of nibbles, for the 4- and 5-bit types */
+    uint32_t qh = 0;
+    float d;
+    switch (type) {
+    case TYPE_Q8_0: {
+        const BlockQ8_0 *k = (const BlockQ8_0 *)row + b;
+        memcpy(q, k->qs, QK);
+        return f16_to_f32(k->d);
+    }
+    case TYPE_Q4_0: { const BlockQ4_0 *k = (const BlockQ4_0 *)row + b; qs = k->qs, d = f16_to_f32(k->d); break; }
+    case TYPE_Q4_1: { const BlockQ4_1 *k = (const BlockQ4_1 *)row + b; qs = k->qs, d = f16_to_f32(k->d), *m = f16_to_f32(k->m); break; }
+    case TYPE_Q5_0: { const BlockQ5_0 *k = (const BlockQ5_0 *)row + b; qs = k->qs, d = f16_to_f32(k->d), memcpy(&qh, k->qh, 4); break; }
+    case TYPE_Q5_1: {
+        const BlockQ5_1 *k = (const BlockQ5_1 *)row + b;
+        qs = k->qs, d = f16_to_f32(k->d), *m = f16_to_f32(k->m), memcpy(&qh, k->qh, 4);
+        break;
+    }
+    default: { const BlockIQ4_NL *k = (const BlockIQ4_NL *)row + b; qs = k->qs, d = f16_to_f32(k->d); break; }
+    }
+    for (int j = 0; j < QK / 2; j++) {
+        int lo = qs[j] & 15, hi = qs[j] >> 4;
+        switch (type) {
+        case TYPE_Q4_0: lo -= 8, hi -= 8; break;
+        case TYPE_Q5_0: lo = (lo | ((qh >> j) & 1) << 4) - 16, hi = (hi | ((qh >> (j + 16)) & 1) << 4) - 16; break;
+        case TYPE_Q5_1: lo |= ((qh >> j) & 1) << 4, hi |= ((qh >> (j + 16)) & 1) << 4; break;
+        case TYPE_IQ4_NL: lo = IQ4_LEVELS[lo], hi = IQ4_LEVELS[hi]; break;
+        }
+        q[j] = (int8_t)lo, q[j + QK / 2] = (int8_t)hi;
+    }
+    return d;
+}
+
+/* q4_k's and q5_k's packing of eight 6-bit scales and eight 6-bit offsets
+   into 12 bytes: sub-block j's. */
+static inline void k4_scale_offset(const uint8_t s[12], int j, int *scale, int *offset) {
+    if (j < 4) *scale = s[j] & 63, *offset = s[j + 4] & 63;
+    else *scale = (s[j + 4] & 15) | (s[j - 4] >> 6) << 4, *offset = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+}
+
+/* Super-block b of a row as 256 integers, sixteen scales and sixteen
+   offsets (one each per 16 elements: the types with 32-element sub-blocks
+   repeat theirs) and the block's two f16 scales: element i =
+   (d * sc[i / 16]) * q[i] - dmin * mn[i / 16], the offset term absent
+   (mn and dmin 0) for the types without one. */
+static inline void superblock_unpack(const void *row, int type, int64_t b, int8_t q[QK_K], int16_t sc[16], int16_t mn[16],
+                                     float *d, float *dmin) {
+    memset(mn, 0, 16 * sizeof *mn);
+    *dmin = 0;
+    switch (type) {
+    case TYPE_Q2_K: {
+        const BlockQ2_K *k = (const BlockQ2_K *)row + b;
+        for (int i = 0; i < QK_K; i++) q[i] = (int8_t)((k->qs[i / 128 * 32 + i % 32] >> (i % 128 / 32 * 2)) & 3);
+        for (int g = 0; g < 16; g++) sc[g] = k->scales[g] & 15, mn[g] = k->scales[g] >> 4;
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        break;
+    }
+    case TYPE_Q3_K: {
+        const BlockQ3_K *k = (const BlockQ3_K *)row + b;
+        for (int i = 0; i < QK_K; i++) {
+            int j = i % 128 / 32, low = (k->qs[i / 128 * 32 + i % 32] >> (2 * j)) & 3;
+            q[i] = (int8_t)(low - ((k->hmask[i % 32] >> (i / 128 * 4 + j)) & 1 ? 0 : 4));
+        }
+        for (int g = 0; g < 16; g++) {
+            int low = g < 8 ? k->scales[g] & 15 : k->scales[g - 8] >> 4, high = (k->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+            sc[g] = (int16_t)((low | high << 4) - 32);
+        }
+        *d = f16_to_f32(k->d);
+        break;
+    }
+    case TYPE_Q4_K:
+    case TYPE_Q5_K: {
+        const uint8_t *scales, *qs, *qh = NULL;
+        if (type == TYPE_Q4_K) {
+            const BlockQ4_K *k = (const BlockQ4_K *)row + b;
+            scales = k->scales, qs = k->qs, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        } else {
+            const BlockQ5_K *k = (const BlockQ5_K *)row + b;
+            scales = k->scales, qs = k->qs, qh = k->qh, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        }
+        for (int i = 0; i < QK_K; i++) {
+            int sub = i / 32, byte = qs[i / 64 * 32 + i % 32];
+            q[i] = (int8_t)((sub % 2 ? byte >> 4 : byte & 15) | (qh ? ((qh[i % 32] >> sub) & 1) << 4 : 0));
+        }
+        for (int j = 0; j < 8; j++) {
+            int s_, o_;
+            k4_scale_offset(scales, j, &s_, &o_);
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)s_, mn[2 * j] = mn[2 * j + 1] = (int16_t)o_;
+        }
+        break;
+    }
+    case TYPE_Q6_K: {
+        const BlockQ6_K *k = (const BlockQ6_K *)row + b;
+        for (int i = 0; i < QK_K; i++) {
+            int h = i / 128, part = i % 128 / 32, l = i % 32; /* parts 0-3: low nibbles of ql[l], ql[l + 32], then high */
+            int low = k->ql[64 * h + l + (part % 2) * 32] >> (part / 2 * 4) & 15, high = (k->qh[32 * h + l] >> (2 * part)) & 3;
+            q[i] = (int8_t)((low | high << 4) - 32);
+        }
+        for (int g = 0; g < 16; g++) sc[g] = k->scales[g];
+        *d = f16_to_f32(k->d);
+        break;
+    }
+    default: { /* TYPE_IQ4_XS */
+        const BlockIQ4_XS *k = (const BlockIQ4_XS *)row + b;
+        for (int i = 0; i < QK_K; i++) {
+            int byte = k->qs[i / 32 * 16 + i % 16];
+            q[i] = IQ4_LEVELS[i % 32 < 16 ? byte & 15 : byte >> 4];
+        }
+        for (int j = 0; j < 8; j++) {
+            int ls = ((k->scales_l[j / 2] >> (4 * (j % 2))) & 15) | ((k->scales_h >> (2 * j)) & 3) << 4;
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)(ls - 32);
+        }
+        *d = f16_to_f32(k->d);
+        break;
+    }
+    }
+}
+
+/* Floats from a row of any weight type. For the block types this is ggml's
+   arithmetic, operation for operation, so GGUF weights come out bit for bit
+   as llama.cpp sees them. */
 static inline void dequantize_row(int type, const void *row, float *y, int64_t n) {
     switch (type) {
-    case TYPE_F32: memcpy(y, row, (size_t)n * 4); break;
+    case TYPE_F32: memcpy(y, row, (size_t)n * 4); return;
     case TYPE_F16: {
         int64_t i = 0;
 #if defined(KERNELS_AVX2)
         for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i))));
 #endif
         for (; i < n; i++) y[i] = f16_to_f32(((const uint16_t *)row)[i]);
-        break;
+        return;
     }
-    case TYPE_BF16: for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(((const uint16_t *)row)[i]); break;
-    case TYPE_Q8_0:
+    case TYPE_BF16: for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(((const uint16_t *)row)[i]); return;
+    }
+    int offset = type_has_offset(type);
+    if (TYPE_INFO[type].act == ACT_Q8A) {
+        int8_t q[QK];
         for (int64_t b = 0; b < n / QK; b++) {
-            const BlockQ8_0 *blk = (const BlockQ8_0 *)row + b;
-            float d = f16_to_f32(blk->d);
-            for (int j = 0; j < QK; j++) y[b * QK + j] = blk->qs[j] * d;
+            float m, d = block32_unpack(row, type, b, q, &m);
+            for (int j = 0; j < QK; j++) y[b * QK + j] = offset ? q[j] * d + m : q[j] * d;
         }
-        break;
-    case TYPE_Q4_0:
-        for (int64_t b = 0; b < n / QK; b++) {
-            const BlockQ4_0 *blk = (const BlockQ4_0 *)row + b;
-            float d = f16_to_f32(blk->d);
-            for (int j = 0; j < QK / 2; j++) {
-                y[b * QK + j] = ((blk->qs[j] & 15) - 8) * d;
-                y[b * QK + j + QK / 2] = ((blk->qs[j] >> 4) - 8) * d;
-            }
+        return;
+    }
+    int8_t q[QK_K];
+    int16_t sc[16], mn[16];
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        float d, dmin;
+        superblock_unpack(row, type, b, q, sc, mn, &d, &dmin);
+        for (int i = 0; i < QK_K; i++) {
+            float dl = d * sc[i / 16];
+            y[b * QK_K + i] = offset ? dl * q[i] - dmin * mn[i / 16] : dl * q[i];
         }
-        break;
+    }
+}
+
+/* Activations for the super-block types, as ggml quantizes them: the value
+   of largest magnitude becomes -127 exactly. */
+static inline void quantize_row_q8k(const float *x, BlockQ8K *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        float amax = 0, max = 0;
+        for (int i = 0; i < QK_K; i++)
+            if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
+        memset(&y[b], 0, sizeof y[b]);
+        if (amax == 0) continue;
+        float iscale = -127.0f / max;
+        for (int i = 0; i < QK_K; i++) {
+            long v = lrintf(iscale * x[i]);
+            y[b].qs[i] = (int8_t)(v > 127 ? 127 : v);
+            y[b].bsums[i / 16] += y[b].qs[i];
+        }
+        y[b].d = 1 / iscale;
     }
 }
 
@@ -305,6 +713,18 @@ static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
 #endif
 }
 
+/* Bytes that n activations take in either quantized form (the larger). */
+static inline size_t activation_bytes(int64_t n) {
+    size_t a = (size_t)(n / QK + 1) * sizeof(BlockQ8A), k = (size_t)(n / QK_K + 1) * sizeof(BlockQ8K);
+    return a > k ? a : k;
+}
+
+/* n activations in the form a weight type's dot products take. */
+static inline void quantize_activations(int type, const float *x, void *out, int64_t n) {
+    if (TYPE_INFO[type].act == ACT_Q8K) quantize_row_q8k(x, out, n);
+    else quantize_row_q8a(x, out, n);
+}
+
 /* ---------------------------------------------------------------------------
  * Dot products: one weight row against one activation row.
  * The scalar versions are the reference; `*_ref` names are always compiled so
@@ -328,25 +748,42 @@ static inline float dot_bf16_ref(const uint16_t *w, const float *x, int n) {
     return s;
 }
 
-static inline float dot_q8_0_ref(const BlockQ8_0 *w, const BlockQ8A *x, int n) {
+/* A row of a 32-element type against activations in BlockQ8A. */
+static inline float dot_block32_ref(const void *w, int type, const BlockQ8A *x, int n) {
     float s = 0;
+    int8_t q[QK];
     for (int b = 0; b < n / QK; b++) {
+        float m, d = block32_unpack(w, type, b, q, &m);
         int32_t acc = 0;
-        for (int j = 0; j < QK; j++) acc += w[b].qs[j] * x[b].qs[j];
-        s += (float)acc * f16_to_f32(w[b].d) * x[b].d;
+        for (int j = 0; j < QK; j++) acc += q[j] * x[b].qs[j];
+        s += (float)acc * d * x[b].d;
+        if (type_has_offset(type)) s += m * x[b].d * (float)x[b].sum;
     }
     return s;
 }
 
-static inline float dot_q4_0_ref(const BlockQ4_0 *w, const BlockQ8A *x, int n) {
+/* A row of a super-block type against activations in BlockQ8K. The integer
+   sums are exact; the SIMD versions compute the same integers and combine
+   them with the same float operations, so they give these bits. */
+static inline float superblock_combine(float s, float d, float dmin, const BlockQ8K *x, int32_t isum, int32_t imin) {
+    return s + (d * x->d * (float)isum - dmin * x->d * (float)imin);
+}
+
+static inline float dot_superblock_ref(const void *w, int type, const BlockQ8K *x, int n) {
     float s = 0;
-    for (int b = 0; b < n / QK; b++) {
-        int32_t acc = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            acc += ((w[b].qs[j] & 15) - 8) * x[b].qs[j];
-            acc += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
+    int8_t q[QK_K];
+    int16_t sc[16], mn[16];
+    for (int b = 0; b < n / QK_K; b++) {
+        float d, dmin;
+        superblock_unpack(w, type, b, q, sc, mn, &d, &dmin);
+        int32_t isum = 0, imin = 0;
+        for (int g = 0; g < 16; g++) {
+            int32_t p = 0;
+            for (int i = 0; i < 16; i++) p += q[16 * g + i] * x[b].qs[16 * g + i];
+            isum += sc[g] * p;
+            imin += mn[g] * x[b].bsums[g];
         }
-        s += (float)acc * f16_to_f32(w[b].d) * x[b].d;
+        s = superblock_combine(s, d, dmin, &x[b], isum, imin);
     }
     return s;
 }
@@ -370,22 +807,63 @@ static inline __m256i dot_u8s8(__m256i u, __m256i s) {
 #endif
 }
 
-/* Block b of a q8_0 or q4_0 row as 32 signed bytes, with its scale. */
-static inline __m256i weight_block_i8(const void *w, int type, int b, float *d) {
+static inline int32_t hsum_i32x8(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* The fifth bits of a 5-bit block: byte j is 0x10 where bit j of qh is set. */
+static inline __m256i fifth_bits(const uint8_t qh4[4]) {
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    const __m256i spread = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread); /* byte j: byte j / 8 of qh */
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+}
+
+/* Block b of a row of a 32-element type as 32 bytes (block32_unpack's q),
+   with its scale and offset. */
+static inline __attribute__((always_inline)) __m256i weight_block_i8(const void *w, int type, int b, float *d, float *m) {
+    *m = 0;
     if (type == TYPE_Q8_0) {
         const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
         *d = f16_to_f32(blk->d);
         return _mm256_loadu_si256((const __m256i *)blk->qs);
     }
-    const BlockQ4_0 *blk = (const BlockQ4_0 *)w + b;
-    *d = f16_to_f32(blk->d);
+    const uint8_t *qs;
+    switch (type) {
+    case TYPE_Q4_0: qs = ((const BlockQ4_0 *)w + b)->qs, *d = f16_to_f32(((const BlockQ4_0 *)w + b)->d); break;
+    case TYPE_Q4_1: {
+        const BlockQ4_1 *blk = (const BlockQ4_1 *)w + b;
+        qs = blk->qs, *d = f16_to_f32(blk->d), *m = f16_to_f32(blk->m);
+        break;
+    }
+    case TYPE_Q5_0: qs = ((const BlockQ5_0 *)w + b)->qs, *d = f16_to_f32(((const BlockQ5_0 *)w + b)->d); break;
+    case TYPE_Q5_1: {
+        const BlockQ5_1 *blk = (const BlockQ5_1 *)w + b;
+        qs = blk->qs, *d = f16_to_f32(blk->d), *m = f16_to_f32(blk->m);
+        break;
+    }
+    default: qs = ((const BlockIQ4_NL *)w + b)->qs, *d = f16_to_f32(((const BlockIQ4_NL *)w + b)->d); break;
+    }
     const __m128i low4 = _mm_set1_epi8(15);
-    __m128i packed = _mm_loadu_si128((const __m128i *)blk->qs);
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs);
     __m128i lo = _mm_and_si128(packed, low4), hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-    return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+    if (type == TYPE_IQ4_NL) {
+        const __m128i levels = _mm_loadu_si128((const __m128i *)IQ4_LEVELS);
+        return _mm256_set_m128i(_mm_shuffle_epi8(levels, hi), _mm_shuffle_epi8(levels, lo));
+    }
+    __m256i q = _mm256_set_m128i(hi, lo);
+    if (type == TYPE_Q4_0) return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    if (type == TYPE_Q4_1) return q;
+    q = _mm256_or_si256(q, fifth_bits(type == TYPE_Q5_0 ? ((const BlockQ5_0 *)w + b)->qh : ((const BlockQ5_1 *)w + b)->qh));
+    return type == TYPE_Q5_0 ? _mm256_sub_epi8(q, _mm256_set1_epi8(16)) : q;
 }
 
-/* One quantized weight row against n_x activation rows (stride blocks
+/* One row of a 32-element type against n_x activation rows (stride blocks
    apart). Each result goes through exactly the operations it would alone,
    in the same order, so a batch gives the same bits as single tokens; the
    weight block is loaded and made unsigned once for all of them. maddubs and
@@ -394,17 +872,155 @@ static inline __m256i weight_block_i8(const void *w, int type, int b, float *d) 
 static inline __attribute__((always_inline)) void dot_quant_avx2(const void *w, int type, const BlockQ8A *x,
                                                                   size_t stride, int n_x, int n, float *out) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float offsets[4] = {0, 0, 0, 0};
     for (int b = 0; b < n / QK; b++) {
-        float dw;
-        __m256i wq = weight_block_i8(w, type, b, &dw), uw = _mm256_sign_epi8(wq, wq);
+        float dw, mw;
+        __m256i wq = weight_block_i8(w, type, b, &dw, &mw), uw = _mm256_sign_epi8(wq, wq);
         for (int k = 0; k < n_x; k++) {
             const BlockQ8A *xb = x + k * stride + b;
             __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->qs), wq);
             __m256 p = _mm256_cvtepi32_ps(dot_u8s8(uw, sx));
             acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), p, acc[k]);
+            if (type_has_offset(type)) offsets[k] += mw * xb->d * (float)xb->sum;
         }
     }
-    for (int k = 0; k < n_x; k++) out[k] = hsum256(acc[k]);
+    for (int k = 0; k < n_x; k++) out[k] = hsum256(acc[k]) + offsets[k];
+}
+
+/* Super-block b as eight vectors of 32 bytes (elements 32v..32v+31) and
+   superblock_unpack's scales. The bytes are superblock_unpack's q plus a
+   bias that makes them unsigned (32 for q6_k, 4 for q3_k: superblock_bias),
+   except iq4_xs's, which stay signed. */
+static inline int superblock_bias(int type) { return type == TYPE_Q6_K ? 32 : type == TYPE_Q3_K ? 4 : 0; }
+
+static inline __attribute__((always_inline)) void superblock_unpack_avx2(const void *row, int type, int64_t b, __m256i q[8],
+                                                                          int16_t sc[16], int16_t mn[16], float *d, float *dmin) {
+    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    memset(mn, 0, 16 * sizeof *mn);
+    *dmin = 0;
+    switch (type) {
+    case TYPE_Q2_K: {
+        const BlockQ2_K *k = (const BlockQ2_K *)row + b;
+        for (int h = 0; h < 2; h++) {
+            __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * h));
+            for (int j = 0; j < 4; j++) q[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(p, 2 * j), m3);
+        }
+        for (int g = 0; g < 16; g++) sc[g] = k->scales[g] & 15, mn[g] = k->scales[g] >> 4;
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        return;
+    }
+    case TYPE_Q3_K: {
+        const BlockQ3_K *k = (const BlockQ3_K *)row + b;
+        __m256i hm = _mm256_loadu_si256((const __m256i *)k->hmask);
+        for (int h = 0; h < 2; h++) {
+            __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * h));
+            for (int j = 0; j < 4; j++) {
+                __m256i third = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), one);
+                q[4 * h + j] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 2 * j), m3), _mm256_slli_epi16(third, 2));
+            }
+        }
+        for (int g = 0; g < 16; g++) {
+            int low = g < 8 ? k->scales[g] & 15 : k->scales[g - 8] >> 4, high = (k->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+            sc[g] = (int16_t)((low | high << 4) - 32);
+        }
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    case TYPE_Q4_K:
+    case TYPE_Q5_K: {
+        const uint8_t *scales, *qs;
+        __m256i hb = _mm256_setzero_si256();
+        if (type == TYPE_Q4_K) {
+            const BlockQ4_K *k = (const BlockQ4_K *)row + b;
+            scales = k->scales, qs = k->qs, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        } else {
+            const BlockQ5_K *k = (const BlockQ5_K *)row + b;
+            scales = k->scales, qs = k->qs, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+            hb = _mm256_loadu_si256((const __m256i *)k->qh);
+        }
+        for (int j = 0; j < 4; j++) {
+            __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            q[2 * j] = _mm256_and_si256(p, m15), q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m15);
+            if (type == TYPE_Q5_K) {
+                q[2 * j] = _mm256_or_si256(q[2 * j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
+                q[2 * j + 1] = _mm256_or_si256(q[2 * j + 1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
+            }
+        }
+        for (int j = 0; j < 8; j++) {
+            int s_, o_;
+            k4_scale_offset(scales, j, &s_, &o_);
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)s_, mn[2 * j] = mn[2 * j + 1] = (int16_t)o_;
+        }
+        return;
+    }
+    case TYPE_Q6_K: {
+        const BlockQ6_K *k = (const BlockQ6_K *)row + b;
+        const __m256i m48 = _mm256_set1_epi8(0x30);
+        for (int h = 0; h < 2; h++) { /* the high bits shifted in place within each byte, then masked */
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(k->ql + 64 * h)), l1 = _mm256_loadu_si256((const __m256i *)(k->ql + 64 * h + 32));
+            __m256i hh = _mm256_loadu_si256((const __m256i *)(k->qh + 32 * h));
+            q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m15), _mm256_and_si256(_mm256_slli_epi16(hh, 4), m48));
+            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_and_si256(_mm256_slli_epi16(hh, 2), m48));
+            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hh, m48));
+            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), _mm256_and_si256(_mm256_srli_epi16(hh, 2), m48));
+        }
+        for (int g = 0; g < 16; g++) sc[g] = k->scales[g];
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    default: { /* TYPE_IQ4_XS */
+        const BlockIQ4_XS *k = (const BlockIQ4_XS *)row + b;
+        const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_LEVELS));
+        for (int p2 = 0; p2 < 4; p2++) { /* two sub-blocks: bytes 0-15 are the first's, 16-31 the second's */
+            __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * p2));
+            __m256i lo = _mm256_shuffle_epi8(levels, _mm256_and_si256(p, m15));
+            __m256i hi = _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(p, 4), m15));
+            q[2 * p2] = _mm256_permute2x128_si256(lo, hi, 0x20), q[2 * p2 + 1] = _mm256_permute2x128_si256(lo, hi, 0x31);
+        }
+        for (int j = 0; j < 8; j++) {
+            int ls = ((k->scales_l[j / 2] >> (4 * (j % 2))) & 15) | ((k->scales_h >> (2 * j)) & 3) << 4;
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)(ls - 32);
+        }
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    }
+}
+
+/* A super-block row against n_x (at most 4) BlockQ8K rows, stride blocks
+   apart: the reference's integers and float operations (superblock_combine).
+   Per 32 elements: bytes multiplied pairwise into int16 (maddubs; no sum of
+   two products exceeds 2 * 127 * 127), then by the two 16-element scales
+   into int32 (madd). q6_k's and q3_k's bias comes off with the sums of 16
+   (bsums) times the scales, as the offsets do. */
+static inline __attribute__((always_inline)) void dot_superblock_avx2(const void *w, int type, const BlockQ8K *x, size_t stride,
+                                                                       int n_x, int n, float *out) {
+    float s[4] = {0, 0, 0, 0};
+    const int bias = superblock_bias(type);
+    for (int b = 0; b < n / QK_K; b++) {
+        __m256i q[8], scv[8];
+        int16_t sc[16], mn[16];
+        float d, dmin;
+        superblock_unpack_avx2(w, type, b, q, sc, mn, &d, &dmin);
+        for (int v = 0; v < 8; v++) scv[v] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * v + 1]), _mm_set1_epi16(sc[2 * v]));
+        __m256i sc16 = _mm256_loadu_si256((const __m256i *)sc), mn16 = _mm256_loadu_si256((const __m256i *)mn);
+        for (int k = 0; k < n_x; k++) {
+            const BlockQ8K *xb = x + k * stride + b;
+            __m256i acc = _mm256_setzero_si256();
+            for (int v = 0; v < 8; v++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xb->qs + 32 * v)), p;
+                if (type == TYPE_IQ4_XS) p = _mm256_maddubs_epi16(_mm256_sign_epi8(q[v], q[v]), _mm256_sign_epi8(xv, q[v]));
+                else p = _mm256_maddubs_epi16(q[v], xv);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scv[v]));
+            }
+            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+            int32_t isum = hsum_i32x8(acc), imin = 0;
+            if (bias) isum -= bias * hsum_i32x8(_mm256_madd_epi16(bs, sc16));
+            if (type_has_offset(type)) imin = hsum_i32x8(_mm256_madd_epi16(bs, mn16));
+            s[k] = superblock_combine(s[k], d, dmin, xb, isum, imin);
+        }
+    }
+    for (int k = 0; k < n_x; k++) out[k] = s[k];
 }
 #endif
 
@@ -669,61 +1285,138 @@ static inline float dot_float(const void *w, int type, const float *x, int n) {
 }
 
 #if defined(KERNELS_NEON)
-/* One quantized weight row against one activation row, NEON: the block's
-   weights as two vectors of 16 signed bytes, multiplied with the dot-product
-   instructions where the CPU has them, widening multiplies where not. */
+/* The sum of a vector's four int32 lanes. */
+static inline int32_t hsum_s32x4(int32x4_t v) {
+#if defined(__aarch64__)
+    return vaddvq_s32(v);
+#else
+    int32x2_t s = vpadd_s32(vget_low_s32(v), vget_high_s32(v));
+    return vget_lane_s32(vpadd_s32(s, s), 0);
+#endif
+}
+
+/* Sums of four products of 16 signed bytes each: the dot-product
+   instruction where the CPU has it, widening multiplies where not (the same
+   integers either way). */
+static inline int32x4_t dot_s8x16(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b))), vpaddlq_s16(mull_high_s8(a, b))));
+#endif
+}
+
+/* One row of a 32-element type against one activation row, NEON: the
+   block's weights as two vectors of 16 signed bytes (q8_0 and q4_0 unpacked
+   in vector registers, the others by block32_unpack). */
 static inline float dot_quant_neon(const void *w, int type, const BlockQ8A *x, int n) {
     float32x4_t acc = vdupq_n_f32(0);
+    float offsets = 0;
     for (int b = 0; b < n / QK; b++) {
         int8x16_t w0, w1;
-        float dw;
+        float dw, mw = 0;
         if (type == TYPE_Q8_0) {
             const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
             w0 = vld1q_s8(blk->qs), w1 = vld1q_s8(blk->qs + 16), dw = f16_to_f32(blk->d);
-        } else {
+        } else if (type == TYPE_Q4_0) {
             const BlockQ4_0 *blk = (const BlockQ4_0 *)w + b;
             uint8x16_t packed = vld1q_u8(blk->qs);
             w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(15))), vdupq_n_s8(8));
             w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), vdupq_n_s8(8));
             dw = f16_to_f32(blk->d);
+        } else {
+            int8_t q[QK];
+            dw = block32_unpack(w, type, b, q, &mw);
+            w0 = vld1q_s8(q), w1 = vld1q_s8(q + 16);
         }
-        int8x16_t x0 = vld1q_s8(x[b].qs), x1 = vld1q_s8(x[b].qs + 16);
-#if defined(__ARM_FEATURE_DOTPROD)
-        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
-#else
-        int16x8_t l0 = vmull_s8(vget_low_s8(w0), vget_low_s8(x0)), h0 = mull_high_s8(w0, x0);
-        int16x8_t l1 = vmull_s8(vget_low_s8(w1), vget_low_s8(x1)), h1 = mull_high_s8(w1, x1);
-        int32x4_t p = vaddq_s32(vaddq_s32(vpaddlq_s16(l0), vpaddlq_s16(h0)), vaddq_s32(vpaddlq_s16(l1), vpaddlq_s16(h1)));
-#endif
+        int32x4_t p = dot_s8x16(dot_s8x16(vdupq_n_s32(0), w0, vld1q_s8(x[b].qs)), w1, vld1q_s8(x[b].qs + 16));
         acc = vfmaq_f32(acc, vcvtq_f32_s32(p), vdupq_n_f32(dw * x[b].d));
+        if (type_has_offset(type)) offsets += mw * x[b].d * (float)x[b].sum;
     }
-    return hsum_f32x4(acc);
+    return hsum_f32x4(acc) + offsets;
+}
+
+/* A super-block row against n_x (at most 4) BlockQ8K rows: unpacked by
+   superblock_unpack once for all of them, multiplied 16 bytes at a time;
+   the reference's integers and float operations. */
+static inline void dot_superblock_neon(const void *w, int type, const BlockQ8K *x, size_t stride, int n_x, int n, float *out) {
+    float s[4] = {0, 0, 0, 0};
+    for (int b = 0; b < n / QK_K; b++) {
+        int8_t q[QK_K];
+        int16_t sc[16], mn[16];
+        float d, dmin;
+        superblock_unpack(w, type, b, q, sc, mn, &d, &dmin);
+        for (int k = 0; k < n_x; k++) {
+            const BlockQ8K *xb = x + k * stride + b;
+            int32_t isum = 0, imin = 0;
+            for (int g = 0; g < 16; g++) {
+                isum += sc[g] * hsum_s32x4(dot_s8x16(vdupq_n_s32(0), vld1q_s8(q + 16 * g), vld1q_s8(xb->qs + 16 * g)));
+                imin += mn[g] * xb->bsums[g];
+            }
+            s[k] = superblock_combine(s[k], d, dmin, xb, isum, imin);
+        }
+    }
+    for (int k = 0; k < n_x; k++) out[k] = s[k];
 }
 #endif
 
-/* A q8_0 or q4_0 weight row against one activation row. */
-static inline float dot_quant(const void *w, int type, const BlockQ8A *x, int n) {
+/* A quantized row against n_x (1 or 4) activation rows, `stride` blocks
+   apart: BlockQ8A rows for the 32-element types, BlockQ8K for the
+   super-block types (TYPE_INFO's act). On AVX2 each type gets its own
+   specialized copy (the type is a constant in each case). */
+static inline void dot_quant_rows(const void *w, int type, const void *x, size_t stride, int n_x, int n, float *out) {
 #if defined(KERNELS_AVX2)
-    float r;
-    if (type == TYPE_Q8_0) dot_quant_avx2(w, TYPE_Q8_0, x, 0, 1, n, &r); /* constant types: two specialized copies */
-    else dot_quant_avx2(w, TYPE_Q4_0, x, 0, 1, n, &r);
-    return r;
-#elif defined(KERNELS_NEON)
-    return dot_quant_neon(w, type, x, n);
+#define DOT_CASE(T, kernel, X)                                                           \
+    case T:                                                                              \
+        if (n_x == 4) kernel(w, T, (const X *)x, stride, 4, n, out);                     \
+        else kernel(w, T, (const X *)x, stride, 1, n, out);                              \
+        return;
+    switch (type) {
+    DOT_CASE(TYPE_Q8_0, dot_quant_avx2, BlockQ8A)
+    DOT_CASE(TYPE_Q4_0, dot_quant_avx2, BlockQ8A)
+    DOT_CASE(TYPE_Q4_1, dot_quant_avx2, BlockQ8A)
+    DOT_CASE(TYPE_Q5_0, dot_quant_avx2, BlockQ8A)
+    DOT_CASE(TYPE_Q5_1, dot_quant_avx2, BlockQ8A)
+    DOT_CASE(TYPE_IQ4_NL, dot_quant_avx2, BlockQ8A)
+    DOT_CASE(TYPE_Q2_K, dot_superblock_avx2, BlockQ8K)
+    DOT_CASE(TYPE_Q3_K, dot_superblock_avx2, BlockQ8K)
+    DOT_CASE(TYPE_Q4_K, dot_superblock_avx2, BlockQ8K)
+    DOT_CASE(TYPE_Q5_K, dot_superblock_avx2, BlockQ8K)
+    DOT_CASE(TYPE_Q6_K, dot_superblock_avx2, BlockQ8K)
+    DOT_CASE(TYPE_IQ4_XS, dot_superblock_avx2, BlockQ8K)
+    }
+#undef DOT_CASE
 #else
-    return type == TYPE_Q8_0 ? dot_q8_0_ref(w, x, n) : dot_q4_0_ref(w, x, n);
+    for (int k = 0; k < n_x; k++) {
+        if (TYPE_INFO[type].act == ACT_Q8K) {
+#if defined(KERNELS_NEON)
+            dot_superblock_neon(w, type, (const BlockQ8K *)x, stride, n_x, n, out);
+            return;
+#else
+            out[k] = dot_superblock_ref(w, type, (const BlockQ8K *)x + k * stride, n);
 #endif
+        } else {
+#if defined(KERNELS_NEON)
+            out[k] = dot_quant_neon(w, type, (const BlockQ8A *)x + k * stride, n);
+#else
+            out[k] = dot_block32_ref(w, type, (const BlockQ8A *)x + k * stride, n);
+#endif
+        }
+    }
+#endif
+}
+
+/* A quantized row against one activation row. */
+static inline float dot_quant(const void *w, int type, const void *x, int n) {
+    float r = 0;
+    dot_quant_rows(w, type, x, 0, 1, n, &r);
+    return r;
 }
 
 /* The same row against four activation rows, `stride` blocks apart: the same
    results as four dot_quant calls, bit for bit. */
-static inline void dot_quant_x4(const void *w, int type, const BlockQ8A *x, size_t stride, int n, float out[4]) {
-#if defined(KERNELS_AVX2)
-    if (type == TYPE_Q8_0) dot_quant_avx2(w, TYPE_Q8_0, x, stride, 4, n, out);
-    else dot_quant_avx2(w, TYPE_Q4_0, x, stride, 4, n, out);
-#else
-    for (int k = 0; k < 4; k++) out[k] = dot_quant(w, type, x + k * stride, n);
-#endif
+static inline void dot_quant_x4(const void *w, int type, const void *x, size_t stride, int n, float out[4]) {
+    dot_quant_rows(w, type, x, stride, 4, n, out);
 }
 
 /* ---------------------------------------------------------------------------

@@ -237,7 +237,8 @@ typedef struct {
     float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2]; row p for a sequence of p + 1 tokens */
     /* batch scratch, [max_batch][width] each */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
-    BlockQ8A *xq;              /* quantized activations */
+    BlockQ8A *xq;              /* quantized activations: per 32 for the 32-element types */
+    BlockQ8K *xk;              /* per 256 for the super-block types */
     int *pos;                  /* position of each batch token */
     float *tok_cos, *tok_sin;  /* its rotation, [max_batch][rope_dim / 2] */
     float *q_far;              /* rectified schemes: each token's query for distant keys, [max_batch][q_dim] */
@@ -249,7 +250,7 @@ typedef struct {
     /* multi-head latent attention: each token's query latent [max_batch][q_lora_rank];
        per thread, a head's absorbed query and attended latent, and their int8 copies */
     float *qa, *mla_work;
-    BlockQ8A *mla_q8;
+    void *mla_q8;               /* BlockQ8A or BlockQ8K rows, as the weights take */
     /* prefill may expand the latents instead: one sequence's per-head keys
        and values [ctx_len][n_heads][nope + value dims], made from
        [max_batch][latent] at a time; NULL when too large to keep */
@@ -476,19 +477,17 @@ static int moe_layer(const ModelConfig *c, int l) {
 }
 
 /* Bytes a tensor of this type and shape takes, or 0 if the shape cannot be
-   stored in that type (rows not a multiple of the group size) or its size
-   does not fit a size_t (a file's 4-dim shape, or 32 bits). Counted in 64
-   bits from the bytes of one 32-element group: type_row_bytes's size_t
-   would wrap on a 32-bit platform. */
+   stored in that type (rows not a multiple of its block) or its size does
+   not fit a size_t (a file's 4-dim shape, or 32 bits). Counted in 64 bits:
+   type_row_bytes's size_t would wrap on a 32-bit platform. */
 static size_t tensor_bytes(int type, int ndim, const int64_t *shape) {
-    uint64_t rows = 1, per_group = type_row_bytes(type, QK), cols = (uint64_t)shape[ndim - 1];
+    uint64_t rows = 1, block = (uint64_t)type_block(type), cols = (uint64_t)shape[ndim - 1];
     for (int i = 0; i < ndim - 1; i++) {
         if (shape[i] <= 0 || rows > UINT64_MAX / (uint64_t)shape[i]) return 0;
         rows *= (uint64_t)shape[i];
     }
-    size_t tail = cols % QK ? type_row_bytes(type, (int64_t)(cols % QK)) : 0; /* 0 for a partial q8_0/q4_0 group */
-    if (shape[ndim - 1] <= 0 || !per_group || (cols % QK && !tail) || cols / QK > UINT64_MAX / per_group) return 0;
-    uint64_t row = cols / QK * per_group + tail;
+    if (shape[ndim - 1] <= 0 || !block || cols % block) return 0;
+    uint64_t row = cols / block * (uint64_t)TYPE_INFO[type].block_bytes;
     return rows > SIZE_MAX / row ? 0 : (size_t)(rows * row);
 }
 
@@ -509,7 +508,7 @@ static int bind_matrix(Model *m, Matrix *out, const char *name, int64_t rows, in
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
         return seterr(err, errlen, "tensor '%s' has the wrong shape (expected [%lld, %lld])", name,
                       (long long)rows, (long long)cols);
-    if (t->type > TYPE_Q4_0) return seterr(err, errlen, "tensor '%s' has type %s, not a weight type", name, type_name(t->type));
+    if (!type_is_weight(t->type)) return seterr(err, errlen, "tensor '%s' has type %s, not a weight type", name, type_name(t->type));
     out->type = t->type;
     out->rows = (int)rows;
     out->cols = (int)cols;
@@ -931,6 +930,16 @@ static int ggml_to_type(uint32_t ggml) {
     case GGML_BF16: return TYPE_BF16;
     case GGML_Q8_0: return TYPE_Q8_0;
     case GGML_Q4_0: return TYPE_Q4_0;
+    case GGML_Q4_1: return TYPE_Q4_1;
+    case GGML_Q5_0: return TYPE_Q5_0;
+    case GGML_Q5_1: return TYPE_Q5_1;
+    case GGML_IQ4_NL: return TYPE_IQ4_NL;
+    case GGML_Q2_K: return TYPE_Q2_K;
+    case GGML_Q3_K: return TYPE_Q3_K;
+    case GGML_Q4_K: return TYPE_Q4_K;
+    case GGML_Q5_K: return TYPE_Q5_K;
+    case GGML_Q6_K: return TYPE_Q6_K;
+    case GGML_IQ4_XS: return TYPE_IQ4_XS;
     default: return -1;
     }
 }
@@ -1050,7 +1059,8 @@ static int load_gguf(Model *m, char *err, size_t errlen) {
         if (!t->name[0]) continue;
         t->type = ggml_to_type(gt->type);
         if (t->type < 0) {
-            seterr(err, errlen, "tensor '%.*s' is %s, a type this build cannot run yet (f32, f16, bf16, q8_0 and q4_0 can)",
+            seterr(err, errlen, "tensor '%.*s' is %s, a weight type this engine does not run (it runs f32, f16, bf16, q8_0, "
+                   "q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl and iq4_xs)",
                    (int)gt->name_len, gt->name, ggml_type_name(gt->type));
             goto done;
         }
@@ -1198,7 +1208,7 @@ static int each_repackable(Model *m, int (*fn)(Model *m, Matrix *w, void *arg), 
 }
 
 static int repackable(const Matrix *w) {
-    return type_is_quantized(w->type) && !w->interleaved && w->rows > 0 && w->rows % 8 == 0 && w->cols % QK == 0;
+    return (w->type == TYPE_Q8_0 || w->type == TYPE_Q4_0) && !w->interleaved && w->rows > 0 && w->rows % 8 == 0 && w->cols % QK == 0;
 }
 
 static int count_repack(Model *m, Matrix *w, void *arg) {
@@ -1377,7 +1387,7 @@ void context_free(Context *c) {
     pool_free(c->pool);
     free(c->rope_cos); free(c->rope_sin);
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
-    free(c->xq); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
+    free(c->xq); free(c->xk); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
     free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin); free(c->k_far_row);
     free(c->qa); free(c->mla_work); free(c->mla_q8); free(c->mla_kv); free(c->mla_lat);
     free(c->router_logits); free(c->route_w); free(c->route_id); free(c->moe_in); free(c->moe_out); free(c->moe_tokens);
@@ -1443,6 +1453,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->hb = context_alloc(c, B * ffn * sizeof(float));
     c->hb2 = context_alloc(c, B * ffn * sizeof(float));
     c->xq = context_alloc(c, B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
+    c->xk = context_alloc(c, B * ((size_t)wide / QK_K + 1) * sizeof(BlockQ8K));
     c->pos = context_alloc(c, B * sizeof(int));
     c->tok_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
     c->tok_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
@@ -1451,10 +1462,10 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     c->scores = context_alloc(c, (size_t)n_threads_real * c->scores_stride * sizeof(float));
     int extra_ok = 1;
     if (cfg->attn_kind == ATTN_MLA) {
-        size_t lat = (size_t)cfg->kv_lora_rank, blocks = (size_t)max64(cfg->qk_nope_head_dim, cfg->kv_lora_rank) / QK + 1;
+        size_t lat = (size_t)cfg->kv_lora_rank, widest = (size_t)max64(cfg->qk_nope_head_dim, cfg->kv_lora_rank);
         if (cfg->q_lora_rank) extra_ok &= !!(c->qa = context_alloc(c, B * cfg->q_lora_rank * sizeof(float)));
         extra_ok &= !!(c->mla_work = context_alloc(c, (size_t)n_threads_real * (2 * lat + cfg->qk_rope_head_dim) * sizeof(float)));
-        extra_ok &= !!(c->mla_q8 = context_alloc(c, (size_t)n_threads_real * blocks * sizeof(BlockQ8A)));
+        extra_ok &= !!(c->mla_q8 = context_alloc(c, (size_t)n_threads_real * activation_bytes(widest)));
         size_t expanded = (size_t)ctx_len * cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
         if (expanded * sizeof(float) <= ((size_t)1 << 29)) { /* up to 512 MiB; beyond, prefill stays absorbed */
             extra_ok &= !!(c->mla_kv = context_alloc(c, expanded * sizeof(float)));
@@ -1485,7 +1496,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
         }
     }
     if (!extra_ok || !c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
-        !c->hb || !c->hb2 || !c->xq || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits ||
+        !c->hb || !c->hb2 || !c->xq || !c->xk || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits ||
         !c->feed_seqs) {
         context_free(c);
         seterr(err, errlen, "out of memory for the run state");
@@ -1511,13 +1522,14 @@ typedef struct {
 typedef struct {
     const float *in;
     const BlockQ8A *inq;
+    const BlockQ8K *ink;
     int n, cols;
     const MatmulOut *outs;
     int n_outs;
     int64_t total_rows;
 } MatmulJob;
 
-static inline float row_dot(const Matrix *w, int r, const float *x, const BlockQ8A *xq) {
+static inline float row_dot(const Matrix *w, int r, const float *x, const void *xq) {
     const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
     return type_is_quantized(w->type) ? dot_quant(row, w->type, xq, w->cols) : dot_float(row, w->type, x, w->cols);
 }
@@ -1570,20 +1582,25 @@ static void matmul_task(void *arg, int ith, int nth) {
                            job->in, (size_t)job->cols, job->n, w->cols, job->outs[o].out + (r0 - first), (size_t)w->rows);
                 continue;
             }
+            /* token t's activations in the form this type takes, tokens `stride` blocks apart */
+            int k_form = TYPE_INFO[w->type].act == ACT_Q8K;
+            size_t stride = k_form ? (size_t)job->cols / QK_K : blocks;
+#define TOKEN_ACT(t) (k_form ? (const void *)(job->ink + (size_t)(t) * stride) : (const void *)(job->inq + (size_t)(t) * stride))
             int t = 0;
             for (; t + 4 <= job->n; t += 4) { /* four tokens per weight row: the row is loaded and unpacked once */
                 float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
                 for (int64_t r = r0; r < r1; r++) {
                     const void *row = (const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes;
-                    dot_quant_x4(row, w->type, job->inq + (size_t)t * blocks, blocks, w->cols, r4);
+                    dot_quant_x4(row, w->type, TOKEN_ACT(t), stride, w->cols, r4);
                     for (int k = 0; k < 4; k++) y[(size_t)k * w->rows + r] = r4[k];
                 }
             }
             for (; t < job->n; t++) {
-                const BlockQ8A *xq = job->inq + (size_t)t * blocks;
+                const void *xq = TOKEN_ACT(t);
                 float *y = job->outs[o].out + (size_t)t * w->rows - first;
                 for (int64_t r = r0; r < r1; r++) y[r] = dot_quant((const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes, w->type, xq, w->cols);
             }
+#undef TOKEN_ACT
         }
         first = end;
     }
@@ -1591,7 +1608,8 @@ static void matmul_task(void *arg, int ith, int nth) {
 
 typedef struct {
     const float *in;
-    BlockQ8A *out;
+    BlockQ8A *out;   /* NULL when no matrix takes this form */
+    BlockQ8K *out_k;
     int n, cols;
 } QuantizeJob;
 
@@ -1599,20 +1617,22 @@ static void quantize_task(void *arg, int ith, int nth) {
     const QuantizeJob *job = arg;
     int64_t lo, hi;
     split_range(job->n, ith, nth, 1, &lo, &hi);
-    for (int64_t t = lo; t < hi; t++)
-        quantize_row_q8a(job->in + t * job->cols, job->out + t * (job->cols / QK), job->cols);
+    for (int64_t t = lo; t < hi; t++) {
+        if (job->out) quantize_row_q8a(job->in + t * job->cols, job->out + t * (job->cols / QK), job->cols);
+        if (job->out_k) quantize_row_q8k(job->in + t * job->cols, job->out_k + t * (job->cols / QK_K), job->cols);
+    }
 }
 
 static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, int n_outs) {
-    MatmulJob job = {.in = in, .inq = c->xq, .n = n, .cols = outs[0].w->cols, .outs = outs, .n_outs = n_outs};
-    int quantized = 0, aligned = 1;
+    MatmulJob job = {.in = in, .inq = c->xq, .ink = c->xk, .n = n, .cols = outs[0].w->cols, .outs = outs, .n_outs = n_outs};
+    int forms[3] = {0, 0, 0}, aligned = 1; /* which activation forms (ACT_*) the matrices take */
     for (int o = 0; o < n_outs; o++) {
         aligned &= !outs[o].w->interleaved || job.total_rows % 8 == 0; /* its eight-row groups fall on tile bounds */
         job.total_rows += outs[o].w->rows;
-        quantized |= type_is_quantized(outs[o].w->type);
+        forms[TYPE_INFO[outs[o].w->type].act] = 1;
     }
-    if (quantized) {
-        QuantizeJob q = {in, c->xq, n, job.cols};
+    if (forms[ACT_Q8A] || forms[ACT_Q8K]) {
+        QuantizeJob q = {in, forms[ACT_Q8A] ? c->xq : NULL, forms[ACT_Q8K] ? c->xk : NULL, n, job.cols};
         pool_run(c->pool, quantize_task, &q);
     }
     if (aligned) {
@@ -1620,7 +1640,7 @@ static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, in
         return;
     }
     for (int o = 0; o < n_outs; o++) { /* one matrix at a time */
-        MatmulJob one = {.in = in, .inq = c->xq, .n = n, .cols = job.cols, .outs = outs + o, .n_outs = 1, .total_rows = outs[o].w->rows};
+        MatmulJob one = {.in = in, .inq = c->xq, .ink = c->xk, .n = n, .cols = job.cols, .outs = outs + o, .n_outs = 1, .total_rows = outs[o].w->rows};
         pool_run(c->pool, matmul_task, &one);
     }
 }
@@ -2011,14 +2031,14 @@ static void attention_mla_task(void *arg, int ith, int nth) {
     int lat = cfg->kv_lora_rank, dn = cfg->qk_nope_head_dim, dr = cfg->qk_rope_head_dim, dv = cfg->v_head_dim;
     size_t row = (size_t)lat + dr, q_dim = (size_t)cfg->n_heads * cfg->head_dim;
     float *q_abs = c->mla_work + (size_t)ith * (2 * row - dr), *o_lat = q_abs + row;
-    BlockQ8A *xq = c->mla_q8 + (size_t)ith * ((dn > lat ? dn : lat) / QK + 1);
+    void *xq = (uint8_t *)c->mla_q8 + (size_t)ith * activation_bytes(dn > lat ? dn : lat);
     int64_t lo, hi;
     split_range((int64_t)job->n * cfg->n_heads, ith, nth, 1, &lo, &hi);
     for (int64_t item = lo; item < hi; item++) {
         int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), p = c->pos[t];
         const Sequence *s = job->seqs[t];
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim; /* [nope | rotated rope] */
-        if (type_is_quantized(L->wk_b.type)) quantize_row_q8a(q, xq, dn);
+        if (type_is_quantized(L->wk_b.type)) quantize_activations(L->wk_b.type, q, xq, dn);
         for (int i = 0; i < lat; i++) q_abs[i] = row_dot(&L->wk_b, h * lat + i, q, xq);
         memcpy(q_abs + lat, q + dn, (size_t)dr * sizeof(float));
         int kt = s->kv_type, near_from = first_near_key(job, p);
@@ -2038,7 +2058,7 @@ static void attention_mla_task(void *arg, int ith, int nth) {
             attn_tile_values(&a, o_lat, 0, kv_at(kc, kt, (size_t)j0 * row), kt, row, j1 - j0, lat);
         }
         attn_tiles_finish(&a, o_lat, 0, lat);
-        if (type_is_quantized(L->wkv_b.type)) quantize_row_q8a(o_lat, xq, lat);
+        if (type_is_quantized(L->wkv_b.type)) quantize_activations(L->wkv_b.type, o_lat, xq, lat);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
         for (int i = 0; i < dv; i++) out[i] = row_dot(&L->wkv_b, h * (dn + dv) + dn + i, o_lat, xq);
     }

@@ -48,7 +48,7 @@ typedef struct {
     int top_k;
     unsigned long long seed;
     int threads, ctx;
-    int ignore_eos, json, tokenize, ppl, verbose;
+    int ignore_eos, json, tokenize, ppl, ppl_chunks, verbose;
     int chat;
     const char *system, *chat_template, *chat_history;
     const char *pos;    /* --pos rope|nope|rerope|leaky, NULL = the model's */
@@ -86,6 +86,8 @@ static void usage(void) {
             "  --json           print one JSON object at the end instead of streaming\n"
             "  --tokenize       print the prompt's token ids as a JSON array and exit\n"
             "  --ppl            score the prompt: mean negative log-likelihood per token\n"
+            "  --ppl-chunks     score as llama.cpp's llama-perplexity does: chunks of --ctx tokens, each\n"
+            "                   starting with BOS, the second half of each scored (implies --ppl)\n"
             "  --verbose        print the model's shape and memory use on stderr\n"
             "  --no-repack      use quantized matrices as stored, not interleaved for the eight-row kernels\n"
             "  --kv T           KV cache type: f16, f32 or q8_0 (default f16; q8_0 needs head sizes in 32s)\n"
@@ -248,6 +250,7 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--json")) o.json = 1;
         else if (!strcmp(a, "--tokenize")) o.tokenize = 1;
         else if (!strcmp(a, "--ppl")) o.ppl = 1;
+        else if (!strcmp(a, "--ppl-chunks")) o.ppl = o.ppl_chunks = 1;
         else if (!strcmp(a, "--verbose") || !strcmp(a, "-v")) o.verbose = 1;
         else if (!strcmp(a, "--no-repack")) o.no_repack = 1;
         else if (!strcmp(a, "--kv")) {
@@ -516,20 +519,31 @@ static void print_verbose(const Engine *e, const Options *o) {
             kv_bytes / mib, e->seq.k ? "" : " (NBCE: per row, below)", e->ctx->scratch_bytes / mib, e->ctx->max_batch, total / mib);
 }
 
+/* --ppl: consecutive windows of the context that overlap by one token, so
+   every token after the first is predicted exactly once. --ppl-chunks:
+   llama.cpp's llama-perplexity scheme, so the numbers compare with its own:
+   whole chunks of the context only, each with BOS in place of its first
+   token (when the model's prompts start with BOS), and only the
+   predictions in the second half of each chunk counted. */
 static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
     if (n < 2) die("--ppl needs a text of at least two tokens");
-    int window = e->ctx_len;
+    int window = e->ctx_len, chunks = o->ppl_chunks;
     if (window < 2) die("--ppl needs a context of at least two tokens");
+    if (chunks && n < window)
+        die("--ppl-chunks needs at least one whole chunk: the text has %d tokens, the context is %d (a smaller --ctx?)", n, window);
     uint8_t *want = malloc((size_t)window);
-    if (!want) die("out of memory");
+    int *chunk = malloc((size_t)window * sizeof *chunk);
+    if (!want || !chunk) die("out of memory");
     memset(want, 1, (size_t)window);
+    int bos = tokenizer_add_bos(e->tokenizer) ? tokenizer_bos(e->tokenizer) : -1;
+    int first = chunks ? window / 2 : 0; /* predictions from this position of a window on are counted */
     double nll = 0;
     int predicted = 0;
     const int vocab = e->model.cfg.vocab_size;
-    /* Consecutive windows overlap by one token, so every token after the
-       first is predicted exactly once. */
-    for (int start = 0; start < n - 1; start += window - 1) {
+    for (int start = 0; chunks ? start + window <= n : start < n - 1; start += chunks ? window : window - 1) {
         int len = n - start < window ? n - start : window;
+        memcpy(chunk, tokens + start, (size_t)len * sizeof *chunk);
+        if (chunks && bos >= 0) chunk[0] = bos;
         e->seq.n_past = 0;
         e->seq.rope_len = len; /* dynamic NTK: as one forward pass over the window */
         int batch = e->ctx->max_batch;
@@ -537,13 +551,14 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
             int b = len - done < batch ? len - done : batch;
             Sequence *seqs[512];
             for (int i = 0; i < b; i++) seqs[i] = &e->seq;
-            if (model_forward(e->ctx, seqs, tokens + start + done, b, want) < 0) die("%s", e->ctx->error);
-            for (int i = 0; i < b && start + done + i + 1 < start + len; i++) {
+            if (model_forward(e->ctx, seqs, chunk + done, b, want) < 0) die("%s", e->ctx->error);
+            for (int i = 0; i < b && done + i + 1 < len; i++) {
+                if (done + i < first) continue;
                 const float *lg = e->ctx->logits + (size_t)i * vocab;
                 float max = lg[argmax(lg, vocab)];
                 double sum = 0;
                 for (int v = 0; v < vocab; v++) sum += exp((double)lg[v] - max);
-                nll += log(sum) + max - lg[tokens[start + done + i + 1]];
+                nll += log(sum) + max - lg[chunk[done + i + 1]];
                 predicted++;
             }
             /* Progress for long texts: a line that redraws itself on a
@@ -554,13 +569,14 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
                 fflush(stderr);
             }
         }
-        if (start + len >= n) break;
+        if (!chunks && start + len >= n) break;
     }
     if (n > 4096 && isatty(STDERR_FILENO)) fputc('\n', stderr);
     double mean = nll / predicted;
     if (o->json) printf("{\"tokens\": %d, \"mean_nll\": %.6f, \"ppl\": %.6f}\n", n, mean, exp(mean));
     else printf("tokens %d, mean_nll %.6f, ppl %.6f\n", n, mean, exp(mean));
     free(want);
+    free(chunk);
 }
 
 /* One answer: what generate() produced and how it ended. */

@@ -142,8 +142,7 @@ static void test_dots(void) {
                 case TYPE_F32: got = dot_float(wq, type, x, n); ref = dot_f32_ref(wq, x, n); break;
                 case TYPE_F16: got = dot_float(wq, type, x, n); ref = dot_f16_ref(wq, x, n); break;
                 case TYPE_BF16: got = dot_float(wq, type, x, n); ref = dot_bf16_ref(wq, x, n); break;
-                case TYPE_Q8_0: got = dot_quant(wq, type, xq, n); ref = dot_q8_0_ref(wq, xq, n); break;
-                default: got = dot_quant(wq, type, xq, n); ref = dot_q4_0_ref(wq, xq, n); break;
+                default: got = dot_quant(wq, type, xq, n); ref = dot_block32_ref(wq, type, xq, n); break;
                 }
                 double tol = 1e-5 * mag + 1e-6;
                 if (fabs(got - want) > tol) bad_simd++;
@@ -166,7 +165,7 @@ static void test_dots(void) {
             a[b].qs[j] = (int8_t)(j % 3 ? -128 + j : 127);
         }
     }
-    CHECK(dot_quant(w, TYPE_Q8_0, a, 4 * QK) == dot_q8_0_ref(w, a, 4 * QK), "q8_0 dot at the int8 extremes is exact");
+    CHECK(dot_quant(w, TYPE_Q8_0, a, 4 * QK) == dot_block32_ref(w, TYPE_Q8_0, a, 4 * QK), "q8_0 dot at the int8 extremes is exact");
 }
 
 /* The four-token quantized kernel gives each token the bits the one-token kernel gives. */
@@ -384,6 +383,96 @@ static void test_softmax_exp(void) {
     CHECK(fabs(sum - 1) < 1e-6 && worst_p < 1e-7, "softmax of 37 values: sums to 1, each within 1e-7 of exp(x - max) / sum");
 }
 
+/* Random blocks of a GGUF weight type: random bytes (every bit pattern of the
+   quants is valid) with the f16 scales set to ordinary values. */
+static void random_blocks(int type, void *row, int64_t n) {
+    static const struct { int type, d, second; } scales[] = { /* byte offsets of the f16 scale and offset (or -1) */
+        {TYPE_Q8_0, 0, -1}, {TYPE_Q4_0, 0, -1}, {TYPE_Q4_1, 0, 2}, {TYPE_Q5_0, 0, -1}, {TYPE_Q5_1, 0, 2},
+        {TYPE_IQ4_NL, 0, -1}, {TYPE_Q2_K, 80, 82}, {TYPE_Q3_K, 108, -1}, {TYPE_Q4_K, 0, 2}, {TYPE_Q5_K, 0, 2},
+        {TYPE_Q6_K, 208, -1}, {TYPE_IQ4_XS, 0, -1}};
+    uint8_t *p = row;
+    size_t bytes = type_row_bytes(type, n), bb = (size_t)TYPE_INFO[type].block_bytes;
+    for (size_t i = 0; i < bytes; i++) {
+        rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
+        p[i] = (uint8_t)(rng_state >> 24);
+    }
+    for (size_t i = 0; i < sizeof scales / sizeof *scales; i++) {
+        if (scales[i].type != type) continue;
+        for (size_t b = 0; b < bytes / bb; b++) {
+            uint16_t d = f32_to_f16(randn() * 0.01f), m = f32_to_f16(randn() * 0.01f);
+            memcpy(p + b * bb + scales[i].d, &d, 2);
+            if (scales[i].second >= 0) memcpy(p + b * bb + scales[i].second, &m, 2);
+        }
+    }
+}
+
+/* The GGUF block types: for random blocks, the scalar dot (dot_block32_ref,
+   dot_superblock_ref) equals the double dot of the dequantized weight and
+   activation; the SIMD kernel gives the reference's bits for the super-block
+   types (the same integers, the same float operations) and agrees to float
+   rounding for the 32-element ones; four tokens at a time give each token
+   the bits it gets alone. */
+static void test_gguf_types(void) {
+    enum { N = 2048, T = 4 };
+    const int types[] = {TYPE_Q4_1, TYPE_Q5_0, TYPE_Q5_1, TYPE_IQ4_NL, TYPE_Q2_K, TYPE_Q3_K, TYPE_Q4_K, TYPE_Q5_K, TYPE_Q6_K, TYPE_IQ4_XS};
+    static float x[T][N], wd[N], xd[T][N];
+    static uint8_t row[N * 2], act[T][N * 2];
+    for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
+        int type = types[ti], k_form = TYPE_INFO[type].act == ACT_Q8K, bad_ref = 0, bad_simd = 0, bad_x4 = 0, cases = 0;
+        double worst = 0;
+        for (int rep = 0; rep < 30; rep++) {
+            int n = rep % 3 == 0 ? N : rep % 3 == 1 ? 256 : 768;
+            random_blocks(type, row, n);
+            dequantize_row(type, row, wd, n);
+            size_t stride = k_form ? (size_t)n / QK_K : (size_t)n / QK, block_bytes = k_form ? sizeof(BlockQ8K) : sizeof(BlockQ8A);
+            for (int t = 0; t < T; t++) {
+                fill(x[t], n, 1.0f);
+                quantize_activations(type, x[t], act[0] + t * stride * block_bytes, n);
+                for (int i = 0; i < n; i++) {
+                    if (k_form) {
+                        const BlockQ8K *b = (const BlockQ8K *)(act[0] + t * stride * block_bytes) + i / QK_K;
+                        xd[t][i] = b->qs[i % QK_K] * b->d;
+                    } else {
+                        const BlockQ8A *b = (const BlockQ8A *)(act[0] + t * stride * block_bytes) + i / QK;
+                        xd[t][i] = b->qs[i % QK] * b->d;
+                    }
+                }
+            }
+            float four[T];
+            dot_quant_x4(row, type, act[0], stride, n, four);
+            for (int t = 0; t < T; t++, cases++) {
+                const void *xt = act[0] + t * stride * block_bytes;
+                double mag, want = dot_double(wd, xd[t], n, &mag);
+                float ref = k_form ? dot_superblock_ref(row, type, xt, n) : dot_block32_ref(row, type, xt, n);
+                float got = dot_quant(row, type, xt, n);
+                double tol = 1e-5 * mag + 1e-6;
+                if (fabs(ref - want) > tol) bad_ref++;
+                if (k_form ? got != ref : fabs(got - want) > tol) bad_simd++;
+                if (memcmp(&four[t], &got, sizeof got)) bad_x4++;
+                if (fabs(ref - want) / (mag + 1e-30) > worst) worst = fabs(ref - want) / (mag + 1e-30);
+            }
+        }
+        CHECK(bad_ref == 0, "%s: the scalar dot equals the dequantized weights' dot in double (%d cases, worst rel %.2g)",
+              type_name(type), cases, worst);
+        CHECK(bad_simd == 0, "%s: the kernel in use %s the scalar reference", type_name(type), k_form ? "gives the bits of" : "agrees to rounding with");
+        CHECK(bad_x4 == 0, "%s: four tokens at a time give each token its bits alone", type_name(type));
+    }
+    /* Q8_K activations as ggml makes them: the largest magnitude becomes -127 and d = max / -127; the sums of 16 add up. */
+    float v[QK_K];
+    for (int i = 0; i < QK_K; i++) v[i] = (float)(i % 7) - 3.0f;
+    v[100] = 5.0f;
+    BlockQ8K q;
+    quantize_row_q8k(v, &q, QK_K);
+    int sums_ok = 1;
+    for (int g = 0; g < 16; g++) {
+        int s = 0;
+        for (int i = 0; i < 16; i++) s += q.qs[16 * g + i];
+        sums_ok &= s == q.bsums[g];
+    }
+    CHECK(q.qs[100] == -127 && q.d == 1 / (-127.0f / 5.0f) && q.qs[3] == 0 && sums_ok,
+          "q8_K activations: the largest value maps to -127, d = 1 / (-127 / max), bsums are the sums of 16");
+}
+
 int main(void) {
     test_neon_shims();
     test_softmax_exp();
@@ -394,5 +483,6 @@ int main(void) {
     test_half_conversions();
     test_quant_roundtrip();
     test_dots();
+    test_gguf_types();
     return check_summary();
 }
