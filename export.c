@@ -1094,6 +1094,7 @@ int main(int argc, char **argv) {
     OutTable tab = {0};
     int n_fallback = 0;
     const char *fallback_example = NULL;
+    int fallback_from = 0, fallback_to = 0;
     for (int i = 0; i < m.n_tensors; i++) {
         const Tensor *t = &m.tensors[i];
         if (!strncmp(t->name, "tokenizer.", 10)) continue; /* rewritten below */
@@ -1103,7 +1104,7 @@ int main(int argc, char **argv) {
             type = ends_with(t->name, ".feed_forward.router") ? TYPE_F32 : export_type(t->name, m.cfg.n_layers, quant);
             int fits = export_fallback(type, t->shape[1]);
             if (fits != type) {
-                if (!n_fallback++) fallback_example = t->name;
+                if (!n_fallback++) fallback_example = t->name, fallback_from = type, fallback_to = fits;
                 type = fits;
             }
         }
@@ -1114,8 +1115,8 @@ int main(int argc, char **argv) {
         if (is_hf && hf.rotate_half) o->rope_head_dim = rope_rows(&m.cfg, t->name, &o->rope_dim, &o->rope_offset);
     }
     if (n_fallback)
-        fprintf(stderr, "note: %d matrices have rows that do not fit the type's blocks (e.g. %s): stored in the nearest type that fits\n",
-                n_fallback, fallback_example);
+        fprintf(stderr, "note: %d matrices have rows that are not a multiple of %s's %d (e.g. %s): stored as %s\n", n_fallback,
+                type_name(fallback_from), type_block(fallback_from), fallback_example, type_name(fallback_to));
     TokenizerConfig tc = {0};
     TokenizerArray tok_arrays[TOKENIZER_MAX_ARRAYS];
     if (tok) {

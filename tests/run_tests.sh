@@ -50,7 +50,7 @@ done
 # qemu): the C unit tests and the command-line checks below, without these
 # Python suites (each runs the engine many times, and qemu is slow).
 if [ "${TEST_SUBSET:-all}" = core ]; then
-    echo "SKIP check_reader, check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions, check_gguf: TEST_SUBSET=core"
+    echo "SKIP check_reader, check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions, check_gguf, check_gguf_llamacpp: TEST_SUBSET=core"
 else
     # the shipped model against its oracle fixture (transformers, SentencePiece)
     run_suite check_reader python3 tests/check_reader.py "$BIN" $TMP models/reader.bin
@@ -66,6 +66,8 @@ else
     run_suite check_positions python3 tests/check_positions.py "$BIN" $TMP "$ASSETS"
     # GGUF copies of the shipped model, and damaged ones
     run_suite check_gguf python3 tests/check_gguf.py "$BIN" $TMP models/reader.bin
+    # GGUF files made by llama.cpp's converter and quantizer, against llama.cpp's and transformers' numbers
+    run_suite check_gguf_llamacpp python3 tests/check_gguf_llamacpp.py "$BIN" $TMP
 fi
 # Model files over 2 and 4 GiB (sparse), on 64- and 32-bit targets
 run_suite check_large_file python3 tests/check_large_file.py "$BIN" $TMP models/reader.bin
@@ -401,7 +403,7 @@ if [ $have_assets -eq 1 ]; then
         $BIN/export $V0 $TMP/s_$q.bin --tokenizer $TOK --quant $q 2> $TMP/export_$q.err
         check "export --quant $q succeeds" test -s $TMP/s_$q.bin
     done
-    check "export notes the f16 fallback for rows of 172" grep -q 'note: 5 matrices have rows that are not a multiple of 32 (e.g. layers.0.feed_forward.w2): stored as f16' $TMP/export_q8_0.err
+    check "export notes the f16 fallback for rows of 172" grep -q "note: 5 matrices have rows that are not a multiple of q8_0's 32 (e.g. layers.0.feed_forward.w2): stored as f16" $TMP/export_q8_0.err
     $BIN/run $TMP/s_f32.bin -t 0 -n 200 > $TMP/golden_f32.out 2>/dev/null
     check "the exported f32 model (tokenizer inside) prints the expected text" cmp -s $TMP/golden_f32.out $GOLDEN
     # Small contexts: --ctx N gives the first N tokens of the story, then stops.
