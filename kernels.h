@@ -186,6 +186,7 @@ _Static_assert(sizeof(BlockQ4_1) == 20 && sizeof(BlockQ5_0) == 22 && sizeof(Bloc
 _Static_assert(sizeof(BlockQ2_K) == 84 && sizeof(BlockQ3_K) == 110 && sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 &&
                sizeof(BlockQ6_K) == 210 && sizeof(BlockIQ4_XS) == 136 && sizeof(BlockQ8K) == 292,
                "super-blocks as in ggml");
+_Static_assert(offsetof(BlockQ5_K, scales) == offsetof(BlockQ4_K, scales), "q5_k begins as q4_k does (superblock_scales)");
 
 /* iq4_nl's and iq4_xs's sixteen levels (non-uniform, denser near zero). */
 static const int8_t IQ4_LEVELS[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
@@ -538,22 +539,68 @@ static inline void k4_scale_offset(const uint8_t s[12], int j, int *scale, int *
     else *scale = (s[j + 4] & 15) | (s[j - 4] >> 6) << 4, *offset = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
 }
 
-/* Super-block b of a row as 256 integers, sixteen scales and sixteen
-   offsets (one each per 16 elements: the types with 32-element sub-blocks
-   repeat theirs) and the block's two f16 scales: element i =
-   (d * sc[i / 16]) * q[i] - dmin * mn[i / 16], the offset term absent
-   (mn and dmin 0) for the types without one. */
-static inline void superblock_unpack(const void *row, int type, int64_t b, int8_t q[QK_K], int16_t sc[16], int16_t mn[16],
-                                     float *d, float *dmin) {
+/* Super-block b's scales: sixteen (one per 16 elements; the types with
+   32-element sub-blocks repeat theirs), sixteen offsets (0 for the types
+   without) and the block's two f16 scales, so that element i =
+   (d * sc[i / 16]) * q[i] - dmin * mn[i / 16] (superblock_unpack's q). */
+static inline void superblock_scales(const void *row, int type, int64_t b, int16_t sc[16], int16_t mn[16], float *d,
+                                     float *dmin) {
     memset(mn, 0, 16 * sizeof *mn);
     *dmin = 0;
     switch (type) {
     case TYPE_Q2_K: {
         const BlockQ2_K *k = (const BlockQ2_K *)row + b;
-        for (int i = 0; i < QK_K; i++) q[i] = (int8_t)((k->qs[i / 128 * 32 + i % 32] >> (i % 128 / 32 * 2)) & 3);
         for (int g = 0; g < 16; g++) sc[g] = k->scales[g] & 15, mn[g] = k->scales[g] >> 4;
         *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-        break;
+        return;
+    }
+    case TYPE_Q3_K: {
+        const BlockQ3_K *k = (const BlockQ3_K *)row + b;
+        for (int g = 0; g < 16; g++) {
+            int low = g < 8 ? k->scales[g] & 15 : k->scales[g - 8] >> 4, high = (k->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+            sc[g] = (int16_t)((low | high << 4) - 32);
+        }
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    case TYPE_Q4_K:
+    case TYPE_Q5_K: { /* the two share their first 16 bytes: d, dmin, scales */
+        const BlockQ4_K *k = (const BlockQ4_K *)((const uint8_t *)row + (size_t)b * TYPE_INFO[type].block_bytes);
+        for (int j = 0; j < 8; j++) {
+            int s_, o_;
+            k4_scale_offset(k->scales, j, &s_, &o_);
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)s_, mn[2 * j] = mn[2 * j + 1] = (int16_t)o_;
+        }
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        return;
+    }
+    case TYPE_Q6_K: {
+        const BlockQ6_K *k = (const BlockQ6_K *)row + b;
+        for (int g = 0; g < 16; g++) sc[g] = k->scales[g];
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    default: { /* TYPE_IQ4_XS */
+        const BlockIQ4_XS *k = (const BlockIQ4_XS *)row + b;
+        for (int j = 0; j < 8; j++) {
+            int ls = ((k->scales_l[j / 2] >> (4 * (j % 2))) & 15) | ((k->scales_h >> (2 * j)) & 3) << 4;
+            sc[2 * j] = sc[2 * j + 1] = (int16_t)(ls - 32);
+        }
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    }
+}
+
+/* Super-block b of a row as 256 integers, with superblock_scales' scales. */
+static inline void superblock_unpack(const void *row, int type, int64_t b, int8_t q[QK_K], int16_t sc[16], int16_t mn[16],
+                                     float *d, float *dmin) {
+    superblock_scales(row, type, b, sc, mn, d, dmin);
+    switch (type) {
+    case TYPE_Q2_K: {
+        const BlockQ2_K *k = (const BlockQ2_K *)row + b;
+        for (int i = 0; i < QK_K; i++) q[i] = (int8_t)((k->qs[i / 128 * 32 + i % 32] >> (i % 128 / 32 * 2)) & 3);
+        return;
     }
     case TYPE_Q3_K: {
         const BlockQ3_K *k = (const BlockQ3_K *)row + b;
@@ -561,33 +608,17 @@ static inline void superblock_unpack(const void *row, int type, int64_t b, int8_
             int j = i % 128 / 32, low = (k->qs[i / 128 * 32 + i % 32] >> (2 * j)) & 3;
             q[i] = (int8_t)(low - ((k->hmask[i % 32] >> (i / 128 * 4 + j)) & 1 ? 0 : 4));
         }
-        for (int g = 0; g < 16; g++) {
-            int low = g < 8 ? k->scales[g] & 15 : k->scales[g - 8] >> 4, high = (k->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
-            sc[g] = (int16_t)((low | high << 4) - 32);
-        }
-        *d = f16_to_f32(k->d);
-        break;
+        return;
     }
     case TYPE_Q4_K:
     case TYPE_Q5_K: {
-        const uint8_t *scales, *qs, *qh = NULL;
-        if (type == TYPE_Q4_K) {
-            const BlockQ4_K *k = (const BlockQ4_K *)row + b;
-            scales = k->scales, qs = k->qs, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-        } else {
-            const BlockQ5_K *k = (const BlockQ5_K *)row + b;
-            scales = k->scales, qs = k->qs, qh = k->qh, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-        }
+        const uint8_t *qs = type == TYPE_Q4_K ? ((const BlockQ4_K *)row + b)->qs : ((const BlockQ5_K *)row + b)->qs;
+        const uint8_t *qh = type == TYPE_Q5_K ? ((const BlockQ5_K *)row + b)->qh : NULL;
         for (int i = 0; i < QK_K; i++) {
             int sub = i / 32, byte = qs[i / 64 * 32 + i % 32];
             q[i] = (int8_t)((sub % 2 ? byte >> 4 : byte & 15) | (qh ? ((qh[i % 32] >> sub) & 1) << 4 : 0));
         }
-        for (int j = 0; j < 8; j++) {
-            int s_, o_;
-            k4_scale_offset(scales, j, &s_, &o_);
-            sc[2 * j] = sc[2 * j + 1] = (int16_t)s_, mn[2 * j] = mn[2 * j + 1] = (int16_t)o_;
-        }
-        break;
+        return;
     }
     case TYPE_Q6_K: {
         const BlockQ6_K *k = (const BlockQ6_K *)row + b;
@@ -596,9 +627,7 @@ static inline void superblock_unpack(const void *row, int type, int64_t b, int8_
             int low = k->ql[64 * h + l + (part % 2) * 32] >> (part / 2 * 4) & 15, high = (k->qh[32 * h + l] >> (2 * part)) & 3;
             q[i] = (int8_t)((low | high << 4) - 32);
         }
-        for (int g = 0; g < 16; g++) sc[g] = k->scales[g];
-        *d = f16_to_f32(k->d);
-        break;
+        return;
     }
     default: { /* TYPE_IQ4_XS */
         const BlockIQ4_XS *k = (const BlockIQ4_XS *)row + b;
@@ -606,12 +635,7 @@ static inline void superblock_unpack(const void *row, int type, int64_t b, int8_
             int byte = k->qs[i / 32 * 16 + i % 16];
             q[i] = IQ4_LEVELS[i % 32 < 16 ? byte & 15 : byte >> 4];
         }
-        for (int j = 0; j < 8; j++) {
-            int ls = ((k->scales_l[j / 2] >> (4 * (j % 2))) & 15) | ((k->scales_h >> (2 * j)) & 3) << 4;
-            sc[2 * j] = sc[2 * j + 1] = (int16_t)(ls - 32);
-        }
-        *d = f16_to_f32(k->d);
-        break;
+        return;
     }
     }
 }
@@ -896,8 +920,7 @@ static inline int superblock_bias(int type) { return type == TYPE_Q6_K ? 32 : ty
 static inline __attribute__((always_inline)) void superblock_unpack_avx2(const void *row, int type, int64_t b, __m256i q[8],
                                                                           int16_t sc[16], int16_t mn[16], float *d, float *dmin) {
     const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-    memset(mn, 0, 16 * sizeof *mn);
-    *dmin = 0;
+    superblock_scales(row, type, b, sc, mn, d, dmin);
     switch (type) {
     case TYPE_Q2_K: {
         const BlockQ2_K *k = (const BlockQ2_K *)row + b;
@@ -905,8 +928,6 @@ static inline __attribute__((always_inline)) void superblock_unpack_avx2(const v
             __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * h));
             for (int j = 0; j < 4; j++) q[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(p, 2 * j), m3);
         }
-        for (int g = 0; g < 16; g++) sc[g] = k->scales[g] & 15, mn[g] = k->scales[g] >> 4;
-        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
         return;
     }
     case TYPE_Q3_K: {
@@ -919,25 +940,12 @@ static inline __attribute__((always_inline)) void superblock_unpack_avx2(const v
                 q[4 * h + j] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 2 * j), m3), _mm256_slli_epi16(third, 2));
             }
         }
-        for (int g = 0; g < 16; g++) {
-            int low = g < 8 ? k->scales[g] & 15 : k->scales[g - 8] >> 4, high = (k->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
-            sc[g] = (int16_t)((low | high << 4) - 32);
-        }
-        *d = f16_to_f32(k->d);
         return;
     }
     case TYPE_Q4_K:
     case TYPE_Q5_K: {
-        const uint8_t *scales, *qs;
-        __m256i hb = _mm256_setzero_si256();
-        if (type == TYPE_Q4_K) {
-            const BlockQ4_K *k = (const BlockQ4_K *)row + b;
-            scales = k->scales, qs = k->qs, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-        } else {
-            const BlockQ5_K *k = (const BlockQ5_K *)row + b;
-            scales = k->scales, qs = k->qs, *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-            hb = _mm256_loadu_si256((const __m256i *)k->qh);
-        }
+        const uint8_t *qs = type == TYPE_Q4_K ? ((const BlockQ4_K *)row + b)->qs : ((const BlockQ5_K *)row + b)->qs;
+        __m256i hb = type == TYPE_Q5_K ? _mm256_loadu_si256((const __m256i *)((const BlockQ5_K *)row + b)->qh) : _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
             q[2 * j] = _mm256_and_si256(p, m15), q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m15);
@@ -945,11 +953,6 @@ static inline __attribute__((always_inline)) void superblock_unpack_avx2(const v
                 q[2 * j] = _mm256_or_si256(q[2 * j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
                 q[2 * j + 1] = _mm256_or_si256(q[2 * j + 1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
             }
-        }
-        for (int j = 0; j < 8; j++) {
-            int s_, o_;
-            k4_scale_offset(scales, j, &s_, &o_);
-            sc[2 * j] = sc[2 * j + 1] = (int16_t)s_, mn[2 * j] = mn[2 * j + 1] = (int16_t)o_;
         }
         return;
     }
@@ -964,8 +967,6 @@ static inline __attribute__((always_inline)) void superblock_unpack_avx2(const v
             q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hh, m48));
             q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), _mm256_and_si256(_mm256_srli_epi16(hh, 2), m48));
         }
-        for (int g = 0; g < 16; g++) sc[g] = k->scales[g];
-        *d = f16_to_f32(k->d);
         return;
     }
     default: { /* TYPE_IQ4_XS */
@@ -977,11 +978,6 @@ static inline __attribute__((always_inline)) void superblock_unpack_avx2(const v
             __m256i hi = _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(p, 4), m15));
             q[2 * p2] = _mm256_permute2x128_si256(lo, hi, 0x20), q[2 * p2 + 1] = _mm256_permute2x128_si256(lo, hi, 0x31);
         }
-        for (int j = 0; j < 8; j++) {
-            int ls = ((k->scales_l[j / 2] >> (4 * (j % 2))) & 15) | ((k->scales_h >> (2 * j)) & 3) << 4;
-            sc[2 * j] = sc[2 * j + 1] = (int16_t)(ls - 32);
-        }
-        *d = f16_to_f32(k->d);
         return;
     }
     }
@@ -1386,23 +1382,14 @@ static inline void dot_quant_rows(const void *w, int type, const void *x, size_t
     DOT_CASE(TYPE_IQ4_XS, dot_superblock_avx2, BlockQ8K)
     }
 #undef DOT_CASE
+#elif defined(KERNELS_NEON)
+    if (TYPE_INFO[type].act == ACT_Q8K) dot_superblock_neon(w, type, (const BlockQ8K *)x, stride, n_x, n, out);
+    else
+        for (int k = 0; k < n_x; k++) out[k] = dot_quant_neon(w, type, (const BlockQ8A *)x + k * stride, n);
 #else
-    for (int k = 0; k < n_x; k++) {
-        if (TYPE_INFO[type].act == ACT_Q8K) {
-#if defined(KERNELS_NEON)
-            dot_superblock_neon(w, type, (const BlockQ8K *)x, stride, n_x, n, out);
-            return;
-#else
-            out[k] = dot_superblock_ref(w, type, (const BlockQ8K *)x + k * stride, n);
-#endif
-        } else {
-#if defined(KERNELS_NEON)
-            out[k] = dot_quant_neon(w, type, (const BlockQ8A *)x + k * stride, n);
-#else
-            out[k] = dot_block32_ref(w, type, (const BlockQ8A *)x + k * stride, n);
-#endif
-        }
-    }
+    for (int k = 0; k < n_x; k++)
+        out[k] = TYPE_INFO[type].act == ACT_Q8K ? dot_superblock_ref(w, type, (const BlockQ8K *)x + k * stride, n)
+                                                : dot_block32_ref(w, type, (const BlockQ8A *)x + k * stride, n);
 #endif
 }
 

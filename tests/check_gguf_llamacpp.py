@@ -8,6 +8,8 @@ llama.cpp's numbers and transformers' in float64:
   llama-perplexity on the same file within 2e-3 relative, for every weight type;
 - the f16 files' perplexity agrees with transformers in float64 within 1e-4;
 - --tokenize equals llama-tokenize's ids;
+- ./export --quant q4_k_m chooses llama-quantize's Q4_K_M type for every tensor,
+  and its quantizers score no worse than 1.02 x llama-quantize's perplexity;
 - an architecture the engine does not run yet is one error line naming it.
 
 Usage: check_gguf_llamacpp.py BIN_DIR TMP_DIR   Prints PASS/FAIL lines and "N passed, N failed".
@@ -41,6 +43,18 @@ def our_name(gguf_name):
     if base == "output": return "output"
     _, layer, part = base.split(".", 2)
     return f"layers.{layer}.{LAYER[part]}"
+
+
+TYPE_NAMES = {0: "f32", 1: "f16", 2: "bf16", 3: "q8_0", 4: "q4_0", 7: "q4_1", 8: "q5_0", 9: "q5_1", 10: "iq4_nl",
+              11: "q2_k", 12: "q3_k", 13: "q4_k", 14: "q5_k", 15: "q6_k", 16: "iq4_xs"}  # docs/FORMAT.md
+
+
+def types_of(path):
+    """Our model file's tensors: name -> type name."""
+    raw = open(path, "rb").read()
+    n, table = struct.unpack_from("<I", raw, 12)[0], struct.unpack_from("<Q", raw, 16)[0]
+    return {raw[table + 104 * i: table + 104 * i + 48].split(b"\0")[0].decode():
+            TYPE_NAMES.get(struct.unpack_from("<I", raw, table + 104 * i + 48)[0], "?") for i in range(n)}
 
 
 def tensors_of(path):
@@ -89,6 +103,19 @@ for name, f in sorted(ref["files"].items()):
     check(not bad, f"{name}: all {len(f['tensors'])} tensors ({', '.join(types)}) dequantize to ggml's floats bit for bit"
           + (f" (differ: {', '.join(bad[:3])})" if bad else ""))
     os.remove(f32)
+
+# ./export --quant q4_k_m picks each tensor's type as llama-quantize's Q4_K_M did for the same model,
+# and its own quantizers score close to llama.cpp's
+mine = os.path.join(work, "llama-q4_k_m.bin")
+e = subprocess.run([os.path.join(BIN, "export"), os.path.join(FIX, "llama-f16.gguf"), mine, "--quant", "q4_k_m"], capture_output=True, text=True)
+theirs = ref["files"]["llama-Q4_K_M.gguf"]
+got = types_of(mine) if e.returncode == 0 else {}
+differ = [t["name"] for t in theirs["tensors"] if got.get(our_name(t["name"])) != t["type"].lower()]
+check(e.returncode == 0 and not differ, f"./export --quant q4_k_m gives every tensor llama-quantize's Q4_K_M type"
+      + (f" (differ: {', '.join(differ[:3])})" if differ else ""))
+rc, out, _ = run(mine, "-f", text, "--ppl-chunks", "--ctx", "128", "--json")
+ours, want = (json.loads(out)["ppl"] if rc == 0 else float("nan")), theirs["perplexity"]["mainline"]["kv_f16"]["ppl"]
+check(rc == 0 and ours <= want * 1.02, f"our q4_k_m quantization scores {ours:.2f}, no worse than 1.02 x llama-quantize's Q4_K_M {want:.2f}")
 
 # the tokenizer from the GGUF metadata against llama-tokenize on the same file
 tok = ref["tokenize"]

@@ -473,6 +473,53 @@ static void test_gguf_types(void) {
           "q8_K activations: the largest value maps to -127, d = 1 / (-127 / max), bsums are the sums of 16");
 }
 
+/* ./export's quantizers for q5_0, q4_k and q6_k: each value within half a
+   step of its level, where the step and offset are the block's as stored
+   (superblock_scales), except the few beyond the outermost levels; and the
+   error overall below q4_0's (q4_k) and q5_0's (q6_k), the point of them. */
+static void test_quantizers(void) {
+    enum { N = 8192 };
+    static float x[N], y[N];
+    static uint8_t row[N * 4]; /* room for any type (quantize_row's f32 case) */
+    fill(x, N, 0.02f);
+    for (int i = 0; i < N; i += 997) x[i] *= 6; /* outliers */
+    const int types[] = {TYPE_Q4_0, TYPE_Q5_0, TYPE_Q4_K, TYPE_Q6_K};
+    double rms[4];
+    for (int ti = 0; ti < 4; ti++) {
+        int type = types[ti], bad = 0, clamped = 0;
+        switch (type) { /* quantize_row's cases, called directly: the float ones inlined here make GCC warn */
+        case TYPE_Q4_0: quantize_row_q4_0(x, (BlockQ4_0 *)row, N); break;
+        case TYPE_Q5_0: quantize_row_q5_0(x, (BlockQ5_0 *)row, N); break;
+        case TYPE_Q4_K: quantize_row_q4_k(x, (BlockQ4_K *)row, N); break;
+        default: quantize_row_q6_k(x, (BlockQ6_K *)row, N); break;
+        }
+        for (int64_t b = 0; b < N / type_block(type); b++) /* a block at a time: the whole row inlined here makes GCC warn about the float cases */
+            dequantize_row(type, row + b * TYPE_INFO[type].block_bytes, y + b * type_block(type), type_block(type));
+        double e2 = 0, x2 = 0;
+        for (int i = 0; i < N; i++) e2 += (double)(x[i] - y[i]) * (x[i] - y[i]), x2 += (double)x[i] * x[i];
+        rms[ti] = sqrt(e2 / x2);
+        if (type == TYPE_Q4_0) continue;
+        for (int i = 0; i < N; i++) {
+            float step, off = 0, lo, hi;
+            if (type == TYPE_Q5_0) step = f16_to_f32(((const BlockQ5_0 *)row)[i / QK].d), lo = -16, hi = 15;
+            else {
+                int16_t sc[16], mn[16];
+                float d, dmin;
+                superblock_scales(row, type, i / QK_K, sc, mn, &d, &dmin);
+                step = d * sc[i % QK_K / 16], off = dmin * mn[i % QK_K / 16];
+                lo = type == TYPE_Q4_K ? 0 : -32, hi = type == TYPE_Q4_K ? 15 : 31;
+            }
+            float level = step != 0 ? (x[i] + off) / step : 0;
+            if (level < lo - 0.5f || level > hi + 0.5f) { clamped++; continue; }
+            if (fabsf(x[i] - y[i]) > fabsf(step) * 0.5f * 1.01f + 1e-7f) bad++;
+        }
+        CHECK(bad == 0 && clamped < N / 50, "%s quantizer: every value within half a step of its level (%d bad, %d beyond the outer levels, rel rms %.3f)",
+              type_name(type), bad, clamped, rms[ti]);
+    }
+    CHECK(rms[2] < rms[0] && rms[3] < rms[1], "q4_k's error is below q4_0's (%.3f < %.3f), q6_k's below q5_0's (%.3f < %.3f)", rms[2], rms[0],
+          rms[3], rms[1]);
+}
+
 int main(void) {
     test_neon_shims();
     test_softmax_exp();
@@ -484,5 +531,6 @@ int main(void) {
     test_quant_roundtrip();
     test_dots();
     test_gguf_types();
+    test_quantizers();
     return check_summary();
 }
