@@ -46,6 +46,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixture_files import log, sha256_file  # noqa: E402
 from hf_generation import greedy_through_cache  # noqa: E402
 
 BOS, EOS = 1, 2
@@ -82,18 +83,6 @@ MODELS = {
                                      topk_group=None, attention_bias=False),
                   "mainline", 105),
 }
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def sha256_file(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def rnd(x, n=10):

@@ -42,6 +42,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixture_files import log, sha256_file  # noqa: E402
+
 ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe", "deepseek2"]
 LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
                "IQ4_NL", "IQ4_XS"]
@@ -73,18 +76,6 @@ def committed(arch, kind):
     if kind in ("f32", "bf16"):
         return False
     return arch == "llama" or kind == "Q4_K_M"
-
-
-def log(*a):
-    print(*a, flush=True)
-
-
-def sha256_file(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 class Peer:
