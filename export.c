@@ -665,17 +665,17 @@ static const HfTensor *hf_need(HfCheckpoint *ck, const char *name, int ndim, con
     return t;
 }
 
-/* attention.wk_b (MLA): per head, the transpose of the dn key rows of
-   kv_b_proj [h·(dn+dv), c], so that row h·c + i, column j is
-   kv_b[h·(dn+dv) + j][i]. With it the engine can turn a query's nope part
-   into the latent space once per token instead of expanding every cached
-   latent into keys (absorbed attention). It is not a slice of the source,
-   so it is built here, in f32, and quantized by the writer like any matrix. */
+/* attention.wk_b (MLA), mla_absorbed_key's transpose of kv_b_proj's key
+   rows: with it the engine turns a query's nope part into the latent space
+   once per token instead of expanding every cached latent into keys
+   (absorbed attention). It is not a slice of the source, so it is built
+   here, in f32, and quantized by the writer like any matrix. */
 static float *absorbed_key(const HfTensor *kv_b, int n_heads, int dn, int dv, int c) {
-    float *w = xcalloc((size_t)n_heads * c * dn, sizeof(float));
-    for (int64_t h = 0; h < n_heads; h++)
-        for (int64_t j = 0; j < dn; j++)
-            for (int64_t i = 0; i < c; i++) w[(h * c + i) * dn + j] = hf_value(kv_b, (size_t)((h * (dn + dv) + j) * c + i));
+    size_t n = (size_t)n_heads * (dn + dv) * c;
+    float *src = xcalloc(n, sizeof(float)), *w = xcalloc((size_t)n_heads * c * dn, sizeof(float));
+    for (size_t i = 0; i < n; i++) src[i] = hf_value(kv_b, i);
+    mla_absorbed_key(src, n_heads, dn, dv, c, w);
+    free(src);
     return w;
 }
 

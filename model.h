@@ -97,7 +97,8 @@ typedef struct {
     int32_t qkv_bias;          /* q, k, v projections have biases */
     int32_t out_bias;          /* output projection has a bias */
     int32_t tied_embeddings;   /* classifier = token embedding */
-    int32_t reserved[21];
+    int32_t qk_norm;           /* each head's query and key RMS-normalised before RoPE (Qwen3) */
+    int32_t reserved[20];
 } ModelConfig;
 
 typedef struct {
@@ -160,10 +161,16 @@ typedef struct {
     Matrix wq, wk, wv, wo;     /* multi-head latent attention: wq only without a query latent */
     const float *bq, *bk, *bv; /* NULL when the model has no q/k/v biases */
     const float *bo;           /* NULL when the output projection has no bias */
+    const float *q_norm, *k_norm; /* [head_dim] per-head RMSNorm weights; NULL without qk_norm */
     /* multi-head latent attention (FORMAT.md): query latent, key/value
        latent with the shared rotary key, up-projections */
-    Matrix wq_a, wq_b, wkv_a, wkv_b, wk_b;
+    Matrix wq_a, wq_b, wkv_a, wkv_b, wk_b, wv_b;
     const float *q_a_norm, *kv_a_norm;
+    /* the value up-projection: wv_b's rows h·dv + i, or where the file has
+       none, wkv_b's h·(dn+dv) + dn + i; wkv_b itself only expands a prefill
+       (rows 0 when absent) */
+    const Matrix *v_up;
+    int v_up_stride, v_up_first;
     /* feed-forward: the dense SwiGLU, or in a MoE layer the shared experts
        (rows 0 when there are none) beside the routed ones */
     Matrix w1, w2, w3;         /* gate, down, up */
@@ -183,6 +190,8 @@ typedef struct {
     Tensor *tensors;
     Matrix tok_emb, output;
     const float *final_norm;
+    const float *rope_divisors; /* [rope_dim/2] or NULL: pair m turns at its frequency / rope_divisors[m]
+                                   (the rope_freqs of llama 3.1 GGUF files) */
     Layer *layers;
     Expert *experts;           /* the MoE layers' experts, one block */
     Tokenizer *tokenizer;      /* NULL when the file carries none */
@@ -547,7 +556,7 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
     if (c->attn_kind == ATTN_MLA &&
         (c->kv_lora_rank <= 0 || c->kv_lora_rank > (1 << 16) || c->q_lora_rank < 0 || c->q_lora_rank > (1 << 16) ||
          c->qk_nope_head_dim < 0 || c->qk_rope_head_dim < 0 || c->qk_nope_head_dim + c->qk_rope_head_dim != c->head_dim ||
-         c->rope_dim != c->qk_rope_head_dim || c->n_kv_heads != c->n_heads || c->qkv_bias || c->out_bias))
+         c->rope_dim != c->qk_rope_head_dim || c->n_kv_heads != c->n_heads || c->qkv_bias || c->out_bias || c->qk_norm))
         return seterr(err, errlen, "inconsistent latent attention dimensions (latent %d, query latent %d, nope %d + rope %d "
                       "= head_dim %d, rope_dim %d)", c->kv_lora_rank, c->q_lora_rank, c->qk_nope_head_dim,
                       c->qk_rope_head_dim, c->head_dim, c->rope_dim);
@@ -595,6 +604,9 @@ static int model_bind(Model *m, char *err, size_t errlen) {
     if (c->tied_embeddings) m->output = m->tok_emb;
     else if (bind_matrix(m, &m->output, "output", c->vocab_size, c->dim, err, errlen)) return -1;
     if (bind_vector(m, &m->final_norm, "norm", c->dim, 0, err, errlen)) return -1;
+    if (bind_vector(m, &m->rope_divisors, "rope_freqs", c->rope_dim / 2, 1, err, errlen)) return -1;
+    for (int i = 0; m->rope_divisors && i < c->rope_dim / 2; i++)
+        if (!(m->rope_divisors[i] > 0) || !isfinite(m->rope_divisors[i])) return seterr(err, errlen, "tensor 'rope_freqs' holds a value that is not positive");
     const Tensor *layer_pos = model_tensor(m, "layer_pos");
     if (layer_pos && (layer_pos->type != TYPE_U8 || layer_pos->ndim != 1 || layer_pos->shape[0] != c->n_layers))
         return seterr(err, errlen, "tensor 'layer_pos' should be u8 [%d]", c->n_layers);
@@ -618,13 +630,21 @@ static int model_bind(Model *m, char *err, size_t errlen) {
                                       MATRIX(wq_b, "attention.wq_b", q_dim, c->q_lora_rank)
                                 : MATRIX(wq, "attention.wq", q_dim, c->dim)) ||
                 MATRIX(wkv_a, "attention.wkv_a", lat + dr, c->dim) || VECTOR(kv_a_norm, "attention.kv_a_norm", lat, 0) ||
-                MATRIX(wkv_b, "attention.wkv_b", c->n_heads * (dn + c->v_head_dim), lat) ||
-                MATRIX(wk_b, "attention.wk_b", c->n_heads * lat, dn))
+                MATRIX(wk_b, "attention.wk_b", c->n_heads * lat, dn) ||
+                ((model_tensor(m, LAYER_NAME("attention.wkv_b")) || !model_tensor(m, LAYER_NAME("attention.wv_b"))) &&
+                 MATRIX(wkv_b, "attention.wkv_b", c->n_heads * (dn + c->v_head_dim), lat)) ||
+                (model_tensor(m, LAYER_NAME("attention.wv_b")) && MATRIX(wv_b, "attention.wv_b", att_dim, lat)))
                 return -1;
+            int own = L->wv_b.rows > 0;
+            L->v_up = own ? &L->wv_b : &L->wkv_b;
+            L->v_up_stride = own ? c->v_head_dim : (int)(dn + c->v_head_dim);
+            L->v_up_first = own ? 0 : (int)dn;
         } else if (MATRIX(wq, "attention.wq", q_dim, c->dim) || MATRIX(wk, "attention.wk", kv_dim, c->dim) ||
                    MATRIX(wv, "attention.wv", v_dim, c->dim) || VECTOR(bq, "attention.bq", q_dim, !c->qkv_bias) ||
                    VECTOR(bk, "attention.bk", kv_dim, !c->qkv_bias) || VECTOR(bv, "attention.bv", v_dim, !c->qkv_bias) ||
-                   VECTOR(bo, "attention.bo", c->dim, !c->out_bias)) {
+                   VECTOR(bo, "attention.bo", c->dim, !c->out_bias) ||
+                   VECTOR(q_norm, "attention.q_norm", c->head_dim, !c->qk_norm) ||
+                   VECTOR(k_norm, "attention.k_norm", c->head_dim, !c->qk_norm)) {
             return -1;
         }
         if (!moe_layer(c, l)) {
@@ -890,21 +910,32 @@ static int load_llama2c(Model *m, char *err, size_t errlen) {
 /* ---------------------------------------------------------------------------
  * GGUF files (llama.cpp's format), read through gguf.h and used in place.
  * The metadata gives the config; the tensors are renamed to ours and their
- * shapes turned outermost-first. ggml's f32, f16, bf16, q8_0 and q4_0 have
- * exactly our layouts. llama.cpp's converter leaves the rotary rows of q
- * and k in rotate_half order for every family but llama (whose rows it
- * reorders into adjacent pairs, as ours): for those the loader copies q and
- * k reordered (rope_source_row).
+ * shapes turned outermost-first. A 3-D tensor of experts becomes one matrix
+ * per expert; the other 3-D tensors (latent attention's per-head k_b and
+ * v_b) keep their rows one after another. ggml's byte layouts are ours.
+ * Two kinds of tensor are written into memory the loader owns: llama.cpp's
+ * converter leaves the rotary rows of q and k in rotate_half order for
+ * every family but llama (whose rows it reorders into adjacent pairs, as
+ * ours), so for those q, k and their biases and norms are copied reordered
+ * (rope_source_row); and a latent-attention file with attn_kv_b alone gets
+ * the absorbed key matrix built from it (mla_absorbed_key).
  */
 typedef struct {
     const char *arch;       /* general.architecture */
     int rotate_half;        /* q/k rows left in rotate_half order by the converter */
     int qkv_bias;           /* q, k, v biases in every layer */
+    int qk_norm;            /* per-head q/k RMSNorm (attn_q_norm, attn_k_norm) */
+    int moe;                /* may have expert layers (ARCH.expert_count) */
+    int mla;                /* multi-head latent attention (ARCH.attention.kv_lora_rank) */
+    int norm_topk;          /* the chosen experts' weights are renormalised unless ARCH.expert_weights_norm says */
 } GgufArch;
 
 static const GgufArch gguf_archs[] = {
-    {"llama", 0, 0},
-    {"qwen2", 1, 1},
+    {"llama", 0, 0, 0, 1, 0, 1}, /* Llama 2 and 3, Mistral, TinyLlama, SmolLM2; with experts, Mixtral */
+    {"qwen2", 1, 1, 0, 0, 0, 0},
+    {"qwen3", 1, 0, 1, 0, 0, 0},
+    {"qwen3moe", 1, 0, 1, 1, 0, 1},
+    {"deepseek2", 0, 0, 0, 1, 1, 0},
 };
 
 /* Output row r of a head's rotary block comes from source row
@@ -916,6 +947,15 @@ static int64_t rope_source_row(int64_t r, int head_dim, int rope_dim, int offset
     int64_t head = r / head_dim, i = r % head_dim - offset;
     if (i < 0 || i >= rope_dim) return r;
     return head * head_dim + offset + (i % 2 ? rope_dim / 2 + i / 2 : i / 2);
+}
+
+/* The absorbed key of latent attention (FORMAT.md, attention.wk_b): per
+   head h, the transpose of its dn key rows of kv_b [h·(dn+dv), lat]:
+   out[(h·lat + i)·dn + j] = kv_b[(h·(dn+dv) + j)·lat + i]. */
+static void mla_absorbed_key(const float *kv_b, int n_heads, int dn, int dv, int lat, float *out) {
+    for (int64_t h = 0; h < n_heads; h++)
+        for (int64_t j = 0; j < dn; j++)
+            for (int64_t i = 0; i < lat; i++) out[(h * lat + i) * dn + j] = kv_b[(h * (dn + dv) + j) * lat + i];
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -968,15 +1008,121 @@ static int gguf_arch_float(const Gguf *g, const char *arch, const char *suffix, 
     return 0;
 }
 
-/* Our name for a GGUF tensor name, or "" for one we do not use. */
-static void gguf_our_name(const GgufTensor *t, char *out, size_t len) {
+/* The config from ARCH.* metadata; check_config judges the values. */
+static int gguf_config(const Gguf *g, const GgufArch *arch, ModelConfig *c, char *err, size_t errlen) {
+    const char *a = arch->arch;
+    *c = (ModelConfig){.arch = ARCH_LLAMA, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .qkv_bias = arch->qkv_bias,
+                       .qk_norm = arch->qk_norm};
+    if (gguf_arch_int(g, a, "embedding_length", 1, 1 << 20, &c->dim, err, errlen) ||
+        gguf_arch_int(g, a, "block_count", 1, 4096, &c->n_layers, err, errlen) ||
+        gguf_arch_int(g, a, "attention.head_count", 1, 4096, &c->n_heads, err, errlen) ||
+        gguf_arch_int(g, a, "feed_forward_length", 1, 1 << 20, &c->hidden_dim, err, errlen) ||
+        gguf_arch_int(g, a, "context_length", 1, INT32_MAX, &c->max_seq_len, err, errlen) ||
+        gguf_arch_float(g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, err, errlen) ||
+        gguf_arch_float(g, a, "rope.freq_base", &c->rope_theta, err, errlen))
+        return -1;
+    if (!c->dim || !c->n_layers || !c->n_heads || !c->hidden_dim)
+        return seterr(err, errlen, "GGUF file without %s.embedding_length, block_count, attention.head_count or feed_forward_length", a);
+    if (!c->max_seq_len) c->max_seq_len = 4096;
+    c->n_kv_heads = c->n_heads;
+    c->head_dim = c->dim / c->n_heads;
+    if (gguf_arch_int(g, a, "attention.head_count_kv", 1, 4096, &c->n_kv_heads, err, errlen) ||
+        gguf_arch_int(g, a, "attention.key_length", 1, 4096, &c->head_dim, err, errlen))
+        return -1;
+    c->v_head_dim = c->head_dim;
+    c->rope_dim = c->head_dim;
+    if (gguf_arch_int(g, a, "attention.value_length", 1, 4096, &c->v_head_dim, err, errlen) ||
+        gguf_arch_int(g, a, "rope.dimension_count", 0, 4096, &c->rope_dim, err, errlen))
+        return -1;
+
+    /* RoPE scaling: none, linear or YaRN (llama 3's comes as the rope_freqs tensor) */
+    const char *scaling;
+    size_t n;
+    char key[96];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (!gguf_str(g, key, &scaling, &n) && !(n == 4 && !memcmp(scaling, "none", 4))) {
+        if (n == 6 && !memcmp(scaling, "linear", 6)) c->rope_scaling = ROPE_SCALING_LINEAR;
+        else if (n == 4 && !memcmp(scaling, "yarn", 4)) c->rope_scaling = ROPE_SCALING_YARN;
+        else return seterr(err, errlen, "GGUF rope scaling '%.*s' is not supported (none, linear and yarn are)", (int)(n > 20 ? 20 : n), scaling);
+        float log_mul = 0, attn_factor = 1;
+        c->rope_beta_fast = 32, c->rope_beta_slow = 1;
+        if (gguf_arch_float(g, a, "rope.scaling.factor", &c->rope_factor, err, errlen) ||
+            gguf_arch_int(g, a, "rope.scaling.original_context_length", 1, INT32_MAX, &c->rope_orig_ctx, err, errlen) ||
+            gguf_arch_float(g, a, "rope.scaling.yarn_beta_fast", &c->rope_beta_fast, err, errlen) ||
+            gguf_arch_float(g, a, "rope.scaling.yarn_beta_slow", &c->rope_beta_slow, err, errlen) ||
+            gguf_arch_float(g, a, "rope.scaling.yarn_log_multiplier", &log_mul, err, errlen) ||
+            gguf_arch_float(g, a, "rope.scaling.attn_factor", &attn_factor, err, errlen))
+            return -1;
+        if (attn_factor != 1) return seterr(err, errlen, "GGUF %s.rope.scaling.attn_factor other than 1 is not supported", a);
+        /* llama.cpp's yarn_log_multiplier is 0.1 mscale_all_dim, and it takes mscale to be the same */
+        c->rope_mscale = c->rope_mscale_all_dim = 10 * log_mul;
+    }
+
+    if (arch->moe) {
+        gguf_arch_int(g, a, "expert_count", 0, 4096, &c->n_experts, err, errlen);
+        if (c->n_experts) {
+            int32_t gating = 1;
+            c->ffn_kind = FFN_MOE;
+            c->moe_hidden_dim = c->hidden_dim;
+            c->moe_layer_freq = 1;
+            c->norm_topk_prob = arch->norm_topk;
+            c->routed_scaling = 1;
+            if (gguf_arch_int(g, a, "expert_used_count", 1, c->n_experts, &c->n_experts_used, err, errlen) ||
+                gguf_arch_int(g, a, "expert_feed_forward_length", 1, 1 << 20, &c->moe_hidden_dim, err, errlen) ||
+                gguf_arch_int(g, a, "expert_shared_count", 0, 64, &c->n_shared_experts, err, errlen) ||
+                gguf_arch_int(g, a, "leading_dense_block_count", 0, c->n_layers, &c->first_k_dense, err, errlen) ||
+                gguf_arch_float(g, a, "expert_weights_scale", &c->routed_scaling, err, errlen) ||
+                gguf_arch_int(g, a, "expert_weights_norm", 0, 1, &c->norm_topk_prob, err, errlen) ||
+                gguf_arch_int(g, a, "expert_gating_func", 0, 1000, &gating, err, errlen) ||
+                gguf_arch_int(g, a, "expert_group_count", 0, c->n_experts, &c->n_expert_groups, err, errlen) ||
+                gguf_arch_int(g, a, "expert_group_used_count", 0, c->n_experts, &c->topk_groups, err, errlen))
+                return -1;
+            if (!c->n_experts_used) return seterr(err, errlen, "GGUF file with experts but without %s.expert_used_count", a);
+            if (gating > 2) return seterr(err, errlen, "GGUF %s.expert_gating_func %d is not supported (softmax and sigmoid are)", a, gating);
+            c->router = gating == 2 ? ROUTER_SIGMOID : ROUTER_SOFTMAX;
+        }
+    }
+    if (arch->mla) {
+        int32_t k_mla = 0, v_mla = 0;
+        c->attn_kind = ATTN_MLA;
+        if (gguf_arch_int(g, a, "attention.kv_lora_rank", 0, 1 << 16, &c->kv_lora_rank, err, errlen) ||
+            gguf_arch_int(g, a, "attention.q_lora_rank", 0, 1 << 16, &c->q_lora_rank, err, errlen) ||
+            gguf_arch_int(g, a, "attention.key_length_mla", 0, 4096, &k_mla, err, errlen) ||
+            gguf_arch_int(g, a, "attention.value_length_mla", 0, 4096, &v_mla, err, errlen))
+            return -1;
+        if (!c->kv_lora_rank) return seterr(err, errlen, "GGUF file without %s.attention.kv_lora_rank", a);
+        /* newer converters describe the cache as one shared key/value head
+           (key_length = latent + rotary) and the heads in key_length_mla */
+        if (k_mla) c->head_dim = k_mla;
+        if (v_mla) c->v_head_dim = v_mla;
+        c->n_kv_heads = c->n_heads;
+        c->qk_rope_head_dim = c->rope_dim;
+        c->qk_nope_head_dim = c->head_dim - c->rope_dim;
+    }
+    return 0;
+}
+
+/* Our name for a GGUF tensor name, or "" for one we do not use. Returns 1
+   for a tensor of experts, whose matrix for expert e is named with e. */
+static int gguf_our_name(const GgufTensor *t, int expert, char *out, size_t len) {
     static const char *map[][2] = {
-        {"attn_norm.weight", "attention_norm"}, {"ffn_norm.weight", "ffn_norm"},
-        {"attn_q.weight", "attention.wq"},      {"attn_k.weight", "attention.wk"},
-        {"attn_v.weight", "attention.wv"},      {"attn_output.weight", "attention.wo"},
-        {"attn_q.bias", "attention.bq"},        {"attn_k.bias", "attention.bk"},
-        {"attn_v.bias", "attention.bv"},        {"ffn_gate.weight", "feed_forward.w1"},
-        {"ffn_down.weight", "feed_forward.w2"}, {"ffn_up.weight", "feed_forward.w3"},
+        {"attn_norm.weight", "attention_norm"},        {"ffn_norm.weight", "ffn_norm"},
+        {"attn_q.weight", "attention.wq"},             {"attn_k.weight", "attention.wk"},
+        {"attn_v.weight", "attention.wv"},             {"attn_output.weight", "attention.wo"},
+        {"attn_q.bias", "attention.bq"},               {"attn_k.bias", "attention.bk"},
+        {"attn_v.bias", "attention.bv"},               {"attn_q_norm.weight", "attention.q_norm"},
+        {"attn_k_norm.weight", "attention.k_norm"},    {"attn_q_a.weight", "attention.wq_a"},
+        {"attn_q_a_norm.weight", "attention.q_a_norm"}, {"attn_q_b.weight", "attention.wq_b"},
+        {"attn_kv_a_mqa.weight", "attention.wkv_a"},   {"attn_kv_a_norm.weight", "attention.kv_a_norm"},
+        {"attn_kv_b.weight", "attention.wkv_b"},       {"attn_k_b.weight", "attention.wk_b"},
+        {"attn_v_b.weight", "attention.wv_b"},         {"ffn_gate.weight", "feed_forward.w1"},
+        {"ffn_down.weight", "feed_forward.w2"},        {"ffn_up.weight", "feed_forward.w3"},
+        {"ffn_gate_inp.weight", "feed_forward.router"}, {"exp_probs_b.bias", "feed_forward.router_bias"},
+        {"ffn_gate_shexp.weight", "feed_forward.shared.w1"}, {"ffn_down_shexp.weight", "feed_forward.shared.w2"},
+        {"ffn_up_shexp.weight", "feed_forward.shared.w3"},
+    };
+    static const char *experts[][2] = {
+        {"ffn_gate_exps.weight", "w1"}, {"ffn_down_exps.weight", "w2"}, {"ffn_up_exps.weight", "w3"},
     };
     char name[GGUF_MAX_NAME + 1];
     snprintf(name, sizeof name, "%.*s", (int)t->name_len, t->name);
@@ -984,10 +1130,127 @@ static void gguf_our_name(const GgufTensor *t, char *out, size_t len) {
     if (!strcmp(name, "token_embd.weight")) snprintf(out, len, "tok_embeddings");
     else if (!strcmp(name, "output.weight")) snprintf(out, len, "output");
     else if (!strcmp(name, "output_norm.weight")) snprintf(out, len, "norm");
+    else if (!strcmp(name, "rope_freqs.weight")) snprintf(out, len, "rope_freqs");
     int layer, at = 0;
-    if (sscanf(name, "blk.%d.%n", &layer, &at) == 1 && at > 0 && layer >= 0)
-        for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-            if (!strcmp(name + at, map[i][0])) snprintf(out, len, "layers.%d.%s", layer, map[i][1]);
+    if (sscanf(name, "blk.%d.%n", &layer, &at) != 1 || at == 0 || layer < 0) return 0;
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(name + at, map[i][0])) snprintf(out, len, "layers.%d.%s", layer, map[i][1]);
+    for (size_t i = 0; i < sizeof experts / sizeof experts[0]; i++)
+        if (!strcmp(name + at, experts[i][0])) {
+            snprintf(out, len, "layers.%d.feed_forward.experts.%d.%s", layer, expert, experts[i][1]);
+            return 1;
+        }
+    return 0;
+}
+
+/* The tensors we use, renamed, outermost dimension first. */
+static int gguf_tensors(Model *m, const Gguf *g, char *err, size_t errlen) {
+    int cap = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const GgufTensor *gt = &g->tensors[i];
+        char name[TENSOR_NAME_BYTES];
+        int experts = gguf_our_name(gt, 0, name, sizeof name);
+        if (!name[0]) continue;
+        int type = ggml_to_type(gt->type), nd = (int)gt->n_dims;
+        if (type < 0)
+            return seterr(err, errlen, "tensor '%.*s' is %s, a weight type this engine does not run (it runs f32, f16, "
+                          "bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl and iq4_xs)",
+                          (int)gt->name_len, gt->name, ggml_type_name(gt->type));
+        if (nd < 1 || nd > 3 || (experts && nd != 3))
+            return seterr(err, errlen, "tensor '%.*s' has %d dimensions", (int)gt->name_len, gt->name, nd);
+        int64_t shape[3];
+        for (int d = 0; d < nd; d++) {
+            if (gt->ne[d] == 0 || gt->ne[d] > (1ull << 40))
+                return seterr(err, errlen, "tensor '%.*s' has an impossible shape", (int)gt->name_len, gt->name);
+            shape[nd - 1 - d] = (int64_t)gt->ne[d];
+        }
+        if (tensor_bytes(type, nd, shape) != gt->nbytes)
+            return seterr(err, errlen, "tensor '%.*s' does not fit its type and shape", (int)gt->name_len, gt->name);
+        /* one matrix per expert, or a 3-D tensor's rows one after another */
+        int64_t parts = 1, rows = nd == 1 ? 0 : nd == 2 ? shape[0] : shape[0] * shape[1], cols = shape[nd - 1];
+        if (experts) parts = shape[0], rows = shape[1];
+        if (parts > 4096) return seterr(err, errlen, "tensor '%.*s' has more than 4096 experts", (int)gt->name_len, gt->name);
+        for (int64_t e = 0; e < parts; e++) {
+            if (experts) gguf_our_name(gt, (int)e, name, sizeof name);
+            if (add_tensor(m, &cap, name, type, rows, cols, (const uint8_t *)gt->data + (size_t)e * (gt->nbytes / (size_t)parts)))
+                return seterr(err, errlen, "out of memory");
+        }
+    }
+    return 0;
+}
+
+/* The tensors the loader writes itself (see above), into one block it owns:
+   the first pass sizes it, the second fills it. */
+static int gguf_convert(Model *m, const GgufArch *arch, char *err, size_t errlen) {
+    const ModelConfig *c = &m->cfg;
+    int lat = c->kv_lora_rank, dn = c->qk_nope_head_dim, dv = c->v_head_dim, cap = m->n_tensors;
+    size_t total = 0, kv_rows = (size_t)c->n_heads * (size_t)(dn + dv);
+    char name[96];
+    float *kv_b = NULL;
+    int rc = -1;
+    for (int pass = 0; pass < 2; pass++) {
+        uint8_t *at = m->owned;
+        for (int i = 0; arch->rotate_half && i < m->n_tensors; i++) {
+            Tensor *t = &m->tensors[i];
+            if (!ends_with(t->name, ".attention.wq") && !ends_with(t->name, ".attention.wk") &&
+                !ends_with(t->name, ".attention.bq") && !ends_with(t->name, ".attention.bk") &&
+                !ends_with(t->name, ".attention.q_norm") && !ends_with(t->name, ".attention.k_norm"))
+                continue;
+            if (t->shape[0] % c->head_dim) {
+                seterr(err, errlen, "tensor '%s' is not a whole number of heads", t->name);
+                goto done;
+            }
+            size_t row = t->nbytes / (size_t)t->shape[0], bytes = (t->nbytes + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
+            if (pass) {
+                for (int64_t r = 0; r < t->shape[0]; r++)
+                    memcpy(at + (size_t)r * row, (const uint8_t *)t->data + (size_t)rope_source_row(r, c->head_dim, c->rope_dim, 0) * row, row);
+                t->data = at;
+                at += bytes;
+            } else total += bytes;
+        }
+        for (int l = 0; c->attn_kind == ATTN_MLA && l < c->n_layers; l++) {
+            snprintf(name, sizeof name, "layers.%d.attention.wk_b", l);
+            if (model_tensor(m, name)) continue;
+            snprintf(name, sizeof name, "layers.%d.attention.wkv_b", l);
+            const Tensor *t = model_tensor(m, name);
+            if (!t) continue; /* model_bind names what is missing */
+            if (t->ndim != 2 || (size_t)t->shape[0] != kv_rows || t->shape[1] != lat) {
+                seterr(err, errlen, "tensor '%s' has the wrong shape (expected [%zu, %d])", name, kv_rows, lat);
+                goto done;
+            }
+            if ((uint64_t)kv_rows * lat > SIZE_MAX / sizeof(float) / 4) { /* a 32-bit system */
+                seterr(err, errlen, "tensor '%s' is too large to convert on this system", name);
+                goto done;
+            }
+            size_t bytes = ((size_t)c->n_heads * lat * dn * sizeof(float) + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
+            if (!pass) {
+                total += bytes;
+                continue;
+            }
+            if (!kv_b && !(kv_b = malloc(kv_rows * lat * sizeof(float)))) {
+                seterr(err, errlen, "out of memory");
+                goto done;
+            }
+            for (size_t r = 0; r < kv_rows; r++)
+                dequantize_row(t->type, (const uint8_t *)t->data + r * (t->nbytes / kv_rows), kv_b + r * lat, lat);
+            mla_absorbed_key(kv_b, c->n_heads, dn, dv, lat, (float *)at);
+            snprintf(name, sizeof name, "layers.%d.attention.wk_b", l);
+            if (add_tensor(m, &cap, name, TYPE_F32, (int64_t)c->n_heads * lat, dn, at)) {
+                seterr(err, errlen, "out of memory");
+                goto done;
+            }
+            at += bytes;
+        }
+        if (!pass && total && posix_memalign(&m->owned, MODEL_ALIGN, total)) {
+            m->owned = NULL;
+            seterr(err, errlen, "out of memory converting the tensors");
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    free(kv_b);
+    return rc;
 }
 
 static int load_gguf(Model *m, char *err, size_t errlen) {
@@ -998,88 +1261,21 @@ static int load_gguf(Model *m, char *err, size_t errlen) {
     const char *arch_name;
     size_t arch_len;
     const GgufArch *arch = NULL;
+    char names[96] = "";
     if (gguf_str(&g, "general.architecture", &arch_name, &arch_len)) {
         seterr(err, errlen, "GGUF file without general.architecture");
         goto done;
     }
-    for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
+    for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++) {
         if (strlen(gguf_archs[i].arch) == arch_len && !memcmp(gguf_archs[i].arch, arch_name, arch_len)) arch = &gguf_archs[i];
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "", gguf_archs[i].arch);
+    }
     if (!arch) {
-        seterr(err, errlen, "GGUF architecture '%.*s' is not supported (supported: llama, qwen2)", (int)(arch_len > 40 ? 40 : arch_len), arch_name);
+        seterr(err, errlen, "GGUF architecture '%.*s' is not supported (supported: %s)", (int)(arch_len > 40 ? 40 : arch_len), arch_name, names);
         goto done;
     }
-    const char *a = arch->arch;
     ModelConfig *c = &m->cfg;
-    *c = (ModelConfig){.arch = ARCH_LLAMA, .rope_theta = 10000.0f, .norm_eps = 1e-5f, .qkv_bias = arch->qkv_bias};
-    if (gguf_arch_int(&g, a, "embedding_length", 1, 1 << 20, &c->dim, err, errlen) ||
-        gguf_arch_int(&g, a, "block_count", 1, 4096, &c->n_layers, err, errlen) ||
-        gguf_arch_int(&g, a, "attention.head_count", 1, 4096, &c->n_heads, err, errlen) ||
-        gguf_arch_int(&g, a, "feed_forward_length", 1, 1 << 20, &c->hidden_dim, err, errlen) ||
-        gguf_arch_int(&g, a, "context_length", 1, INT32_MAX, &c->max_seq_len, err, errlen) ||
-        gguf_arch_float(&g, a, "attention.layer_norm_rms_epsilon", &c->norm_eps, err, errlen) ||
-        gguf_arch_float(&g, a, "rope.freq_base", &c->rope_theta, err, errlen))
-        goto done;
-    if (!c->dim || !c->n_layers || !c->n_heads || !c->hidden_dim) {
-        seterr(err, errlen, "GGUF file without %s.embedding_length, block_count, attention.head_count or feed_forward_length", a);
-        goto done;
-    }
-    c->n_kv_heads = c->n_heads;
-    c->head_dim = c->dim / c->n_heads;
-    if (gguf_arch_int(&g, a, "attention.head_count_kv", 1, 4096, &c->n_kv_heads, err, errlen) ||
-        gguf_arch_int(&g, a, "attention.key_length", 1, 4096, &c->head_dim, err, errlen))
-        goto done;
-    c->v_head_dim = c->head_dim;
-    c->rope_dim = c->head_dim;
-    if (gguf_arch_int(&g, a, "attention.value_length", 1, 4096, &c->v_head_dim, err, errlen) ||
-        gguf_arch_int(&g, a, "rope.dimension_count", 0, 4096, &c->rope_dim, err, errlen))
-        goto done;
-    const char *scaling;
-    size_t scaling_len;
-    char key[96];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
-    if (!gguf_str(&g, key, &scaling, &scaling_len) && !(scaling_len == 4 && !memcmp(scaling, "none", 4))) {
-        seterr(err, errlen, "GGUF rope scaling '%.*s' is not supported yet", (int)(scaling_len > 20 ? 20 : scaling_len), scaling);
-        goto done;
-    }
-    if (gguf_tensor(&g, "rope_freqs.weight")) {
-        seterr(err, errlen, "GGUF rope_freqs (llama 3.1 scaling) is not supported yet");
-        goto done;
-    }
-
-    /* The tensors we use, renamed, shapes outermost first. */
-    m->tensors = calloc((size_t)g.n_tensors + 1, sizeof(Tensor));
-    if (!m->tensors) {
-        seterr(err, errlen, "out of memory");
-        goto done;
-    }
-    for (uint64_t i = 0; i < g.n_tensors; i++) {
-        const GgufTensor *gt = &g.tensors[i];
-        Tensor *t = &m->tensors[m->n_tensors];
-        gguf_our_name(gt, t->name, sizeof t->name);
-        if (!t->name[0]) continue;
-        t->type = ggml_to_type(gt->type);
-        if (t->type < 0) {
-            seterr(err, errlen, "tensor '%.*s' is %s, a weight type this engine does not run (it runs f32, f16, bf16, q8_0, "
-                   "q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl and iq4_xs)",
-                   (int)gt->name_len, gt->name, ggml_type_name(gt->type));
-            goto done;
-        }
-        t->ndim = (int)gt->n_dims;
-        for (int d = 0; d < t->ndim; d++) {
-            if (gt->ne[d] > (1ull << 40)) {
-                seterr(err, errlen, "tensor '%s' has an impossible shape", t->name);
-                goto done;
-            }
-            t->shape[t->ndim - 1 - d] = (int64_t)gt->ne[d];
-        }
-        t->data = gt->data;
-        t->nbytes = (size_t)gt->nbytes;
-        if (tensor_bytes(t->type, t->ndim, t->shape) != t->nbytes) {
-            seterr(err, errlen, "tensor '%s' does not fit its type and shape", t->name);
-            goto done;
-        }
-        m->n_tensors++;
-    }
+    if (gguf_config(&g, arch, c, err, errlen) || gguf_tensors(m, &g, err, errlen)) goto done;
     const Tensor *emb = model_tensor(m, "tok_embeddings");
     if (!emb || emb->ndim != 2) {
         seterr(err, errlen, "GGUF file without a token_embd.weight matrix");
@@ -1087,39 +1283,7 @@ static int load_gguf(Model *m, char *err, size_t errlen) {
     }
     c->vocab_size = (int32_t)(emb->shape[0] < (1 << 24) ? emb->shape[0] : -1);
     c->tied_embeddings = !model_tensor(m, "output");
-    if (!c->max_seq_len) c->max_seq_len = 4096;
-    if (arch->rotate_half && check_config(c, err, errlen) == 0) {
-        /* q and k (and their biases) copied with the rotary rows reordered */
-        size_t total = 0;
-        for (int pass = 0; pass < 2; pass++) {
-            uint8_t *at = m->owned;
-            for (int i = 0; i < m->n_tensors; i++) {
-                Tensor *t = &m->tensors[i];
-                if (!ends_with(t->name, ".attention.wq") && !ends_with(t->name, ".attention.wk") &&
-                    !ends_with(t->name, ".attention.bq") && !ends_with(t->name, ".attention.bk"))
-                    continue;
-                size_t row = t->nbytes / (size_t)t->shape[0];
-                if (t->shape[0] % c->head_dim) {
-                    seterr(err, errlen, "tensor '%s' is not a whole number of heads", t->name);
-                    goto done;
-                }
-                if (!pass) {
-                    total += (t->nbytes + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
-                    continue;
-                }
-                for (int64_t r = 0; r < t->shape[0]; r++)
-                    memcpy(at + (size_t)r * row, (const uint8_t *)t->data + (size_t)rope_source_row(r, c->head_dim, c->rope_dim, 0) * row, row);
-                t->data = at;
-                at += (t->nbytes + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
-            }
-            if (!pass && total && posix_memalign(&m->owned, MODEL_ALIGN, total)) {
-                m->owned = NULL;
-                seterr(err, errlen, "out of memory reordering the rotary rows");
-                goto done;
-            }
-        }
-    }
-    if (model_bind(m, err, errlen)) goto done;
+    if (check_config(c, err, errlen) || gguf_convert(m, arch, err, errlen) || model_bind(m, err, errlen)) goto done;
     char terr[256];
     m->tokenizer = gguf_find(&g, "tokenizer.ggml.model") ? tokenizer_from_gguf(&g, "its tokenizer", terr, sizeof terr) : NULL;
     if (gguf_find(&g, "tokenizer.ggml.model") && !m->tokenizer) {
@@ -1367,10 +1531,11 @@ static double rope_magnitude(const ModelConfig *cfg) {
 
 /* cos and sin of angle * freq(m) for every pair, for a sequence of len
    tokens: one row of a rotation table. */
-static void rope_row(const ModelConfig *cfg, double angle, int len, float *cos_out, float *sin_out) {
+static void rope_row(const Model *model, double angle, int len, float *cos_out, float *sin_out) {
+    const ModelConfig *cfg = &model->cfg;
     double mag = rope_magnitude(cfg);
     for (int m = 0; m < cfg->rope_dim / 2; m++) {
-        double a = angle * rope_freq(cfg, m, len);
+        double a = angle * rope_freq(cfg, m, len) / (model->rope_divisors ? model->rope_divisors[m] : 1.0);
         cos_out[m] = (float)(mag * cos(a));
         sin_out[m] = (float)(mag * sin(a));
     }
@@ -1379,7 +1544,7 @@ static void rope_row(const ModelConfig *cfg, double angle, int len, float *cos_o
 static void rope_tables(Context *c) {
     const ModelConfig *cfg = &c->model->cfg;
     size_t half = (size_t)(cfg->rope_dim / 2);
-    for (int p = 0; p < c->ctx_len; p++) rope_row(cfg, p, p + 1, c->rope_cos + p * half, c->rope_sin + p * half);
+    for (int p = 0; p < c->ctx_len; p++) rope_row(c->model, p, p + 1, c->rope_cos + p * half, c->rope_sin + p * half);
 }
 
 void context_free(Context *c) {
@@ -2058,9 +2223,9 @@ static void attention_mla_task(void *arg, int ith, int nth) {
             attn_tile_values(&a, o_lat, 0, kv_at(kc, kt, (size_t)j0 * row), kt, row, j1 - j0, lat);
         }
         attn_tiles_finish(&a, o_lat, 0, lat);
-        if (type_is_quantized(L->wkv_b.type)) quantize_activations(L->wkv_b.type, o_lat, xq, lat);
+        if (type_is_quantized(L->v_up->type)) quantize_activations(L->v_up->type, o_lat, xq, lat);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
-        for (int i = 0; i < dv; i++) out[i] = row_dot(&L->wkv_b, h * (dn + dv) + dn + i, o_lat, xq);
+        for (int i = 0; i < dv; i++) out[i] = row_dot(L->v_up, h * L->v_up_stride + L->v_up_first + i, o_lat, xq);
     }
 }
 
@@ -2123,15 +2288,19 @@ static int mla_expand_pays(const Context *c, Sequence *const *seqs, int n) {
 }
 
 /* Per-head keys and values of positions [0, positions) of s in this layer,
-   from the cached latents: c->mla_kv[j] = wkv_b . latent_j. */
+   from the latents: c->mla_kv[j] = wkv_b . latent_j. The batch's own
+   positions (from c->pos[0] on) take theirs from c->k as computed, the
+   earlier ones from the cache; so a prefill's keys and values do not depend
+   on how the cache rounds (llama.cpp expands before it caches, too). */
 static void mla_expand(Context *c, const Layer *L, const Sequence *s, int layer, int positions) {
     const ModelConfig *cfg = &c->model->cfg;
     size_t lat = (size_t)cfg->kv_lora_rank, row = lat + cfg->qk_rope_head_dim;
     size_t kv_row = (size_t)cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
     for (int j0 = 0; j0 < positions; j0 += c->max_batch) {
         int m = positions - j0 < c->max_batch ? positions - j0 : c->max_batch;
-        for (int j = 0; j < m; j++)
-            dequantize_row(s->kv_type, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + j0 + j) * row), c->mla_lat + j * lat, (int64_t)lat);
+        for (int j = 0, p = j0; j < m; j++, p++)
+            if (p >= c->pos[0]) memcpy(c->mla_lat + j * lat, c->k + (size_t)(p - c->pos[0]) * row, lat * sizeof(float));
+            else dequantize_row(s->kv_type, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + p) * row), c->mla_lat + j * lat, (int64_t)lat);
         MatmulOut kv[1] = {{c->mla_kv + (size_t)j0 * kv_row, &L->wkv_b}};
         matmul(c, c->mla_lat, m, kv, 1);
     }
@@ -2274,7 +2443,7 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         int p = c->pos[t], len = seqs[t]->rope_len > p + 1 ? seqs[t]->rope_len : p + 1;
         float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
         if (cfg->rope_scaling == ROPE_SCALING_DYNAMIC && len > p + 1 && len > cfg->rope_orig_ctx) {
-            rope_row(cfg, p, len, cs, sn);
+            rope_row(m, p, len, cs, sn);
         } else {
             memcpy(cs, c->rope_cos + (size_t)p * half, (size_t)half * sizeof(float));
             memcpy(sn, c->rope_sin + (size_t)p * half, (size_t)half * sizeof(float));
@@ -2284,8 +2453,8 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                W, the key stays raw. Leaky: the query turns by (pos + W(K-1)) / K
                and the key by pos / K, so the score sees W + (d - W) / K. */
             double k = ps->leaky_k, q_angle = ps->scheme == POS_REROPE ? ps->window : (c->pos[t] + ps->window * (k - 1)) / k;
-            rope_row(cfg, q_angle, len, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
-            rope_row(cfg, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, len, c->kfar_cos + (size_t)t * half,
+            rope_row(m, q_angle, len, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
+            rope_row(m, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, len, c->kfar_cos + (size_t)t * half,
                      c->kfar_sin + (size_t)t * half);
         }
     }
@@ -2306,6 +2475,10 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                 for (int i = 0; i < q_dim; i++) q[i] += L->bq[i];
                 for (int i = 0; i < kv_dim; i++) k[i] += L->bk[i];
                 for (int i = 0; i < v_dim; i++) v[i] += L->bv[i];
+            }
+            if (L->q_norm) { /* Qwen3: every head's query and key normalised on its own */
+                for (int h = 0; h < cfg->n_heads; h++) rmsnorm(q + (size_t)h * hd, q + (size_t)h * hd, L->q_norm, hd, cfg->norm_eps);
+                for (int h = 0; h < cfg->n_kv_heads; h++) rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, L->k_norm, hd, cfg->norm_eps);
             }
             Sequence *s = seqs[t];
             if (ps->logn) { /* log-n: queries sharpen past the length L, in every layer */
@@ -2336,7 +2509,7 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
             if (v_dim) quantize_row(s->kv_type, v, kv_at(s->v, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * v_dim), v_dim);
         }
         AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
-        int expand = mla && mla_expand_pays(c, seqs, n);
+        int expand = mla && L->wkv_b.rows && mla_expand_pays(c, seqs, n);
         if (expand) mla_expand(c, L, seqs[0], l, c->pos[n - 1] + 1);
         pool_run(c->pool, expand ? attention_mla_expanded_task : mla ? attention_mla_task : attention_task, &aj);
         MatmulOut o[1] = {{c->xb2, &L->wo}};
