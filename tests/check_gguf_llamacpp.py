@@ -144,6 +144,77 @@ for name, f in sorted(ref["files"].items()):
           + (f" (differ: {', '.join(bad[:3])})" if bad else ""))
     os.remove(f32)
 
+
+
+def split_kv_b(src, dst, dn, dv):
+    """deepseek2 as newer converters write it: each attn_kv_b [h*(dn+dv), lat] replaced by attn_k_b
+    [h, lat, dn] (each head's key rows transposed) and attn_v_b [h, dv, lat] (its value rows), f16."""
+    b = open(src, "rb").read()
+    u32 = lambda at: struct.unpack_from("<I", b, at)[0]  # noqa: E731
+    u64 = lambda at: struct.unpack_from("<Q", b, at)[0]  # noqa: E731
+    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def skip(vtype, at):
+        if vtype == 8:
+            return at + 8 + u64(at)
+        if vtype == 9:
+            etype, count, at = u32(at), u64(at + 4), at + 12
+            for _ in range(count):
+                at = skip(etype, at)
+            return at
+        return at + fixed[vtype]
+
+    n_tensors, n_kv, at = u64(8), u64(16), 24
+    for _ in range(n_kv):
+        at = skip(u32(at + 8 + u64(at)), at + 8 + u64(at) + 4)
+    kv_end, infos = at, []
+    for _ in range(n_tensors):
+        name = b[at + 8: at + 8 + u64(at)].decode()
+        at += 8 + len(name)
+        nd = u32(at)
+        ne = list(struct.unpack_from(f"<{nd}Q", b, at + 4))
+        at += 4 + 8 * nd
+        infos.append([name, ne, u32(at), u64(at + 4)])
+        at += 12
+    data = (at + 31) // 32 * 32
+    out = []
+    for i, (name, ne, typ, off) in enumerate(infos):
+        end = infos[i + 1][3] if i + 1 < len(infos) else len(b) - data
+        raw = b[data + off: data + end]
+        if not name.endswith("attn_kv_b.weight"):
+            out.append((name, ne, typ, raw))
+            continue
+        assert typ == 1, name  # f16
+        lat, rows = ne
+        h = rows // (dn + dv)
+        el = lambda r, c: raw[2 * (r * lat + c): 2 * (r * lat + c) + 2]  # noqa: E731
+        k_b = b"".join(el(e * (dn + dv) + j, i) for e in range(h) for i in range(lat) for j in range(dn))
+        v_b = b"".join(raw[2 * (e * (dn + dv) + dn) * lat: 2 * (e + 1) * (dn + dv) * lat] for e in range(h))
+        out.append((name.replace("kv_b", "k_b"), [dn, lat, h], 1, k_b))
+        out.append((name.replace("kv_b", "v_b"), [lat, dv, h], 1, v_b))
+    info, blob = b"", b""
+    for name, ne, typ, raw in out:
+        blob += bytes(-len(blob) % 32)
+        info += struct.pack("<Q", len(name)) + name.encode() + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, typ, len(blob))
+        blob += raw
+    head = b[:8] + struct.pack("<QQ", len(out), n_kv) + b[24:kv_end] + info
+    with open(dst, "wb") as f:
+        f.write(head + bytes(-len(head) % 32) + blob)
+
+
+# deepseek2 with attn_k_b/attn_v_b and no attn_kv_b: the same model, run absorbed throughout
+cfg = hf["deepseek2"]["hf_config"]
+split = os.path.join(work, "deepseek2-f16-k_b-v_b.gguf")
+split_kv_b(os.path.join(FIX, "deepseek2-f16.gguf"), split, cfg["qk_nope_head_dim"], cfg["v_head_dim"])
+rc, out, err = run(split, "-f", text, "--ppl-chunks", "--ctx", "128", "--json")
+ours = json.loads(out)["ppl"] if rc == 0 else float("nan")
+want = hf["deepseek2"]["reference"]["pride_perplexity"]["ppl"]
+check(rc == 0 and rel(ours, want) <= 1e-4, f"deepseek2-f16 rewritten with attn_k_b/attn_v_b instead of attn_kv_b: perplexity "
+      f"{ours:.4f} vs transformers float64 {want:.4f} (rel {rel(ours, want):.1e} <= 1e-4)" + ("" if rc == 0 else f": {err.strip()}"))
+g = hf["deepseek2"]["reference"]["greedy"]
+rc, out, err = run(split, "-p", g["prompt"], "-t", "0", "-n", str(len(g["ids"])), "--ignore-eos", "--json")
+check(rc == 0 and json.loads(out).get("ids") == g["ids"], "deepseek2 with attn_k_b/attn_v_b: greedy 32 tokens equal transformers'")
+
 # ./export --quant q4_k_m picks each tensor's type as llama-quantize's Q4_K_M did for the same model,
 # and its own quantizers score close to llama.cpp's
 mine = os.path.join(work, "llama-q4_k_m.bin")
