@@ -41,7 +41,8 @@ static void die(const char *fmt, ...) {
 static void usage(void) {
     fprintf(stderr, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"
                     "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, a GGUF file,\n"
-                    "       or a Hugging Face model folder (Llama, Mistral, Qwen2, SmolLM3, DeepSeek-V2/V3; safetensors weights)\n"
+                    "       or a Hugging Face model folder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, SmolLM3, DeepSeek-V2/V3;\n"
+                    "       safetensors weights)\n"
                     "  TYPE: f32, f16, bf16, q8_0 (the default), q4_0, q5_0, q4_k, q6_k, or q4_k_m (q4_k with q6_k for\n"
                     "        the output and for attn_v and ffn_down on the layers llama.cpp's Q4_K_M gives more bits);\n"
                     "        a GGUF file keeps its own types unless --quant is given\n");
@@ -341,15 +342,19 @@ typedef struct {
     int nope_layers;         /* no_rope_layers / no_rope_layer_interval (SmolLM3) */
     int sliding_all;         /* a set sliding_window applies to every layer (Mistral) */
     int deepseek;            /* 2 or 3: DeepSeek-V2 or -V3 (MLA, MoE); 0: Llama-style attention */
+    int qk_norm;             /* per-head RMSNorm of q and k (Qwen3) */
+    int qwen_moe;            /* every layer a mixture of experts, softmax router (Qwen3-MoE) */
 } HfArch;
 
 static const HfArch hf_archs[] = {
-    {"LlamaForCausalLM", 0, 0, 10000.0, 0, 0, 0},
-    {"MistralForCausalLM", -1, 0, 10000.0, 0, 1, 0},
-    {"Qwen2ForCausalLM", 1, 0, 10000.0, 0, 0, 0},
-    {"SmolLM3ForCausalLM", 0, 1, 2000000.0, 1, 0, 0},
-    {"DeepseekV2ForCausalLM", -1, 0, 10000.0, 0, 0, 2},
-    {"DeepseekV3ForCausalLM", -1, 0, 10000.0, 0, 0, 3},
+    {"LlamaForCausalLM", 0, 0, 10000.0, 0, 0, 0, 0, 0},
+    {"MistralForCausalLM", -1, 0, 10000.0, 0, 1, 0, 0, 0},
+    {"Qwen2ForCausalLM", 1, 0, 10000.0, 0, 0, 0, 0, 0},
+    {"Qwen3ForCausalLM", 0, 0, 10000.0, 0, 0, 0, 1, 0},
+    {"Qwen3MoeForCausalLM", 0, 0, 10000.0, 0, 0, 0, 1, 1},
+    {"SmolLM3ForCausalLM", 0, 1, 2000000.0, 1, 0, 0, 0, 0},
+    {"DeepseekV2ForCausalLM", -1, 0, 10000.0, 0, 0, 2, 0, 0},
+    {"DeepseekV3ForCausalLM", -1, 0, 10000.0, 0, 0, 3, 0, 0},
 };
 
 /* Keys that do not change the forward pass (or that the code below reads);
@@ -378,6 +383,12 @@ static const char *const hf_deepseek_keys[] = {
     "scoring_func", "rope_interleave", "num_nextn_predict_layers", "aux_loss_alpha", "seq_aux", "ep_size",
 };
 
+/* The same for Qwen3-MoE (router_aux_loss_coef and output_router_logits only train with it). */
+static const char *const hf_qwen_moe_keys[] = {
+    "num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+    "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits",
+};
+
 static int key_in(const char *key, const char *const *list, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!strcmp(key, list[i])) return 1;
@@ -386,7 +397,8 @@ static int key_in(const char *key, const char *const *list, size_t n) {
 
 static int hf_known_key(const char *key, const HfArch *arch) {
     return key_in(key, hf_known_keys, sizeof hf_known_keys / sizeof hf_known_keys[0]) ||
-           (arch->deepseek && key_in(key, hf_deepseek_keys, sizeof hf_deepseek_keys / sizeof hf_deepseek_keys[0]));
+           (arch->deepseek && key_in(key, hf_deepseek_keys, sizeof hf_deepseek_keys / sizeof hf_deepseek_keys[0])) ||
+           (arch->qwen_moe && key_in(key, hf_qwen_moe_keys, sizeof hf_qwen_moe_keys / sizeof hf_qwen_moe_keys[0]));
 }
 
 /* Rotary settings. Older configs have rope_theta and rope_scaling ({"type" or
@@ -520,6 +532,25 @@ static int cfg_int_null(const char *file, const JsonValue *obj, const char *key,
    sigmoids, chooses by them plus e_score_correction_bias (noaux_tc), ranks
    groups by their two best, and renormalises when norm_topk_prob. Returns
    num_nextn_predict_layers (V3's extra multi-token-prediction layers). */
+/* Qwen3-MoE: every layer routes each token to its top num_experts_per_tok
+   of num_experts (num_local_experts in newer configs) by a softmax, the
+   chosen weights renormalised when norm_topk_prob says so. */
+static void read_qwen_moe(const char *file, const JsonValue *root, ModelConfig *c) {
+    c->ffn_kind = FFN_MOE;
+    c->router = ROUTER_SOFTMAX;
+    c->n_experts = cfg_int(file, root, "num_local_experts", cfg_int(file, root, "num_experts", 0, 0), 0);
+    c->n_experts_used = cfg_int(file, root, "num_experts_per_tok", 0, 1);
+    c->moe_hidden_dim = cfg_int(file, root, "moe_intermediate_size", 0, 1);
+    c->norm_topk_prob = cfg_bool(file, root, "norm_topk_prob", 0);
+    c->routed_scaling = 1;
+    c->moe_layer_freq = 1;
+    if (cfg_int(file, root, "decoder_sparse_step", 1, 0) != 1)
+        die("%s: decoder_sparse_step other than 1 is not supported (every layer must be sparse)", file);
+    const JsonValue *dense = cfg_get(root, "mlp_only_layers");
+    if (dense && !(dense->type == JSON_ARRAY && dense->len == 0))
+        die("%s: mlp_only_layers is not supported (every layer must be sparse)", file);
+}
+
 static int read_deepseek(const char *file, const JsonValue *root, const HfArch *arch, ModelConfig *c, int *rotate_half) {
     int v3 = arch->deepseek == 3;
     if (cfg_bool(file, root, "attention_bias", 0))
@@ -703,7 +734,8 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
         if (!strcmp(arch_name, hf_archs[i].name)) arch = &hf_archs[i];
     if (!arch)
         die("%s: architecture '%s' is not supported (this build converts LlamaForCausalLM, MistralForCausalLM, "
-            "Qwen2ForCausalLM, SmolLM3ForCausalLM, DeepseekV2ForCausalLM and DeepseekV3ForCausalLM)", file, arch_name);
+            "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, SmolLM3ForCausalLM, DeepseekV2ForCausalLM and "
+            "DeepseekV3ForCausalLM)", file, arch_name);
 
     /* What would change the math and is not run by the engine. */
     if (cfg_get(root, "quantization_config")) die("%s: quantized checkpoints (quantization_config) are not supported", file);
@@ -733,6 +765,8 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
         c->v_head_dim = c->head_dim;
         ck->rotate_half = 1;
     }
+    c->qk_norm = arch->qk_norm;
+    if (arch->qwen_moe) read_qwen_moe(file, root, c);
     c->tied_embeddings = cfg_bool(file, root, "tie_word_embeddings", arch->tied_default);
     /* Llama-style attention_bias puts biases on q, k, v and o; Qwen2 always has q/k/v biases, never o */
     int attention_bias = arch->qkv_bias == 0 && cfg_bool(file, root, "attention_bias", 0);
@@ -768,6 +802,7 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
     size_t n_vec = (size_t)c->dim * (2 * (size_t)c->n_layers + 1) + (c->qkv_bias ? (size_t)c->n_layers * (q_dim + 2 * kv_dim) : 0) +
                    (c->out_bias ? (size_t)c->n_layers * c->dim : 0) +
                    (size_t)c->n_layers * ((size_t)c->q_lora_rank + c->kv_lora_rank) + /* MLA norms */
+                   (c->qk_norm ? (size_t)c->n_layers * 2 * c->head_dim : 0) +
                    (size_t)c->n_layers * c->n_experts * ((size_t)c->dim + 1); /* routers and their biases */
     float *vec = ck->vectors = xcalloc(n_vec, sizeof(float));
     if (c->attn_kind == ATTN_MLA) {
@@ -833,6 +868,10 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
             MATRIX(OURS("attention.wk"), HF("self_attn.k_proj.weight"), kv_dim, c->dim);
             MATRIX(OURS("attention.wv"), HF("self_attn.v_proj.weight"), kv_dim, c->dim);
             MATRIX(OURS("attention.wo"), HF("self_attn.o_proj.weight"), c->dim, q_dim);
+            if (c->qk_norm) {
+                VECTOR(OURS("attention.q_norm"), HF("self_attn.q_norm.weight"), c->head_dim, c->head_dim, c->rope_dim);
+                VECTOR(OURS("attention.k_norm"), HF("self_attn.k_norm.weight"), c->head_dim, c->head_dim, c->rope_dim);
+            }
         }
         if (moe_layer(c, l)) { /* docs/FORMAT.md, mixture of experts */
             int64_t n_exp = c->n_experts, mh = c->moe_hidden_dim, shared = (int64_t)c->n_shared_experts * mh;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Tiny DeepSeek-V2/V3 checkpoints (multi-head latent attention, mixture of
-experts) saved by transformers, scored by transformers in float64.
+experts) and Qwen3/Qwen3-MoE ones (per-head q/k norms, experts) saved by
+transformers, scored by transformers in float64.
 
 Each model gets random weights (seeded), is saved with save_pretrained in its
 own format, then reloaded from the saved folder in float64 (so a bf16 save is
@@ -68,6 +69,14 @@ MODELS = {
         num_nextn_predict_layers=0,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
 }
+# Qwen3 (per-head q/k RMSNorm) and Qwen3-MoE (softmax top-2 of 8 experts, renormalised), the same sizes.
+QWEN = dict(vocab_size=1000, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, max_position_embeddings=512, rms_norm_eps=1e-6, initializer_range=0.1,
+            bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, num_hidden_layers=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+MODELS["qwen3"] = ("Qwen3", "bfloat16", dict(QWEN))
+MODELS["qwen3_moe"] = ("Qwen3Moe", "float32", dict(QWEN, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                    norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]))
 
 route_gaps = []
 
@@ -81,7 +90,7 @@ def router_hook(module, inputs, output):
     else:
         s = logits.softmax(-1)
     srt = s.sort(dim=-1, descending=True).values
-    k = module.top_k
+    k = getattr(module, "top_k", None) or module.config.num_experts_per_tok
     route_gaps.append(float((srt[:, k - 1] - srt[:, k]).min()))
 
 
@@ -90,7 +99,7 @@ def load(folder):
     m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager",
                                              experts_implementation="eager").eval()
     for mod in m.modules():
-        if type(mod).__name__.endswith("TopkRouter"):
+        if type(mod).__name__.lower().endswith("topkrouter"):
             mod.register_forward_hook(router_hook)
     return m
 
