@@ -215,6 +215,22 @@ g = hf["deepseek2"]["reference"]["greedy"]
 rc, out, err = run(split, "-p", g["prompt"], "-t", "0", "-n", str(len(g["ids"])), "--ignore-eos", "--json")
 check(rc == 0 and json.loads(out).get("ids") == g["ids"], "deepseek2 with attn_k_b/attn_v_b: greedy 32 tokens equal transformers'")
 
+# GGUF files llama.cpp's converter wrote from Hugging Face fixture folders (convert_fixtures_to_gguf.py):
+# Llama 3's rope scaling as the rope_freqs tensor, DeepSeek's YaRN with a plain query projection
+for name in ("deepseek_v2_yarn", "llama3_rope"):
+    path, folder = os.path.join(FIX, f"hf-{name}-f32.gguf"), os.path.join("tests/fixtures/hf", name)
+    r = json.load(open(os.path.join(folder, "reference.json")))
+    for t in r["texts"]:
+        rc, out, err = run(path, "-f", os.path.join(folder, t["file"]), "--ppl", "--json")
+        got = json.loads(out)["mean_nll"] if rc == 0 else float("nan")
+        check(rc == 0 and rel(got, t["mean_nll"]) <= 1e-4, f"hf-{name}-f32.gguf {t['file']}: mean NLL {got:.6f} vs "
+              f"transformers float64 {t['mean_nll']:.6f} (rel {rel(got, t['mean_nll']):.1e} <= 1e-4)")
+    for g in r["greedy"]:
+        rc, out, err = run(path, "-p", g["prompt"], "-t", "0", "-n", str(len(g["ids"])), "--ignore-eos", "--json")
+        got = json.loads(out) if rc == 0 else {}
+        check(got.get("ids") == g["ids"] and got.get("prompt_tokens") == len(g["prompt_ids"]),
+              f"hf-{name}-f32.gguf: greedy, {len(g['ids'])} tokens after {len(g['prompt_ids'])}, equal transformers'")
+
 # ./export --quant q4_k_m picks each tensor's type as llama-quantize's Q4_K_M did for the same model,
 # and its own quantizers score close to llama.cpp's
 mine = os.path.join(work, "llama-q4_k_m.bin")

@@ -78,6 +78,18 @@ MODELS["qwen3"] = ("Qwen3", "bfloat16", dict(QWEN))
 MODELS["qwen3_moe"] = ("Qwen3Moe", "float32", dict(QWEN, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                                                     norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]))
 
+# For the GGUF path (convert_fixtures_to_gguf.py): a plain-query MLA model with DeepSeek's YaRN and
+# greedy routing (what llama.cpp's converter can describe), and a Llama with Llama 3's rope scaling.
+MODELS["deepseek_v2_yarn"] = ("DeepseekV2", "float32", dict(
+    COMMON, num_hidden_layers=2, q_lora_rank=None, intermediate_size=96, first_k_dense_replace=1,
+    n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=32,
+    topk_method="greedy", routed_scaling_factor=1.0,
+    rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 128,
+                     "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707, "mscale_all_dim": 0.707}))
+MODELS["llama3_rope"] = ("Llama", "float32", dict(
+    QWEN, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64}))
+
 route_gaps = []
 
 
