@@ -787,8 +787,9 @@ static inline float dot_block32_ref(const void *w, int type, const BlockQ8A *x, 
 }
 
 /* A row of a super-block type against activations in BlockQ8K. The integer
-   sums are exact; the SIMD versions compute the same integers and combine
-   them with the same float operations, so they give these bits. */
+   sums are exact; NEON's kernel computes the same integers and combines them
+   with the same float operations, so it gives these bits; AVX2's sums the
+   same integers in another order of float operations (dot_superblock_avx2). */
 static inline float superblock_combine(float s, float d, float dmin, const BlockQ8K *x, int32_t isum, int32_t imin) {
     return s + (d * x->d * (float)isum - dmin * x->d * (float)imin);
 }
@@ -829,13 +830,6 @@ static inline __m256i dot_u8s8(__m256i u, __m256i s) {
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
-}
-
-static inline int32_t hsum_i32x8(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
 }
 
 /* The fifth bits of a 5-bit block: byte j is 0x10 where bit j of qh is set. */
@@ -921,14 +915,6 @@ static inline __m256i dpwssd_add(__m256i acc, __m256i a, __m256i b) {
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
-}
-
-/* Two horizontal int32 sums for the price of little more than one. */
-static inline void hsum2_i32x8(__m256i a, __m256i b, int32_t *sa, int32_t *sb) {
-    __m256i h = _mm256_hadd_epi32(a, b); /* per 128-bit half: a0+a1, a2+a3, b0+b1, b2+b3 */
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)); /* lane 0: a's sum, lane 2: b's */
-    *sa = _mm_cvtsi128_si32(s), *sb = _mm_extract_epi32(s, 2);
 }
 
 /* A super-block's scales in registers: superblock_scales' sixteen scales
@@ -1042,12 +1028,16 @@ static inline __attribute__((always_inline)) __m256i superblock_vec_avx2(const u
    multiplied pairwise into int16 (maddubs; no sum of two products exceeds
    2 * 127 * 127), then by the two 16-element scales into int32 (dpwssd).
    q6_k's and q3_k's bias comes off with the sums of 16 (bsums) times the
-   scales, as the offsets do. All of that is exact integer arithmetic, so
-   each super-block's two sums are the reference's and superblock_combine
-   gives the reference's bits. */
+   scales. That much is exact integer arithmetic; the eight int32 lanes of a
+   super-block then go into eight float sums (d x.d times the lanes, less
+   dmin x.d times the offsets' lanes, each one fused multiply-add), added up
+   once at the end of the row: no horizontal sum per super-block, which the
+   reference's combination (superblock_combine) would cost. So the result
+   differs from the reference by float rounding only (tests/test_kernels.c
+   bounds it); each token still gets the same operations in any batch. */
 static inline __attribute__((always_inline)) void dot_superblock_avx2(const void *w, int type, const BlockQ8K *x, size_t stride,
                                                                        int n_x, int n, float *out) {
-    float s[4] = {0, 0, 0, 0};
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     const int bias_log2 = superblock_bias_log2(type);
     for (int b = 0; b < n / QK_K; b++) {
         const uint8_t *blk = (const uint8_t *)w + (size_t)b * TYPE_INFO[type].block_bytes;
@@ -1073,14 +1063,13 @@ static inline __attribute__((always_inline)) void dot_superblock_avx2(const void
             const BlockQ8K *xb = x + k * stride + b;
             __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
             __m256i sum = _mm256_add_epi32(acc[k][0], acc[k][1]);
-            int32_t isum, imin = 0;
             if (bias_log2 >= 0) sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc), bias_log2));
-            if (type_has_offset(type)) hsum2_i32x8(sum, _mm256_madd_epi16(bs, mn), &isum, &imin);
-            else isum = hsum_i32x8(sum);
-            s[k] = superblock_combine(s[k], d, dmin, xb, isum, imin);
+            s[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb->d), _mm256_cvtepi32_ps(sum), s[k]);
+            if (type_has_offset(type))
+                s[k] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb->d), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mn)), s[k]);
         }
     }
-    for (int k = 0; k < n_x; k++) out[k] = s[k];
+    for (int k = 0; k < n_x; k++) out[k] = hsum256(s[k]);
 }
 #endif
 
