@@ -443,7 +443,10 @@ static void test_gguf_types(void) {
     static uint8_t row[N * 2], act[T][N * 2];
     for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
         int type = types[ti], k_form = TYPE_INFO[type].act == ACT_Q8K, bad_ref = 0, bad_simd = 0, bad_x4 = 0, cases = 0;
-        double worst = 0, worst_simd = 0; /* the super-block kernel's worst error as a fraction of its bound */
+        double worst = 0;
+#if defined(KERNELS_AVX2)
+        double worst_simd = 0; /* the super-block kernel's worst error as a fraction of its bound */
+#endif
         for (int rep = 0; rep < 30; rep++) {
             int n = rep % 3 == 0 ? N : rep % 3 == 1 ? 256 : 768;
             random_blocks(type, row, n);
