@@ -14,10 +14,14 @@ embedding when the checkpoint shares them), as in the real TinyLlama, so that
 llama-quantize's mixes give it their usual type. Weights stay in llama2.c's
 (Meta's) order of the rotary pairs, which is GGUF's for the llama architecture.
 """
+import os
 import struct
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "oracle"))
+from make_fixtures import load_llama2c_v0  # noqa: E402  (the repository's reader of llama2.c checkpoints)
 
 try:
     import gguf
@@ -52,27 +56,11 @@ def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
     src, tok_path, out = sys.argv[1:]
-    head = np.fromfile(src, dtype=np.int32, count=7)
-    dim, hidden, layers, heads, kv_heads, vocab, seq_len = (int(v) for v in head)
-    shared = vocab > 0
-    vocab = abs(vocab)
-    kv_dim = dim // heads * kv_heads
-    w = np.memmap(src, dtype=np.float32, mode="r", offset=28)
-    at = 0
-
-    def take(*shape):
-        nonlocal at
-        n = int(np.prod(shape))
-        a = w[at:at + n].reshape(shape)
-        at += n
-        return a
-
-    emb = take(vocab, dim)
-    rms_att, wq, wk, wv, wo = take(layers, dim), take(layers, dim, dim), take(layers, kv_dim, dim), take(layers, kv_dim, dim), take(layers, dim, dim)
-    rms_ffn, w1, w2, w3 = take(layers, dim), take(layers, hidden, dim), take(layers, dim, hidden), take(layers, hidden, dim)
-    rms_final = take(dim)
-    at += seq_len * (dim // heads)  # the two frequency tables
-    cls = emb if shared else take(vocab, dim)
+    cfg, W, _ = load_llama2c_v0(src)
+    dim, hidden, layers, heads, kv_heads, vocab, seq_len = (
+        cfg[k] for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"))
+    emb, rms_att, wq, wk, wv, wo = W["emb"], W["rms_att"], W["wq"], W["wk"], W["wv"], W["wo"]
+    rms_ffn, w1, w2, w3, rms_final, cls = W["rms_ffn"], W["w1"], W["w2"], W["w3"], W["rms_final"], W["wcls"]
 
     wr = gguf.GGUFWriter(out, "llama")
     wr.add_name("random %dx%d" % (dim, layers))
