@@ -787,8 +787,9 @@ static inline float dot_block32_ref(const void *w, int type, const BlockQ8A *x, 
 }
 
 /* A row of a super-block type against activations in BlockQ8K. The integer
-   sums are exact; the SIMD versions compute the same integers and combine
-   them with the same float operations, so they give these bits. */
+   sums are exact; NEON's kernel computes the same integers and combines them
+   with the same float operations, so it gives these bits; AVX2's sums the
+   same integers in another order of float operations (dot_superblock_avx2). */
 static inline float superblock_combine(float s, float d, float dmin, const BlockQ8K *x, int32_t isum, int32_t imin) {
     return s + (d * x->d * (float)isum - dmin * x->d * (float)imin);
 }
@@ -829,13 +830,6 @@ static inline __m256i dot_u8s8(__m256i u, __m256i s) {
 #else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
-}
-
-static inline int32_t hsum_i32x8(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
 }
 
 /* The fifth bits of a 5-bit block: byte j is 0x10 where bit j of qh is set. */
@@ -911,112 +905,171 @@ static inline __attribute__((always_inline)) void dot_quant_avx2(const void *w, 
     for (int k = 0; k < n_x; k++) out[k] = hsum256(acc[k]) + offsets[k];
 }
 
-/* Super-block b as eight vectors of 32 bytes (elements 32v..32v+31) and
-   superblock_unpack's scales. The bytes are superblock_unpack's q plus a
-   bias that makes them unsigned (32 for q6_k, 4 for q3_k: superblock_bias),
-   except iq4_xs's, which stay signed. */
-static inline int superblock_bias(int type) { return type == TYPE_Q6_K ? 32 : type == TYPE_Q3_K ? 4 : 0; }
+/* acc + a[2i] * b[2i] + a[2i + 1] * b[2i + 1] per int32 lane, for int16 a
+   and b; exact (no saturation), so any of the three gives the same sums. */
+static inline __m256i dpwssd_add(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, a, b);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
 
-static inline __attribute__((always_inline)) void superblock_unpack_avx2(const void *row, int type, int64_t b, __m256i q[8],
-                                                                          int16_t sc[16], int16_t mn[16], float *d, float *dmin) {
-    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
-    superblock_scales(row, type, b, sc, mn, d, dmin);
+/* A super-block's scales in registers: superblock_scales' sixteen scales
+   and offsets as int16 lanes (offsets 0 where the type has none), d, dmin. */
+static inline __attribute__((always_inline)) void superblock_scales_avx2(const uint8_t *blk, int type, __m256i *sc, __m256i *mn,
+                                                                          float *d, float *dmin) {
+    const __m128i m15 = _mm_set1_epi8(15);
+    *mn = _mm256_setzero_si256(), *dmin = 0;
     switch (type) {
-    case TYPE_Q2_K: {
-        const BlockQ2_K *k = (const BlockQ2_K *)row + b;
-        for (int h = 0; h < 2; h++) {
-            __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * h));
-            for (int j = 0; j < 4; j++) q[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(p, 2 * j), m3);
-        }
+    case TYPE_Q2_K: { /* a scale in the low nibble, an offset in the high, per 16 */
+        const BlockQ2_K *k = (const BlockQ2_K *)blk;
+        __m128i s = _mm_loadu_si128((const __m128i *)k->scales);
+        *sc = _mm256_cvtepu8_epi16(_mm_and_si128(s, m15)), *mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), m15));
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
         return;
     }
-    case TYPE_Q3_K: {
-        const BlockQ3_K *k = (const BlockQ3_K *)row + b;
-        __m256i hm = _mm256_loadu_si256((const __m256i *)k->hmask);
-        for (int h = 0; h < 2; h++) {
-            __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * h));
-            for (int j = 0; j < 4; j++) {
-                __m256i third = _mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + j), one);
-                q[4 * h + j] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 2 * j), m3), _mm256_slli_epi16(third, 2));
-            }
-        }
+    case TYPE_Q3_K: { /* low nibbles of bytes 0-7 (scales 0-7), their high nibbles (8-15), two bits from bytes 8-11 */
+        const BlockQ3_K *k = (const BlockQ3_K *)blk;
+        uint32_t top;
+        memcpy(&top, k->scales + 8, 4);
+        __m128i s = _mm_loadl_epi64((const __m128i *)k->scales);
+        __m128i low = _mm_unpacklo_epi64(_mm_and_si128(s, m15), _mm_and_si128(_mm_srli_epi16(s, 4), m15));
+        /* scale g's high bits: bits 2(g / 4) of byte 8 + g % 4; the 32-bit shifts keep each byte's bits in the byte after the mask */
+        __m128i high = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)top), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
+        *sc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_or_si128(low, _mm_slli_epi16(high, 4))), _mm256_set1_epi16(32));
+        *d = f16_to_f32(k->d);
         return;
     }
     case TYPE_Q4_K:
-    case TYPE_Q5_K: {
-        const uint8_t *qs = type == TYPE_Q4_K ? ((const BlockQ4_K *)row + b)->qs : ((const BlockQ5_K *)row + b)->qs;
-        __m256i hb = type == TYPE_Q5_K ? _mm256_loadu_si256((const __m256i *)((const BlockQ5_K *)row + b)->qh) : _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++) {
-            __m256i p = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
-            q[2 * j] = _mm256_and_si256(p, m15), q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m15);
-            if (type == TYPE_Q5_K) {
-                q[2 * j] = _mm256_or_si256(q[2 * j], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
-                q[2 * j + 1] = _mm256_or_si256(q[2 * j + 1], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
-            }
-        }
+    case TYPE_Q5_K: { /* k4_scale_offset for all eight at once, on 32-bit words u0 u1 u2 of the 12 bytes */
+        const BlockQ4_K *k = (const BlockQ4_K *)blk; /* q5_k begins as q4_k does */
+        __m128i head = _mm_loadu_si128((const __m128i *)blk); /* words: d and dmin, u0, u1, u2 */
+        __m128i a = _mm_shuffle_epi32(head, 0xa5);            /* u0 u0 u1 u1 */
+        __m128i u2 = _mm_srlv_epi32(_mm_shuffle_epi32(head, 0xff), _mm_setr_epi32(0, 0, 0, 4));
+        __m128i low6 = _mm_and_si128(a, _mm_set1_epi8(63)); /* words 0, 2: scales 0-3, offsets 0-3 */
+        __m128i high = _mm_or_si128(_mm_and_si128(u2, m15), _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(a, 6), _mm_set1_epi8(3)), 4));
+        __m128i so = _mm_blend_epi32(low6, high, 0xa); /* bytes 0-7: the eight scales, 8-15: the eight offsets */
+        *sc = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(so, so)), *mn = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(so, so));
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
         return;
     }
     case TYPE_Q6_K: {
-        const BlockQ6_K *k = (const BlockQ6_K *)row + b;
-        const __m256i m48 = _mm256_set1_epi8(0x30);
-        for (int h = 0; h < 2; h++) { /* the high bits shifted in place within each byte, then masked */
-            __m256i l0 = _mm256_loadu_si256((const __m256i *)(k->ql + 64 * h)), l1 = _mm256_loadu_si256((const __m256i *)(k->ql + 64 * h + 32));
-            __m256i hh = _mm256_loadu_si256((const __m256i *)(k->qh + 32 * h));
-            q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m15), _mm256_and_si256(_mm256_slli_epi16(hh, 4), m48));
-            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_and_si256(_mm256_slli_epi16(hh, 2), m48));
-            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m15), _mm256_and_si256(hh, m48));
-            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), _mm256_and_si256(_mm256_srli_epi16(hh, 2), m48));
-        }
+        const BlockQ6_K *k = (const BlockQ6_K *)blk;
+        *sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)k->scales));
+        *d = f16_to_f32(k->d);
         return;
     }
-    default: { /* TYPE_IQ4_XS */
-        const BlockIQ4_XS *k = (const BlockIQ4_XS *)row + b;
-        const __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_LEVELS));
-        for (int p2 = 0; p2 < 4; p2++) { /* two sub-blocks: bytes 0-15 are the first's, 16-31 the second's */
-            __m256i p = _mm256_loadu_si256((const __m256i *)(k->qs + 32 * p2));
-            __m256i lo = _mm256_shuffle_epi8(levels, _mm256_and_si256(p, m15));
-            __m256i hi = _mm256_shuffle_epi8(levels, _mm256_and_si256(_mm256_srli_epi16(p, 4), m15));
-            q[2 * p2] = _mm256_permute2x128_si256(lo, hi, 0x20), q[2 * p2 + 1] = _mm256_permute2x128_si256(lo, hi, 0x31);
-        }
+    default: { /* TYPE_IQ4_XS: nibbles of scales_l and bit pairs of scales_h, eight scales biased by 32 */
+        const BlockIQ4_XS *k = (const BlockIQ4_XS *)blk;
+        uint32_t l4;
+        memcpy(&l4, k->scales_l, 4);
+        __m128i l = _mm_cvtsi32_si128((int)l4);
+        l = _mm_unpacklo_epi8(_mm_and_si128(l, m15), _mm_and_si128(_mm_srli_epi16(l, 4), m15)); /* bytes 0-7: scale j's low bits */
+        __m256i h = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(k->scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                     _mm256_set1_epi32(3));
+        __m128i h16 = _mm_packs_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        __m128i s8 = _mm_sub_epi16(_mm_add_epi16(_mm_cvtepu8_epi16(l), _mm_slli_epi16(h16, 4)), _mm_set1_epi16(32));
+        *sc = _mm256_set_m128i(_mm_unpackhi_epi16(s8, s8), _mm_unpacklo_epi16(s8, s8));
+        *d = f16_to_f32(k->d);
         return;
     }
     }
 }
 
+/* Elements 32v..32v+31 of a super-block as bytes: superblock_unpack's q plus
+   a bias that makes them unsigned (2^superblock_bias_log2: 32 for q6_k, 4
+   for q3_k), except iq4_xs's, which stay signed. */
+static inline int superblock_bias_log2(int type) { return type == TYPE_Q6_K ? 5 : type == TYPE_Q3_K ? 2 : -1; }
+
+static inline __attribute__((always_inline)) __m256i superblock_vec_avx2(const uint8_t *blk, int type, int v) {
+    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
+    switch (type) {
+    case TYPE_Q2_K: return _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(((const BlockQ2_K *)blk)->qs + v / 4 * 32)), 2 * (v % 4)), m3);
+    case TYPE_Q3_K: {
+        const BlockQ3_K *k = (const BlockQ3_K *)blk;
+        __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(k->qs + v / 4 * 32)), 2 * (v % 4)), m3);
+        __m256i third = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)k->hmask), v), _mm256_set1_epi8(1));
+        return _mm256_or_si256(low, _mm256_slli_epi16(third, 2));
+    }
+    case TYPE_Q4_K:
+    case TYPE_Q5_K: {
+        const uint8_t *qs = type == TYPE_Q4_K ? ((const BlockQ4_K *)blk)->qs : ((const BlockQ5_K *)blk)->qs;
+        __m256i p = _mm256_loadu_si256((const __m256i *)(qs + v / 2 * 32));
+        __m256i q = _mm256_and_si256(v % 2 ? _mm256_srli_epi16(p, 4) : p, m15);
+        if (type == TYPE_Q4_K) return q;
+        /* bit v of each qh byte moved to bit 4: 16-bit shifts of at most 4 keep it within its byte */
+        __m256i hb = _mm256_loadu_si256((const __m256i *)((const BlockQ5_K *)blk)->qh);
+        hb = v < 4 ? _mm256_slli_epi16(hb, 4 - v) : _mm256_srli_epi16(hb, v - 4);
+        return _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
+    }
+    case TYPE_Q6_K: { /* low nibbles of ql[64h..+31], of ql[64h+32..], then the high nibbles; bit pair `part` of qh[32h..] */
+        const BlockQ6_K *k = (const BlockQ6_K *)blk;
+        int h = v / 4, part = v % 4;
+        __m256i l = _mm256_loadu_si256((const __m256i *)(k->ql + 64 * h + 32 * (part % 2)));
+        __m256i hh = _mm256_loadu_si256((const __m256i *)(k->qh + 32 * h));
+        hh = part == 0 ? _mm256_slli_epi16(hh, 4) : part == 1 ? _mm256_slli_epi16(hh, 2) : part == 2 ? hh : _mm256_srli_epi16(hh, 2);
+        return _mm256_or_si256(_mm256_and_si256(part < 2 ? l : _mm256_srli_epi16(l, 4), m15), _mm256_and_si256(hh, _mm256_set1_epi8(0x30)));
+    }
+    default: { /* TYPE_IQ4_XS: 16 bytes, low nibbles (elements 0-15) in the low half, high nibbles in the high */
+        const BlockIQ4_XS *k = (const BlockIQ4_XS *)blk;
+        __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(k->qs + 16 * v)));
+        __m256i idx = _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4)), m15);
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_LEVELS)), idx);
+    }
+    }
+}
+
 /* A super-block row against n_x (at most 4) BlockQ8K rows, stride blocks
-   apart: the reference's integers and float operations (superblock_combine).
-   Per 32 elements: bytes multiplied pairwise into int16 (maddubs; no sum of
-   two products exceeds 2 * 127 * 127), then by the two 16-element scales
-   into int32 (madd). q6_k's and q3_k's bias comes off with the sums of 16
-   (bsums) times the scales, as the offsets do. */
+   apart, unpacking and multiplying 32 elements at a time (the type is a
+   constant, so each type compiles to its own fused kernel). Per 32: bytes
+   multiplied pairwise into int16 (maddubs; no sum of two products exceeds
+   2 * 127 * 127), then by the two 16-element scales into int32 (dpwssd).
+   q6_k's and q3_k's bias comes off with the sums of 16 (bsums) times the
+   scales. That much is exact integer arithmetic; the eight int32 lanes of a
+   super-block then go into eight float sums (d x.d times the lanes, less
+   dmin x.d times the offsets' lanes, each one fused multiply-add), added up
+   once at the end of the row: no horizontal sum per super-block, which the
+   reference's combination (superblock_combine) would cost. So the result
+   differs from the reference by float rounding only (tests/test_kernels.c
+   bounds it); each token still gets the same operations in any batch. */
 static inline __attribute__((always_inline)) void dot_superblock_avx2(const void *w, int type, const BlockQ8K *x, size_t stride,
                                                                        int n_x, int n, float *out) {
-    float s[4] = {0, 0, 0, 0};
-    const int bias = superblock_bias(type);
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const int bias_log2 = superblock_bias_log2(type);
     for (int b = 0; b < n / QK_K; b++) {
-        __m256i q[8], scv[8];
-        int16_t sc[16], mn[16];
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * TYPE_INFO[type].block_bytes;
+        __m256i sc, mn, acc[4][2]; /* two chains per token, even and odd v: half the latency of one */
+        for (int k = 0; k < n_x; k++) acc[k][0] = acc[k][1] = _mm256_setzero_si256();
         float d, dmin;
-        superblock_unpack_avx2(w, type, b, q, sc, mn, &d, &dmin);
-        for (int v = 0; v < 8; v++) scv[v] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * v + 1]), _mm_set1_epi16(sc[2 * v]));
-        __m256i sc16 = _mm256_loadu_si256((const __m256i *)sc), mn16 = _mm256_loadu_si256((const __m256i *)mn);
+        superblock_scales_avx2(blk, type, &sc, &mn, &d, &dmin);
+        /* scales 0-7 and 8-15 in both 128-bit halves, for the shuffles that spread two of them over a vector's halves */
+        const __m256i halves[2] = {_mm256_permute2x128_si256(sc, sc, 0x00), _mm256_permute2x128_si256(sc, sc, 0x11)};
+#pragma GCC unroll 8 /* v must be a constant: it picks shifts, loads and the accumulator (GCC leaves the loop rolled otherwise) */
+        for (int v = 0; v < 8; v++) {
+            __m256i q = superblock_vec_avx2(blk, type, v), u = type == TYPE_IQ4_XS ? _mm256_sign_epi8(q, q) : q;
+            int i = v % 4; /* the low half takes int16 scale 2i of halves[v / 4], the high half 2i + 1 */
+            __m256i pick = _mm256_set_m128i(_mm_set1_epi16((short)((4 * i + 3) << 8 | (4 * i + 2))), _mm_set1_epi16((short)((4 * i + 1) << 8 | 4 * i)));
+            __m256i scv = _mm256_shuffle_epi8(halves[v / 4], pick);
+            for (int k = 0; k < n_x; k++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(x[k * stride + b].qs + 32 * v));
+                if (type == TYPE_IQ4_XS) xv = _mm256_sign_epi8(xv, q); /* |q| * sign(q)x = qx, for maddubs' unsigned operand */
+                acc[k][v % 2] = dpwssd_add(acc[k][v % 2], _mm256_maddubs_epi16(u, xv), scv);
+            }
+        }
         for (int k = 0; k < n_x; k++) {
             const BlockQ8K *xb = x + k * stride + b;
-            __m256i acc = _mm256_setzero_si256();
-            for (int v = 0; v < 8; v++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xb->qs + 32 * v)), p;
-                if (type == TYPE_IQ4_XS) p = _mm256_maddubs_epi16(_mm256_sign_epi8(q[v], q[v]), _mm256_sign_epi8(xv, q[v]));
-                else p = _mm256_maddubs_epi16(q[v], xv);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scv[v]));
-            }
             __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            int32_t isum = hsum_i32x8(acc), imin = 0;
-            if (bias) isum -= bias * hsum_i32x8(_mm256_madd_epi16(bs, sc16));
-            if (type_has_offset(type)) imin = hsum_i32x8(_mm256_madd_epi16(bs, mn16));
-            s[k] = superblock_combine(s[k], d, dmin, xb, isum, imin);
+            __m256i sum = _mm256_add_epi32(acc[k][0], acc[k][1]);
+            if (bias_log2 >= 0) sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc), bias_log2));
+            s[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb->d), _mm256_cvtepi32_ps(sum), s[k]);
+            if (type_has_offset(type))
+                s[k] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb->d), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mn)), s[k]);
         }
     }
-    for (int k = 0; k < n_x; k++) out[k] = s[k];
+    for (int k = 0; k < n_x; k++) out[k] = hsum256(s[k]);
 }
 #endif
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side CPU benchmark: our ./run against llama.cpp's llama-bench
-# and llama2.c's run / runq, interleaved on the same shapes, weight types and
+# Side-by-side CPU benchmark: our ./run against llama.cpp's llama-bench,
+# ik_llama.cpp's llama-bench and llama2.c's run / runq, interleaved on the
+# same shapes, weight types and
 # thread counts, with the machine's memory read bandwidth measured in the same
 # run; then two special rows: long-context decode and NBCE.
 #
@@ -9,21 +10,25 @@
 # bench/bandwidth.c (ours) with cc into its temporary folder.
 #
 # Usage:
-#   bench/compare.sh --models DIR [--llama-bench PATH] [--llama2c-run PATH]
-#                    [--llama2c-runq PATH] [--ours PATH] [options]
+#   bench/compare.sh --models DIR [--llama-bench PATH] [--ik-llama-bench PATH]
+#                    [--llama2c-run PATH] [--llama2c-runq PATH] [--ours PATH] [options]
 #
 #   --models DIR       the model files, named by shape:
 #                        SHAPE-{f32,f16,q8_0,q4_0}.gguf   llama.cpp (llama-bench)
 #                        SHAPE-run-{f32,f16,q8_0,q4_0}.bin  ours (./export SHAPE-v0.bin ... --quant TYPE)
 #                        SHAPE-v0.bin  llama2.c run (f32)   SHAPE-v2.bin  llama2.c runq (int8, groups of 64)
+#                        SHAPE-{Q4_K_M,Q6_K,Q4_0}.gguf   --gguf-types: the same file through every engine
 #                      missing files are skipped (see README "Benchmarks" for the commands)
-#   --llama-bench PATH llama.cpp's llama-bench (its .so files beside it: LD_LIBRARY_PATH is set)
+#   --llama-bench PATH llama.cpp's llama-bench, --ik-llama-bench PATH ik_llama.cpp's (each run
+#                      with LD_LIBRARY_PATH led by its own folder, for .so files beside it)
 #   --llama2c-run PATH, --llama2c-runq PATH   llama2.c's run and runq (e.g. run_omp, runq_omp)
 #   --ours PATH        our engine (default: ./run of this repository)
 #   --shapes "A B"     shapes (default "stories110m tinyllama")
 #   --types "..."      weight types (default "f32 f16 q8_0 q4_0"); llama2.c's run counts as
 #                      f32, its runq as q8_0 (int8 with an f32 scale per 64: 1.0625 bytes a
 #                      weight, as q8_0), and its ratios are to llama.cpp's row of that type
+#   --gguf-types "..." GGUF files (llama-quantize's type names) that llama.cpp, ik_llama.cpp and
+#                      ours all run, file for file (default "Q4_K_M Q6_K Q4_0"; "" = none)
 #   --threads "2"      thread counts (default "2")
 #   --reps N           interleaved repetitions, the table shows medians (default 3)
 #   --pp N, --tg N     prompt and decode lengths (default 512 and 128)
@@ -49,7 +54,7 @@ set -u -o pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
-LLAMA_BENCH="" ; L2C_RUN="" ; L2C_RUNQ="" ; OURS="$REPO/run" ; MODELS=""
+LLAMA_BENCH="" ; IK_BENCH="" ; GGUF_TYPES="Q4_K_M Q6_K Q4_0" ; L2C_RUN="" ; L2C_RUNQ="" ; OURS="$REPO/run" ; MODELS=""
 SHAPES="stories110m tinyllama" ; TYPES="f32 f16 q8_0 q4_0" ; THREADS="2" ; REPS=3 ; PP=512 ; TG=128
 SKIP_PP="tinyllama:f32" ; DO_LONG=1 ; DO_NBCE=1 ; LONG_MODEL="" ; LONG_CTX=4096 ; LONG_TG=32 ; LONG_SHORT=64
 NBCE_MODEL="" ; NBCE_C=16 ; ASSETS="" ; TOKENIZER="" ; WAIT_IDLE=0 ; TIMEOUT=900 ; VERBOSE=0 ; NOTES=()
@@ -62,6 +67,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --models)        MODELS="$2"; shift 2 ;;
         --llama-bench)   LLAMA_BENCH="$2"; shift 2 ;;
+        --ik-llama-bench) IK_BENCH="$2"; shift 2 ;;
+        --gguf-types)    GGUF_TYPES="$2"; shift 2 ;;
         --llama2c-run)   L2C_RUN="$2"; shift 2 ;;
         --llama2c-runq)  L2C_RUNQ="$2"; shift 2 ;;
         --ours)          OURS="$2"; shift 2 ;;
@@ -92,7 +99,7 @@ done
 
 [ -n "$MODELS" ] || die "--models DIR is required (see --help)"
 [ -d "$MODELS" ] || die "no such directory: $MODELS"
-for b in "$LLAMA_BENCH" "$L2C_RUN" "$L2C_RUNQ" "$OURS"; do
+for b in "$LLAMA_BENCH" "$IK_BENCH" "$L2C_RUN" "$L2C_RUNQ" "$OURS"; do
     [ -z "$b" ] || [ -x "$b" ] || die "not an executable: $b"
 done
 [ -x "$OURS" ] || die "no engine binary $OURS (make run, or --ours PATH)"
@@ -105,7 +112,6 @@ if [ -z "$ASSETS" ]; then
 fi
 if [ -z "$TOKENIZER" ] && [ -n "$ASSETS" ] && [ -f "$ASSETS/llama2c/tokenizer.bin" ]; then TOKENIZER="$ASSETS/llama2c/tokenizer.bin"; fi
 if [ -n "$L2C_RUN$L2C_RUNQ" ] && [ ! -f "$TOKENIZER" ]; then die "llama2.c needs a tokenizer.bin: --tokenizer PATH"; fi
-[ -n "$LLAMA_BENCH" ] && export LD_LIBRARY_PATH="$(cd "$(dirname "$LLAMA_BENCH")" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 TMP="$(mktemp -d)"
 SAMPLER=""
@@ -178,17 +184,20 @@ jfield() { tail -1 "$1" | sed -nE "s/.*\"$2\": ([0-9.eE+-]+).*/\1/p"; }
 # ---------------------------------------------------------------------------
 # One repetition of each engine. KEY names the row; values go to $D/KEY.{pp,tg,other}.
 
-# llama.cpp: llama-bench -r 1 (its own warm-up runs first: a full pp, one gen token),
-# JSON lines; pp = the n_prompt=PP test, tg = the n_gen=TG test (from an empty cache).
-m_llamacpp() {  # KEY GGUF THREADS DOPP
-    local key="$1" m="$2" n="$3" p=0
+# llama.cpp and ik_llama.cpp: llama-bench -r 1 with their default settings (their own
+# warm-up runs first: a full pp, one gen token), JSON (one field a line in both forks);
+# pp = the n_prompt=PP test, tg = the n_gen=TG test (from an empty cache).
+m_llamacpp() {  # KEY GGUF THREADS DOPP BINARY
+    local key="$1" m="$2" n="$3" p=0 bin="$5"
     [ "$4" = 1 ] && p="$PP"
     sampler_start "$n"
-    if ! runcmd "$TMP/lb.out" "$TMP/lb.err" "$LLAMA_BENCH" -m "$m" -p "$p" -n "$TG" -t "$n" -r 1 -o jsonl; then
-        sampler_stop "$D/$key.other"; log "llama-bench failed on $m:"; tail -5 "$TMP/lb.err" >&2; return
+    # each fork's .so files beside its binary come first (the two forks' libllama.so differ)
+    if ! runcmd "$TMP/lb.out" "$TMP/lb.err" env LD_LIBRARY_PATH="$(cd "$(dirname "$bin")" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        "$bin" -m "$m" -p "$p" -n "$TG" -t "$n" -r 1 -o json; then
+        sampler_stop "$D/$key.other"; log "$bin failed on $m:"; tail -5 "$TMP/lb.err" >&2; return
     fi
     sampler_stop "$D/$key.other"
-    sed -nE 's/.*"n_prompt": ([0-9]+), "n_gen": ([0-9]+),.*"avg_ts": ([0-9.eE+-]+),.*/\1 \2 \3/p' "$TMP/lb.out" |
+    tr -d ',' < "$TMP/lb.out" | awk '$1 == "\"n_prompt\":" { np = $2 } $1 == "\"n_gen\":" { ng = $2 } $1 == "\"avg_ts\":" { print np, ng, $2 }' |
         while read -r np ng ts; do
             if [ "$np" = "$PP" ] && [ "$ng" = 0 ]; then echo "$ts" >> "$D/$key.pp"
             elif [ "$np" = 0 ] && [ "$ng" = "$TG" ]; then echo "$ts" >> "$D/$key.tg"; fi
@@ -238,11 +247,21 @@ shape_of() {  # shape_of MODEL -> "D L H K HD F V C"
 # classifier, once, at the type's bytes per weight; norms, the embedding row and the KV
 # cache are left out (the cache: see the note under the table).
 BPW_f32=4 ; BPW_f16=2 ; BPW_bf16=2 ; BPW_q8_0=1.0625 ; BPW_q4_0=0.5625
+BPW_q4_k=0.5625 ; BPW_q5_k=0.6875 ; BPW_q6_k=0.8203125 ; BPW_q2_k=0.328125 ; BPW_q3_k=0.4296875
 step_bytes() {  # step_bytes "SHAPE" TYPE
     local bpw="BPW_$2"
     echo "$1" | awk -v b="${!bpw:-0}" '{ d = $1; L = $2; h = $3; k = $4; hd = $5; f = $6; v = $7
         printf "%.0f\n", (L * (2 * d * h * hd + 2 * d * k * hd + 3 * d * f) + v * d) * b }'
 }
+# A GGUF file's mixes have no single bytes per weight: the mapped weights (our --verbose
+# line "weights: M MiB mapped (EMBEDDING TYPE)") less the embedding, of which a step reads one row.
+gguf_step_bytes() {  # gguf_step_bytes "SHAPE" GGUF
+    local line bpw
+    line="$("$OURS" "$2" --verbose -p "" -n 1 -t 0 --threads 1 2>&1 >/dev/null | sed -nE 's/^weights: ([0-9.]+) MiB mapped \(([a-z0-9_]+)\).*/\1 \2/p')"
+    bpw="BPW_${line#* }"
+    echo "$1" | awk -v m="${line%% *}" -v b="${!bpw:-0}" '{ printf "%.0f\n", m * 1048576 - $7 * $1 * b }'
+}
+is_gguf_type() { case " $GGUF_TYPES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 pp_on() {  # pp_on SHAPE TYPE: 1 unless in --skip-pp
     local s
@@ -257,24 +276,28 @@ pp_on() {  # pp_on SHAPE TYPE: 1 unless in --skip-pp
 ROWKEYS=()
 for shape in $SHAPES; do
     SH=""
-    for t in f32 f16 q8_0 q4_0; do [ -f "$MODELS/$shape-run-$t.bin" ] && { SH="$(shape_of "$MODELS/$shape-run-$t.bin")"; break; }; done
-    [ -n "$SH" ] || { log "skip $shape: no $MODELS/$shape-run-TYPE.bin to read its shape from"; continue; }
+    for f in "$MODELS/$shape"-run-{f32,f16,q8_0,q4_0}.bin; do [ -f "$f" ] && { SH="$(shape_of "$f")"; break; }; done
+    for t in $GGUF_TYPES; do [ -z "$SH" ] && [ -f "$MODELS/$shape-$t.gguf" ] && SH="$(shape_of "$MODELS/$shape-$t.gguf")"; done
+    [ -n "$SH" ] || { log "skip $shape: no $MODELS/$shape-run-TYPE.bin or GGUF file to read its shape from"; continue; }
     echo "$SH" > "$D/shape_$shape"
-    for type in $TYPES; do
+    for type in $TYPES $GGUF_TYPES; do
         for n in $THREADS; do
             dopp="$(pp_on "$shape" "$type")"
             E=()   # "KEY|kind|args..."
             g="$MODELS/$shape-$type.gguf" ; o="$MODELS/$shape-run-$type.bin"
+            is_gguf_type "$type" && o="$g"   # the same file for every engine
             [ -n "$LLAMA_BENCH" ] && [ -f "$g" ] && E+=("$shape|$type|$n|llama.cpp")
+            is_gguf_type "$type" && [ -n "$IK_BENCH" ] && [ -f "$g" ] && E+=("$shape|$type|$n|ik_llama.cpp")
             [ -f "$o" ] && E+=("$shape|$type|$n|ours")
             [ -f "$o" ] && { [ "$type" = q8_0 ] || [ "$type" = q4_0 ]; } && E+=("$shape|$type|$n|ours, no repack")
             [ "$type" = f32 ] && [ -n "$L2C_RUN" ] && [ -f "$MODELS/$shape-v0.bin" ] && E+=("$shape|$type|$n|llama2.c $(basename "$L2C_RUN")")
             [ "$type" = q8_0 ] && [ -n "$L2C_RUNQ" ] && [ -f "$MODELS/$shape-v2.bin" ] && E+=("$shape|$type|$n|llama2.c $(basename "$L2C_RUNQ")")
             [ ${#E[@]} -gt 0 ] || { log "skip $shape $type: no model files"; continue; }
             ROWKEYS+=("${E[@]}")
+            if is_gguf_type "$type"; then gguf_step_bytes "$SH" "$g" > "$D/bytes_$shape-$type"; else step_bytes "$SH" "$type" > "$D/bytes_$shape-$type"; fi
             gid="$shape|$type|$n"
             # the group's files into the page cache (not timed)
-            files=("$o"); [ -f "$g" ] && files+=("$g")
+            files=("$o"); [ -f "$g" ] && [ "$g" != "$o" ] && files+=("$g")
             [ "$type" = f32 ] && files+=("$MODELS/$shape-v0.bin"); [ "$type" = q8_0 ] && files+=("$MODELS/$shape-v2.bin")
             for f in "${files[@]}"; do [ -f "$f" ] && cat "$f" > /dev/null; done
             for rep in $(seq "$REPS"); do
@@ -284,7 +307,8 @@ for shape in $SHAPES; do
                     key="${E[$(( (i + k) % ${#E[@]} ))]}"
                     bw_sample "$n" "$gid.bw" "bw_all_$n"   # before every engine's run: the bandwidth swings
                     case "${key##*|}" in
-                        llama.cpp)          m_llamacpp "$key" "$g" "$n" "$dopp" ;;
+                        llama.cpp)          m_llamacpp "$key" "$g" "$n" "$dopp" "$LLAMA_BENCH" ;;
+                        ik_llama.cpp)       m_llamacpp "$key" "$g" "$n" "$dopp" "$IK_BENCH" ;;
                         ours)               m_ours "$key" "$o" "$n" "$dopp" ;;
                         "ours, no repack")  m_ours "$key" "$o" "$n" "$dopp" --no-repack ;;
                         "llama2.c $(basename "${L2C_RUN:-/-}")")  m_l2c "$key" "$L2C_RUN" "$MODELS/$shape-v0.bin" "$n" ;;
@@ -354,21 +378,22 @@ for n in $THREADS; do
     [ -s "$D/bw_all_$n" ] && echo "Read bandwidth, $n threads: median $(fmt "$(med "bw_all_$n")") GB/s over $(wc -l < "$D/bw_all_$n") samples (min $(fmt "$(sort -g "$D/bw_all_$n" | head -1)"), max $(fmt "$(sort -g "$D/bw_all_$n" | tail -1)"))."
 done
 echo
-echo "| engine | model | weights | threads | pp$PP tok/s | pp vs llama.cpp | tg$TG tok/s | tg vs llama.cpp | read GB/s | MB/step | bound tok/s | tg/bound | other |"
-echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| engine | model | weights | threads | pp$PP tok/s | pp vs llama.cpp | pp vs ik | tg$TG tok/s | tg vs llama.cpp | tg vs ik | read GB/s | MB/step | bound tok/s | tg/bound | other |"
+echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for key in "${ROWKEYS[@]+"${ROWKEYS[@]}"}"; do
     IFS='|' read -r shape type n eng <<< "$key"
     gid="$shape|$type|$n"; wt="$type"; rtype="$type"
     case "$eng" in "llama2.c $(basename "${L2C_RUNQ:-/-}")") wt="int8/64" ;; esac
     pp="$(med "$key.pp")"; tg="$(med "$key.tg")"
     lpp="$(med "$shape|$rtype|$n|llama.cpp.pp")"; ltg="$(med "$shape|$rtype|$n|llama.cpp.tg")"
-    bw="$(med "$gid.bw")"; bytes="$(step_bytes "$(cat "$D/shape_$shape")" "$type")"
+    ipp="$(med "$shape|$rtype|$n|ik_llama.cpp.pp")"; itg="$(med "$shape|$rtype|$n|ik_llama.cpp.tg")"
+    bw="$(med "$gid.bw")"; bytes="$(cat "$D/bytes_$shape-$type")"
     bound=""; [ -n "$bw" ] && bound="$(awk -v g="$bw" -v b="$bytes" 'BEGIN { print g * 1e9 / b }')"
     other="$( [ -s "$D/$key.other" ] && mean < "$D/$key.other")"
     if [ "$eng" = llama.cpp ]; then rp="$( [ -n "$pp" ] && echo 1.00 || echo -)"; rt="$( [ -n "$tg" ] && echo 1.00 || echo -)"
     else rp="$(ratio "$pp" "$lpp")"; rt="$(ratio "$tg" "$ltg")"; fi
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$eng" "$shape" "$wt" "$n" \
-        "$(fmt "$pp")" "$rp" "$(fmt "$tg")" "$rt" "$(fmt "$bw")" "$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" \
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$eng" "$shape" "$wt" "$n" \
+        "$(fmt "$pp")" "$rp" "$(ratio "$pp" "$ipp")" "$(fmt "$tg")" "$rt" "$(ratio "$tg" "$itg")" "$(fmt "$bw")" "$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1e6 }')" \
         "$(fmt "$bound")" "$(ratio "$tg" "$bound")" "${other:--}"
 done
 echo
@@ -376,10 +401,13 @@ echo "Medians of $REPS interleaved rounds (engine order rotating). pp$PP: a $PP-
 echo "tg$TG: $TG tokens decoded one at a time from an empty context (llama-bench's tg; ours after BOS with \`-p \"\" --json\`;"
 echo "llama2.c's \"achieved tok/s\", which has no batched prefill). Ratios are to llama.cpp's row of the same model, weights"
 echo "and threads; llama2.c runq's int8 with an f32 scale per 64 weights (1.0625 bytes a weight, as q8_0) is set against q8_0."
+echo "\"vs ik\": to ik_llama.cpp's row of the same GGUF file. The GGUF rows (--gguf-types) run one file through every engine."
+echo "Both llama-benches run with their defaults (ik_llama.cpp: flash attention on, no run-time repack)."
 echo "read GB/s: bench/bandwidth.c ($BW_MB MiB read sequentially by the row's threads, median of $BW_SAMPLES passes) sampled before"
 echo "every engine's run; the median of the samples taken for the rows of the same model, weights and threads."
 echo "MB/step: the weights a decode step reads (every layer matrix and the classifier at the"
-echo "type's bytes per weight: f32 4, f16 2, q8_0 1.0625, q4_0 0.5625). The KV cache is not counted: at the last of tg$TG's"
+echo "type's bytes per weight: f32 4, f16 2, q8_0 1.0625, q4_0 0.5625; for the GGUF files of --gguf-types, whose mixes"
+echo "differ by tensor: the file's weights less the embedding). The KV cache is not counted: at the last of tg$TG's"
 kvs=""; for shape in $SHAPES; do [ -f "$D/shape_$shape" ] && kvs="$kvs, $(awk -v t="$TG" -v s="$shape" '{ printf "%s %.1f MB", s, $2 * 2 * $4 * $5 * 2 * t / 1e6 }' "$D/shape_$shape")"; done
 echo "steps it holds${kvs#,} in f16 (ours and llama.cpp by default; llama2.c keeps f32, twice that), half that on average."
 echo "bound tok/s = read GB/s / MB/step; tg/bound = decode as a fraction of it. other: mean runnable tasks besides the benchmark"
