@@ -46,6 +46,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixture_files import log, sha256_file  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gguf_layout import layout  # noqa: E402
+
 ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe", "deepseek2"]
 LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
                "IQ4_NL", "IQ4_XS"]
@@ -204,39 +207,12 @@ def with_f32_key(src, dst, key, value):
     """A copy of the GGUF file src with one more float32 metadata key (the header re-padded; the
     tensor offsets are relative to the data section, so they stay)."""
     b = open(src, "rb").read()
-    u32 = lambda at: struct.unpack_from("<I", b, at)[0]  # noqa: E731
-    u64 = lambda at: struct.unpack_from("<Q", b, at)[0]  # noqa: E731
-    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-    def skip(vtype, at):
-        if vtype == 8:
-            return at + 8 + u64(at)
-        if vtype == 9:
-            etype, count, at = u32(at), u64(at + 4), at + 12
-            for _ in range(count):
-                at = skip(etype, at)
-            return at
-        return at + fixed[vtype]
-
-    assert b[:4] == b"GGUF" and u32(4) in (2, 3), src
-    n_tensors, n_kv, at, alignment = u64(8), u64(16), 24, 32
-    for _ in range(n_kv):
-        name = b[at + 8: at + 8 + u64(at)]
-        at += 8 + len(name)
-        vtype = u32(at)
-        if name == b"general.alignment":
-            alignment = u32(at + 4)
-        assert name != key.encode(), (src, key)
-        at = skip(vtype, at + 4)
-    kv_end = at
-    for _ in range(n_tensors):
-        at += 8 + u64(at)
-        at += 4 + 8 * u32(at) + 4 + 8
-    data = (at + alignment - 1) // alignment * alignment
+    g = layout(b)
+    assert key not in g["keys"], (src, key)
     extra = struct.pack("<Q", len(key)) + key.encode() + struct.pack("<If", 6, value)
-    head = b[:16] + struct.pack("<Q", n_kv + 1) + b[24:kv_end] + extra + b[kv_end:at]
+    head = b[:16] + struct.pack("<Q", g["n_kv"] + 1) + b[24:g["kv_end"]] + extra + b[g["kv_end"]:g["infos_end"]]
     with open(dst, "wb") as f:
-        f.write(head + b"\0" * (-len(head) % alignment) + b[data:])
+        f.write(head + b"\0" * (-len(head) % g["alignment"]) + b[g["data"]:])
 
 
 def tokenize(peer, model, s=None, file=None):
