@@ -164,13 +164,10 @@ typedef struct {
     const float *q_norm, *k_norm; /* [head_dim] per-head RMSNorm weights; NULL without qk_norm */
     /* multi-head latent attention (FORMAT.md): query latent, key/value
        latent with the shared rotary key, up-projections */
-    Matrix wq_a, wq_b, wkv_a, wkv_b, wk_b, wv_b;
+    Matrix wq_a, wq_b, wkv_a, wkv_b, wk_b;
+    Matrix wv_b;               /* the value rows of wkv_b alone (rows 0 unless the file has them); without
+                                  wkv_b (rows 0 then) a prefill is never expanded */
     const float *q_a_norm, *kv_a_norm;
-    /* the value up-projection: wv_b's rows h·dv + i, or where the file has
-       none, wkv_b's h·(dn+dv) + dn + i; wkv_b itself only expands a prefill
-       (rows 0 when absent) */
-    const Matrix *v_up;
-    int v_up_stride, v_up_first;
     /* feed-forward: the dense SwiGLU, or in a MoE layer the shared experts
        (rows 0 when there are none) beside the routed ones */
     Matrix w1, w2, w3;         /* gate, down, up */
@@ -630,15 +627,14 @@ static int model_bind(Model *m, char *err, size_t errlen) {
                                       MATRIX(wq_b, "attention.wq_b", q_dim, c->q_lora_rank)
                                 : MATRIX(wq, "attention.wq", q_dim, c->dim)) ||
                 MATRIX(wkv_a, "attention.wkv_a", lat + dr, c->dim) || VECTOR(kv_a_norm, "attention.kv_a_norm", lat, 0) ||
-                MATRIX(wk_b, "attention.wk_b", c->n_heads * lat, dn) ||
-                ((model_tensor(m, LAYER_NAME("attention.wkv_b")) || !model_tensor(m, LAYER_NAME("attention.wv_b"))) &&
-                 MATRIX(wkv_b, "attention.wkv_b", c->n_heads * (dn + c->v_head_dim), lat)) ||
-                (model_tensor(m, LAYER_NAME("attention.wv_b")) && MATRIX(wv_b, "attention.wv_b", att_dim, lat)))
+                MATRIX(wk_b, "attention.wk_b", c->n_heads * lat, dn))
                 return -1;
-            int own = L->wv_b.rows > 0;
-            L->v_up = own ? &L->wv_b : &L->wkv_b;
-            L->v_up_stride = own ? c->v_head_dim : (int)(dn + c->v_head_dim);
-            L->v_up_first = own ? 0 : (int)dn;
+            /* wkv_b, wv_b or both; with neither, the error names wkv_b */
+            int has_v_b = model_tensor(m, LAYER_NAME("attention.wv_b")) != NULL;
+            if ((has_v_b && MATRIX(wv_b, "attention.wv_b", att_dim, lat)) ||
+                ((!has_v_b || model_tensor(m, LAYER_NAME("attention.wkv_b"))) &&
+                 MATRIX(wkv_b, "attention.wkv_b", c->n_heads * (dn + c->v_head_dim), lat)))
+                return -1;
         } else if (MATRIX(wq, "attention.wq", q_dim, c->dim) || MATRIX(wk, "attention.wk", kv_dim, c->dim) ||
                    MATRIX(wv, "attention.wv", v_dim, c->dim) || VECTOR(bq, "attention.bq", q_dim, !c->qkv_bias) ||
                    VECTOR(bk, "attention.bk", kv_dim, !c->qkv_bias) || VECTOR(bv, "attention.bv", v_dim, !c->qkv_bias) ||
@@ -2223,9 +2219,12 @@ static void attention_mla_task(void *arg, int ith, int nth) {
             attn_tile_values(&a, o_lat, 0, kv_at(kc, kt, (size_t)j0 * row), kt, row, j1 - j0, lat);
         }
         attn_tiles_finish(&a, o_lat, 0, lat);
-        if (type_is_quantized(L->v_up->type)) quantize_activations(L->v_up->type, o_lat, xq, lat);
+        /* the value up-projection: wv_b's rows h·dv + i, or wkv_b's h·(dn+dv) + dn + i */
+        const Matrix *v_up = L->wv_b.rows ? &L->wv_b : &L->wkv_b;
+        int v_first = L->wv_b.rows ? h * dv : h * (dn + dv) + dn;
+        if (type_is_quantized(v_up->type)) quantize_activations(v_up->type, o_lat, xq, lat);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
-        for (int i = 0; i < dv; i++) out[i] = row_dot(L->v_up, h * L->v_up_stride + L->v_up_first + i, o_lat, xq);
+        for (int i = 0; i < dv; i++) out[i] = row_dot(v_up, v_first + i, o_lat, xq);
     }
 }
 
