@@ -924,14 +924,18 @@ typedef struct {
     int moe;                /* may have expert layers (ARCH.expert_count) */
     int mla;                /* multi-head latent attention (ARCH.attention.kv_lora_rank) */
     int norm_topk;          /* the chosen experts' weights are renormalised unless ARCH.expert_weights_norm says */
+    int nope_every;         /* every nope_every-th layer has no positions (NoPE); 0: none */
 } GgufArch;
 
+/* SmolLM3's files do not say which layers are NoPE: llama.cpp takes every
+   fourth (layers 3, 7, ...), the checkpoints' default, and so do we. */
 static const GgufArch gguf_archs[] = {
-    {"llama", 0, 0, 0, 1, 0, 1}, /* Llama 2 and 3, Mistral, TinyLlama, SmolLM2; with experts, Mixtral */
-    {"qwen2", 1, 1, 0, 0, 0, 0},
-    {"qwen3", 1, 0, 1, 0, 0, 0},
-    {"qwen3moe", 1, 0, 1, 1, 0, 1},
-    {"deepseek2", 0, 0, 0, 1, 1, 0},
+    {"llama", 0, 0, 0, 1, 0, 1, 0}, /* Llama 2 and 3, Mistral, TinyLlama, SmolLM2; with experts, Mixtral */
+    {"qwen2", 1, 1, 0, 0, 0, 0, 0},
+    {"qwen3", 1, 0, 1, 0, 0, 0, 0},
+    {"qwen3moe", 1, 0, 1, 1, 0, 1, 0},
+    {"deepseek2", 0, 0, 0, 1, 1, 0, 0},
+    {"smollm3", 0, 0, 0, 0, 0, 0, 4},
 };
 
 /* Output row r of a head's rotary block comes from source row
@@ -1236,6 +1240,17 @@ static int gguf_convert(Model *m, const GgufArch *arch, char *err, size_t errlen
                 goto done;
             }
             at += bytes;
+        }
+        if (arch->nope_every) { /* the per-layer position schemes, as layer_pos in our files */
+            size_t bytes = ((size_t)c->n_layers + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN;
+            if (pass) {
+                for (int l = 0; l < c->n_layers; l++) at[l] = (l + 1) % arch->nope_every ? POS_ROPE : POS_NONE;
+                if (add_tensor(m, &cap, "layer_pos", TYPE_U8, 0, c->n_layers, at)) {
+                    seterr(err, errlen, "out of memory");
+                    goto done;
+                }
+                at += bytes;
+            } else total += bytes;
         }
         if (!pass && total && posix_memalign(&m->owned, MODEL_ALIGN, total)) {
             m->owned = NULL;

@@ -7,10 +7,10 @@ llama.cpp's numbers and transformers' in float64:
   (a tensor of experts: our experts' matrices one after another);
 - ./run --ppl-chunks --ctx 128 on the held-out text agrees with llama.cpp's
   llama-perplexity on the same file within 2e-3 relative: every file of llama and
-  qwen2 and the f16 file of every architecture; the quantized qwen3, qwen3moe and
-  deepseek2 files within 1e-2 (activation rounding moves these tiny models' perplexity
-  by a few 1e-3: llama.cpp's two forward passes differ by up to 4.2e-3 on the same files);
-- the f32 and f16 files' perplexity agrees with transformers in float64 within 1e-4,
+  qwen2 and the f16/bf16 file of every architecture; the quantized qwen3, qwen3moe,
+  deepseek2 and smollm3 files within 1e-2 (activation rounding moves these tiny models'
+  perplexity by a few 1e-3: llama.cpp's two forward passes differ by up to 4.2e-3 on the same files);
+- the f32, f16 and bf16 files' perplexity agrees with transformers in float64 within 1e-4,
   and their greedy generation gives transformers' 32 tokens;
 - --tokenize equals llama-tokenize's ids;
 - ./export --quant q4_k_m chooses llama-quantize's Q4_K_M type for every tensor,
@@ -94,10 +94,12 @@ def tensors_of(path):
 # On these 2.3M-parameter models the rounding of the activations alone moves a quantized file's perplexity
 # by a few 1e-3, and more where it flips an expert choice: llama.cpp's two forward passes (mainline's ggml
 # kernels, ik_llama.cpp's own) differ by up to 4.2e-3 on the quantized files both run, and ik's qwen3moe
-# Q4_K_M lies 3.4e-3 from what the file's own weights give in f32. Every llama and qwen2 file agrees with
-# mainline within 2e-3; the quantized qwen3, qwen3moe and deepseek2 files, where rounding decides more,
+# Q4_K_M lies 3.4e-3 from what the file's own weights give in f32. ik_llama.cpp, the only runtime for qwen3,
+# qwen3moe and smollm3, quantizes a batch's activations more finely than ggml for the K-quants (a scale
+# per 32: Q8_1 for Q4_K/Q5_K, Q8_0 for Q6_K) where ggml and we use a scale per 256 (Q8_K). Every llama and
+# qwen2 file agrees with mainline within 2e-3; the quantized qwen3, qwen3moe, deepseek2 and smollm3 files
 # are held to QUANT_TOL (measured: up to 6.5e-3, docs/MODELS.md): a check against gross errors, while
-# their layouts are proven by the f16 files (2e-3 and transformers' 1e-4) and their tensors bit for bit.
+# their layouts are proven by the f16/bf16 files (2e-3 and transformers' 1e-4) and their tensors bit for bit.
 QUANT_TOL = 1e-2
 
 for name, f in sorted(ref["files"].items()):

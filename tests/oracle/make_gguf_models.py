@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tiny trained models of five architectures, converted to GGUF by llama.cpp's
+"""Tiny trained models of six architectures, converted to GGUF by llama.cpp's
 own converters, with transformers float64 reference numbers.
 
 Run on the GPU machine (transformers 5, torch, sentencepiece, numpy,
@@ -26,6 +26,8 @@ For each model it
 
 --convert-only --only NAME converts OUT/NAME/hf again (no training) and updates
 OUT/hf_reference.json; the committed qwen3moe files were made that way (GGUF_FIXTURES.md).
+--only NAME with an OUT/hf_reference.json already there (a copy of the committed one) adds the
+trained models to it and keeps the others: smollm3 was added that way.
 """
 import argparse
 import copy
@@ -82,7 +84,16 @@ MODELS = {
                                      routed_scaling_factor=1.0, norm_topk_prob=False, n_group=None,
                                      topk_group=None, attention_bias=False),
                   "mainline", 105),
+    # llama.cpp's smollm3 takes every fourth layer as NoPE (the file cannot say which), so four layers
+    # with the checkpoints' default pattern; tied embeddings as in SmolLM3-3B. Saved in bf16 (STORE_BF16).
+    "smollm3": ("SmolLM3", dict(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], no_rope_layer_interval=4,
+                                tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+                                use_sliding_window=False, pad_token_id=None),
+                "ik", 106),
 }
+# Models whose trained weights are rounded to bf16 before saving, so that the converter's bf16 file
+# holds exactly the weights transformers scores (a bf16 GGUF checked against float64 at 1e-4).
+STORE_BF16 = {"smollm3"}
 
 
 def rnd(x, n=10):
@@ -444,6 +455,13 @@ def conversion_config(name, cfg):
         # key_length/value_length and DeepseekV2Model then writes key_length again (a duplicate key)
         delk("head_dim")
         setk("num_key_value_heads", c["num_attention_heads"])
+    if name == "smollm3":
+        # ik's LlamaModel.set_gguf_parameters at this commit pops num_experts_per_tok and reads
+        # prefix_dense_intermediate_size (Cohere2-MoE code that landed in the Llama class): give it both,
+        # as no experts and the dense FFN width, so it writes what it writes for any Llama
+        for k, v in (("num_experts_per_tok", None), ("prefix_dense_intermediate_size", c["intermediate_size"])):
+            changes.append({"set": k, "value": v, "was": c.get(k, "<absent>")})
+            c[k] = v
     return c, changes
 
 
@@ -491,7 +509,9 @@ getattr(c, cls).set_vocab = lambda self: self._set_vocab_sentencepiece()
 c.main()
 """
 # converter classes whose set_vocab never tries tokenizer.model
-SPM_VOCAB_CLASS = {"deepseek2": "DeepseekV2Model", "qwen3moe": "Qwen3MoeModel"}
+SPM_VOCAB_CLASS = {"deepseek2": "DeepseekV2Model", "qwen3moe": "Qwen3MoeModel",
+                   # SmolLM3Model.set_vocab also loads the folder with AutoTokenizer for its chat template
+                   "smollm3": "SmolLM3Model"}
 
 
 def convert(conv_py, folder, outtype, outfile, spm_runner, model_name):
@@ -522,6 +542,8 @@ EXPECT = {
                   "attention.value_length": 64, "leading_dense_block_count": 1, "expert_count": 4,
                   "expert_used_count": 2, "expert_shared_count": 1, "expert_feed_forward_length": 256,
                   "expert_weights_scale": 1.0, "expert_weights_norm": False, "expert_gating_func": 1},
+    "smollm3": {"block_count": 4, "feed_forward_length": 256, "attention.head_count_kv": 2,
+                "rope.dimension_count": 64, "vocab_size": 512},
 }
 
 
@@ -692,6 +714,9 @@ def main():
                          loss_first=losses[0], loss_last_10=sum(losses[-10:]) / 10)
             mdir = os.path.join(args.out, name)
             hf = os.path.join(mdir, "hf")
+            if name in STORE_BF16:
+                model.to(torch.bfloat16)
+                entry["stored_dtype"] = "bfloat16 (the trained float32 weights rounded)"
             model.save_pretrained(hf)
             shutil.copy(tok_path, os.path.join(hf, "tokenizer.model"))
             json.dump(TOKENIZER_CONFIG, open(os.path.join(hf, "tokenizer_config.json"), "w"), indent=1)
@@ -744,7 +769,16 @@ def main():
             traceback.print_exc()
             r["problems"] = [f"gguf read failed: {ex_}"]
         r["log_tail"] = r["log_tail"][-600:]
-    json.dump(out, open(os.path.join(args.out, "hf_reference.json"), "w"), indent=1)
+    ref_path = os.path.join(args.out, "hf_reference.json")
+    if only and not args.convert_only and os.path.exists(ref_path):
+        # models added to an existing set: the texts must be the ones the others were scored on
+        prev = json.load(open(ref_path))
+        assert prev["texts"] == out["texts"] and prev["tokenizer"]["sha256"] == out["tokenizer"]["sha256"]
+        prev["models"].update(out["models"])
+        prev.setdefault("added", []).append({"models": only, "made": out["made"], "versions": out["versions"],
+                                             "peer_commits": out["peer_commits"]})
+        out = prev
+    json.dump(out, open(ref_path, "w"), indent=1)
     log("done")
 
 

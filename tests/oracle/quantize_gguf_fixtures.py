@@ -49,18 +49,22 @@ from fixture_files import log, sha256_file  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gguf_layout import layout  # noqa: E402
 
-ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe", "deepseek2"]
+ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "smollm3"]
 LLAMA_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
                "IQ4_NL", "IQ4_XS"]
 OTHER_TYPES = ["Q4_K_M", "Q8_0"]
 # which llama-quantize / llama-perplexity can load each architecture
-QUANTIZER = {"llama": "mainline", "qwen2": "mainline", "qwen3": "ik", "qwen3moe": "ik", "deepseek2": "ik"}
+QUANTIZER = {"llama": "mainline", "qwen2": "mainline", "qwen3": "ik", "qwen3moe": "ik", "deepseek2": "ik",
+             "smollm3": "ik"}
 RUNTIMES = {"llama": ["mainline", "ik"], "qwen2": ["mainline", "ik"], "qwen3": ["ik"], "qwen3moe": ["ik"],
-            "deepseek2": ["mainline", "ik"]}
+            "deepseek2": ["mainline", "ik"], "smollm3": ["ik"]}
 NOT_LOADED = {
     ("qwen3", "mainline"): "unknown model architecture: 'qwen3' (mainline has no qwen3 at this commit)",
     ("qwen3moe", "mainline"): "unknown model architecture: 'qwen3moe'",
+    ("smollm3", "mainline"): "unknown model architecture: 'smollm3'",
 }
+# the file the quantizations are made from: f16, or bf16 where the model was saved in bf16 (exact)
+QUANT_SOURCE = {"smollm3": "bf16"}
 # Mainline at this commit refuses a deepseek2 file without deepseek2.rope.scaling.yarn_log_multiplier,
 # which the converter writes only with YaRN. Its llama-perplexity runs a copy with the key added as 0:
 # the multiplier scales ln(rope factor), 0 without YaRN, so the forward pass is the one the file describes.
@@ -76,12 +80,10 @@ WORKDIR = None  # the tools run here (ik's llama-perplexity leaves a llama.log i
 
 
 def committed(arch, kind):
-    """f16 of every architecture, every llama quantization, Q4_K_M of the others, and llama's f32
-    (greedy generation against transformers)."""
-    if kind == "f16":
-        return True
-    if kind in ("f32", "bf16"):
-        return kind == "f32" and arch == "llama"
+    """The quantization source (f16, smollm3's bf16) of every architecture, every llama quantization,
+    Q4_K_M of the others, and llama's f32 (greedy generation against transformers)."""
+    if kind in ("f32", "f16", "bf16"):
+        return kind == QUANT_SOURCE.get(arch, "f16") or (kind == "f32" and arch == "llama")
     return arch == "llama" or kind == "Q4_K_M"
 
 
@@ -242,7 +244,9 @@ def main():
     ap.add_argument("--scratch", default="/tmp/gguf_scratch")
     ap.add_argument("--heldout", default=None, help="default: OUT/heldout_pride.txt")
     ap.add_argument("--tok-model", default=None, help="tok512.model, for the sentencepiece ids of the strings")
+    ap.add_argument("--only", default="", help="ARCH,...: redo these architectures' files in OUT/reference.json, keep the rest")
     args = ap.parse_args()
+    archs = [a for a in args.only.split(",") if a] or ARCHS
     global WORKDIR
     args.out, args.models, args.scratch = (os.path.abspath(x) for x in (args.out, args.models, args.scratch))
     WORKDIR = args.scratch
@@ -274,10 +278,15 @@ def main():
         "files": {},
         "tokenize": {},
     }
+    if archs != ARCHS:
+        prev = json.load(open(os.path.join(args.out, "reference.json")))
+        prev["files"] = {k: v for k, v in prev["files"].items() if v["arch"] not in archs}
+        prev.setdefault("redone", []).append({"archs": archs, "made": ref["made"], "peers": ref["peers"]})
+        ref = prev
 
     # 1-2: the files
     plan = []  # (arch, kind, path, how)
-    for arch in ARCHS:
+    for arch in archs:
         for kind in ("f32", "f16", "bf16"):
             src = os.path.join(args.models, arch, f"{arch}-{kind}.gguf")
             if committed(arch, kind):
@@ -287,12 +296,12 @@ def main():
             else:
                 plan.append((arch, kind, src, f"convert_hf_to_gguf.py --outtype {kind} (make_gguf_models.py)"))
     shutil.copyfile(os.path.join(args.models, "hf_reference.json"), os.path.join(args.out, "hf_reference.json"))
-    for arch in ARCHS:
-        f16 = os.path.join(args.out, f"{arch}-f16.gguf")
+    for arch in archs:
+        source = os.path.join(args.out, f"{arch}-{QUANT_SOURCE.get(arch, 'f16')}.gguf")
         q = peers[QUANTIZER[arch]]
         for qt in (LLAMA_TYPES if arch == "llama" else OTHER_TYPES):
             dst = os.path.join(args.out if committed(arch, qt) else args.scratch, f"{arch}-{qt}.gguf")
-            how = quantize(q, f16, dst, qt)
+            how = quantize(q, source, dst, qt)
             plan.append((arch, qt, dst, f"{q.name} {how}"))
             log("quantized", os.path.basename(dst), os.path.getsize(dst))
 
@@ -332,7 +341,12 @@ def main():
         log(f"{name}: {rec['bytes']} bytes, types {rec['tensor_types']}, ppl {summ}, "
             f"gguf-py disagrees on {len(bad)}, {time.time() - t0:.1f}s")
 
-    # 4: tokenizer
+    # 4: tokenizer (kept as it was when only some architectures are redone)
+    if archs != ARCHS:
+        with open(os.path.join(args.out, "reference.json"), "w") as f:
+            json.dump(ref, f, indent=1)
+        log("updated", os.path.join(args.out, "reference.json"))
+        return
     llama_f16 = os.path.join(args.out, "llama-f16.gguf")
     sp = None
     if args.tok_model:
