@@ -38,15 +38,17 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
-static void usage(void) {
-    fprintf(stderr, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"
+/* --help: to stdout, status 0; a wrong command line: to stderr, status 1. */
+static void usage(FILE *out, int status) {
+    fprintf(out, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"
                     "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, a GGUF file,\n"
                     "       or a Hugging Face model folder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, SmolLM3, DeepSeek-V2/V3;\n"
                     "       safetensors weights)\n"
                     "  TYPE: f32, f16, bf16, q8_0 (the default), q4_0, q5_0, q4_k, q6_k, or q4_k_m (q4_k with q6_k for\n"
                     "        the output and for attn_v and ffn_down on the layers llama.cpp's Q4_K_M gives more bits);\n"
-                    "        a GGUF file keeps its own types unless --quant is given\n");
-    exit(1);
+                    "        a GGUF file keeps its own types unless --quant is given\n"
+                    "  ./export --version   ./export --help\n");
+    exit(status);
 }
 
 static void *xcalloc(size_t n, size_t size) {
@@ -1076,7 +1078,8 @@ static int rope_rows(const ModelConfig *c, const char *name, int *rope_dim, int 
 
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "--version")) printf("export %s\n", ENGINE_VERSION), exit(0);
-    if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') usage();
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) usage(stdout, 0);
+    if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') usage(stderr, 1);
     const char *src = argv[1], *out = argv[2], *tok_path = NULL;
     int quant = QUANT_KEEP;
     for (int i = 3; i < argc; i++) {

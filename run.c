@@ -31,6 +31,12 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
+/* Output that could not be written (a full disk, a closed file) is an
+   error like any other: checked once, before a successful exit. */
+static void finish_output(void) {
+    if (fflush(stdout) == EOF || ferror(stdout)) die("cannot write the output: %s", strerror(errno ? errno : EIO));
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -69,8 +75,9 @@ typedef struct {
     int kv_type;        /* --kv: TYPE_F16 (default) or TYPE_F32 */
 } Options;
 
-static void usage(void) {
-    fprintf(stderr,
+/* --help: to stdout, status 0; without arguments: to stderr, status 1. */
+static void usage(FILE *out, int status) {
+    fprintf(out,
             "usage: ./run [MODEL] [options]   (MODEL: default " DEFAULT_MODEL " beside ./run)\n"
             "  -p TEXT          prompt\n"
             "  -f FILE          read the prompt from FILE (- = stdin)\n"
@@ -117,8 +124,9 @@ static void usage(void) {
             "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question)\n"
             "  --cache-dir DIR  NBCE: keep the documents' KV caches in DIR for later runs\n"
             "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n"
-            "  --version        print the version and exit\n");
-    exit(1);
+            "  --version        print the version and exit\n"
+            "  -h, --help       print this and exit\n");
+    exit(status);
 }
 
 static long parse_int(const char *opt, const char *s, long lo, long hi) {
@@ -229,7 +237,7 @@ static Options parse_options(int argc, char **argv) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
     o.seed = (unsigned long long)time(NULL);
-    if (argc < 2) usage();
+    if (argc < 2) usage(stderr, 1);
     int first = argv[1][0] == '-' ? 1 : 2; /* options straight away: the default model */
     o.model_path = first == 2 ? argv[1] : NULL;
     for (int i = first; i < argc; i++) {
@@ -298,8 +306,8 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--nbce-chunk")) o.nbce_chunk = (int)parse_int(a, VALUE(), 1, 1 << 24), nbce_option = i - 1;
         else if (!strcmp(a, "--cache-dir")) o.cache_dir = VALUE(), nbce_option = i - 1;
         else if (!strcmp(a, "--mem")) o.mem = parse_size(a, VALUE()), nbce_option = i - 1;
-        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
-        else if (!strcmp(a, "--version")) printf("run %s\n", ENGINE_VERSION), exit(0);
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(stdout, 0);
+        else if (!strcmp(a, "--version")) printf("run %s\n", ENGINE_VERSION), finish_output(), exit(0);
         else die("unknown option '%s' (./run with no arguments lists them)", a);
 #undef VALUE
     }
@@ -2099,6 +2107,7 @@ int main(int argc, char **argv) {
         free(o.row_template);
         tokenizer_free(e.own_tokenizer);
         model_free(&e.model);
+        finish_output();
         return 0;
     }
 
@@ -2131,6 +2140,7 @@ int main(int argc, char **argv) {
     model_free(&e.model);
     free(tokens);
     free(text);
+    finish_output();
     return 0;
 }
 

@@ -126,6 +126,14 @@ greedy_prefix="g=f['greedy'][0]; k=next((i for i,m in enumerate(g['margins']) if
 
 check "./run --version prints model.h's ENGINE_VERSION" sh -c \
     "$BIN/run --version | grep -qx \"run \$(sed -n 's/^#define ENGINE_VERSION \"\\(.*\\)\".*/\\1/p' model.h)\""
+check "./run --help prints the options on stdout, status 0" sh -c "$BIN/run --help 2>/dev/null | grep -q -- '--ppl-chunks'"
+check "./export --help prints its usage on stdout, status 0" sh -c "$BIN/export --help 2>/dev/null | grep -q -- '--quant'"
+expect_error "--tokenize to a full device" sh -c "$BIN/run $M -p hi --tokenize > /dev/full"
+expect_error "--ppl --json to a full device" sh -c "$BIN/run $M -p 'hi there' --ppl --json > /dev/full"
+$BIN/run $M -p hi -n 4 > /dev/full 2> $TMP/full.err
+full_status=$?
+check "generation to a full device: status 1, the error named last" sh -c \
+    "test $full_status -eq 1 && tail -n 1 $TMP/full.err | grep -q '^error: cannot write the output'"
 $BIN/run $M -p "$P1" -t 0 -n 12 > $TMP/r_named.out 2> $TMP/r_named.err
 $BIN/run -p "$P1" -t 0 -n 12 > $TMP/r_default.out 2>/dev/null
 check "./run without a model name runs models/reader.bin" sh -c "test -s $TMP/r_named.out && cmp -s $TMP/r_named.out $TMP/r_default.out"
