@@ -234,6 +234,7 @@ static Options parse_options(int argc, char **argv) {
     Options o = {.steps = -1, .temperature = 1.0f, .top_p = 0.9f, .threads = 0, .ctx = 0, .window = -1, .logn = -1,
                  .beta = 0.25f, .eta = 0.1f, .nbce_top_p = 0.95f, .pool = NBCE_MIN_ENTROPY, .kv_type = TYPE_F16};
     int nbce_option = 0; /* the index of an NBCE-only option given */
+    int gen_option = 0;  /* the index of an option that only generation uses */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
     o.seed = (unsigned long long)time(NULL);
@@ -246,15 +247,15 @@ static Options parse_options(int argc, char **argv) {
 #define VALUE() (has_value ? argv[++i] : (die("option %s needs a value", a), ""))
         if (!strcmp(a, "-p") || !strcmp(a, "-i")) o.prompt = VALUE();
         else if (!strcmp(a, "-f")) o.prompt_file = VALUE();
-        else if (!strcmp(a, "-n")) o.steps = (int)parse_int(a, VALUE(), 0, INT_MAX);
-        else if (!strcmp(a, "-t")) o.temperature = parse_float(a, VALUE(), 0, 100);
-        else if (!strcmp(a, "--top-p")) o.top_p = parse_float(a, VALUE(), 0, 1);
-        else if (!strcmp(a, "--top-k")) o.top_k = (int)parse_int(a, VALUE(), 0, INT_MAX);
-        else if (!strcmp(a, "-s")) o.seed = (unsigned long long)parse_int(a, VALUE(), 0, LONG_MAX);
+        else if (!strcmp(a, "-n")) o.steps = (int)parse_int(a, VALUE(), 0, INT_MAX), gen_option = i - 1;
+        else if (!strcmp(a, "-t")) o.temperature = parse_float(a, VALUE(), 0, 100), gen_option = i - 1;
+        else if (!strcmp(a, "--top-p")) o.top_p = parse_float(a, VALUE(), 0, 1), gen_option = i - 1;
+        else if (!strcmp(a, "--top-k")) o.top_k = (int)parse_int(a, VALUE(), 0, INT_MAX), gen_option = i - 1;
+        else if (!strcmp(a, "-s")) o.seed = (unsigned long long)parse_int(a, VALUE(), 0, LONG_MAX), gen_option = i - 1;
         else if (!strcmp(a, "-z")) o.tokenizer_path = VALUE();
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(a, VALUE(), 1, 1024);
         else if (!strcmp(a, "--ctx")) o.ctx = (int)parse_int(a, VALUE(), 1, 1 << 24);
-        else if (!strcmp(a, "--ignore-eos")) o.ignore_eos = 1;
+        else if (!strcmp(a, "--ignore-eos")) o.ignore_eos = 1, gen_option = i;
         else if (!strcmp(a, "--json")) o.json = 1;
         else if (!strcmp(a, "--tokenize")) o.tokenize = 1;
         else if (!strcmp(a, "--ppl")) o.ppl = 1;
@@ -308,7 +309,7 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--mem")) o.mem = parse_size(a, VALUE()), nbce_option = i - 1;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(stdout, 0);
         else if (!strcmp(a, "--version")) printf("run %s\n", ENGINE_VERSION), finish_output(), exit(0);
-        else die("unknown option '%s' (./run with no arguments lists them)", a);
+        else die("unknown option '%s' (./run --help lists them)", a);
 #undef VALUE
     }
     if (!o.model_path) o.model_path = default_model();
@@ -322,6 +323,10 @@ static Options parse_options(int argc, char **argv) {
     if (o.nbce_dir && o.system && o.row_template)
         die("--system applies to NBCE rows in the model's chat format, not with --template");
     if (o.chat && o.ppl) die("--ppl scores a text; it cannot be combined with --chat");
+    if (o.tokenize && o.ppl) die("--tokenize prints the prompt's ids; it cannot be combined with --ppl");
+    /* (NBCE's rows leave room for -n answer tokens, so -n shapes what its --tokenize prints) */
+    if ((o.ppl || (o.tokenize && !o.nbce_dir)) && gen_option)
+        die("%s applies to generation; %s generates nothing", argv[gen_option], o.ppl ? "--ppl" : "--tokenize");
     if (o.chat_template && chat_family(o.chat_template) < 0)
         die("unknown chat template '%s' for --chat-template (one of llama2, mistral, llama3, chatml, deepseek)", o.chat_template);
     if (o.pos && strcmp(o.pos, "rope") && strcmp(o.pos, "nope") && strcmp(o.pos, "rerope") && strcmp(o.pos, "leaky"))

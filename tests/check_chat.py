@@ -316,7 +316,7 @@ if have([stories, tok], "llama2.c checks"):
     rc, out, err = run(stories, "-z", tok, "--chat", "-p", "hi")
     check(one_error_line(rc, err) and "--chat-template" in err,
           f"llama2.c stories260K (no template): names the problem and --chat-template ({err.strip()[:200]})")
-    rc, out, err = run(stories, "-z", tok, "--chat", "--chat-template", "llama2", "-p", "hi", "-n", "8", "-t", "0", "--tokenize")
+    rc, out, err = run(stories, "-z", tok, "--chat", "--chat-template", "llama2", "-p", "hi", "--tokenize")
     check(rc == 0 and (ids_of(rc, out) or [0])[0] == 1 and ids_of(rc, out).count(1) == 1,
           f"llama2.c stories260K --chat-template llama2: BOS once, from the rendering ({out.strip()[:80]})")
 
