@@ -592,10 +592,16 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
     free(chunk);
 }
 
+/* Why an answer ended: --json's "finish_reason" and the statistics line's words. */
+enum { FINISH_STOP, FINISH_LENGTH, FINISH_CONTEXT };
+static const char *const finish_json[] = {"stop", "length", "context"};
+static const char *const finish_words[] = {"end of text", "the -n limit", "the context is full (--ctx sets a larger one)"};
+
 /* One answer: what generate() produced and how it ended. */
 typedef struct {
     int *ids;          /* generated tokens; an end token that stopped generation is not among them */
     int n_gen;
+    int finish;        /* FINISH_STOP (an end token), FINISH_LENGTH (max_new tokens), FINISH_CONTEXT */
     int stop;          /* the end token that ended generation, or -1 */
     int unfed;         /* the last generated token when generation ended with it unfed (the -n
                           limit or a full context), or -1; a chat feeds it before the next turn */
@@ -624,6 +630,7 @@ static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int 
                      int end_of_turn, int skip_space, const Options *o, Generation *g) {
     memset(g, 0, sizeof *g);
     g->stop = g->unfed = -1;
+    g->finish = FINISH_LENGTH;
     g->ids = malloc((size_t)(max_new > 0 ? max_new : 1) * sizeof(int));
     if (o->json) { /* room for the longest piece at every step: no allocation in the loop */
         g->out.cap = (size_t)(max_new > 0 ? max_new : 1) * tokenizer_max_piece_bytes(tok) + 1;
@@ -636,6 +643,7 @@ static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int 
         /* llama2.c's models end a story with BOS, so BOS stops generation too */
         if (!o->ignore_eos && (tokenizer_is_eos(tok, next) || next == tokenizer_bos(tok) || next == end_of_turn)) {
             g->stop = next;
+            g->finish = FINISH_STOP;
             break;
         }
         g->ids[g->n_gen++] = next;
@@ -667,7 +675,7 @@ static const float *sequence_step(void *self, int token) {
    but never fed). */
 static void generate_sequence(Engine *e, Sampler *s, const int *prompt, int n_prompt, int end_of_turn, int skip_space,
                               const Options *o, Generation *g) {
-    int max_new = e->ctx_len - (e->seq.n_past + n_prompt) + 1;
+    int room = e->ctx_len - (e->seq.n_past + n_prompt) + 1, max_new = room;
     if (o->steps >= 0 && o->steps < max_new) max_new = o->steps;
     double t0 = now_seconds();
     e->seq.rope_len = e->seq.n_past + n_prompt; /* dynamic NTK: the prompt is rotated for its whole length */
@@ -675,6 +683,7 @@ static void generate_sequence(Engine *e, Sampler *s, const int *prompt, int n_pr
     double t1 = now_seconds();
     generate(e->tokenizer, s, e->ctx->logits, prompt[n_prompt - 1], max_new, (Stepper){sequence_step, e}, end_of_turn,
              skip_space, o, g);
+    if (g->finish == FINISH_LENGTH && (o->steps < 0 || o->steps > room)) g->finish = FINISH_CONTEXT;
     g->prefill_tps = n_prompt / (t1 - t0);
 }
 
@@ -686,15 +695,16 @@ static void report(Generation *g, int n_prompt, const char *extra_json, const Op
         print_json_string(stdout, g->out.text ? g->out.text : "", g->out.len);
         printf(", \"ids\": [");
         for (int i = 0; i < g->n_gen; i++) printf(i ? ", %d" : "%d", g->ids[i]);
-        printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f%s%s}\n",
-               n_prompt, g->n_gen, g->prefill_tps, g->decode_tps, extra_json ? ", " : "", extra_json ? extra_json : "");
+        printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"finish_reason\": \"%s\", \"prefill_tok_s\": %.2f, "
+               "\"decode_tok_s\": %.2f%s%s}\n", n_prompt, g->n_gen, finish_json[g->finish], g->prefill_tps, g->decode_tps,
+               extra_json ? ", " : "", extra_json ? extra_json : "");
     } else {
         text_flush(&g->out);
         printf("\n");
     }
     fflush(stdout);
-    fprintf(stderr, "prompt: %d tokens, %.2f tok/s | generated: %d tokens, %.2f tok/s\n", n_prompt, g->prefill_tps,
-            g->n_gen, g->decode_tps);
+    fprintf(stderr, "prompt: %d tokens, %.2f tok/s | generated: %d tokens, %.2f tok/s | stopped: %s\n", n_prompt,
+            g->prefill_tps, g->n_gen, g->decode_tps, finish_words[g->finish]);
 }
 
 static void generation_free(Generation *g) {

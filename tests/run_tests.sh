@@ -141,8 +141,21 @@ check "generation to a full device: status 1, the error named last" sh -c \
 $BIN/run $M -p "$P1" -t 0 -n 12 > $TMP/r_named.out 2> $TMP/r_named.err
 $BIN/run -p "$P1" -t 0 -n 12 > $TMP/r_default.out 2>/dev/null
 check "./run without a model name runs models/reader.bin" sh -c "test -s $TMP/r_named.out && cmp -s $TMP/r_named.out $TMP/r_default.out"
-check "the stats line reports prompt and generated tokens with tok/s" \
-    grep -Eq '^prompt: [0-9]+ tokens, [0-9.]+ tok/s \| generated: 12 tokens, [0-9.]+ tok/s$' $TMP/r_named.err
+check "the stats line reports prompt and generated tokens with tok/s, and why generation stopped" \
+    grep -Eq '^prompt: [0-9]+ tokens, [0-9.]+ tok/s \| generated: 12 tokens, [0-9.]+ tok/s \| stopped: the -n limit$' $TMP/r_named.err
+# Why generation stopped: an end token, the -n limit (even when it equals what the context has left),
+# a full context.
+Q_EOS=$(printf 'The capital of Veltria is Morun.\n\nWhat is the capital of Veltria?')
+$BIN/run $M -p "$Q_EOS" -t 0 --json > $TMP/fin_stop.out 2> $TMP/fin_stop.err
+check "an answer that ends with end of text: finish_reason stop" sh -c \
+    "grep -q '\"finish_reason\": \"stop\"' $TMP/fin_stop.out && grep -q '| stopped: end of text$' $TMP/fin_stop.err"
+$BIN/run $M -p "$P1" -t 0 -n 3 --json > $TMP/fin_len.out 2>/dev/null
+check "-n 3: finish_reason length" grep -q '"generated_tokens": 3, "finish_reason": "length"' $TMP/fin_len.out
+$BIN/run $M -p "Once upon" -t 0 --ctx 8 --json > $TMP/fin_ctx.out 2> $TMP/fin_ctx.err
+check "a full context: finish_reason context, and the stats line says to raise --ctx" sh -c \
+    "grep -q '\"finish_reason\": \"context\"' $TMP/fin_ctx.out && grep -q 'stopped: the context is full (--ctx' $TMP/fin_ctx.err"
+$BIN/run $M -p "Once upon" -t 0 --ctx 8 -n 5 --json > $TMP/fin_ctx_n.out 2>/dev/null
+check "-n equal to what the context has left: finish_reason length" grep -q '"finish_reason": "length"' $TMP/fin_ctx_n.out
 
 # Sampling: the same seed gives the same text for every thread count.
 for t in 1 2 3; do
@@ -178,7 +191,7 @@ check "--json prints one valid object: text, ids (transformers' greedy tokens), 
 import json
 f=json.load(open('$RFIX')); $greedy_prefix
 o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
-assert set(o)=={'text','ids','prompt_tokens','generated_tokens','prefill_tok_s','decode_tok_s'}, o
+assert set(o)=={'text','ids','prompt_tokens','generated_tokens','finish_reason','prefill_tok_s','decode_tok_s'}, o
 assert o['prompt_tokens']==len(json.load(open('$TMP/p1.ids'))) and o['generated_tokens']==25==len(o['ids']), o
 assert len(want)>=8 and o['ids'][:len(want)]==want[:25], (o['ids'], want)"
 check "--json text equals the streamed text" python3 -c "
