@@ -37,6 +37,21 @@ static void finish_output(void) {
     if (fflush(stdout) == EOF || ferror(stdout)) die("cannot write the output: %s", strerror(errno ? errno : EIO));
 }
 
+/* The default seed: from the system's random source (or, without one, the
+   clock and the process id), so that runs started together differ. It is
+   shown by --verbose and --json, so a good sample can be had again with -s. */
+static unsigned long long fresh_seed(void) {
+    unsigned long long seed = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&seed, sizeof seed, 1, f) != 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = (unsigned long long)ts.tv_sec * 1000000007ull ^ (unsigned long long)ts.tv_nsec ^ (unsigned long long)getpid() << 32;
+    }
+    if (f) fclose(f);
+    return seed >> 1 ? seed >> 1 : 1; /* positive as -s takes it (up to LONG_MAX), and nonzero */
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -85,7 +100,7 @@ static void usage(FILE *out, int status) {
             "  -t T             temperature, 0 = greedy (default 1.0)\n"
             "  --top-p P        nucleus sampling (default 0.9)\n"
             "  --top-k K        keep the K most likely tokens, 0 = off (default 0)\n"
-            "  -s SEED          random seed (default: time-based)\n"
+            "  -s SEED          random seed (default: a fresh one, shown by --verbose and --json)\n"
             "  -z FILE          tokenizer for a llama2.c checkpoint (tokenizer.bin, .model, .gguf, tokenizer.json)\n"
             "  --threads N      worker threads (default: online cores)\n"
             "  --ctx N          context length (default: the model's)\n"
@@ -237,7 +252,8 @@ static Options parse_options(int argc, char **argv) {
     int gen_option = 0;  /* the index of an option that only generation uses */
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = cores > 0 ? (int)cores : 1;
-    o.seed = (unsigned long long)time(NULL);
+    o.seed = 0; /* none given: fresh_seed() below */
+    int seed_given = 0;
     if (argc < 2) usage(stderr, 1);
     int first = argv[1][0] == '-' ? 1 : 2; /* options straight away: the default model */
     o.model_path = first == 2 ? argv[1] : NULL;
@@ -251,7 +267,7 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "-t")) o.temperature = parse_float(a, VALUE(), 0, 100), gen_option = i - 1;
         else if (!strcmp(a, "--top-p")) o.top_p = parse_float(a, VALUE(), 0, 1), gen_option = i - 1;
         else if (!strcmp(a, "--top-k")) o.top_k = (int)parse_int(a, VALUE(), 0, INT_MAX), gen_option = i - 1;
-        else if (!strcmp(a, "-s")) o.seed = (unsigned long long)parse_int(a, VALUE(), 0, LONG_MAX), gen_option = i - 1;
+        else if (!strcmp(a, "-s")) o.seed = (unsigned long long)parse_int(a, VALUE(), 0, LONG_MAX), seed_given = 1, gen_option = i - 1;
         else if (!strcmp(a, "-z")) o.tokenizer_path = VALUE();
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(a, VALUE(), 1, 1024);
         else if (!strcmp(a, "--ctx")) o.ctx = (int)parse_int(a, VALUE(), 1, 1 << 24);
@@ -336,7 +352,8 @@ static Options parse_options(int argc, char **argv) {
     if ((!o.pos || strcmp(o.pos, "leaky")) && o.leaky_k) die("--leaky-k applies with --pos leaky");
     if (o.rope_scaling && rope_scaling_kind(o.rope_scaling) < 0)
         die("unknown --rope-scaling '%s' (one of none, linear, ntk, dynamic, yarn)", o.rope_scaling);
-    if (o.seed == 0) o.seed = (unsigned long long)time(NULL); /* xorshift needs a nonzero state */
+    if (!seed_given) o.seed = fresh_seed();
+    else if (o.seed == 0) o.seed = 0x5eed; /* xorshift needs a nonzero state; -s 0 is still one fixed seed */
     return o;
 }
 
@@ -521,7 +538,7 @@ static void print_verbose(const Engine *e, const Options *o) {
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }
-    fprintf(stderr, "threads: %d\n", o->threads);
+    fprintf(stderr, "threads: %d, seed: %llu\n", o->threads, o->seed);
     /* The budget. Weights are used from the mapped file, which the kernel
        reads in as they are used and may drop again, except the matrices
        repacked into memory (their mapped pages are given back). */
@@ -695,9 +712,9 @@ static void report(Generation *g, int n_prompt, const char *extra_json, const Op
         print_json_string(stdout, g->out.text ? g->out.text : "", g->out.len);
         printf(", \"ids\": [");
         for (int i = 0; i < g->n_gen; i++) printf(i ? ", %d" : "%d", g->ids[i]);
-        printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"finish_reason\": \"%s\", \"prefill_tok_s\": %.2f, "
-               "\"decode_tok_s\": %.2f%s%s}\n", n_prompt, g->n_gen, finish_json[g->finish], g->prefill_tps, g->decode_tps,
-               extra_json ? ", " : "", extra_json ? extra_json : "");
+        printf("], \"prompt_tokens\": %d, \"generated_tokens\": %d, \"finish_reason\": \"%s\", \"seed\": %llu, "
+               "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f%s%s}\n", n_prompt, g->n_gen, finish_json[g->finish], o->seed,
+               g->prefill_tps, g->decode_tps, extra_json ? ", " : "", extra_json ? extra_json : "");
     } else {
         text_flush(&g->out);
         printf("\n");

@@ -143,6 +143,19 @@ $BIN/run -p "$P1" -t 0 -n 12 > $TMP/r_default.out 2>/dev/null
 check "./run without a model name runs models/reader.bin" sh -c "test -s $TMP/r_named.out && cmp -s $TMP/r_named.out $TMP/r_default.out"
 check "the stats line reports prompt and generated tokens with tok/s, and why generation stopped" \
     grep -Eq '^prompt: [0-9]+ tokens, [0-9.]+ tok/s \| generated: 12 tokens, [0-9.]+ tok/s \| stopped: the -n limit$' $TMP/r_named.err
+# The default seed is shown in --json and by --verbose, and -s with it samples the same text again;
+# two runs started together get different seeds.
+$BIN/run $M -p "$P2" -n 24 --json > $TMP/seed_a.json 2>/dev/null
+$BIN/run $M -p "$P2" -n 24 --json > $TMP/seed_b.json 2>/dev/null
+seed_a=$(python3 -c "import json; print(json.load(open('$TMP/seed_a.json'))['seed'])")
+$BIN/run $M -p "$P2" -n 24 --json -s "$seed_a" > $TMP/seed_again.json 2>/dev/null
+check "-s with the seed --json showed samples the same tokens" python3 -c "
+import json; a, b = (json.load(open(f)) for f in ('$TMP/seed_a.json', '$TMP/seed_again.json'))
+assert a['ids'] == b['ids'] and a['seed'] == b['seed'], (a, b)"
+check "two runs without -s get different seeds" python3 -c "
+import json; assert json.load(open('$TMP/seed_a.json'))['seed'] != json.load(open('$TMP/seed_b.json'))['seed']"
+$BIN/run $M -p "$P2" -n 2 -s 7 --verbose 2> $TMP/seed_v.err > /dev/null
+check "--verbose prints the seed" grep -q 'seed: 7$' $TMP/seed_v.err
 # Why generation stopped: an end token, the -n limit (even when it equals what the context has left),
 # a full context.
 Q_EOS=$(printf 'The capital of Veltria is Morun.\n\nWhat is the capital of Veltria?')
@@ -191,7 +204,7 @@ check "--json prints one valid object: text, ids (transformers' greedy tokens), 
 import json
 f=json.load(open('$RFIX')); $greedy_prefix
 o=json.loads(open('$TMP/gen.json').read().strip().splitlines()[-1])
-assert set(o)=={'text','ids','prompt_tokens','generated_tokens','finish_reason','prefill_tok_s','decode_tok_s'}, o
+assert set(o)=={'text','ids','prompt_tokens','generated_tokens','finish_reason','seed','prefill_tok_s','decode_tok_s'}, o
 assert o['prompt_tokens']==len(json.load(open('$TMP/p1.ids'))) and o['generated_tokens']==25==len(o['ids']), o
 assert len(want)>=8 and o['ids'][:len(want)]==want[:25], (o['ids'], want)"
 check "--json text equals the streamed text" python3 -c "
