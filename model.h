@@ -546,6 +546,14 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
         c->v_head_dim > 4096 || c->hidden_dim <= 0 || c->hidden_dim > big || c->vocab_size <= 0 ||
         c->vocab_size > (1 << 24) || c->max_seq_len <= 0)
         return seterr(err, errlen, "impossible dimensions in the model config");
+    /* every field that can size a buffer is bounded, also where this model does not use it */
+    if (c->kv_lora_rank < 0 || c->kv_lora_rank > (1 << 16) || c->q_lora_rank < 0 || c->q_lora_rank > (1 << 16) ||
+        c->qk_nope_head_dim < 0 || c->qk_nope_head_dim > 4096 || c->qk_rope_head_dim < 0 || c->qk_rope_head_dim > 4096 ||
+        c->n_experts < 0 || c->n_experts > 4096 || c->n_experts_used < 0 || c->n_experts_used > 4096 ||
+        c->n_shared_experts < 0 || c->n_shared_experts > 64 || c->moe_hidden_dim < 0 || c->moe_hidden_dim > (1 << 20) ||
+        c->n_expert_groups < 0 || c->n_expert_groups > 4096 || c->topk_groups < 0 || c->topk_groups > 4096 ||
+        c->first_k_dense < 0 || c->moe_layer_freq < 0 || c->rope_orig_ctx < 0)
+        return seterr(err, errlen, "impossible latent-attention or expert dimensions in the model config");
     if (c->n_heads % c->n_kv_heads)
         return seterr(err, errlen, "n_heads (%d) is not a multiple of n_kv_heads (%d)", c->n_heads, c->n_kv_heads);
     if (c->rope_dim < 0 || c->rope_dim > c->head_dim || c->rope_dim % 2)
@@ -802,10 +810,11 @@ static int load_llama2c(Model *m, char *err, size_t errlen) {
         memcpy(hdr, base, sizeof hdr);
         version = 0;
         shared = hdr[5] > 0;
-        hdr[5] = hdr[5] < 0 ? -hdr[5] : hdr[5];
         pos = sizeof hdr;
     }
-    int64_t dim = hdr[0], hidden = hdr[1], n_layers = hdr[2], n_heads = hdr[3], n_kv = hdr[4], vocab = hdr[5], seq_len = hdr[6];
+    /* version 0: a negative vocabulary size marks a separate classifier (negated in 64 bits: INT32_MIN too) */
+    int64_t dim = hdr[0], hidden = hdr[1], n_layers = hdr[2], n_heads = hdr[3], n_kv = hdr[4], seq_len = hdr[6];
+    int64_t vocab = version == 0 && hdr[5] < 0 ? -(int64_t)hdr[5] : hdr[5];
     if (dim <= 0 || hidden <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv <= 0 || vocab <= 0 || seq_len <= 0 ||
         dim > (1 << 20) || hidden > (1 << 22) || n_layers > 4096 || n_heads > dim || n_kv > n_heads ||
         vocab > (1 << 24) || seq_len > (1 << 24) || dim % n_heads || n_heads % n_kv || (dim / n_heads) % 2)
@@ -1574,8 +1583,12 @@ void context_free(Context *c) {
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* context_new's allocations, counted so a program can report its memory. */
-static void *context_alloc(Context *c, size_t bytes) {
-    void *p = malloc(bytes);
+/* n * m elements of `each` bytes, NULL when out of memory or when the size
+   does not fit size_t (a 32-bit system with large dimensions). */
+static void *context_alloc(Context *c, size_t n, size_t m, size_t each) {
+    if ((m && n > SIZE_MAX / m) || (each && n * m > SIZE_MAX / each)) return NULL;
+    size_t bytes = n * m * each;
+    void *p = malloc(bytes ? bytes : 1);
     if (p) c->scratch_bytes += bytes;
     return p;
 }
@@ -1618,53 +1631,53 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
 #if defined(MODEL_BLIS)
     bli_thread_set_num_threads(1); /* each pool thread makes its own single-threaded calls */
 #endif
-    c->rope_cos = context_alloc(c, (size_t)ctx_len * (half ? half : 1) * sizeof(float));
-    c->rope_sin = context_alloc(c, (size_t)ctx_len * (half ? half : 1) * sizeof(float));
-    c->x = context_alloc(c, B * cfg->dim * sizeof(float));
-    c->xb = context_alloc(c, B * wide * sizeof(float));
-    c->xb2 = context_alloc(c, B * cfg->dim * sizeof(float));
-    c->q = context_alloc(c, B * q_dim * sizeof(float));
-    c->k = context_alloc(c, B * kv_in * sizeof(float));
-    c->v = context_alloc(c, B * cfg->n_kv_heads * cfg->v_head_dim * sizeof(float));
-    c->hb = context_alloc(c, B * ffn * sizeof(float));
-    c->hb2 = context_alloc(c, B * ffn * sizeof(float));
-    c->xq = context_alloc(c, B * ((size_t)wide / QK + 1) * sizeof(BlockQ8A));
-    c->xk = context_alloc(c, B * ((size_t)wide / QK_K + 1) * sizeof(BlockQ8K));
-    c->pos = context_alloc(c, B * sizeof(int));
-    c->tok_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
-    c->tok_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
+    c->rope_cos = context_alloc(c, (size_t)ctx_len, (half ? half : 1), sizeof(float));
+    c->rope_sin = context_alloc(c, (size_t)ctx_len, (half ? half : 1), sizeof(float));
+    c->x = context_alloc(c, B, cfg->dim, sizeof(float));
+    c->xb = context_alloc(c, B, wide, sizeof(float));
+    c->xb2 = context_alloc(c, B, cfg->dim, sizeof(float));
+    c->q = context_alloc(c, B, q_dim, sizeof(float));
+    c->k = context_alloc(c, B, kv_in, sizeof(float));
+    c->v = context_alloc(c, B, (size_t)cfg->n_kv_heads * cfg->v_head_dim, sizeof(float));
+    c->hb = context_alloc(c, B, ffn, sizeof(float));
+    c->hb2 = context_alloc(c, B, ffn, sizeof(float));
+    c->xq = context_alloc(c, B, ((size_t)wide / QK + 1), sizeof(BlockQ8A));
+    c->xk = context_alloc(c, B, ((size_t)wide / QK_K + 1), sizeof(BlockQ8K));
+    c->pos = context_alloc(c, B, 1, sizeof(int));
+    c->tok_cos = context_alloc(c, B, (half ? half : 1), sizeof(float));
+    c->tok_sin = context_alloc(c, B, (half ? half : 1), sizeof(float));
     int n_threads_real = c->pool ? c->pool->n_threads : 1;
     c->scores_stride = (size_t)(ATTN_TILE + 2) * (cfg->attn_kind == ATTN_MLA ? 1 : cfg->n_heads / cfg->n_kv_heads);
-    c->scores = context_alloc(c, (size_t)n_threads_real * c->scores_stride * sizeof(float));
+    c->scores = context_alloc(c, (size_t)n_threads_real, c->scores_stride, sizeof(float));
     int extra_ok = 1;
     if (cfg->attn_kind == ATTN_MLA) {
         size_t lat = (size_t)cfg->kv_lora_rank, widest = (size_t)max64(cfg->qk_nope_head_dim, cfg->kv_lora_rank);
-        if (cfg->q_lora_rank) extra_ok &= !!(c->qa = context_alloc(c, B * cfg->q_lora_rank * sizeof(float)));
-        extra_ok &= !!(c->mla_work = context_alloc(c, (size_t)n_threads_real * (2 * lat + cfg->qk_rope_head_dim) * sizeof(float)));
-        extra_ok &= !!(c->mla_q8 = context_alloc(c, (size_t)n_threads_real * activation_bytes(widest)));
-        size_t expanded = (size_t)ctx_len * cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
-        if (expanded * sizeof(float) <= ((size_t)1 << 29)) { /* up to 512 MiB; beyond, prefill stays absorbed */
-            extra_ok &= !!(c->mla_kv = context_alloc(c, expanded * sizeof(float)));
-            extra_ok &= !!(c->mla_lat = context_alloc(c, B * lat * sizeof(float)));
+        if (cfg->q_lora_rank) extra_ok &= !!(c->qa = context_alloc(c, B, cfg->q_lora_rank, sizeof(float)));
+        extra_ok &= !!(c->mla_work = context_alloc(c, (size_t)n_threads_real, (2 * lat + cfg->qk_rope_head_dim), sizeof(float)));
+        extra_ok &= !!(c->mla_q8 = context_alloc(c, (size_t)n_threads_real, 1, activation_bytes(widest)));
+        uint64_t expanded = (uint64_t)ctx_len * cfg->n_heads * (cfg->qk_nope_head_dim + cfg->v_head_dim);
+        if (expanded * sizeof(float) <= ((uint64_t)1 << 29)) { /* up to 512 MiB; beyond, prefill stays absorbed */
+            extra_ok &= !!(c->mla_kv = context_alloc(c, expanded, 1, sizeof(float)));
+            extra_ok &= !!(c->mla_lat = context_alloc(c, B, lat, sizeof(float)));
         }
     }
     if (cfg->ffn_kind == FFN_MOE) {
-        extra_ok &= !!(c->router_logits = context_alloc(c, B * cfg->n_experts * sizeof(float)));
-        extra_ok &= !!(c->route_w = context_alloc(c, B * cfg->n_experts_used * sizeof(float)));
-        extra_ok &= !!(c->route_id = context_alloc(c, B * cfg->n_experts_used * sizeof(int)));
-        extra_ok &= !!(c->moe_in = context_alloc(c, B * cfg->dim * sizeof(float)));
-        extra_ok &= !!(c->moe_out = context_alloc(c, B * cfg->dim * sizeof(float)));
-        extra_ok &= !!(c->moe_tokens = context_alloc(c, B * sizeof(int)));
+        extra_ok &= !!(c->router_logits = context_alloc(c, B, cfg->n_experts, sizeof(float)));
+        extra_ok &= !!(c->route_w = context_alloc(c, B, cfg->n_experts_used, sizeof(float)));
+        extra_ok &= !!(c->route_id = context_alloc(c, B, cfg->n_experts_used, sizeof(int)));
+        extra_ok &= !!(c->moe_in = context_alloc(c, B, cfg->dim, sizeof(float)));
+        extra_ok &= !!(c->moe_out = context_alloc(c, B, cfg->dim, sizeof(float)));
+        extra_ok &= !!(c->moe_tokens = context_alloc(c, B, 1, sizeof(int)));
     }
-    c->logits = context_alloc(c, (size_t)max_logits * cfg->vocab_size * sizeof(float));
-    c->feed_seqs = context_alloc(c, B * sizeof(Sequence *));
+    c->logits = context_alloc(c, (size_t)max_logits, cfg->vocab_size, sizeof(float));
+    c->feed_seqs = context_alloc(c, B, 1, sizeof(Sequence *));
     if (rectified(&pos)) {
-        c->q_far = context_alloc(c, B * q_dim * sizeof(float));
-        c->far_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
-        c->far_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
-        c->kfar_cos = context_alloc(c, B * (half ? half : 1) * sizeof(float));
-        c->kfar_sin = context_alloc(c, B * (half ? half : 1) * sizeof(float));
-        c->k_far_row = context_alloc(c, kv_far_width(cfg) * sizeof(float));
+        c->q_far = context_alloc(c, B, q_dim, sizeof(float));
+        c->far_cos = context_alloc(c, B, (half ? half : 1), sizeof(float));
+        c->far_sin = context_alloc(c, B, (half ? half : 1), sizeof(float));
+        c->kfar_cos = context_alloc(c, B, (half ? half : 1), sizeof(float));
+        c->kfar_sin = context_alloc(c, B, (half ? half : 1), sizeof(float));
+        c->k_far_row = context_alloc(c, kv_far_width(cfg), 1, sizeof(float));
         if (!c->q_far || !c->far_cos || !c->far_sin || !c->kfar_cos || !c->kfar_sin || !c->k_far_row) {
             context_free(c);
             seterr(err, errlen, "out of memory for the run state");

@@ -370,6 +370,11 @@ EMB=$(entry tok_embeddings); WQ=$(entry layers.0.attention.wq); SCORES=$(entry t
 corrupt 4 '\143'; expect_error_naming "version 99" "unsupported format version" $BIN/run $TMP/bad.bin -p hi
 corrupt 0 'XXXX'; expect_error_naming "magic" "wrong magic" $BIN/run $TMP/bad.bin -p hi
 corrupt 12 '\377\377\377\377'; expect_error "n_tensors far past the file" $BIN/run $TMP/bad.bin -p hi
+# Fields a dense model does not use are bounded too (they once sized the run's buffers): config field i
+# is at 32 + 4 i (docs/FORMAT.md).
+corrupt 156 '\377\377\377\177'; expect_error_naming "expert dimensions" "a dense model with n_shared_experts 2^31-1" $BIN/run $TMP/bad.bin -p hi
+corrupt 160 '\000\000\000\100'; expect_error_naming "expert dimensions" "a dense model with moe_hidden_dim 2^30" $BIN/run $TMP/bad.bin -p hi
+corrupt 136 '\377\377\377\177'; expect_error_naming "latent-attention" "a GQA model with qk_nope_head_dim 2^31-1" $BIN/run $TMP/bad.bin -p hi
 corrupt 28 '\001'; expect_error_naming "truncated or padded" "file_bytes not the file's size" $BIN/run $TMP/bad.bin -p hi
 corrupt 32 '\011'; expect_error_naming "architecture" "unknown architecture" $BIN/run $TMP/bad.bin -p hi
 corrupt 36 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
