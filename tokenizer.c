@@ -3500,7 +3500,22 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
+static Tokenizer *tokenizer_load_any(const char *path, int n_vocab, char *err, size_t errlen);
+
+/* Any format, for a model of n_vocab embeddings: a tokenizer with ids past
+   them would feed the model tokens it does not have. */
 Tokenizer *tokenizer_load(const char *path, int n_vocab, char *err, size_t errlen)
+{
+    Tokenizer *t = tokenizer_load_any(path, n_vocab, err, errlen);
+    if (t && n_vocab > 0 && tokenizer_n_vocab(t) > n_vocab) {
+        set_err(err, errlen, "%s: the tokenizer has %d tokens, more than the model's %d", path, tokenizer_n_vocab(t), n_vocab);
+        tokenizer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static Tokenizer *tokenizer_load_any(const char *path, int n_vocab, char *err, size_t errlen)
 {
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return tokenizer_load_hf(path, err, errlen);

@@ -146,7 +146,8 @@ size_t tokenizer_max_piece_bytes(const Tokenizer *t); /* the longest a decoded t
    tokenizer_load_spm: a SentencePiece tokenizer.model (BPE model type). */
 /* Any tokenizer file a user may hand over: a Hugging Face folder (or a file
    in one named tokenizer.json), a GGUF file, a SentencePiece .model, else a
-   llama2.c tokenizer.bin (which needs n_vocab; the others carry theirs). */
+   llama2.c tokenizer.bin (which needs n_vocab; the others carry theirs).
+   One with more tokens than n_vocab (the model's embeddings) is refused. */
 Tokenizer *tokenizer_load(const char *path, int n_vocab, char *err, size_t errlen);
 
 Tokenizer *tokenizer_load_gguf(const char *path, char *err, size_t errlen);

@@ -502,6 +502,13 @@ assert got==json.load(open('$FIX'))['greedy']['ids'], got"
     expect_error "truncated tokenizer.bin" $BIN/run $V0 -z $TMP/cut_tok.bin -p hi
     expect_error "llama2.c checkpoint without -z" $BIN/run $V0 -p hi
     expect_error "missing tokenizer file" $BIN/run $V0 -z $TMP/nope.bin -p hi
+    # A tokenizer with more tokens than the model's 512 embeddings, in every format -z takes
+    for z in $ASSETS/ggml-vocab/ggml-vocab-llama-spm.gguf tests/fixtures/hf/llama3_rope/tokenizer.model \
+             tests/fixtures/hf/llama3_rope/tokenizer.json tests/fixtures/hf/llama3_rope; do
+        expect_error_naming "more than the model's 512" "-z $(basename $z) (more tokens than the model)" $BIN/run $V0 -z $z -p hi
+    done
+    expect_error_naming "more than the model's 512" "export --tokenizer with more tokens than the model" \
+        $BIN/export $V0 $TMP/big_tok.bin --tokenizer tests/fixtures/hf/llama3_rope/tokenizer.model
     expect_error "export with a truncated tokenizer" $BIN/export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
     check "a failed export with a tokenizer leaves no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"
 fi
