@@ -49,7 +49,7 @@ static unsigned long long fresh_seed(void) {
         seed = (unsigned long long)ts.tv_sec * 1000000007ull ^ (unsigned long long)ts.tv_nsec ^ (unsigned long long)getpid() << 32;
     }
     if (f) fclose(f);
-    return seed >> 1 ? seed >> 1 : 1; /* positive as -s takes it (up to LONG_MAX), and nonzero */
+    return seed >> 1 ? seed >> 1 : 1; /* positive as -s takes it (up to LLONG_MAX), and nonzero */
 }
 
 static double now_seconds(void) {
@@ -144,11 +144,13 @@ static void usage(FILE *out, int status) {
     exit(status);
 }
 
-static long parse_int(const char *opt, const char *s, long lo, long hi) {
+/* 64 bits on every target: a seed shown by --json on a 64-bit machine must
+   be accepted by -s on a 32-bit one. */
+static long long parse_int(const char *opt, const char *s, long long lo, long long hi) {
     char *end;
     errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) die("invalid value '%s' for %s (an integer from %ld to %ld)", s, opt, lo, hi);
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) die("invalid value '%s' for %s (an integer from %lld to %lld)", s, opt, lo, hi);
     return v;
 }
 
@@ -267,7 +269,7 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "-t")) o.temperature = parse_float(a, VALUE(), 0, 100), gen_option = i - 1;
         else if (!strcmp(a, "--top-p")) o.top_p = parse_float(a, VALUE(), 0, 1), gen_option = i - 1;
         else if (!strcmp(a, "--top-k")) o.top_k = (int)parse_int(a, VALUE(), 0, INT_MAX), gen_option = i - 1;
-        else if (!strcmp(a, "-s")) o.seed = (unsigned long long)parse_int(a, VALUE(), 0, LONG_MAX), seed_given = 1, gen_option = i - 1;
+        else if (!strcmp(a, "-s")) o.seed = (unsigned long long)parse_int(a, VALUE(), 0, LLONG_MAX), seed_given = 1, gen_option = i - 1;
         else if (!strcmp(a, "-z")) o.tokenizer_path = VALUE();
         else if (!strcmp(a, "--threads")) o.threads = (int)parse_int(a, VALUE(), 1, 1024);
         else if (!strcmp(a, "--ctx")) o.ctx = (int)parse_int(a, VALUE(), 1, 1 << 24);
