@@ -24,6 +24,9 @@ LDLIBS += -lblis
 endif
 
 ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h unicode_tables.h
+# the fuzz targets in tests/fuzz (see Fuzzing below)
+FUZZ_TARGETS = model tokenizer encode json run export
+REPLAY_BINS = $(addprefix build/replay/fuzz_,$(FUZZ_TARGETS))
 
 all: run export
 
@@ -77,6 +80,36 @@ $(SAN)/test_%: tests/test_%.c tests/check.h $(ENGINE)
 sanitize: $(SAN_BINS)
 	@BIN=$(SAN) sh tests/run_tests.sh
 
+# Fuzzing (tests/fuzz/README.md). Each target is built twice: with clang's
+# libFuzzer, ASan and UBSan in build/fuzz (make fuzz runs every corpus for
+# FUZZ_TIME seconds), and with the normal compiler and a plain main in
+# build/replay (make test replays the seeds and the regression inputs).
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 30
+FUZZ_DEFS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DFUZZ_ROOT='"$(CURDIR)"' \
+    -DFUZZ_MODEL='"$(CURDIR)/tests/fuzz/seeds/model/tiny-q8_0.bin"'
+FUZZ_SRC = tests/fuzz/fuzz.c tests/fuzz/fuzz.h $(ENGINE) run.c export.c
+FUZZ_FLAGS = -O1 -g $(ARCH) -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer $(FUZZ_DEFS)
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC)
+	@mkdir -p build/fuzz/obj
+	$(FUZZ_CC) $(FUZZ_FLAGS) -c -o build/fuzz/obj/fuzz_$*.o tests/fuzz/fuzz.c
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c build/fuzz/obj/fuzz_$*.o -lm -lpthread
+build/replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_SRC)
+	@mkdir -p build/replay/obj
+	$(CC) $(CFLAGS) $(FUZZ_DEFS) -c -o build/replay/obj/fuzz_$*.o tests/fuzz/fuzz.c
+	$(CC) $(CFLAGS) $(FUZZ_DEFS) -c -o build/replay/obj/replay_$*.o tests/fuzz/replay.c
+	$(CC) $(CFLAGS) $(FUZZ_DEFS) -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c build/replay/obj/fuzz_$*.o \
+	    build/replay/obj/replay_$*.o $(LDLIBS)
+$(SAN)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_SRC)
+	@mkdir -p $(SAN)/obj
+	$(SAN_CC) $(FUZZ_DEFS) -c -o $(SAN)/obj/fuzz_$*.o tests/fuzz/fuzz.c
+	$(SAN_CC) $(FUZZ_DEFS) -c -o $(SAN)/obj/replay_$*.o tests/fuzz/replay.c
+	$(SAN_CC) $(FUZZ_DEFS) -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c $(SAN)/obj/fuzz_$*.o $(SAN)/obj/replay_$*.o $(LDLIBS)
+FUZZ_BINS = $(addprefix build/fuzz/fuzz_,$(FUZZ_TARGETS))
+fuzz-bins: $(FUZZ_BINS)
+fuzz: $(FUZZ_BINS)
+	@FUZZ_TIME=$(FUZZ_TIME) sh tests/fuzz/run.sh
+
 # Cross builds, statically linked, in build/cross/T (T = aarch64, armhf or
 # riscv64; Debian's gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf,
 # gcc-riscv64-linux-gnu). Beside each program, a script of its name runs it
@@ -127,4 +160,4 @@ clean:
 	rm -f run export $(EXAMPLES)
 	rm -rf tests/bin tests/tmp build
 
-.PHONY: all examples static test test-bins sanitize test-cross clean
+.PHONY: all examples static test test-bins sanitize test-cross fuzz fuzz-bins clean
