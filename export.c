@@ -39,8 +39,9 @@ static void die(const char *fmt, ...) {
 }
 
 /* --help: to stdout, status 0; a wrong command line: to stderr, status 1. */
-static void usage(FILE *out, int status) {
-    fprintf(out, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"
+/* --help: on standard output, status 0. A wrong command line is one error line instead. */
+static void usage(void) {
+    fprintf(stdout, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"
                     "  SRC: a llama2.c checkpoint (.bin, versions 0-2), a model file written by ./export, a GGUF file,\n"
                     "       or a Hugging Face model folder (Llama, Mistral, Qwen2, Qwen3, Qwen3-MoE, SmolLM3, DeepSeek-V2/V3;\n"
                     "       safetensors weights)\n"
@@ -48,7 +49,7 @@ static void usage(FILE *out, int status) {
                     "        the output and for attn_v and ffn_down on the layers llama.cpp's Q4_K_M gives more bits);\n"
                     "        a GGUF file keeps its own types unless --quant is given\n"
                     "  ./export --version   ./export --help\n");
-    exit(status);
+    exit(0);
 }
 
 static void *xcalloc(size_t n, size_t size) {
@@ -1078,8 +1079,9 @@ static int rope_rows(const ModelConfig *c, const char *name, int *rope_dim, int 
 
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "--version")) printf("export %s\n", ENGINE_VERSION), exit(0);
-    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) usage(stdout, 0);
-    if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-') usage(stderr, 1);
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) usage();
+    if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-')
+        die("usage: ./export SRC OUT [--quant TYPE] [--tokenizer FILE|none] (./export --help says more)");
     const char *src = argv[1], *out = argv[2], *tok_path = NULL;
     int quant = QUANT_KEEP;
     for (int i = 3; i < argc; i++) {

@@ -91,8 +91,9 @@ typedef struct {
 } Options;
 
 /* --help: to stdout, status 0; without arguments: to stderr, status 1. */
-static void usage(FILE *out, int status) {
-    fprintf(out,
+/* --help: on standard output, status 0. A wrong command line is one error line instead. */
+static void usage(void) {
+    fprintf(stdout,
             "usage: ./run [MODEL] [options]   (MODEL: default " DEFAULT_MODEL " beside ./run)\n"
             "  -p TEXT          prompt\n"
             "  -f FILE          read the prompt from FILE (- = stdin)\n"
@@ -141,7 +142,7 @@ static void usage(FILE *out, int status) {
             "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n"
             "  --version        print the version and exit\n"
             "  -h, --help       print this and exit\n");
-    exit(status);
+    exit(0);
 }
 
 /* 64 bits on every target: a seed shown by --json on a 64-bit machine must
@@ -256,7 +257,7 @@ static Options parse_options(int argc, char **argv) {
     o.threads = cores > 0 ? (int)cores : 1;
     o.seed = 0; /* none given: fresh_seed() below */
     int seed_given = 0;
-    if (argc < 2) usage(stderr, 1);
+    if (argc < 2) die("no model or options given (./run MODEL -p TEXT; ./run --help lists the options)");
     int first = argv[1][0] == '-' ? 1 : 2; /* options straight away: the default model */
     o.model_path = first == 2 ? argv[1] : NULL;
     for (int i = first; i < argc; i++) {
@@ -325,7 +326,7 @@ static Options parse_options(int argc, char **argv) {
         else if (!strcmp(a, "--nbce-chunk")) o.nbce_chunk = (int)parse_int(a, VALUE(), 1, 1 << 24), nbce_option = i - 1;
         else if (!strcmp(a, "--cache-dir")) o.cache_dir = VALUE(), nbce_option = i - 1;
         else if (!strcmp(a, "--mem")) o.mem = parse_size(a, VALUE()), nbce_option = i - 1;
-        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(stdout, 0);
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
         else if (!strcmp(a, "--version")) printf("run %s\n", ENGINE_VERSION), finish_output(), exit(0);
         else die("unknown option '%s' (./run --help lists them)", a);
 #undef VALUE

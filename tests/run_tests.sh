@@ -128,6 +128,10 @@ check "./run --version prints model.h's ENGINE_VERSION" sh -c \
     "$BIN/run --version | grep -qx \"run \$(sed -n 's/^#define ENGINE_VERSION \"\\(.*\\)\".*/\\1/p' model.h)\""
 check "./run --help prints the options on stdout, status 0" sh -c "$BIN/run --help 2>/dev/null | grep -q -- '--ppl-chunks'"
 check "./export --help prints its usage on stdout, status 0" sh -c "$BIN/export --help 2>/dev/null | grep -q -- '--quant'"
+# called wrongly, each program says so in one line (the usage is --help's)
+expect_error "./run with no arguments" $BIN/run
+expect_error "./export with one argument" $BIN/export $M
+expect_error "./export with an option where OUT goes" $BIN/export $M --quant q8_0
 expect_error_naming "--ppl" "--tokenize with --ppl" $BIN/run $M -p hi --tokenize --ppl
 expect_error_naming "-n applies to generation" "--ppl with -n" $BIN/run $M -p hi --ppl -n 5
 expect_error_naming "-t applies to generation" "--tokenize with -t" $BIN/run $M -p hi --tokenize -t 0
