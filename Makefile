@@ -100,11 +100,6 @@ build/replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_SRC)
 	$(CC) $(CFLAGS) $(FUZZ_DEFS) -c -o build/replay/obj/replay_$*.o tests/fuzz/replay.c
 	$(CC) $(CFLAGS) $(FUZZ_DEFS) -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c build/replay/obj/fuzz_$*.o \
 	    build/replay/obj/replay_$*.o $(LDLIBS)
-$(SAN)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_SRC)
-	@mkdir -p $(SAN)/obj
-	$(SAN_CC) $(FUZZ_DEFS) -c -o $(SAN)/obj/fuzz_$*.o tests/fuzz/fuzz.c
-	$(SAN_CC) $(FUZZ_DEFS) -c -o $(SAN)/obj/replay_$*.o tests/fuzz/replay.c
-	$(SAN_CC) $(FUZZ_DEFS) -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c $(SAN)/obj/fuzz_$*.o $(SAN)/obj/replay_$*.o $(LDLIBS)
 FUZZ_BINS = $(addprefix build/fuzz/fuzz_,$(FUZZ_TARGETS))
 fuzz-bins: $(FUZZ_BINS)
 fuzz: $(FUZZ_BINS)
