@@ -23,7 +23,7 @@ CFLAGS += -DMODEL_BLIS
 LDLIBS += -lblis
 endif
 
-ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h unicode_tables.h
+ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h message.h unicode_tables.h
 # the fuzz targets in tests/fuzz (see Fuzzing below)
 FUZZ_TARGETS = model tokenizer encode json run export
 REPLAY_BINS = $(addprefix build/replay/fuzz_,$(FUZZ_TARGETS))
@@ -58,7 +58,7 @@ static: run.c export.c $(ENGINE)
 TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model
 
 # everything make test runs (make -j2 test-bins builds it two at a time)
-test-bins: all $(TEST_BINS) $(EXAMPLES)
+test-bins: all $(TEST_BINS) $(EXAMPLES) $(REPLAY_BINS)
 
 test: test-bins
 	@sh tests/run_tests.sh
@@ -67,7 +67,8 @@ test: test-bins
 SAN = build/sanitize
 SANFLAGS = -O1 -g $(ARCH) -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 SAN_CC = $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64
-SAN_BINS = $(addprefix $(SAN)/,run export generate nbce_qa test_kernels test_json test_tokenizer test_model)
+SAN_BINS = $(addprefix $(SAN)/,run export generate nbce_qa test_kernels test_json test_tokenizer test_model) \
+    $(addprefix $(SAN)/fuzz_,$(FUZZ_TARGETS))
 $(SAN)/run $(SAN)/export: $(SAN)/%: %.c $(ENGINE)
 	@mkdir -p $(SAN)
 	$(SAN_CC) -o $@ $< tokenizer.c $(LDLIBS)
@@ -80,30 +81,45 @@ $(SAN)/test_%: tests/test_%.c tests/check.h $(ENGINE)
 sanitize: $(SAN_BINS)
 	@BIN=$(SAN) sh tests/run_tests.sh
 
-# Fuzzing (tests/fuzz/README.md). Each target is built twice: with clang's
-# libFuzzer, ASan and UBSan in build/fuzz (make fuzz runs every corpus for
-# FUZZ_TIME seconds), and with the normal compiler and a plain main in
-# build/replay (make test replays the seeds and the regression inputs).
+# Fuzzing (tests/fuzz/README.md). Each target is built three times: with
+# clang's libFuzzer, ASan and UBSan in build/fuzz (make fuzz runs every
+# corpus for FUZZ_TIME seconds); with the normal compiler and a plain main in
+# build/replay (make test replays the seeds and the regression inputs); and
+# so again with ASan and UBSan in build/sanitize (make sanitize).
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 30
 FUZZ_DEFS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DFUZZ_ROOT='"$(CURDIR)"' \
     -DFUZZ_MODEL='"$(CURDIR)/tests/fuzz/seeds/model/tiny-q8_0.bin"'
 FUZZ_SRC = tests/fuzz/fuzz.c tests/fuzz/fuzz.h $(ENGINE) run.c export.c
 FUZZ_FLAGS = -O1 -g $(ARCH) -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer $(FUZZ_DEFS)
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC)
-	@mkdir -p build/fuzz/obj
-	$(FUZZ_CC) $(FUZZ_FLAGS) -c -o build/fuzz/obj/fuzz_$*.o tests/fuzz/fuzz.c
-	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c build/fuzz/obj/fuzz_$*.o -lm -lpthread
-build/replay/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_SRC)
-	@mkdir -p build/replay/obj
-	$(CC) $(CFLAGS) $(FUZZ_DEFS) -c -o build/replay/obj/fuzz_$*.o tests/fuzz/fuzz.c
-	$(CC) $(CFLAGS) $(FUZZ_DEFS) -c -o build/replay/obj/replay_$*.o tests/fuzz/replay.c
-	$(CC) $(CFLAGS) $(FUZZ_DEFS) -include tests/fuzz/fuzz.h -o $@ $< tokenizer.c build/replay/obj/fuzz_$*.o \
-	    build/replay/obj/replay_$*.o $(LDLIBS)
+# the compiler of each build directory
+build/fuzz/%: FUZZ_COMPILE = $(FUZZ_CC) $(FUZZ_FLAGS)
+build/replay/%: FUZZ_COMPILE = $(CC) $(CFLAGS) $(FUZZ_DEFS)
+$(SAN)/%: FUZZ_COMPILE = $(SAN_CC) $(FUZZ_DEFS)
+# what every target of a directory shares, compiled once: the harness, the
+# tokenizer (through the harness's allocator) and replay.c's main
+%/obj/fuzz.o: tests/fuzz/fuzz.c tests/fuzz/fuzz.h
+	@mkdir -p $(@D)
+	$(FUZZ_COMPILE) -c -o $@ $<
+%/obj/tokenizer.o: tokenizer.c tests/fuzz/fuzz.h $(ENGINE)
+	@mkdir -p $(@D)
+	$(FUZZ_COMPILE) -include tests/fuzz/fuzz.h -c -o $@ $<
+%/obj/replay.o: tests/fuzz/replay.c
+	@mkdir -p $(@D)
+	$(FUZZ_COMPILE) -c -o $@ $<
+.SECONDARY: $(foreach d,build/fuzz build/replay $(SAN),$(addprefix $(d)/obj/,fuzz.o tokenizer.o replay.o))
+FUZZ_LINK = $(FUZZ_COMPILE) -include tests/fuzz/fuzz.h -o $@ $< $(filter %.o,$^) $(LDLIBS)
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC) build/fuzz/obj/fuzz.o build/fuzz/obj/tokenizer.o
+	$(FUZZ_LINK) -fsanitize=fuzzer
+build/replay/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC) $(addprefix build/replay/obj/,fuzz.o tokenizer.o replay.o)
+	$(FUZZ_LINK)
+# make sanitize replays them under ASan and UBSan too
+$(SAN)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC) $(addprefix $(SAN)/obj/,fuzz.o tokenizer.o replay.o)
+	$(FUZZ_LINK)
 FUZZ_BINS = $(addprefix build/fuzz/fuzz_,$(FUZZ_TARGETS))
 fuzz-bins: $(FUZZ_BINS)
 fuzz: $(FUZZ_BINS)
-	@FUZZ_TIME=$(FUZZ_TIME) sh tests/fuzz/run.sh
+	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$(FUZZ_JOBS) FUZZ_WORKERS=$(FUZZ_WORKERS) FUZZ_CORPORA="$(FUZZ_CORPORA)" sh tests/fuzz/run.sh
 
 # Cross builds, statically linked, in build/cross/T (T = aarch64, armhf or
 # riscv64; Debian's gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf,

@@ -19,6 +19,7 @@
 #include "model.h"
 
 #include "json.h"
+#include "message.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -30,12 +31,18 @@ static char temp_path[4096]; /* removed by die() if the export fails midway */
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    message_print(stderr, "error: ", fmt, ap);
     va_end(ap);
     if (temp_path[0]) unlink(temp_path);
     exit(1);
+}
+
+/* Something the converter ignored or chose for the user: one line on stderr. */
+static void note(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    message_print(stderr, "note: ", fmt, ap);
+    va_end(ap);
 }
 
 /* --help: to stdout, status 0; a wrong command line: to stderr, status 1. */
@@ -620,8 +627,8 @@ static int read_deepseek(const char *file, const JsonValue *root, const HfArch *
                 die("%s: topk_method '%s' is not supported (%s: greedy or group_limited_greedy)", file, method, arch->name);
             }
             if (norm)
-                fprintf(stderr, "note: %s: norm_topk_prob is ignored, as transformers' DeepseekV2 router ignores it (the "
-                                "chosen weights are not renormalised)\n", file);
+                note("%s: norm_topk_prob is ignored, as transformers' DeepseekV2 router ignores it (the "
+                     "chosen weights are not renormalised)", file);
         }
         if (c->n_expert_groups) {
             if (c->n_expert_groups < 0 || c->n_experts % c->n_expert_groups)
@@ -783,15 +790,14 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
     if (arch->nope_layers) ck->layer_pos = read_layer_pos(file, root, c->n_layers);
     int window = read_sliding_window(file, root, arch, c->n_layers, ck->layer_pos);
     if (window > 0 && window < c->max_seq_len) {
-        fprintf(stderr,
-                "note: the model uses a sliding attention window of %d tokens; the engine attends to the whole "
-                "context, which is exact up to %d tokens: the default context is set to %d (max_position_embeddings "
-                "is %d)\n", window, window, window, c->max_seq_len);
+        note("the model uses a sliding attention window of %d tokens; the engine attends to the whole "
+             "context, which is exact up to %d tokens: the default context is set to %d (max_position_embeddings "
+             "is %d)", window, window, window, c->max_seq_len);
         c->max_seq_len = window;
     }
     for (size_t i = 0; i < root->len; i++)
         if (!hf_known_key(root->items[i].key, arch))
-            fprintf(stderr, "note: %s: key '%s' is not known to the converter; ignored\n", file, root->items[i].key);
+            note("%s: key '%s' is not known to the converter; ignored", file, root->items[i].key);
     json_free(&doc);
     char err[256];
     if (check_config(c, err, sizeof err)) die("%s: %s", file, err);
@@ -842,7 +848,7 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
     if (!c->tied_embeddings) MATRIX("output", "lm_head.weight", c->vocab_size, c->dim);
     else if (lm_head) { /* transformers ties it to the embedding whatever the file holds */
         lm_head->used = 1;
-        fprintf(stderr, "note: lm_head.weight ignored: tie_word_embeddings is true, so the classifier is the embedding\n");
+        note("lm_head.weight ignored: tie_word_embeddings is true, so the classifier is the embedding");
     }
     for (int l = 0; l < c->n_layers; l++) {
 #define HF(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
@@ -942,8 +948,8 @@ static void hf_load(Model *m, HfCheckpoint *ck, const char *dir) {
             }
         }
         if (n_skipped)
-            fprintf(stderr, "note: %d tensors of the %d multi-token-prediction layer(s) (model.layers.%d and up) ignored: "
-                            "the engine predicts one token at a time\n", n_skipped, n_mtp, c->n_layers);
+            note("%d tensors of the %d multi-token-prediction layer(s) (model.layers.%d and up) ignored: "
+                 "the engine predicts one token at a time", n_skipped, n_mtp, c->n_layers);
     }
     for (int i = 0; i < ck->n_tensors; i++)
         if (!ck->tensors[i].used)
@@ -1119,7 +1125,7 @@ int main(int argc, char **argv) {
        rows for 151665 tokens), and the padding rows are never produced. */
     if (tok && tokenizer_n_vocab(tok) > m.cfg.vocab_size)
         die("the tokenizer has %d tokens but the model's vocabulary is only %d", tokenizer_n_vocab(tok), m.cfg.vocab_size);
-    if (!tok) fprintf(stderr, "note: no tokenizer %s; ./run will need -z for this model\n", no_tokenizer ? "(--tokenizer none)" : "given (--tokenizer)");
+    if (!tok) note("no tokenizer %s; ./run will need -z for this model", no_tokenizer ? "(--tokenizer none)" : "given (--tokenizer)");
 
     /* Create the output first, so an unwritable destination fails before any work. */
     if (snprintf(temp_path, sizeof temp_path, "%s.tmp.XXXXXX", out) >= (int)sizeof temp_path) die("output path too long");
@@ -1159,8 +1165,8 @@ int main(int argc, char **argv) {
         if (is_hf && hf.rotate_half) o->rope_head_dim = rope_rows(&m.cfg, t->name, &o->rope_dim, &o->rope_offset);
     }
     if (n_fallback)
-        fprintf(stderr, "note: %d matrices have rows that are not a multiple of %s's %d (e.g. %s): stored as %s\n", n_fallback,
-                type_name(fallback_from), type_block(fallback_from), fallback_example, type_name(fallback_to));
+        note("%d matrices have rows that are not a multiple of %s's %d (e.g. %s): stored as %s", n_fallback,
+             type_name(fallback_from), type_block(fallback_from), fallback_example, type_name(fallback_to));
     TokenizerConfig tc = {0};
     TokenizerArray tok_arrays[TOKENIZER_MAX_ARRAYS];
     if (tok) {

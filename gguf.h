@@ -105,6 +105,7 @@ size_t ggml_block_bytes(uint32_t type);
 
 #if defined(GGUF_IMPLEMENTATION) && !defined(GGUF_IMPLEMENTED)
 #define GGUF_IMPLEMENTED
+#include "message.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,7 +161,7 @@ static int gguf_fail(GgufCursor *c, const char *fmt, ...) {
     if (!c->failed && c->errlen) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(c->err, c->errlen, fmt, ap);
+        message_format(c->err, c->errlen, fmt, ap);
         va_end(ap);
     }
     c->failed = 1;

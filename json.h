@@ -69,6 +69,7 @@ const char *json_string(const JsonValue *v); /* NULL when not a string */
 #if defined(JSON_IMPLEMENTATION) && !defined(JSON_IMPLEMENTATION_DONE)
 #define JSON_IMPLEMENTATION_DONE
 
+#include "message.h"
 #include <float.h>
 #include <limits.h>
 #include <locale.h>
@@ -136,7 +137,7 @@ static void json_error(JsonParser *P, const char *at, const char *fmt, ...)
     if (n < 0 || (size_t)n >= P->errlen) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(P->err + n, P->errlen - (size_t)n, fmt, ap);
+    message_format(P->err + n, P->errlen - (size_t)n, fmt, ap);
     va_end(ap);
 }
 

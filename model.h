@@ -415,6 +415,7 @@ int sampler_sample(Sampler *s, const float *logits);
  */
 #ifdef MODEL_IMPLEMENTATION
 
+#include "message.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -431,7 +432,7 @@ static int seterr(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
+        message_format(err, errlen, fmt, ap);
         va_end(ap);
     }
     return -1;

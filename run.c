@@ -9,6 +9,7 @@
 #define MODEL_IMPLEMENTATION
 #include "model.h"
 #include "json.h" /* --chat-history; the implementation is compiled in tokenizer.c */
+#include "message.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -24,11 +25,17 @@
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    message_print(stderr, "error: ", fmt, ap);
     va_end(ap);
     exit(1);
+}
+
+/* Something skipped or ignored: one line on stderr, and the run goes on. */
+static void warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    message_print(stderr, "warning: ", fmt, ap);
+    va_end(ap);
 }
 
 /* Output that could not be written (a full disk, a closed file) is an
@@ -1056,7 +1063,7 @@ static void chat_format_init(ChatFormat *f, const Tokenizer *t, const char *name
     }
     f->eot_id = f->eot[0] ? tokenizer_find(t, f->eot) : -1;
     if (f->eot[0] && f->eot_id < 0)
-        fprintf(stderr, "warning: the vocabulary has no '%s' token: answers end only at end-of-sequence\n", f->eot);
+        warn("the vocabulary has no '%s' token: answers end only at end-of-sequence", f->eot);
     free(tpl);
 }
 
@@ -1429,9 +1436,9 @@ static void collect_files(const char *root, const char *rel, PathList *list, int
         struct stat st, lst;
         if (!r) die("out of memory");
         if (stat(full, &st)) {
-            fprintf(stderr, "warning: skipping '%s': %s\n", r, strerror(errno));
+            warn("skipping '%s': %s", r, strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
-            if (!lstat(full, &lst) && S_ISLNK(lst.st_mode)) fprintf(stderr, "warning: not entering the linked folder '%s'\n", r);
+            if (!lstat(full, &lst) && S_ISLNK(lst.st_mode)) warn("not entering the linked folder '%s'", r);
             else if (depth >= 64) die("document folder '%s' is nested more than 64 deep", full);
             else collect_files(root, r, list, depth + 1);
         } else if (S_ISREG(st.st_mode)) {
@@ -1467,7 +1474,7 @@ static int load_document(const char *root, char *rel, Document *doc) {
         i += l;
     }
     if (len && bad * 10 > len) { /* more than one byte in ten is not UTF-8 */
-        fprintf(stderr, "warning: skipping '%s': not a text file\n", rel);
+        warn("skipping '%s': not a text file", rel);
         free(raw);
         return 0;
     }
@@ -1482,7 +1489,7 @@ static int load_document(const char *root, char *rel, Document *doc) {
     free(raw);
     while (w > text && is_space(w[-1])) w--;
     if (w == text) {
-        fprintf(stderr, "warning: skipping '%s': empty\n", rel);
+        warn("skipping '%s': empty", rel);
         free(text);
         return 0;
     }
@@ -1738,7 +1745,7 @@ static int kv_file_load(Engine *e, Row *row, const char *dir, uint64_t digest) {
     ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 0);
     fclose(f);
     if (!ok) {
-        fprintf(stderr, "warning: ignoring the KV cache file '%s': it does not match this row or is damaged\n", path);
+        warn("ignoring the KV cache file '%s': it does not match this row or is damaged", path);
         row->seq.n_past = 0;
         return 0;
     }
@@ -1763,7 +1770,7 @@ static void kv_file_save(Engine *e, Row *row, const char *dir, uint64_t digest) 
     ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 1);
     if (f && fclose(f)) ok = 0;
     if (!ok || rename(tmp, path)) {
-        fprintf(stderr, "warning: cannot write the KV cache file '%s': %s\n", path, strerror(errno));
+        warn("cannot write the KV cache file '%s': %s", path, strerror(errno));
         remove(tmp);
     }
 }
@@ -2061,8 +2068,8 @@ static void run_nbce(Engine *e, const Options *o) {
             rf.chat = 1;
             chat_format_init(&rf.format, e->tokenizer, o->chat_template);
         } else if (tpl && len) {
-            fprintf(stderr, "warning: the model's chat template is not a known family; NBCE rows use the plain template "
-                    "(--chat-template NAME chooses a format)\n");
+            warn("the model's chat template is not a known family; NBCE rows use the plain template "
+                 "(--chat-template NAME chooses a format)");
         }
     } else if (o->chat_template) {
         die("--chat-template applies to NBCE rows in the model's chat format, not with --template");
@@ -2127,7 +2134,7 @@ int main(int argc, char **argv) {
            near or above that runs from the mapped file as it is */
         double half = available_memory() / 2;
         if (model_repack(&e.model, half < (double)SIZE_MAX ? (size_t)half : SIZE_MAX) < 0)
-            fprintf(stderr, "warning: no memory to copy the matrices into the faster layout; using them as stored\n");
+            warn("no memory to copy the matrices into the faster layout; using them as stored");
     }
     e.tokenizer = e.model.tokenizer;
     if (o.tokenizer_path) {

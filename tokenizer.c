@@ -32,6 +32,7 @@
 #include "gguf.h"
 
 #include "tokenizer.h"
+#include "message.h"
 #include "unicode_tables.h"
 
 #include <errno.h>
@@ -106,7 +107,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     if (err == NULL || errlen == 0) return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
+    message_format(err, errlen, fmt, ap);
     va_end(ap);
 }
 

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from harness import BIN, TMP, check, export, finish, have, run
+from harness import BIN, TMP, check, export, finish, have, one_error_line, run
 
 HF = "tests/fixtures/hf"
 ASSETS = os.environ.get("ASSETS", "../shared/assets")
@@ -53,11 +53,6 @@ def chat_tokenize(model, messages, *extra):
     args += ["-p", messages[-1]["content"]]
     rc, out, err = run(*args)
     return ids_of(rc, out), err
-
-
-def one_error_line(rc, err):
-    lines = err.strip().split("\n")
-    return rc == 1 and len(lines) == 1 and lines[0].startswith("error: ")
 
 
 # ---------------------------------------------------------------------------
@@ -286,6 +281,8 @@ errors = [
     ("missing history file", [models["qwen2"], "--chat", "--chat-history", os.path.join(TMP, "nope.json"), "-p", "hi"], "nope.json"),
     ("message without content", [models["qwen2"], "--chat", "--chat-history", history_file([{"role": "user"}], "h3.json"), "-p", "hi"], "content"),
     ("unknown role", [models["qwen2"], "--chat", "--chat-history", history_file([{"role": "tool", "content": "x"}], "h4.json"), "-p", "hi"], "tool"),
+    ("a role with a newline and an escape sequence", [models["qwen2"], "--chat", "--chat-history",
+     history_file([{"role": "us\ner\u001b[2J", "content": "x"}], "h4b.json"), "-p", "hi"], "us\\ner\\x1b[2J"),
     ("assistant first", [models["qwen2"], "--chat", "--chat-history", history_file([{"role": "assistant", "content": "x"}], "h5.json"), "-p", "hi"], "role"),
     ("two user messages in a row", [models["qwen2"], "--chat", "--chat-history", history_file([{"role": "user", "content": "x"}], "h6.json"), "-p", "hi", "-n", "1"], "role"),
     ("system message late", [models["qwen2"], "--chat", "--chat-history", history_file([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "h7.json"), "-p", "hi"], "system"),

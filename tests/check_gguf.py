@@ -24,7 +24,7 @@ import struct
 import subprocess
 import sys
 
-from harness import BIN, TMP, check, finish, run
+from harness import BIN, TMP, check, finish, one_error_line, run
 
 MODEL = sys.argv[3] if len(sys.argv) > 3 else "models/reader.bin"
 work = os.path.join(TMP, "gguf")
@@ -163,8 +163,7 @@ check(p.returncode == 0 and open(out, "rb").read() == raw,
 
 def expect_error(path, what, word=None):
     rc, out, err = run(path, "-p", "hi", "-n", "1")
-    lines = err.strip().splitlines()
-    ok = rc == 1 and len(lines) == 1 and lines[0].startswith("error: ") and (word is None or word in lines[0])
+    ok = one_error_line(rc, err, *([word] if word else []))
     check(ok, f"{what}: one error line{' naming ' + repr(word) if word else ''} ({err.strip()[:200]})")
 
 
@@ -198,6 +197,8 @@ data, _ = gguf(extra_kv=[kv_entry("tokenizer.ggml.merges", ARRAY, struct.pack("<
 expect_error(write("bad.gguf", data), "an array of 2^40 strings", "longer than the file")
 data, _ = gguf(arch_name="gpt-neox")
 expect_error(write("bad.gguf", data), "an unsupported architecture", "gpt-neox")
+data, _ = gguf(arch_name="gpt\nneox\x1b[2J")
+expect_error(write("bad.gguf", data), "an architecture name with a newline and an escape sequence", "gpt\\nneox\\x1b[2J")
 u32 = lambda key, v: kv_entry(key, U32, struct.pack("<I", v))  # noqa: E731
 data, _ = gguf(arch_name="deepseek2")
 expect_error(write("bad.gguf", data), "deepseek2 without attention.kv_lora_rank", "kv_lora_rank")

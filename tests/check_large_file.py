@@ -19,7 +19,7 @@ import shutil
 import struct
 import sys
 
-from harness import BIN, TMP, check, finish, run
+from harness import BIN, TMP, check, finish, one_error_line, run
 
 MODEL = sys.argv[3] if len(sys.argv) > 3 else "models/reader.bin"
 GREEDY = json.load(open("tests/fixtures/reader_oracle.json", encoding="utf-8"))["greedy"][0]
@@ -118,7 +118,7 @@ def llama2c_v2(dst):
 def expect_refusal(path, name, *must):
     rc, out, err = run(path, "-t", "0", "-n", "8")
     lines = err.splitlines()
-    ok = rc == 1 and len(lines) == 1 and lines[0].startswith("error: ") and all(m in lines[0] for m in must)
+    ok = one_error_line(rc, err, *must)
     check(ok, f"{name}: status 1, one line: {lines[0] if len(lines) == 1 else err.strip()[:300]!r}"
               + ("" if ok else f" (status {rc}, {len(lines)} lines)"))
 

@@ -41,6 +41,15 @@ def run(*args, stdin=subprocess.DEVNULL):
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
+def one_error_line(rc, err, *words):
+    """What every refusal must look like: status 1 and exactly one line on
+    stderr, "error: ..." naming each of words, with no control character in
+    it (content quoted from a file or a command line comes escaped)."""
+    lines = err.strip().splitlines()
+    return (rc == 1 and len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words)
+            and not any(ord(ch) < 32 or ord(ch) == 127 for ch in lines[0]))
+
+
 def export(folder, out, quant="f32", *extra):
     """./export folder out --quant quant: (whether out was written, stderr)."""
     p = subprocess.run([os.path.join(BIN, "export"), folder, out, "--quant", quant, *extra], capture_output=True)

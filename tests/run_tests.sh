@@ -81,7 +81,9 @@ expect_error() {
     "$@" > $TMP/err.out 2> $TMP/err.txt
     status=$?
     lines=$(wc -l < $TMP/err.txt)
-    if [ $status -eq 1 ] && [ "$lines" -eq 1 ] && grep -q '^error: ' $TMP/err.txt; then
+    # content quoted from a file or an argument comes escaped: no control character but the newline
+    if [ $status -eq 1 ] && [ "$lines" -eq 1 ] && grep -q '^error: ' $TMP/err.txt &&
+       ! tr -d '\n' < $TMP/err.txt | LC_ALL=C grep -q '[[:cntrl:]]'; then
         pass "$_check_name: $(cat $TMP/err.txt)"
     else
         fail "$_check_name (status $status, $lines lines on stderr: $(head -c 300 $TMP/err.txt))"
@@ -388,6 +390,16 @@ corrupt 288 '\007'; expect_error_naming "tokenizer kind" "unknown tokenizer kind
 corrupt 292 '\210\023\000\000'; expect_error_naming "5000" "a tokenizer of 5000 pieces for 4096 embeddings" $BIN/run $TMP/bad.bin -p hi
 corrupt 300 '\210\023\000\000'; expect_error_naming "eos" "eos id out of range" $BIN/run $TMP/bad.bin -p hi
 corrupt $((EMB + 48)) '\115\000\000\000'; expect_error_naming "type 77" "unknown tensor type" $BIN/run $TMP/bad.bin -p hi
+# a tensor name with a newline and an escape sequence, quoted by that error: one escaped line
+corrupt $EMB 'e\n\033[2J\000'; printf '\115' | dd of=$TMP/bad.bin bs=1 seek=$((EMB + 48)) conv=notrunc 2>/dev/null
+expect_error_naming "'e\\n\\x1b[2J' has unknown type 77" "a tensor name with control characters" $BIN/run $TMP/bad.bin -p hi
+# a tokenizer.json whose pre-tokenizer regex (quoted by its error) holds a newline and an escape sequence
+mkdir -p $TMP/badregex
+python3 -c "
+import json; j=json.load(open('tests/fixtures/hf/tokenizers/bpe/tokenizer.json'))
+j['pre_tokenizer']['pretokenizers'][0]['pattern']['Regex']='a\n\x1b[2J(b'
+json.dump(j, open('$TMP/badregex/tokenizer.json', 'w'))"
+expect_error_naming '"a\n\x1b[2J(b"' "a pre-tokenizer regex with control characters" $BIN/run $M -z $TMP/badregex/tokenizer.json -p hi
 corrupt $((EMB + 88)) '\001'; expect_error_naming "aligned" "misaligned tensor offset" $BIN/run $TMP/bad.bin -p hi
 corrupt $((EMB + 56)) '\377'; expect_error_naming "shape" "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
 corrupt $((SCORES + 88)) '\000\000\000\001'; expect_error "tensor data past the end of the file" $BIN/run $TMP/bad.bin -p hi
@@ -402,6 +414,11 @@ expect_error "-t negative" $BIN/run $M -t -1
 expect_error "--ctx 0" $BIN/run $M --ctx 0
 expect_error "--ppl with --ctx 1" $BIN/run $M --ppl -p "$P1" --ctx 1
 expect_error "unknown option" $BIN/run $M --frobnicate
+# quoted arguments with a newline, a carriage return and an escape sequence in them stay on one escaped line
+expect_error_naming '--frob\nni\rcate\x1b[2J' "an unknown option with control characters" \
+    $BIN/run $M "$(printf -- '--frob\nni\rcate\033[2J')"
+expect_error_naming 'no\nsuch\x1b[2J.bin' "a missing model whose name has control characters" \
+    $BIN/run "$(printf 'no\nsuch\033[2J.bin')" -p hi
 expect_error "option without its value" $BIN/run $M -p
 expect_error "-p and -f together" $BIN/run $M -p hi -f $TMP/prompt.txt
 expect_error "missing prompt file" $BIN/run $M -f $TMP/nope.txt
@@ -515,6 +532,27 @@ assert got==json.load(open('$FIX'))['greedy']['ids'], got"
         $BIN/export $V0 $TMP/big_tok.bin --tokenizer tests/fixtures/hf/llama3_rope/tokenizer.model
     expect_error "export with a truncated tokenizer" $BIN/export $V0 $TMP/y.bin --tokenizer $TMP/cut_tok.bin
     check "a failed export with a tokenizer leaves no output and no temporary files" sh -c "! ls $TMP/y.bin* >/dev/null 2>&1"
+fi
+
+# The fuzz targets (tests/fuzz) replayed on their seeds and on every input
+# that once broke a promise: no crash, no sanitizer report (under make
+# sanitize), and on failure exactly one error line.
+REPLAYBIN=
+[ "$BIN" = . ] && REPLAYBIN=build/replay
+[ "$BIN" = build/sanitize ] && REPLAYBIN=build/sanitize
+if [ -z "$REPLAYBIN" ]; then
+    echo "SKIP fuzz replays: not built for $BIN"
+else
+    echo "== fuzz replays"
+    for pair in model:model llama2c:model gguf:model tokenizer:tokenizer encode:encode json:json \
+                run:run chat:run nbce:run export:export; do
+        corpus=${pair%%:*} target=${pair#*:}
+        check "fuzz_$target replays the $corpus seeds" sh -c "$REPLAYBIN/fuzz_$target tests/fuzz/seeds/$corpus > $TMP/replay.log 2>&1 || { tail -n 3 $TMP/replay.log; exit 1; }"
+    done
+    for dir in tests/fuzz/regressions/*/; do
+        target=$(basename $dir)
+        check "fuzz_$target replays its regressions ($(ls $dir | wc -l) inputs)" sh -c "$REPLAYBIN/fuzz_$target $dir > $TMP/replay.log 2>&1 || { tail -n 3 $TMP/replay.log; exit 1; }"
+    done
 fi
 
 echo "$passed passed, $failed failed"
