@@ -24,6 +24,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -339,6 +340,9 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             try:
+                # As a shell does for a job in the foreground: SIGINT as the default, even where the tests run
+                # with it ignored (in the background, without job control), which ./run would respect.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execv(os.path.join(BIN, "run"), [os.path.join(BIN, "run"), *args])
             finally:
                 os._exit(127)
@@ -525,5 +529,22 @@ if have([READER], "terminal checks with the shipped model"):
     status = term.end()
     check(ok and status == 0, f"terminal chat --json: Ctrl-C gives \"finish_reason\": \"interrupted\" (status {status})"
           + ("" if ok else f": {term.text()[-300:]!r}"))
+
+    # Anywhere else Ctrl-C keeps its default action: generation in a terminal, a one-turn chat without one.
+    term = Terminal([READER, "-p", "Once", "-t", "0", "--threads", "1"] + LONG)
+    ok = term.expect(rb".") is not None
+    term.type(CTRL_C)
+    term.end()
+    ok = ok and os.WIFSIGNALED(term.status) and os.WTERMSIG(term.status) == signal.SIGINT
+    check(ok, "generation in a terminal: Ctrl-C ends ./run as SIGINT's default action does"
+          + ("" if ok else f" (wait status {term.status}): {term.text()[-300:]!r}"))
+    p = subprocess.Popen([os.path.join(BIN, "run"), *CHAT, *LONG, "-p", U1], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ok = len(p.stdout.read(1)) == 1  # the answer has begun
+    p.send_signal(signal.SIGINT)
+    p.stdout.read()
+    ok = ok and p.wait() == -signal.SIGINT
+    check(ok, f"one-turn --chat, stdin not a terminal: SIGINT ends ./run as its default action does (status {p.returncode})")
 
 finish()
