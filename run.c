@@ -623,7 +623,7 @@ static const char *const finish_words[] = {"end of text", "the -n limit", "the c
 
 /* Ctrl-C in a terminal chat (README.md, "Chat"): while an answer is being
    generated it stops the answer, at the prompt it ends the chat. The handler
-   only notes it here; generate() and read_turn() look. Everywhere else SIGINT
+   only notes it here; generate() and read_message() look. Everywhere else SIGINT
    keeps its default action and this stays 0. */
 static volatile sig_atomic_t interrupted;
 
@@ -1271,10 +1271,10 @@ static void catch_interrupt(void) {
     sigaction(SIGINT, &action, NULL);
 }
 
-/* Waits until standard input has something to read; 0 then, -1 if Ctrl-C
-   came first. SIGINT is let through only inside pselect, so one that comes
-   just before the wait is seen rather than left for the next key. */
-static int wait_for_input(void) {
+/* Waits until fd has something to read; 0 then, -1 if Ctrl-C came first.
+   SIGINT is let through only inside pselect, so one that comes just before
+   the wait is seen rather than left for the next key. */
+static int wait_for_input(int fd) {
     sigset_t sigint, outside, inside;
     sigemptyset(&sigint);
     sigaddset(&sigint, SIGINT);
@@ -1285,75 +1285,77 @@ static int wait_for_input(void) {
     while (!interrupted && ready <= 0) {
         fd_set fds;
         FD_ZERO(&fds);
-        FD_SET(STDIN_FILENO, &fds);
-        ready = pselect(STDIN_FILENO + 1, &fds, NULL, NULL, NULL, &inside);
+        FD_SET(fd, &fds);
+        ready = pselect(fd + 1, &fds, NULL, NULL, NULL, &inside);
         if (ready < 0 && errno != EINTR) die("cannot read standard input: %s", strerror(errno));
     }
     pthread_sigmask(SIG_SETMASK, &outside, NULL);
     return interrupted ? -1 : 0;
 }
 
+/* The terminal a chat reads its messages from. It is read with read(2) into
+   buf, not through stdio, so that every wait for input is in wait_for_input:
+   stdio could hold a line already read while pselect waits for more. */
+typedef struct {
+    char *buf;
+    size_t used, cap; /* bytes in buf, its size */
+    size_t taken;     /* the first `taken` bytes: the line returned last time, dropped on the next call */
+} Terminal;
+
 /* The next message typed at the terminal, after a "> " prompt: one line,
    without its line ending. An empty line is passed over and the prompt comes
    again, as in llama-cli. NULL when the chat ends here: at the end of input
-   (Ctrl-D) or on Ctrl-C, each said on stderr.
-   The terminal is read with read(2) into our own buffer, not through stdio,
-   so that every wait for input is in wait_for_input: stdio could hold a line
-   already read while pselect waits for more. */
-static char *read_turn(size_t *len) {
-    static char *buf;               /* the bytes read from the terminal: `used` of `cap` */
-    static size_t used, cap, taken; /* the first `taken`: the line returned last time, dropped now */
+   (Ctrl-D) or on Ctrl-C, each said on stderr. */
+static char *read_message(Terminal *t, size_t *len) {
     const char *ended = NULL;
     fputs("> ", stderr);
     fflush(stderr);
     for (;;) {
-        if (taken) memmove(buf, buf + taken, used - taken);
-        used -= taken;
-        taken = 0;
-        char *end = used ? memchr(buf, '\n', used) : NULL;
+        if (t->taken) memmove(t->buf, t->buf + t->taken, t->used - t->taken);
+        t->used -= t->taken;
+        t->taken = 0;
+        char *end = t->used ? memchr(t->buf, '\n', t->used) : NULL;
         if (end) {
-            taken = (size_t)(end - buf) + 1;
+            t->taken = (size_t)(end - t->buf) + 1;
         } else {
-            if (used + 1 >= cap) {
-                char *grown = realloc(buf, cap ? 2 * cap : 4096);
+            if (t->used + 1 >= t->cap) {
+                size_t cap = t->cap ? 2 * t->cap : 4096;
+                char *grown = realloc(t->buf, cap);
                 if (!grown) die("out of memory");
-                buf = grown;
-                cap = cap ? 2 * cap : 4096;
+                t->buf = grown;
+                t->cap = cap;
             }
-            if (wait_for_input() < 0) {
+            if (wait_for_input(fileno(stdin)) < 0) {
                 ended = "interrupted";
                 break;
             }
-            ssize_t got = read(STDIN_FILENO, buf + used, cap - used - 1);
+            ssize_t got = read(fileno(stdin), t->buf + t->used, t->cap - t->used - 1);
             if (got < 0) {
                 if (errno != EINTR && errno != EAGAIN) die("cannot read standard input: %s", strerror(errno));
                 continue;
             }
             if (got > 0) {
-                used += (size_t)got;
+                t->used += (size_t)got;
                 continue;
             }
-            if (used == 0) {
+            if (t->used == 0) {
                 ended = "end of input";
                 break;
             }
-            end = buf + used; /* the end of input after text (Ctrl-D twice) ends its line */
-            taken = used;
+            end = t->buf + t->used; /* the end of input after text (Ctrl-D twice) ends its line */
+            t->taken = t->used;
         }
-        size_t n = (size_t)(end - buf);
-        while (n > 0 && buf[n - 1] == '\r') n--;
+        size_t n = (size_t)(end - t->buf);
+        while (n > 0 && t->buf[n - 1] == '\r') n--;
         if (n > 0) {
-            buf[n] = '\0';
+            t->buf[n] = '\0';
             *len = n;
-            return buf;
+            return t->buf;
         }
         fputs("> ", stderr);
         fflush(stderr);
     }
     fprintf(stderr, "\nchat: %s; the conversation ends\n", ended);
-    free(buf);
-    buf = NULL;
-    used = cap = taken = 0;
     return NULL;
 }
 
@@ -1369,7 +1371,8 @@ static void run_chat(Engine *e, const Options *o) {
             die("give the system prompt with --system or in the chat history, not both");
     }
     /* -f - reads the terminal to its end: then there is no next turn to read. */
-    int interactive = isatty(STDIN_FILENO) && !o->tokenize && !(o->prompt_file && !strcmp(o->prompt_file, "-"));
+    int interactive = isatty(fileno(stdin)) && !o->tokenize && !(o->prompt_file && !strcmp(o->prompt_file, "-"));
+    Terminal terminal = {0};
     int history_ends_with_user = c.n > 0 && c.msg[c.n - 1].role == ROLE_USER;
     if (interactive) catch_interrupt();
     if (o->prompt || o->prompt_file) {
@@ -1380,10 +1383,10 @@ static void run_chat(Engine *e, const Options *o) {
     } else if (!history_ends_with_user) {
         size_t len = 0;
         if (interactive) {
-            char *line = read_turn(&len);
+            char *line = read_message(&terminal, &len);
             if (!line) goto done;
             conversation_add(&c, ROLE_USER, line, len);
-        } else if (!o->tokenize || !isatty(STDIN_FILENO)) { /* the message is all of stdin */
+        } else if (!o->tokenize || !isatty(fileno(stdin))) { /* the message is all of stdin */
             char *text = read_file("-", "standard input", &len);
             while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r')) len--;
             if (len > 0) conversation_add(&c, ROLE_USER, text, len);
@@ -1445,7 +1448,7 @@ static void run_chat(Engine *e, const Options *o) {
             break;
         }
         size_t len;
-        char *line = read_turn(&len);
+        char *line = read_message(&terminal, &len);
         if (!line) break;
         conversation_add(&c, ROLE_ASSISTANT, "", 0); /* its tokens are in the cache already */
         conversation_add(&c, ROLE_USER, line, len);
@@ -1463,6 +1466,7 @@ done_ids:
     free(ids);
     free(text.s);
 done:
+    free(terminal.buf);
     conversation_free(&c);
     chat_format_free(&f);
 }
@@ -1483,6 +1487,30 @@ done:
  * old one, and with --cache-dir the part of a row before the question is
  * saved in a file named by the model and those tokens, for later runs.
  */
+
+/* NBCE's next question: one line from standard input, without its newline;
+   NULL at EOF. On a terminal it asks with "> ". */
+static char *read_question(size_t *len) {
+    static char *line;
+    static size_t cap;
+    int terminal = isatty(STDIN_FILENO);
+    if (terminal) {
+        fputs("> ", stderr);
+        fflush(stderr);
+    }
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        if (terminal) fputc('\n', stderr);
+        free(line);
+        line = NULL;
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+    line[n] = '\0';
+    *len = (size_t)n;
+    return line;
+}
+
 typedef struct {
     char *path;                /* relative to the folder */
     char *text;                /* well-formed UTF-8, trailing whitespace dropped */
@@ -2199,7 +2227,7 @@ static void run_nbce(Engine *e, const Options *o) {
         size_t len;
         char *line;
         int asked = 0;
-        while ((line = read_turn(&len))) {
+        while ((line = read_question(&len))) {
             if (len == 0) {
                 if (isatty(STDIN_FILENO)) break;
                 continue;
