@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 #include <dirent.h>
+#include <signal.h>
+#include <sys/select.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -131,7 +133,8 @@ static void usage(void) {
             "  --rope-theta B   rotary base (default: the model's)\n"
             "  --rope-orig-ctx L  the length dynamic and yarn scale from (default: the model's, else its\n"
             "                   trained context)\n"
-            "  --chat           chat with the model's chat template (multi-turn when stdin is a terminal)\n"
+            "  --chat           chat with the model's chat template (multi-turn when stdin is a terminal;\n"
+            "                   there Ctrl-C stops an answer, and at the prompt Ctrl-C or Ctrl-D ends the chat)\n"
             "  --system TEXT    system prompt for --chat\n"
             "  --chat-template NAME  the formatter to use instead of the detected one:\n"
             "                   llama2, mistral, llama3, chatml, deepseek\n"
@@ -620,15 +623,23 @@ static void run_ppl(Engine *e, const int *tokens, int n, const Options *o) {
 }
 
 /* Why an answer ended: --json's "finish_reason" and the statistics line's words. */
-enum { FINISH_STOP, FINISH_LENGTH, FINISH_CONTEXT };
-static const char *const finish_json[] = {"stop", "length", "context"};
-static const char *const finish_words[] = {"end of text", "the -n limit", "the context is full (--ctx sets a larger one)"};
+enum { FINISH_STOP, FINISH_LENGTH, FINISH_CONTEXT, FINISH_INTERRUPTED };
+static const char *const finish_json[] = {"stop", "length", "context", "interrupted"};
+static const char *const finish_words[] = {"end of text", "the -n limit", "the context is full (--ctx sets a larger one)",
+                                           "interrupted (Ctrl-C)"};
+
+/* Ctrl-C in a terminal chat (README.md, "Chat"): while an answer is being
+   generated it stops the answer, at the prompt it ends the chat. The handler
+   only notes it here; generate() and read_message() look. Everywhere else SIGINT
+   keeps its default action and this stays 0. */
+static volatile sig_atomic_t interrupted;
 
 /* One answer: what generate() produced and how it ended. */
 typedef struct {
     int *ids;          /* generated tokens; an end token that stopped generation is not among them */
     int n_gen;
-    int finish;        /* FINISH_STOP (an end token), FINISH_LENGTH (max_new tokens), FINISH_CONTEXT */
+    int finish;        /* FINISH_STOP (an end token), FINISH_LENGTH (max_new tokens), FINISH_CONTEXT,
+                          FINISH_INTERRUPTED (Ctrl-C in a terminal chat) */
     int stop;          /* the end token that ended generation, or -1 */
     int unfed;         /* the last generated token when generation ended with it unfed (the -n
                           limit or a full context), or -1; a chat feeds it before the next turn */
@@ -648,11 +659,11 @@ typedef struct {
 } Stepper;
 
 /* Samples from scores (after the token prev) until end-of-sequence (or
-   end_of_turn, when >= 0) or max_new tokens, feeding each token but the last
-   through st. Text streams to stdout unless --json. With skip_space, spaces
-   at the start of the answer are not shown (chat answers follow "[/INST]" or
-   "Assistant:" with a space the template does not count as content). The
-   caller sets g->prefill_tps. */
+   end_of_turn, when >= 0), max_new tokens or Ctrl-C in a terminal chat,
+   feeding each token but the last through st. Text streams to stdout unless
+   --json. With skip_space, spaces at the start of the answer are not shown
+   (chat answers follow "[/INST]" or "Assistant:" with a space the template
+   does not count as content). The caller sets g->prefill_tps. */
 static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int prev, int max_new, Stepper st,
                      int end_of_turn, int skip_space, const Options *o, Generation *g) {
     memset(g, 0, sizeof *g);
@@ -666,6 +677,10 @@ static void generate(const Tokenizer *tok, Sampler *s, const float *scores, int 
     if (!g->ids || (o->json && !g->out.text)) die("out of memory");
     double t_first = now_seconds();
     while (g->n_gen < max_new) {
+        if (interrupted) { /* every token shown so far has been fed: the cache holds the answer up to here */
+            g->finish = FINISH_INTERRUPTED;
+            break;
+        }
         int next = sampler_sample(s, scores);
         /* llama2.c's models end a story with BOS, so BOS stops generation too */
         if (!o->ignore_eos && (tokenizer_is_eos(tok, next) || next == tokenizer_bos(tok) || next == end_of_turn)) {
@@ -1243,27 +1258,112 @@ static void chat_tokenize(const Tokenizer *t, const Str *text, int **ids, int *n
     *n += k;
 }
 
-/* One line from standard input, without its newline; NULL at EOF. On a
-   terminal it asks with "> ". */
-static char *read_turn(size_t *len) {
-    static char *line;
-    static size_t cap;
-    int terminal = isatty(STDIN_FILENO);
-    if (terminal) {
+static void note_interrupt(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+/* Ctrl-C from now on stops an answer or ends the chat, unless the shell that
+   started us set SIGINT to be ignored. SA_RESTART: a read or write that it
+   comes in the middle of carries on (a write to a terminal held up by flow
+   control would otherwise lose text); the prompt waits in pselect, which a
+   handled signal always interrupts. */
+static void catch_interrupt(void) {
+    struct sigaction action, before;
+    if (sigaction(SIGINT, NULL, &before) == 0 && before.sa_handler == SIG_IGN) return;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = note_interrupt;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &action, NULL);
+}
+
+/* Waits until fd has something to read; 0 then, -1 if Ctrl-C came first.
+   SIGINT is let through only inside pselect, so one that comes just before
+   the wait is seen rather than left for the next key. */
+static int wait_for_input(int fd) {
+    sigset_t sigint, outside, inside;
+    sigemptyset(&sigint);
+    sigaddset(&sigint, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigint, &outside);
+    inside = outside;
+    sigdelset(&inside, SIGINT);
+    int ready = 0;
+    while (!interrupted && ready <= 0) {
+        fd_set fds;
+        FD_ZERO(&fds);
+        FD_SET(fd, &fds);
+        ready = pselect(fd + 1, &fds, NULL, NULL, NULL, &inside);
+        if (ready < 0 && errno != EINTR) die("cannot read standard input: %s", strerror(errno));
+    }
+    pthread_sigmask(SIG_SETMASK, &outside, NULL);
+    return interrupted ? -1 : 0;
+}
+
+/* The terminal a chat reads its messages from. It is read with read(2) into
+   buf, not through stdio, so that every wait for input is in wait_for_input:
+   stdio could hold a line already read while pselect waits for more. */
+typedef struct {
+    char *buf;
+    size_t used, cap; /* bytes in buf, its size */
+    size_t taken;     /* the first `taken` bytes: the line returned last time, dropped on the next call */
+} Terminal;
+
+/* The next message typed at the terminal, after a "> " prompt: one line,
+   without its line ending. An empty line is passed over and the prompt comes
+   again, as in llama-cli. NULL when the chat ends here: at the end of input
+   (Ctrl-D) or on Ctrl-C, each said on stderr. */
+static char *read_message(Terminal *t, size_t *len) {
+    const char *ended = NULL;
+    fputs("> ", stderr);
+    fflush(stderr);
+    for (;;) {
+        if (t->taken) memmove(t->buf, t->buf + t->taken, t->used - t->taken);
+        t->used -= t->taken;
+        t->taken = 0;
+        char *end = t->used ? memchr(t->buf, '\n', t->used) : NULL;
+        if (end) {
+            t->taken = (size_t)(end - t->buf) + 1;
+        } else {
+            if (t->used + 1 >= t->cap) {
+                size_t cap = t->cap ? 2 * t->cap : 4096;
+                char *grown = realloc(t->buf, cap);
+                if (!grown) die("out of memory");
+                t->buf = grown;
+                t->cap = cap;
+            }
+            if (wait_for_input(fileno(stdin)) < 0) {
+                ended = "interrupted";
+                break;
+            }
+            ssize_t got = read(fileno(stdin), t->buf + t->used, t->cap - t->used - 1);
+            if (got < 0) {
+                if (errno != EINTR && errno != EAGAIN) die("cannot read standard input: %s", strerror(errno));
+                continue;
+            }
+            if (got > 0) {
+                t->used += (size_t)got;
+                continue;
+            }
+            if (t->used == 0) {
+                ended = "end of input";
+                break;
+            }
+            end = t->buf + t->used; /* the end of input after text (Ctrl-D twice) ends its line */
+            t->taken = t->used;
+        }
+        size_t n = (size_t)(end - t->buf);
+        while (n > 0 && t->buf[n - 1] == '\r') n--;
+        if (n > 0) {
+            t->buf[n] = '\0';
+            *len = n;
+            return t->buf;
+        }
         fputs("> ", stderr);
         fflush(stderr);
     }
-    ssize_t n = getline(&line, &cap, stdin);
-    if (n < 0) {
-        if (terminal) fputc('\n', stderr);
-        free(line);
-        line = NULL;
-        return NULL;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
-    line[n] = '\0';
-    *len = (size_t)n;
-    return line;
+    fprintf(stderr, "\nchat: %s; the conversation ends\n", ended);
+    return NULL;
 }
 
 static void run_chat(Engine *e, const Options *o) {
@@ -1278,8 +1378,10 @@ static void run_chat(Engine *e, const Options *o) {
             die("give the system prompt with --system or in the chat history, not both");
     }
     /* -f - reads the terminal to its end: then there is no next turn to read. */
-    int interactive = isatty(STDIN_FILENO) && !o->tokenize && !(o->prompt_file && !strcmp(o->prompt_file, "-"));
+    int interactive = isatty(fileno(stdin)) && !o->tokenize && !(o->prompt_file && !strcmp(o->prompt_file, "-"));
+    Terminal terminal = {0};
     int history_ends_with_user = c.n > 0 && c.msg[c.n - 1].role == ROLE_USER;
+    if (interactive) catch_interrupt();
     if (o->prompt || o->prompt_file) {
         size_t len = 0;
         char *text = o->prompt_file ? read_file(o->prompt_file, "prompt file", &len) : NULL;
@@ -1288,10 +1390,10 @@ static void run_chat(Engine *e, const Options *o) {
     } else if (!history_ends_with_user) {
         size_t len = 0;
         if (interactive) {
-            char *line = read_turn(&len);
-            if (!line || len == 0) goto done; /* nothing asked: nothing to do */
+            char *line = read_message(&terminal, &len);
+            if (!line) goto done;
             conversation_add(&c, ROLE_USER, line, len);
-        } else if (!o->tokenize || !isatty(STDIN_FILENO)) { /* the message is all of stdin */
+        } else if (!o->tokenize || !isatty(fileno(stdin))) { /* the message is all of stdin */
             char *text = read_file("-", "standard input", &len);
             while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r')) len--;
             if (len > 0) conversation_add(&c, ROLE_USER, text, len);
@@ -1314,7 +1416,14 @@ static void run_chat(Engine *e, const Options *o) {
     if (n == 0) die("the chat rendered to no tokens");
     e->ctx_len = o->ctx ? o->ctx : e->model.cfg.max_seq_len;
     if (n > e->ctx_len) die("the chat has %d tokens, more than the context of %d", n, e->ctx_len);
+    /* The worker threads start with SIGINT blocked: Ctrl-C then always goes
+       to this thread, the one that waits at the prompt. */
+    sigset_t sigint, mask;
+    sigemptyset(&sigint);
+    sigaddset(&sigint, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigint, &mask);
     engine_start(e, o);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
     Sampler s;
     sampler_start(&s, e->model.cfg.vocab_size, o);
     for (int turn = 1;; turn++) {
@@ -1323,10 +1432,12 @@ static void run_chat(Engine *e, const Options *o) {
                     e->seq.n_past, chat_family_names[f.family]);
         Generation g;
         generate_sequence(e, &s, ids, n, f.eot_id, 1, o, &g);
+        interrupted = 0; /* a Ctrl-C during the answer has stopped it; one from here on ends the chat */
         report(&g, n, NULL, o);
         int full = e->seq.n_past >= e->ctx_len && g.unfed >= 0;
         /* What closes the answer in the cache: the end-of-turn token the model
-           sampled, or (cut short, or ended by another token) the template's. */
+           sampled, or (cut short by -n or Ctrl-C, or ended by another token)
+           the template's. */
         n = 0;
         text.len = 0;
         if (g.stop >= 0 && g.stop == f.eot_id) {
@@ -1344,8 +1455,8 @@ static void run_chat(Engine *e, const Options *o) {
             break;
         }
         size_t len;
-        char *line = read_turn(&len);
-        if (!line || len == 0) break;
+        char *line = read_message(&terminal, &len);
+        if (!line) break;
         conversation_add(&c, ROLE_ASSISTANT, "", 0); /* its tokens are in the cache already */
         conversation_add(&c, ROLE_USER, line, len);
         chat_render(&text, &f, c.msg, c.n, c.n - 1, sys_at, 1);
@@ -1362,6 +1473,7 @@ done_ids:
     free(ids);
     free(text.s);
 done:
+    free(terminal.buf);
     conversation_free(&c);
     chat_format_free(&f);
 }
@@ -1382,6 +1494,30 @@ done:
  * old one, and with --cache-dir the part of a row before the question is
  * saved in a file named by the model and those tokens, for later runs.
  */
+
+/* NBCE's next question: one line from standard input, without its newline;
+   NULL at EOF. On a terminal it asks with "> ". */
+static char *read_question(size_t *len) {
+    static char *line;
+    static size_t cap;
+    int terminal = isatty(STDIN_FILENO);
+    if (terminal) {
+        fputs("> ", stderr);
+        fflush(stderr);
+    }
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        if (terminal) fputc('\n', stderr);
+        free(line);
+        line = NULL;
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+    line[n] = '\0';
+    *len = (size_t)n;
+    return line;
+}
+
 typedef struct {
     char *path;                /* relative to the folder */
     char *text;                /* well-formed UTF-8, trailing whitespace dropped */
@@ -2098,7 +2234,7 @@ static void run_nbce(Engine *e, const Options *o) {
         size_t len;
         char *line;
         int asked = 0;
-        while ((line = read_turn(&len))) {
+        while ((line = read_question(&len))) {
             if (len == 0) {
                 if (isatty(STDIN_FILENO)) break;
                 continue;

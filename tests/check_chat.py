@@ -13,6 +13,9 @@
 3. A short generation, --json, the error cases, a model without a template.
 4. A multi-turn session in a pseudo-terminal: the second turn feeds only the
    new tokens (the KV cache is kept).
+5. Ctrl-C, Ctrl-D and empty lines in a pseudo-terminal, with the shipped
+   model: Ctrl-C stops an answer (kept in the cache) and gives the prompt back,
+   at the prompt it ends the chat; Ctrl-D ends it; empty lines are passed over.
 
 Usage: check_chat.py BIN_DIR TMP_DIR   Prints PASS/FAIL/SKIP lines and "N passed, N failed".
 """
@@ -21,6 +24,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -319,46 +323,97 @@ if have([stories, tok], "llama2.c checks"):
 
 # ---------------------------------------------------------------------------
 # 4. A terminal session: two turns, the KV cache kept between them.
-def pty_session(args, lines, timeout=60):
-    """Runs run in a pseudo-terminal, answering each "> " prompt with the next line. Returns (status, output)."""
-    import pty
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            os.execv(os.path.join(BIN, "run"), [os.path.join(BIN, "run"), *args])
-        finally:
-            os._exit(127)
-    buf, sent, deadline = b"", 0, time.time() + timeout
-    while time.time() < deadline:
-        r, _, _ = select.select([fd], [], [], 0.5)
-        if r:
+CTRL_C, CTRL_D = b"\x03", b"\x04"
+PROMPT = rb"(?:^|\n)> "  # the prompt starts a line: "> " inside an answer does not count
+
+
+class Terminal:
+    """./run in a pseudo-terminal, driven as a user at a terminal drives it: what is typed goes through the
+    terminal's line discipline, which echoes it, ends the input on Ctrl-D at the start of a line and turns
+    Ctrl-C into SIGINT for the process. Nothing here waits for a time to pass: expect() waits for output."""
+
+    def __init__(self, args):
+        import pty
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
             try:
-                data = os.read(fd, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            buf += data
-        if buf.count(b"> ") > sent and sent < len(lines):
-            os.write(fd, lines[sent].encode() + b"\n")
-            sent += 1
-    else:
-        os.kill(pid, 9)
-    _, status = os.waitpid(pid, 0)
-    os.close(fd)
-    return status, buf.decode("utf-8", "replace").replace("\r\n", "\n")
+                # As a shell does for a job in the foreground: SIGINT as the default, even where the tests run
+                # with it ignored (in the background, without job control), which ./run would respect.
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.execv(os.path.join(BIN, "run"), [os.path.join(BIN, "run"), *args])
+            finally:
+                os._exit(127)
+        self.out, self.seen, self.closed, self.status = b"", 0, False, None
+
+    def _read(self, wait):
+        r, _, _ = select.select([self.fd], [], [], wait)
+        if not r:
+            return
+        try:
+            data = os.read(self.fd, 4096)
+        except OSError:  # EIO: the process has closed the terminal
+            data = b""
+        self.closed = not data
+        self.out += data
+
+    def expect(self, pattern, timeout=60):
+        """Reads until pattern (a bytes regex) matches the output after the previous match: the match, or
+        None when the process closed the terminal first or timeout seconds passed."""
+        regex, deadline = re.compile(pattern, re.S), time.time() + timeout
+        while True:
+            m = regex.search(self.out, self.seen)
+            if m:
+                self.seen = m.end()
+                return m
+            if self.closed or time.time() > deadline:
+                return None
+            self._read(0.5)
+
+    def type(self, keys):
+        os.write(self.fd, keys)
+
+    def alive(self):
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            self.status = status
+        return pid == 0
+
+    def end(self, timeout=60):
+        """Waits for the process to end, killing it after timeout: its exit status, or None if a signal ended it."""
+        deadline = time.time() + timeout
+        while not self.closed and time.time() < deadline:
+            self._read(0.5)
+        if self.status is None:
+            if not self.closed:
+                os.kill(self.pid, 9)
+            _, self.status = os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
+
+    def text(self):
+        return self.out.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def pty_session(args, lines, timeout=60):
+    """Answers each prompt with the next line, then ends the input with Ctrl-D. Returns (exit status, output)."""
+    term = Terminal(args)
+    for line in [*lines, None]:
+        if not term.expect(PROMPT, timeout):
+            break
+        term.type(CTRL_D if line is None else line.encode() + b"\n")
+    return term.end(timeout), term.text()
 
 
 if models["qwen2"]:
     model = models["qwen2"]
-    status, out = pty_session([model, "--chat", "-n", "4", "-t", "0", "--verbose", "--ctx", "256"], [U1, U2, ""])
+    status, out = pty_session([model, "--chat", "-n", "4", "-t", "0", "--verbose", "--ctx", "256"], [U1, U2])
     turns = [(int(a), int(b)) for a, b in re.findall(r"chat: turn \d+ feeds (\d+) new tokens after (\d+) in the cache", out)]
     gens = [int(g) for g in re.findall(r"generated: (\d+) tokens", out)]
     first, _ = chat_tokenize(model, [{"role": "user", "content": U1}])
     # After the answer: the end-of-turn token (sampled, or written out when -n cut the answer, after its last token),
     # then the next user message and the generation prompt.
     cont = plain_tokenize(model, f"<|im_end|>\n<|im_start|>user\n{U2}<|im_end|>\n<|im_start|>assistant\n", "qwen2")
-    ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and len(turns) == 2 and len(gens) == 2
+    ok = status == 0 and len(turns) == 2 and len(gens) == 2
     if ok:
         cut = gens[0] == 4  # ended by -n: the last token was printed but not fed
         ok = (turns[0] == (len(first), 0) and turns[1][1] == len(first) + gens[0] - cut
@@ -366,8 +421,127 @@ if models["qwen2"]:
     check(ok, f"terminal session, two turns: the second feeds only its new tokens (turns {turns}, generated {gens}, "
           f"first turn {first and len(first)} tokens, continuation {cont and len(cont)})" + ("" if ok else f": {out[-400:]!r}"))
     # A context that fills up ends the session with a clear message.
-    status, out = pty_session([model, "--chat", "-n", "8", "-t", "0", "--ctx", "40"], [U1, U2, U2, ""])
-    ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and "context" in out and "full" in out
+    status, out = pty_session([model, "--chat", "-n", "8", "-t", "0", "--ctx", "40"], [U1, U2, U2])
+    ok = status == 0 and "context" in out and "full" in out
     check(ok, "terminal session with a small --ctx: says the context is full and ends" + ("" if ok else f": {out[-300:]!r}"))
+
+# ---------------------------------------------------------------------------
+# 5. Ctrl-C, Ctrl-D and empty lines at the terminal, with the shipped model (it has no chat template of its own).
+# With --ignore-eos, -n 100000 and a context of 4096 an answer goes on until the context is full, far longer
+# than it takes to see its first bytes and type Ctrl-C; an answer that ran to its end fails the check.
+READER = "models/reader.bin"
+U3 = "What did the owl say?"
+CHAT = [READER, "--chat", "--chat-template", "llama2", "-t", "0", "--threads", "1", "--verbose"]
+LONG = ["-n", "100000", "--ignore-eos", "--ctx", "4096"]
+TURN = rb"chat: turn %d feeds (\d+) new tokens after (\d+) in the cache[^\n]*\n"
+STOPPED = rb"\nprompt: (\d+) tokens[^\n]*\| generated: (\d+) tokens[^\n]*\| stopped: ([^\r\n]*)(?=\r?\n)"
+
+
+def reader_tokens(text):
+    """The ids of text after the model's BOS, tokenized as a prompt (special tokens parsed)."""
+    path = os.path.join(TMP, "chat_reader.txt")
+    with open(path, "wb") as f:
+        f.write(text.encode("utf-8"))
+    ids = ids_of(*run(READER, "-f", path, "--tokenize")[:2]) or []
+    return ids[1:] if ids[:1] == [1] else None
+
+
+if have([READER], "terminal checks with the shipped model"):
+    # An empty line, then two answers stopped by Ctrl-C, then Ctrl-D.
+    term = Terminal(CHAT + LONG)
+    steps = {}
+    if term.expect(PROMPT):
+        term.type(b"\n")
+        steps["empty line: the prompt again"] = term.expect(rb"\n> ") is not None
+        term.type(U1.encode() + b"\n")
+        turn1 = term.expect(TURN % 1)
+        # The empty line added nothing: the first turn is the rendering of U1 alone (Llama 2's template).
+        steps["empty line: the first turn is the next line alone"] = (
+            turn1 is not None and int(turn1[2]) == 0 and int(turn1[1]) == len(reader_tokens(f"<s>[INST] {U1} [/INST]") or []))
+        steps["first answer: text appears"] = turn1 is not None and term.expect(rb".") is not None
+        term.type(CTRL_C)
+        stop1 = term.expect(STOPPED)
+        steps["Ctrl-C: the answer stops on a line of its own, 'stopped: interrupted (Ctrl-C)'"] = (
+            stop1 is not None and stop1[3] == b"interrupted (Ctrl-C)")
+        steps["Ctrl-C: the prompt comes back, the process lives"] = term.expect(PROMPT) is not None and term.alive()
+        term.type(U2.encode() + b"\n")
+        turn2 = term.expect(TURN % 2)
+        # The cache holds the first turn and every token of the stopped answer (all of them were fed), and the
+        # second turn feeds only the end of the answer, the user message and the generation prompt.
+        steps["next turn: the stopped answer is in the cache, only the new tokens are fed"] = (
+            turn1 is not None and stop1 is not None and turn2 is not None
+            and int(turn2[2]) == int(turn1[1]) + int(stop1[2])
+            and int(turn2[1]) == len(reader_tokens(f"</s><s>[INST] {U2} [/INST]") or []))
+        steps["second answer: text appears"] = turn2 is not None and term.expect(rb".") is not None
+        term.type(CTRL_C)
+        stop2 = term.expect(STOPPED)
+        steps["second Ctrl-C: that answer stops too, the prompt comes back"] = (
+            stop2 is not None and stop2[3] == b"interrupted (Ctrl-C)" and term.expect(PROMPT) is not None)
+        term.type(CTRL_D)
+        steps["Ctrl-D: says the input ended"] = term.expect(rb"\nchat: end of input; the conversation ends\r?\n") is not None
+    status = term.end()
+    steps["Ctrl-D: exit status 0"] = status == 0
+    for name, ok in steps.items():
+        check(ok, f"terminal chat: {name}" + ("" if ok else f" (status {status}): {term.text()[-500:]!r}"))
+
+    # Ctrl-C at the prompt, after an answer and before the first one, ends the chat with status 0.
+    for name, lines in (("after an answer", [U1]), ("before the first message", [])):
+        term = Terminal(CHAT + ["-n", "3"])
+        for line in lines:
+            term.expect(PROMPT)
+            term.type(line.encode() + b"\n")
+            term.expect(STOPPED)
+        ok = term.expect(PROMPT) is not None
+        term.type(CTRL_C)
+        ok = ok and term.expect(rb"\nchat: interrupted; the conversation ends\r?\n") is not None
+        status = term.end()
+        check(ok and status == 0, f"terminal chat: Ctrl-C at the prompt {name} ends the chat, says so, status 0 "
+              f"(status {status})" + ("" if ok else f": {term.text()[-300:]!r}"))
+
+    # Ctrl-D at the first prompt; an empty line and then Ctrl-D.
+    for name, keys in (("Ctrl-D at the first prompt", CTRL_D), ("an empty line, then Ctrl-D", b"\n" + CTRL_D)):
+        term = Terminal(CHAT)
+        ok = term.expect(PROMPT) is not None
+        term.type(keys)
+        ok = ok and term.expect(rb"\nchat: end of input; the conversation ends\r?\n") is not None
+        status = term.end()
+        ok = ok and status == 0 and "chat: turn" not in term.text()
+        check(ok, f"terminal chat: {name} ends it cleanly, says so, status 0, nothing generated (status {status})"
+              + ("" if ok else f": {term.text()[-300:]!r}"))
+
+    # --json: the stopped answer's object says why it ended.
+    term = Terminal(CHAT + LONG + ["--json"])
+    term.expect(PROMPT)
+    term.type(U3.encode() + b"\n")
+    term.expect(TURN % 1)
+    term.type(CTRL_C)
+    obj = term.expect(rb"(\{\"text\"[^\n]*\})\r?\n")
+    try:
+        obj = json.loads(obj[1]) if obj else None
+    except ValueError:
+        obj = None
+    ok = obj is not None and obj.get("finish_reason") == "interrupted" and len(obj["ids"]) == obj["generated_tokens"]
+    ok = ok and term.expect(PROMPT) is not None
+    term.type(CTRL_D)
+    status = term.end()
+    check(ok and status == 0, f"terminal chat --json: Ctrl-C gives \"finish_reason\": \"interrupted\" (status {status})"
+          + ("" if ok else f": {term.text()[-300:]!r}"))
+
+    # Anywhere else Ctrl-C keeps its default action: generation in a terminal, a one-turn chat without one.
+    term = Terminal([READER, "-p", "Once", "-t", "0", "--threads", "1"] + LONG)
+    ok = term.expect(rb".") is not None
+    term.type(CTRL_C)
+    term.end()
+    ok = ok and os.WIFSIGNALED(term.status) and os.WTERMSIG(term.status) == signal.SIGINT
+    check(ok, "generation in a terminal: Ctrl-C ends ./run as SIGINT's default action does"
+          + ("" if ok else f" (wait status {term.status}): {term.text()[-300:]!r}"))
+    p = subprocess.Popen([os.path.join(BIN, "run"), *CHAT, *LONG, "-p", U1], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ok = len(p.stdout.read(1)) == 1  # the answer has begun
+    p.send_signal(signal.SIGINT)
+    p.stdout.read()
+    ok = ok and p.wait() == -signal.SIGINT
+    check(ok, f"one-turn --chat, stdin not a terminal: SIGINT ends ./run as its default action does (status {p.returncode})")
 
 finish()
