@@ -3304,10 +3304,9 @@ static void pretokenize(Enc *E, const char *s, size_t n, int level)
     while (from < n && !E->fail) {
         size_t ms = 0, me = 0;
         if (!regex_search(re, &E->vm, u, from, n, &ms, &me)) break;
-        if (me == ms) { /* an empty match splits nothing */
-            size_t l;
-            utf8_decode(u + ms, n - ms, &l);
-            from = ms + l;
+        if (me == ms) { /* an empty match splits nothing: search again one character on */
+            if (ms >= n) break; /* at the very end there is no character to step over */
+            from = ms + utf8_char_len(u + ms, n - ms);
             continue;
         }
         if (ms > pos) pretokenize(E, s + pos, ms - pos, level + 1);

@@ -208,7 +208,8 @@ const char *tokenizer_decode(const Tokenizer *t, int prev, int id, size_t *len);
 
 /* Length of the well-formed UTF-8 character at s (no overlongs, surrogates
    or code points above U+10FFFF), or 1 for a byte that does not start one
-   (s[0] < 0x80 also gives 1: test it to tell the two apart). */
+   (s[0] < 0x80 also gives 1: test it to tell the two apart). s[0] is always
+   read, so avail (the bytes s holds) must be at least 1. */
 size_t utf8_char_len(const unsigned char *s, size_t avail);
 
 #endif

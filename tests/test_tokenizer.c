@@ -488,6 +488,39 @@ static void test_synthetic(Report *r)
     }
 }
 
+/* A pre-tokenizer regex that matches only the empty string at the end of the
+   text ("$", "(?!.)"): the match splits nothing, so the whole text is one
+   pre-token and "ab" merges. The text is a heap block of exactly its length,
+   so a read of the byte after it (the encoder stepping over a character at
+   the end that is not there) is what AddressSanitizer reports. */
+static void test_empty_match_at_end(Report *r)
+{
+    static const char pieces[] = "abab";
+    static const uint32_t off[] = {0, 1, 2, 4}; /* "a", "b", "ab" */
+    static const uint8_t types[] = {TOKEN_NORMAL, TOKEN_NORMAL, TOKEN_NORMAL};
+    static const uint32_t merges[] = {0, 1};
+    static const char *regexes[] = {"$", "(?!.)", "b*$"};
+    for (int k = 0; k < 3; k++) {
+        TokenizerData d = {.kind = TOKENIZER_BPE, .n_vocab = 3, .bos_id = -1, .eos_id = -1,
+                           .piece_offset = off, .piece_bytes = pieces, .types = types,
+                           .flags = TOKENIZER_BYTE_LEVEL, .merges = merges, .n_merges = 1,
+                           .pretok = regexes[k], .pretok_len = strlen(regexes[k]) + 1};
+        char err[256] = "", name[64];
+        Tokenizer *t = tokenizer_from_data(&d, err, sizeof(err));
+        char *text = malloc(2);
+        if (!text) abort();
+        memcpy(text, "ab", 2);
+        int ids[8] = {0};
+        int n = t ? tokenizer_encode(t, text, 2, 0, ids, 8) : -2;
+        snprintf(name, sizeof(name), "pretok_empty_match_at_end %s", regexes[k]);
+        /* "b*$" matches "b" at the end: "a" and "b" are pre-tokens of their own */
+        int ok = k < 2 ? n == 1 && ids[0] == 2 : n == 2 && ids[0] == 0 && ids[1] == 1;
+        check(r, ok, name, "n=%d ids=[%d, %d] err=\"%s\"", n, ids[0], ids[1], err);
+        free(text);
+        tokenizer_free(t);
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Broken tokenizer.bin files */
 
@@ -1050,6 +1083,7 @@ int main(int argc, char **argv)
         r.failed += required;
         /* what needs no assets: a vocabulary built here, the repository's fixtures */
         test_synthetic(&r);
+        test_empty_match_at_end(&r);
         test_hf_fixtures(&r);
         printf("%d passed, %d failed\n", r.passed, r.failed);
         return r.failed ? 1 : 0;
@@ -1085,6 +1119,7 @@ int main(int argc, char **argv)
         test_sentencepiece_texts(&r, llama, t512);
     }
     test_synthetic(&r);
+    test_empty_match_at_end(&r);
     test_gguf_vocabs(&r);
     test_specials(&r);
     test_hf_fixtures(&r);
