@@ -2855,18 +2855,35 @@ Tokenizer *tokenizer_load_hf(const char *dir, char *err, size_t errlen)
         goto done;
     }
     const JsonValue *added = json_get(root, "added_tokens");
+    /* Every id is one of the file's entries, so there are no more ids than
+       entries: a larger id would size the arrays by a number the file merely
+       states (one entry could ask for gigabytes) and leave holes in them. */
+    size_t n_entries = vocab->len + (added && added->type == JSON_ARRAY ? added->len : 0);
+    if (n_entries > TOKENIZER_MAX_VOCAB) {
+        set_err(err, errlen, "%s: %zu vocab and added-token entries, more than %d", path, n_entries, TOKENIZER_MAX_VOCAB);
+        goto done;
+    }
     int nv = 0, id;
     for (size_t i = 0; i < vocab->len; i++) {
-        if (json_int(&vocab->items[i], &id) < 0 || id < 0 || id >= TOKENIZER_MAX_VOCAB) {
+        if (json_int(&vocab->items[i], &id) < 0) {
             set_err(err, errlen, "%s: vocab entry %zu has a bad id", path, i);
+            goto done;
+        }
+        if (id < 0 || (size_t)id >= n_entries) {
+            set_err(err, errlen, "%s: vocab entry %zu has id %d, outside [0, %zu): the file has %zu vocab and added-token entries",
+                    path, i, id, n_entries, n_entries);
             goto done;
         }
         if (id >= nv) nv = id + 1;
     }
     for (size_t i = 0; added && added->type == JSON_ARRAY && i < added->len; i++) {
-        if (json_int(json_get(&added->items[i], "id"), &id) < 0 || id < 0 || id >= TOKENIZER_MAX_VOCAB ||
-            !json_string(json_get(&added->items[i], "content"))) {
+        if (json_int(json_get(&added->items[i], "id"), &id) < 0 || !json_string(json_get(&added->items[i], "content"))) {
             set_err(err, errlen, "%s: added token %zu has a bad id or content", path, i);
+            goto done;
+        }
+        if (id < 0 || (size_t)id >= n_entries) {
+            set_err(err, errlen, "%s: added token %zu has id %d, outside [0, %zu): the file has %zu vocab and added-token entries",
+                    path, i, id, n_entries, n_entries);
             goto done;
         }
         if (id >= nv) nv = id + 1;

@@ -1041,6 +1041,25 @@ static void test_bad_vocab_files(Report *r)
         expect_null(r, jsons[i].name, t, err);
         if (i == 2 || i == 6 || i == 7 || i == 8) printf("     (%s)\n", err);
     }
+    /* One entry with an id far beyond the file's entries: refused with the id
+       named (it used to size the arrays, some 500 MB for these 60 bytes) */
+    static const struct {
+        const char *name, *json, *id;
+    } huge_ids[] = {
+        {"hf_json_vocab_id_beyond_entries", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":60000000},\"merges\":[]}}",
+         "60000000"},
+        {"hf_json_added_id_beyond_entries",
+         "{\"added_tokens\":[{\"id\":50000000,\"content\":\"<x>\"}],\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},"
+         "\"merges\":[]}}", "50000000"},
+    };
+    for (size_t i = 0; i < sizeof(huge_ids) / sizeof(huge_ids[0]); i++) {
+        write_all(file, huge_ids[i].json, strlen(huge_ids[i].json));
+        err[0] = '\0';
+        Tokenizer *t = tokenizer_load_hf(tmpdir, err, sizeof(err));
+        check(r, t == NULL && !strchr(err, '\n') && strstr(err, huge_ids[i].id), huge_ids[i].name, "t=%p err=\"%s\"",
+              (void *)t, err);
+        tokenizer_free(t);
+    }
     unlink(file);
     err[0] = '\0';
     expect_null(r, "hf_empty_folder", tokenizer_load_hf(tmpdir, err, sizeof(err)), err);
