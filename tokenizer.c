@@ -3475,6 +3475,17 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_b
     return tokenizer_encode_ex(t, text, len, add_bos, 0, ids, max_ids);
 }
 
+size_t tokenizer_max_ids(size_t len)
+{
+    /* Text of len bytes is k added tokens (at least a byte each) and m <= k + 1
+       stretches between them of s_1 + ... + s_m <= len - k bytes. Each byte
+       of a normalized stretch (at most 3 s_i bytes) is at most one id, plus
+       one for its prefix space; each added token one; BOS one:
+       1 + sum(3 s_i + 1) + k <= 3 (len - k) + (k + 1) + k + 1 <= 3 len + 2. */
+    if (len > (SIZE_MAX - 2) / TOKENIZER_NFC_MAX_GROWTH) return SIZE_MAX;
+    return TOKENIZER_NFC_MAX_GROWTH * len + 2;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Decoding */
 

@@ -14,6 +14,7 @@
 
 #include "../tokenizer.h"
 #include "../json.h"
+#include "../unicode_tables.h" /* the tables tokenizer.c normalizes with */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -86,12 +87,13 @@ static int write_all(const char *path, const void *data, size_t n)
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
 
-/* Encodes into a fresh array big enough for any text (len + 3). */
+/* Encodes into a fresh array big enough for any text (tokenizer_max_ids). */
 static int *encode_alloc(const Tokenizer *t, const char *text, size_t len, int add_bos, int *n)
 {
-    int *ids = malloc((len + 3) * sizeof(int));
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = malloc(max_ids * sizeof(int));
     if (!ids) abort();
-    *n = tokenizer_encode(t, text, len, add_bos, ids, (int)(len + 3));
+    *n = tokenizer_encode(t, text, len, add_bos, ids, (int)max_ids);
     return ids;
 }
 
@@ -308,8 +310,8 @@ static void test_roundtrips(Report *r, const Tokenizer *llama, const Tokenizer *
         free(path);
     }
 
-    /* Arbitrary bytes (ill-formed UTF-8, NULs) survive too, and len + 3 ids
-       are enough even when every byte falls back. */
+    /* Arbitrary bytes (ill-formed UTF-8, NULs) survive too, and
+       tokenizer_max_ids(len) ids are enough even when every byte falls back. */
     unsigned char junk[4096];
     uint32_t x = 12345;
     for (size_t i = 0; i < sizeof(junk); i++) {
@@ -521,6 +523,84 @@ static void test_empty_match_at_end(Report *r)
     }
 }
 
+/* How long the UTF-8 of cp's full canonical decomposition is (Hangul
+   syllables by the algorithm, the rest through unicode_decomp recursively). */
+static size_t utf8_bytes(uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
+
+static size_t decomposed_bytes(uint32_t cp)
+{
+    if (cp >= 0xAC00 && cp < 0xAC00 + 11172) return (cp - 0xAC00) % 28 ? 9 : 6; /* L V (T): 3 bytes each */
+    size_t n = sizeof(unicode_decomp) / sizeof(unicode_decomp[0]) / 3;
+    for (size_t i = 0; i < n; i++)
+        if (unicode_decomp[3 * i] == cp)
+            return decomposed_bytes(unicode_decomp[3 * i + 1]) +
+                   (unicode_decomp[3 * i + 2] ? decomposed_bytes(unicode_decomp[3 * i + 2]) : 0);
+    return utf8_bytes(cp);
+}
+
+/* NFC grows UTF-8 text by at most TOKENIZER_NFC_MAX_GROWTH (what
+   tokenizer_max_ids is built on): decomposition grows no code point more
+   than that (U+0390 and U+1D160 that much), composition makes no pair longer. Then
+   a prompt of U+1D160 only, through an NFC vocabulary (tests/fixtures/hf/
+   tokenizers/bpe, byte-level, no merges for these bytes), gives three times
+   as many ids as bytes, far past the len + 3 the header once promised: all
+   of them fit in tokenizer_max_ids and are the ids of the text already in
+   NFC (U+1D158 U+1D165 U+1D16E, as Python's unicodedata.normalize gives;
+   tests/check_hf.py checks the same through ./run against a BPE written in
+   Python). */
+static void test_nfc_growth(Report *r)
+{
+    size_t worst_num = 1, worst_den = 1;
+    uint32_t worst_cp = 0;
+    size_t n_decomp = sizeof(unicode_decomp) / sizeof(unicode_decomp[0]) / 3;
+    for (size_t i = 0; i <= n_decomp; i++) {
+        uint32_t cp = i < n_decomp ? unicode_decomp[3 * i] : 0xAC01; /* and a Hangul LVT syllable */
+        size_t d = decomposed_bytes(cp);
+        if (d * worst_den > worst_num * utf8_bytes(cp)) worst_num = d, worst_den = utf8_bytes(cp), worst_cp = cp;
+    }
+    check(r, worst_num == TOKENIZER_NFC_MAX_GROWTH * worst_den && decomposed_bytes(0x1D160) == 12,
+          "nfc_growth_from_tables", "largest decomposition growth %zu/%zu (first at U+%04X), U+1D160 to %zu bytes, "
+          "TOKENIZER_NFC_MAX_GROWTH %d", worst_num, worst_den, (unsigned)worst_cp, decomposed_bytes(0x1D160),
+          TOKENIZER_NFC_MAX_GROWTH);
+    int longer = 0;
+    size_t n_compose = sizeof(unicode_compose) / sizeof(unicode_compose[0]) / 3;
+    for (size_t i = 0; i < n_compose; i++)
+        if (utf8_bytes(unicode_compose[3 * i + 2]) > utf8_bytes(unicode_compose[3 * i]) + utf8_bytes(unicode_compose[3 * i + 1]))
+            longer++;
+    check(r, longer == 0, "nfc_composition_never_lengthens", "%d composites longer than their pair", longer);
+
+    char err[512] = "";
+    Tokenizer *t = tokenizer_load_hf("tests/fixtures/hf/tokenizers/bpe", err, sizeof(err));
+    if (!t) {
+        printf("SKIP nfc_growth_encode: %s\n", err);
+        return;
+    }
+    enum { K = 100 };
+    size_t len = 4 * K;
+    char *text = malloc(len), *nfc_text = malloc(3 * len);
+    if (!text || !nfc_text) abort();
+    for (int k = 0; k < K; k++) {
+        memcpy(text + 4 * k, "\xF0\x9D\x85\xA0", 4); /* U+1D160 */
+        memcpy(nfc_text + 12 * k, "\xF0\x9D\x85\x98\xF0\x9D\x85\xA5\xF0\x9D\x85\xAE", 12);
+    }
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = malloc(max_ids * sizeof(int)), *want = malloc(tokenizer_max_ids(3 * len) * sizeof(int));
+    if (!ids || !want) abort();
+    int n = tokenizer_encode(t, text, len, 1, ids, (int)max_ids);
+    int n_want = tokenizer_encode(t, nfc_text, 3 * len, 1, want, (int)tokenizer_max_ids(3 * len));
+    int same = n == n_want && n >= 0 && memcmp(ids, want, (size_t)(n > 0 ? n : 0) * sizeof(int)) == 0;
+    check(r, same && (size_t)n > len + 3 && (size_t)n <= max_ids, "nfc_growth_encode_fits",
+          "%zu bytes of U+1D160: %d ids (the NFC text gives %d; tokenizer_max_ids %zu)", len, n, n_want, max_ids);
+    n = tokenizer_encode_ex(t, text, len, 1, 1, ids, (int)max_ids);
+    check(r, n == n_want && memcmp(ids, want, (size_t)(n > 0 ? n : 0) * sizeof(int)) == 0, "nfc_growth_encode_ex_fits",
+          "parse_special: %d ids, want %d", n, n_want);
+    free(ids);
+    free(want);
+    free(text);
+    free(nfc_text);
+    tokenizer_free(t);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Broken tokenizer.bin files */
 
@@ -726,9 +806,10 @@ static int vectors_check(const Tokenizer *t, const Vectors *v, char *detail, siz
    drops SentencePiece's dummy prefix). */
 static int roundtrip_ok(const Tokenizer *t, const char *text, size_t len)
 {
-    int *ids = malloc((2 * len + 3) * sizeof(int));
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = malloc(max_ids * sizeof(int));
     if (!ids) abort();
-    int n = tokenizer_encode(t, text, len, 1, ids, (int)(2 * len + 3));
+    int n = tokenizer_encode(t, text, len, 1, ids, (int)max_ids);
     size_t dl = 0;
     char *dec = n >= 0 ? decode_all(t, ids, n, &dl) : NULL;
     int ok = dec && dl == len && memcmp(dec, text, len) == 0;
@@ -1103,6 +1184,7 @@ int main(int argc, char **argv)
         /* what needs no assets: a vocabulary built here, the repository's fixtures */
         test_synthetic(&r);
         test_empty_match_at_end(&r);
+        test_nfc_growth(&r);
         test_hf_fixtures(&r);
         printf("%d passed, %d failed\n", r.passed, r.failed);
         return r.failed ? 1 : 0;
@@ -1139,6 +1221,7 @@ int main(int argc, char **argv)
     }
     test_synthetic(&r);
     test_empty_match_at_end(&r);
+    test_nfc_growth(&r);
     test_gguf_vocabs(&r);
     test_specials(&r);
     test_hf_fixtures(&r);
