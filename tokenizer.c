@@ -2865,25 +2865,26 @@ Tokenizer *tokenizer_load_hf(const char *dir, char *err, size_t errlen)
     }
     int nv = 0, id;
     for (size_t i = 0; i < vocab->len; i++) {
-        if (json_int(&vocab->items[i], &id) < 0) {
+        if (json_int(&vocab->items[i], &id) < 0 || id < 0) {
             set_err(err, errlen, "%s: vocab entry %zu has a bad id", path, i);
             goto done;
         }
-        if (id < 0 || (size_t)id >= n_entries) {
-            set_err(err, errlen, "%s: vocab entry %zu has id %d, outside [0, %zu): the file has %zu vocab and added-token entries",
-                    path, i, id, n_entries, n_entries);
+        if ((size_t)id >= n_entries) {
+            set_err(err, errlen, "%s: vocab entry %zu has id %d, not below %zu, the number of vocab and added-token entries",
+                    path, i, id, n_entries);
             goto done;
         }
         if (id >= nv) nv = id + 1;
     }
     for (size_t i = 0; added && added->type == JSON_ARRAY && i < added->len; i++) {
-        if (json_int(json_get(&added->items[i], "id"), &id) < 0 || !json_string(json_get(&added->items[i], "content"))) {
+        if (json_int(json_get(&added->items[i], "id"), &id) < 0 || id < 0 ||
+            !json_string(json_get(&added->items[i], "content"))) {
             set_err(err, errlen, "%s: added token %zu has a bad id or content", path, i);
             goto done;
         }
-        if (id < 0 || (size_t)id >= n_entries) {
-            set_err(err, errlen, "%s: added token %zu has id %d, outside [0, %zu): the file has %zu vocab and added-token entries",
-                    path, i, id, n_entries, n_entries);
+        if ((size_t)id >= n_entries) {
+            set_err(err, errlen, "%s: added token %zu has id %d, not below %zu, the number of vocab and added-token entries",
+                    path, i, id, n_entries);
             goto done;
         }
         if (id >= nv) nv = id + 1;

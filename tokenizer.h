@@ -179,7 +179,8 @@ const TokenizerData *tokenizer_data(const Tokenizer *t);
 /* Encodes len bytes of text (any bytes; not NUL-terminated). With add_bos
    (and the vocabulary having a BOS) ids[0] = BOS. Returns the number of ids,
    or -1 if more than max_ids would be needed; tokenizer_max_ids(len) ids
-   always suffice. (Also -1 if memory runs out: encode allocates O(len) scratch, all freed.)
+   always suffice. (Also -1 if memory runs out: encode allocates O(len)
+   scratch, all freed.)
    Runs in O(len log len), so whole books can be encoded. Bytes that are not
    well-formed UTF-8 each become a byte token, so (given byte tokens in the
    vocabulary) decoding gives back the exact input.
