@@ -284,16 +284,13 @@ int gguf_parse(Gguf *g, const void *buf, size_t size, char *err, size_t errlen) 
     if (g->version >= 0x01000000u) return gguf_fail(&c, "big-endian GGUF file: not supported");
     if (g->version != 2 && g->version != 3) return gguf_fail(&c, "unsupported GGUF version %u", g->version);
     /* Each metadata entry takes at least 13 bytes (key length, type, a byte
-       of value), each tensor entry 32: counts beyond that cannot be real. */
-    size_t left = (size_t)(c.end - c.p);
-    if (g->n_kv > left / 13) return gguf_fail(&c, "GGUF metadata count %llu is more than the file holds", (unsigned long long)g->n_kv);
-    if (g->n_tensors > left / 32) return gguf_fail(&c, "GGUF tensor count %llu is more than the file holds", (unsigned long long)g->n_tensors);
+       of value), each tensor entry 32, and the tensor table follows the
+       metadata: a count is checked against the bytes left for its entries
+       before it sizes anything. */
+    if (g->n_kv > (size_t)(c.end - c.p) / 13)
+        return gguf_fail(&c, "GGUF metadata count %llu is more than the file holds", (unsigned long long)g->n_kv);
     g->kv = calloc(g->n_kv ? (size_t)g->n_kv : 1, sizeof *g->kv);
-    g->tensors = calloc(g->n_tensors ? (size_t)g->n_tensors : 1, sizeof *g->tensors);
-    if (!g->kv || !g->tensors) {
-        gguf_free(g);
-        return gguf_fail(&c, "out of memory reading the GGUF header");
-    }
+    if (!g->kv) return gguf_fail(&c, "out of memory reading the GGUF header");
     g->alignment = 32;
     for (uint64_t i = 0; i < g->n_kv && !c.failed; i++) {
         GgufKv *kv = &g->kv[i];
@@ -306,6 +303,10 @@ int gguf_parse(Gguf *g, const void *buf, size_t size, char *err, size_t errlen) 
             g->alignment = (uint32_t)a;
         }
     }
+    if (!c.failed && g->n_tensors > (size_t)(c.end - c.p) / 32)
+        gguf_fail(&c, "GGUF tensor count %llu is more than the file holds after its metadata", (unsigned long long)g->n_tensors);
+    if (!c.failed && !(g->tensors = calloc(g->n_tensors ? (size_t)g->n_tensors : 1, sizeof *g->tensors)))
+        gguf_fail(&c, "out of memory reading the GGUF header");
     for (uint64_t i = 0; i < g->n_tensors && !c.failed; i++) {
         GgufTensor *t = &g->tensors[i];
         gguf_take_str(&c, &t->name, &t->name_len, "tensor name");

@@ -1246,8 +1246,9 @@ static void check_roles(const Conversation *c, const char *history) {
 /* Tokenizes a rendering: its special tokens parsed, no BOS added (the
    template writes it where it belongs). Appends to ids[*n..]. */
 static void chat_tokenize(const Tokenizer *t, const Str *text, int **ids, int *n, int *cap) {
-    if (text->len > (size_t)INT_MAX / 2 - 3) die("chat too long");
-    int need = *n + 2 * (int)text->len + 3;
+    size_t most = tokenizer_max_ids(text->len);
+    if (most > (size_t)(INT_MAX - *n)) die("chat too long");
+    int need = *n + (int)most;
     if (need > *cap) {
         *cap = need;
         *ids = realloc(*ids, (size_t)need * sizeof(int));
@@ -1667,13 +1668,14 @@ typedef struct {
 } Chunker;
 
 static int count_tokens(Chunker *k, size_t start, size_t end) {
-    size_t len = end - start;
-    if (2 * len + 3 > (size_t)k->cap) {
-        k->cap = (int)(2 * len + 3);
+    size_t most = tokenizer_max_ids(end - start);
+    if (most > (size_t)INT_MAX) die("a document is too long to tokenize");
+    if (most > (size_t)k->cap) {
+        k->cap = (int)most;
         k->buf = realloc(k->buf, (size_t)k->cap * sizeof(int));
         if (!k->buf) die("out of memory");
     }
-    int n = tokenizer_encode_ex(k->tok, k->text + start, len, 0, 1, k->buf, k->cap);
+    int n = tokenizer_encode_ex(k->tok, k->text + start, end - start, 0, 1, k->buf, k->cap);
     if (n < 0) die("cannot tokenize a document");
     return n;
 }
@@ -1812,8 +1814,9 @@ static void render_row(Str *out, const RowFormat *rf, const char *ctx, size_t ct
 /* Tokenizes a row as a prompt: one string, special tokens parsed, BOS in
    front as for a prompt (a chat rendering writes its own). */
 static int tokenize_row(const Tokenizer *t, const RowFormat *rf, const Str *text, int **ids) {
-    if (text->len > (size_t)INT_MAX / 2 - 3) die("an NBCE row is too long");
-    int cap = 2 * (int)text->len + 3;
+    size_t most = tokenizer_max_ids(text->len);
+    if (most > (size_t)INT_MAX) die("an NBCE row is too long");
+    int cap = (int)most;
     *ids = malloc((size_t)cap * sizeof(int));
     if (!*ids) die("out of memory");
     int n = tokenizer_encode_ex(t, text->s ? text->s : "", text->len, !rf->chat && tokenizer_add_bos(t), 1, *ids, cap);
@@ -2298,10 +2301,10 @@ int main(int argc, char **argv) {
         memcpy(text, o.prompt ? o.prompt : "", text_len);
     }
     /* Special tokens written in the prompt (<|im_start|>, <s>) are parsed as
-       single tokens, as the tokenizers library does (tokenizer.h: then
-       2 * len + 3 ids always suffice). */
-    if (text_len > (size_t)INT_MAX / 2 - 3) die("prompt too long");
-    int max_ids = 2 * (int)text_len + 3;
+       single tokens, as the tokenizers library does. */
+    size_t most = tokenizer_max_ids(text_len);
+    if (most > (size_t)INT_MAX) die("prompt too long");
+    int max_ids = (int)most;
     int *tokens = malloc((size_t)max_ids * sizeof(int));
     if (!tokens) die("out of memory");
     int n = tokenizer_encode_ex(e.tokenizer, text, text_len, tokenizer_add_bos(e.tokenizer), 1, tokens, max_ids);

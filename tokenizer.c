@@ -2856,18 +2856,36 @@ Tokenizer *tokenizer_load_hf(const char *dir, char *err, size_t errlen)
         goto done;
     }
     const JsonValue *added = json_get(root, "added_tokens");
+    /* Every id is one of the file's entries, so there are no more ids than
+       entries: a larger id would size the arrays by a number the file merely
+       states (one entry could ask for gigabytes) and leave holes in them. */
+    size_t n_entries = vocab->len + (added && added->type == JSON_ARRAY ? added->len : 0);
+    if (n_entries > TOKENIZER_MAX_VOCAB) {
+        set_err(err, errlen, "%s: %zu vocab and added-token entries, more than %d", path, n_entries, TOKENIZER_MAX_VOCAB);
+        goto done;
+    }
     int nv = 0, id;
     for (size_t i = 0; i < vocab->len; i++) {
-        if (json_int(&vocab->items[i], &id) < 0 || id < 0 || id >= TOKENIZER_MAX_VOCAB) {
+        if (json_int(&vocab->items[i], &id) < 0 || id < 0) {
             set_err(err, errlen, "%s: vocab entry %zu has a bad id", path, i);
+            goto done;
+        }
+        if ((size_t)id >= n_entries) {
+            set_err(err, errlen, "%s: vocab entry %zu has id %d, not below %zu, the number of vocab and added-token entries",
+                    path, i, id, n_entries);
             goto done;
         }
         if (id >= nv) nv = id + 1;
     }
     for (size_t i = 0; added && added->type == JSON_ARRAY && i < added->len; i++) {
-        if (json_int(json_get(&added->items[i], "id"), &id) < 0 || id < 0 || id >= TOKENIZER_MAX_VOCAB ||
+        if (json_int(json_get(&added->items[i], "id"), &id) < 0 || id < 0 ||
             !json_string(json_get(&added->items[i], "content"))) {
             set_err(err, errlen, "%s: added token %zu has a bad id or content", path, i);
+            goto done;
+        }
+        if ((size_t)id >= n_entries) {
+            set_err(err, errlen, "%s: added token %zu has id %d, not below %zu, the number of vocab and added-token entries",
+                    path, i, id, n_entries);
             goto done;
         }
         if (id >= nv) nv = id + 1;
@@ -3305,10 +3323,9 @@ static void pretokenize(Enc *E, const char *s, size_t n, int level)
     while (from < n && !E->fail) {
         size_t ms = 0, me = 0;
         if (!regex_search(re, &E->vm, u, from, n, &ms, &me)) break;
-        if (me == ms) { /* an empty match splits nothing */
-            size_t l;
-            utf8_decode(u + ms, n - ms, &l);
-            from = ms + l;
+        if (me == ms) { /* an empty match splits nothing: search again one character on */
+            if (ms >= n) break; /* at the very end there is no character to step over */
+            from = ms + utf8_char_len(u + ms, n - ms);
             continue;
         }
         if (ms > pos) pretokenize(E, s + pos, ms - pos, level + 1);
@@ -3458,6 +3475,17 @@ int tokenizer_encode_ex(const Tokenizer *t, const char *text, size_t len, int ad
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos, int *ids, int max_ids)
 {
     return tokenizer_encode_ex(t, text, len, add_bos, 0, ids, max_ids);
+}
+
+size_t tokenizer_max_ids(size_t len)
+{
+    /* Text of len bytes is k added tokens (at least a byte each) and m <= k + 1
+       stretches between them of s_1 + ... + s_m <= len - k bytes. Each byte
+       of a normalized stretch (at most 3 s_i bytes) is at most one id, plus
+       one for its prefix space; each added token one; BOS one:
+       1 + sum(3 s_i + 1) + k <= 3 (len - k) + (k + 1) + k + 1 <= 3 len + 2. */
+    if (len > (SIZE_MAX - 2) / TOKENIZER_NFC_MAX_GROWTH) return SIZE_MAX;
+    return TOKENIZER_NFC_MAX_GROWTH * len + 2;
 }
 
 /* ------------------------------------------------------------------------ */

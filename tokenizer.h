@@ -178,9 +178,9 @@ const TokenizerData *tokenizer_data(const Tokenizer *t);
 
 /* Encodes len bytes of text (any bytes; not NUL-terminated). With add_bos
    (and the vocabulary having a BOS) ids[0] = BOS. Returns the number of ids,
-   or -1 if more than max_ids would be needed. len + 3 ids always suffice
-   (with tokenizer_encode_ex and parse_special, 2 * len + 3 do).
-   (Also -1 if memory runs out: encode allocates O(len) scratch, all freed.)
+   or -1 if more than max_ids would be needed; tokenizer_max_ids(len) ids
+   always suffice. (Also -1 if memory runs out: encode allocates O(len)
+   scratch, all freed.)
    Runs in O(len log len), so whole books can be encoded. Bytes that are not
    well-formed UTF-8 each become a byte token, so (given byte tokens in the
    vocabulary) decoding gives back the exact input.
@@ -190,6 +190,20 @@ const TokenizerData *tokenizer_data(const Tokenizer *t);
    as SentencePiece, Hugging Face and llama.cpp do. */
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int add_bos,
                      int *ids, int max_ids);
+
+/* NFC (TOKENIZER_NFC) can make text longer, and the ids come from the
+   normalized text: a code point decomposes into up to three whose UTF-8 is
+   up to three times as long (U+1D160 MUSICAL SYMBOL EIGHTH NOTE, 4 bytes,
+   becomes U+1D158 U+1D165 U+1D16E, 12 bytes, and does not compose back), and
+   composition only shortens. tests/test_tokenizer.c derives this factor
+   from unicode_tables.h. */
+#define TOKENIZER_NFC_MAX_GROWTH 3
+
+/* The most ids tokenizer_encode or tokenizer_encode_ex (parse_special or
+   not) can return for len bytes: 3 * len + 2 (SIZE_MAX if that overflows).
+   Each byte of the normalized text gives at most one id, as does each added
+   token; then BOS and a prefix space per stretch between added tokens. */
+size_t tokenizer_max_ids(size_t len);
 
 /* tokenizer_encode with a choice: parse_special = 1 turns the text of
    control tokens (e.g. "<|im_start|>" in a rendered chat template) into
@@ -208,7 +222,8 @@ const char *tokenizer_decode(const Tokenizer *t, int prev, int id, size_t *len);
 
 /* Length of the well-formed UTF-8 character at s (no overlongs, surrogates
    or code points above U+10FFFF), or 1 for a byte that does not start one
-   (s[0] < 0x80 also gives 1: test it to tell the two apart). */
+   (s[0] < 0x80 also gives 1: test it to tell the two apart). s[0] is always
+   read, so avail (the bytes s holds) must be at least 1. */
 size_t utf8_char_len(const unsigned char *s, size_t avail);
 
 #endif

@@ -9,6 +9,7 @@
 #define MODEL_IMPLEMENTATION
 #include "../model.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,8 +43,9 @@ int main(int argc, char **argv) {
     if (sampler_init(&sampler, model.cfg.vocab_size, temperature, 0.9f, 0, 42)) return fail("out of memory");
 
     size_t len = strlen(argv[2]);
-    int *ids = malloc((len + 3) * sizeof(int));
-    int n = ids ? tokenizer_encode(tok, argv[2], len, tokenizer_add_bos(tok), ids, (int)len + 3) : -1;
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = max_ids <= INT_MAX ? malloc(max_ids * sizeof(int)) : NULL;
+    int n = ids ? tokenizer_encode(tok, argv[2], len, tokenizer_add_bos(tok), ids, (int)max_ids) : -1;
     if (n <= 0 || n >= ctx_len) return fail("the prompt does not fit the context");
 
     const float *logits = sequence_feed(ctx, &seq, ids, n);

@@ -13,6 +13,7 @@
 #define MODEL_IMPLEMENTATION
 #include "../model.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,10 +45,11 @@ int main(int argc, char **argv) {
         const char *doc = r ? argv[2 + r] : "";
         size_t len = strlen(doc) + strlen(question) + 2;
         char *text = malloc(len + 1);
-        ids[r] = malloc((len + 3) * sizeof(int));
+        size_t max_ids = tokenizer_max_ids(len);
+        ids[r] = max_ids <= INT_MAX ? malloc(max_ids * sizeof(int)) : NULL;
         if (!text || !ids[r]) return fail("out of memory");
         snprintf(text, len + 1, "%s\n\n%s", doc, question);
-        n_ids[r] = tokenizer_encode(tok, text, strlen(text), tokenizer_add_bos(tok), ids[r], (int)len + 3);
+        n_ids[r] = tokenizer_encode(tok, text, strlen(text), tokenizer_add_bos(tok), ids[r], (int)max_ids);
         free(text);
         if (n_ids[r] <= 0 || n_ids[r] + ANSWER_TOKENS > ctx_len) return fail("a document does not fit the context");
     }

@@ -20,6 +20,7 @@ the engine's code:
 Usage: check_gguf.py BIN_DIR TMP_DIR [MODEL]   Prints PASS/FAIL lines and "N passed, N failed".
 """
 import os
+import resource
 import struct
 import subprocess
 import sys
@@ -195,6 +196,47 @@ data, _ = gguf(extra_kv=[kv_entry("general.alignment", U32, struct.pack("<I", 48
 expect_error(write("bad.gguf", data), "general.alignment 48 (not a power of two)", "power of two")
 data, _ = gguf(extra_kv=[kv_entry("tokenizer.ggml.merges", ARRAY, struct.pack("<IQ", STRING, 1 << 40))])
 expect_error(write("bad.gguf", data), "an array of 2^40 strings", "longer than the file")
+# The tensor table follows the metadata: a tensor count the whole file could
+# hold (32 bytes an entry), but not the bytes after the metadata, is refused
+# as a count before the table is allocated (it used to be read into garbage).
+bad = bytearray(good)
+struct.pack_into("<Q", bad, 8, (len(good) - 24) // 32)
+expect_error(write("bad.gguf", bytes(bad)), "a tensor count more than the bytes after the metadata hold", "tensor count")
+
+# Files of some 50 bytes with huge counts and lengths: one error line each,
+# naming what does not fit, and nothing allocated that they ask for: ./run
+# runs in 200 MB of address space (not an ASan build, which reserves
+# terabytes for itself at start).
+asan = b"__asan_init" in open(os.path.join(BIN, "run"), "rb").read()
+
+
+def limited():
+    resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
+
+
+def header(n_tensors, n_kv):
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv)
+
+
+tiny = [
+    ("a metadata count of 2^31", header(0, 1 << 31) + bytes(28), "metadata count"),
+    ("a tensor count of 2^31", header(1 << 31, 0) + bytes(28), "tensor count"),
+    ("a key of 2^31 bytes", header(0, 1) + struct.pack("<Q", 1 << 31) + bytes(20), "past the end"),
+    ("a string value of 2^31 bytes", header(0, 1) + kv_entry("k", STRING, struct.pack("<Q", 1 << 31)), "past the end"),
+    ("an array of 2^29 u32", header(0, 1) + kv_entry("k", ARRAY, struct.pack("<IQ", U32, 1 << 29)), "longer than the file"),
+    ("an array of 2^28 strings", header(0, 1) + kv_entry("k", ARRAY, struct.pack("<IQ", STRING, 1 << 28)),
+     "longer than the file"),
+    ("a tensor name of 2^31 bytes", header(1, 0) + struct.pack("<Q", 1 << 31) + bytes(24), "past the end"),
+    ("a tensor of 2^31 dimensions", header(1, 0) + gstr(b"t") + struct.pack("<I", 1 << 31) + bytes(20), "dimensions"),
+]
+for what, data, word in tiny:
+    path = write("tiny.gguf", data)
+    p = subprocess.run([os.path.join(BIN, "run"), path, "-p", "hi"], capture_output=True,
+                       preexec_fn=None if asan else limited)
+    lines = p.stderr.decode("utf-8", "replace").strip().splitlines()
+    check(p.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0],
+          f"a {len(data)}-byte GGUF file with {what}: one error line naming {word!r}"
+          f"{'' if asan else ' in 200 MB of memory'} ({lines[:2]})")
 data, _ = gguf(arch_name="gpt-neox")
 expect_error(write("bad.gguf", data), "an unsupported architecture", "gpt-neox")
 data, _ = gguf(arch_name="gpt\nneox\x1b[2J")

@@ -101,4 +101,47 @@ for kind, model in (("spm", "llama"), ("bpe", "qwen2")):
     check(not bad, f"{kind} tokenizer ({model}): {len(cases[kind]) - len(bad)}/{len(cases[kind])} tricky strings "
           f"tokenize as the tokenizers library does" + (f"; first mismatch {bad[0]}" if bad else ""))
 
+
+# The prompt that NFC lengthens most: U+1D160 decomposes into three code points
+# of four bytes each (and does not compose back), so the ids are three times
+# as many as the prompt's bytes. --tokenize must give them all (it used to
+# refuse the prompt), equal to a byte-level BPE written here over the fixture's
+# vocabulary and merges, run on the text Python's unicodedata normalizes. The
+# normalized text has no letters, digits or spaces, so the Qwen2 pre-tokenizer
+# regex takes it whole (" ?[^\s\p{L}\p{N}]+"): one word.
+def gpt2_byte_chars():
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
+
+
+def byte_level_bpe(word, vocab, ranks):
+    chars = gpt2_byte_chars()
+    parts = [chars[b] for b in word]
+    while len(parts) > 1:
+        rank, i = min((ranks.get((parts[i], parts[i + 1]), float("inf")), i) for i in range(len(parts) - 1))
+        if rank == float("inf"):
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return [vocab[p] for p in parts]
+
+
+if exported.get("qwen2"):
+    import unicodedata
+    tok = json.load(open(os.path.join(HF, "qwen2", "tokenizer.json")))
+    vocab = tok["model"]["vocab"]
+    ranks = {tuple(m.split(" ", 1) if isinstance(m, str) else m): r for r, m in enumerate(tok["model"]["merges"])}
+    prompt = "\U0001D160" * 100
+    normalized = unicodedata.normalize("NFC", prompt)
+    one_word = all(unicodedata.category(c)[0] not in "LNZ" and not c.isspace() for c in normalized)
+    want = byte_level_bpe(normalized.encode(), vocab, ranks)
+    path = os.path.join(TMP, "nfc_longest.txt")
+    with open(path, "wb") as f:
+        f.write(prompt.encode())
+    rc, out, err = run(exported["qwen2"], "-f", path, "--tokenize")
+    got = json.loads(out) if rc == 0 else None
+    check(one_word and len(normalized.encode()) == 3 * len(prompt.encode()) and got == want,
+          f"qwen2: --tokenize of {len(prompt.encode())} bytes of U+1D160 (NFC: three times as many) gives the "
+          f"{len(want)} ids of a byte-level BPE over the NFC text ({err.strip()[-120:] if rc else len(got)})")
+
 finish()

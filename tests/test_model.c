@@ -1268,7 +1268,7 @@ static void test_shipped_tokenizer(const Tokenizer *t, const char *fixture) {
         for (size_t i = 0; cases && i < cases->len; i++) {
             const JsonValue *c = json_array_item(cases, i), *text = json_get(c, "text"), *want = json_get(c, groups[g][1]);
             if (!text || text->type != JSON_STRING || !want || want->type != JSON_ARRAY) continue;
-            int max = (int)(2 * text->len + 3), *ids = malloc((size_t)max * sizeof(int));
+            int max = (int)tokenizer_max_ids(text->len), *ids = malloc((size_t)max * sizeof(int));
             int got = tokenizer_encode(t, text->str, text->len, tokenizer_add_bos(t), ids, max), same = got == (int)want->len;
             for (int k = 0; same && k < got; k++) {
                 int id;

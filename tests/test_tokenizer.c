@@ -14,6 +14,7 @@
 
 #include "../tokenizer.h"
 #include "../json.h"
+#include "../unicode_tables.h" /* the tables tokenizer.c normalizes with */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -86,12 +87,13 @@ static int write_all(const char *path, const void *data, size_t n)
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
 
-/* Encodes into a fresh array big enough for any text (len + 3). */
+/* Encodes into a fresh array big enough for any text (tokenizer_max_ids). */
 static int *encode_alloc(const Tokenizer *t, const char *text, size_t len, int add_bos, int *n)
 {
-    int *ids = malloc((len + 3) * sizeof(int));
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = malloc(max_ids * sizeof(int));
     if (!ids) abort();
-    *n = tokenizer_encode(t, text, len, add_bos, ids, (int)(len + 3));
+    *n = tokenizer_encode(t, text, len, add_bos, ids, (int)max_ids);
     return ids;
 }
 
@@ -308,8 +310,8 @@ static void test_roundtrips(Report *r, const Tokenizer *llama, const Tokenizer *
         free(path);
     }
 
-    /* Arbitrary bytes (ill-formed UTF-8, NULs) survive too, and len + 3 ids
-       are enough even when every byte falls back. */
+    /* Arbitrary bytes (ill-formed UTF-8, NULs) survive too, and
+       tokenizer_max_ids(len) ids are enough even when every byte falls back. */
     unsigned char junk[4096];
     uint32_t x = 12345;
     for (size_t i = 0; i < sizeof(junk); i++) {
@@ -486,6 +488,117 @@ static void test_synthetic(Report *r)
               (void *)t, err);
         tokenizer_free(t);
     }
+}
+
+/* A pre-tokenizer regex that matches only the empty string at the end of the
+   text ("$", "(?!.)"): the match splits nothing, so the whole text is one
+   pre-token and "ab" merges. The text is a heap block of exactly its length,
+   so a read of the byte after it (the encoder stepping over a character at
+   the end that is not there) is what AddressSanitizer reports. */
+static void test_empty_match_at_end(Report *r)
+{
+    static const char pieces[] = "abab";
+    static const uint32_t off[] = {0, 1, 2, 4}; /* "a", "b", "ab" */
+    static const uint8_t types[] = {TOKEN_NORMAL, TOKEN_NORMAL, TOKEN_NORMAL};
+    static const uint32_t merges[] = {0, 1};
+    static const char *regexes[] = {"$", "(?!.)", "b*$"};
+    for (int k = 0; k < 3; k++) {
+        TokenizerData d = {.kind = TOKENIZER_BPE, .n_vocab = 3, .bos_id = -1, .eos_id = -1,
+                           .piece_offset = off, .piece_bytes = pieces, .types = types,
+                           .flags = TOKENIZER_BYTE_LEVEL, .merges = merges, .n_merges = 1,
+                           .pretok = regexes[k], .pretok_len = strlen(regexes[k]) + 1};
+        char err[256] = "", name[64];
+        Tokenizer *t = tokenizer_from_data(&d, err, sizeof(err));
+        char *text = malloc(2);
+        if (!text) abort();
+        memcpy(text, "ab", 2);
+        int ids[8] = {0};
+        int n = t ? tokenizer_encode(t, text, 2, 0, ids, 8) : -2;
+        snprintf(name, sizeof(name), "pretok_empty_match_at_end %s", regexes[k]);
+        /* "b*$" matches "b" at the end: "a" and "b" are pre-tokens of their own */
+        int ok = k < 2 ? n == 1 && ids[0] == 2 : n == 2 && ids[0] == 0 && ids[1] == 1;
+        check(r, ok, name, "n=%d ids=[%d, %d] err=\"%s\"", n, ids[0], ids[1], err);
+        free(text);
+        tokenizer_free(t);
+    }
+}
+
+/* How long the UTF-8 of cp's full canonical decomposition is (Hangul
+   syllables by the algorithm, the rest through unicode_decomp recursively). */
+static size_t utf8_bytes(uint32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
+
+static size_t decomposed_bytes(uint32_t cp)
+{
+    if (cp >= 0xAC00 && cp < 0xAC00 + 11172) return (cp - 0xAC00) % 28 ? 9 : 6; /* L V (T): 3 bytes each */
+    size_t n = sizeof(unicode_decomp) / sizeof(unicode_decomp[0]) / 3;
+    for (size_t i = 0; i < n; i++)
+        if (unicode_decomp[3 * i] == cp)
+            return decomposed_bytes(unicode_decomp[3 * i + 1]) +
+                   (unicode_decomp[3 * i + 2] ? decomposed_bytes(unicode_decomp[3 * i + 2]) : 0);
+    return utf8_bytes(cp);
+}
+
+/* NFC grows UTF-8 text by at most TOKENIZER_NFC_MAX_GROWTH (what
+   tokenizer_max_ids is built on): decomposition grows no code point more
+   than that (U+0390 and U+1D160 that much), composition makes no pair longer. Then
+   a prompt of U+1D160 only, through an NFC vocabulary (tests/fixtures/hf/
+   tokenizers/bpe, byte-level, no merges for these bytes), gives three times
+   as many ids as bytes, far past the len + 3 the header once promised: all
+   of them fit in tokenizer_max_ids and are the ids of the text already in
+   NFC (U+1D158 U+1D165 U+1D16E, as Python's unicodedata.normalize gives;
+   tests/check_hf.py checks the same through ./run against a BPE written in
+   Python). */
+static void test_nfc_growth(Report *r)
+{
+    size_t worst_num = 1, worst_den = 1;
+    uint32_t worst_cp = 0;
+    size_t n_decomp = sizeof(unicode_decomp) / sizeof(unicode_decomp[0]) / 3;
+    for (size_t i = 0; i <= n_decomp; i++) {
+        uint32_t cp = i < n_decomp ? unicode_decomp[3 * i] : 0xAC01; /* and a Hangul LVT syllable */
+        size_t d = decomposed_bytes(cp);
+        if (d * worst_den > worst_num * utf8_bytes(cp)) worst_num = d, worst_den = utf8_bytes(cp), worst_cp = cp;
+    }
+    check(r, worst_num == TOKENIZER_NFC_MAX_GROWTH * worst_den && decomposed_bytes(0x1D160) == 12,
+          "nfc_growth_from_tables", "largest decomposition growth %zu/%zu (first at U+%04X), U+1D160 to %zu bytes, "
+          "TOKENIZER_NFC_MAX_GROWTH %d", worst_num, worst_den, (unsigned)worst_cp, decomposed_bytes(0x1D160),
+          TOKENIZER_NFC_MAX_GROWTH);
+    int longer = 0;
+    size_t n_compose = sizeof(unicode_compose) / sizeof(unicode_compose[0]) / 3;
+    for (size_t i = 0; i < n_compose; i++)
+        if (utf8_bytes(unicode_compose[3 * i + 2]) > utf8_bytes(unicode_compose[3 * i]) + utf8_bytes(unicode_compose[3 * i + 1]))
+            longer++;
+    check(r, longer == 0, "nfc_composition_never_lengthens", "%d composites longer than their pair", longer);
+
+    char err[512] = "";
+    Tokenizer *t = tokenizer_load_hf("tests/fixtures/hf/tokenizers/bpe", err, sizeof(err));
+    if (!t) {
+        printf("SKIP nfc_growth_encode: %s\n", err);
+        return;
+    }
+    enum { K = 100 };
+    size_t len = 4 * K;
+    char *text = malloc(len), *nfc_text = malloc(3 * len);
+    if (!text || !nfc_text) abort();
+    for (int k = 0; k < K; k++) {
+        memcpy(text + 4 * k, "\xF0\x9D\x85\xA0", 4); /* U+1D160 */
+        memcpy(nfc_text + 12 * k, "\xF0\x9D\x85\x98\xF0\x9D\x85\xA5\xF0\x9D\x85\xAE", 12);
+    }
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = malloc(max_ids * sizeof(int)), *want = malloc(tokenizer_max_ids(3 * len) * sizeof(int));
+    if (!ids || !want) abort();
+    int n = tokenizer_encode(t, text, len, 1, ids, (int)max_ids);
+    int n_want = tokenizer_encode(t, nfc_text, 3 * len, 1, want, (int)tokenizer_max_ids(3 * len));
+    int same = n == n_want && n >= 0 && memcmp(ids, want, (size_t)(n > 0 ? n : 0) * sizeof(int)) == 0;
+    check(r, same && (size_t)n > len + 3 && (size_t)n <= max_ids, "nfc_growth_encode_fits",
+          "%zu bytes of U+1D160: %d ids (the NFC text gives %d; tokenizer_max_ids %zu)", len, n, n_want, max_ids);
+    n = tokenizer_encode_ex(t, text, len, 1, 1, ids, (int)max_ids);
+    check(r, n == n_want && memcmp(ids, want, (size_t)(n > 0 ? n : 0) * sizeof(int)) == 0, "nfc_growth_encode_ex_fits",
+          "parse_special: %d ids, want %d", n, n_want);
+    free(ids);
+    free(want);
+    free(text);
+    free(nfc_text);
+    tokenizer_free(t);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -693,9 +806,10 @@ static int vectors_check(const Tokenizer *t, const Vectors *v, char *detail, siz
    drops SentencePiece's dummy prefix). */
 static int roundtrip_ok(const Tokenizer *t, const char *text, size_t len)
 {
-    int *ids = malloc((2 * len + 3) * sizeof(int));
+    size_t max_ids = tokenizer_max_ids(len);
+    int *ids = malloc(max_ids * sizeof(int));
     if (!ids) abort();
-    int n = tokenizer_encode(t, text, len, 1, ids, (int)(2 * len + 3));
+    int n = tokenizer_encode(t, text, len, 1, ids, (int)max_ids);
     size_t dl = 0;
     char *dec = n >= 0 ? decode_all(t, ids, n, &dl) : NULL;
     int ok = dec && dl == len && memcmp(dec, text, len) == 0;
@@ -1008,6 +1122,25 @@ static void test_bad_vocab_files(Report *r)
         expect_null(r, jsons[i].name, t, err);
         if (i == 2 || i == 6 || i == 7 || i == 8) printf("     (%s)\n", err);
     }
+    /* One entry with an id far beyond the file's entries: refused with the id
+       named (it used to size the arrays, some 500 MB for these 60 bytes) */
+    static const struct {
+        const char *name, *json, *id;
+    } huge_ids[] = {
+        {"hf_json_vocab_id_beyond_entries", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":60000000},\"merges\":[]}}",
+         "60000000"},
+        {"hf_json_added_id_beyond_entries",
+         "{\"added_tokens\":[{\"id\":50000000,\"content\":\"<x>\"}],\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},"
+         "\"merges\":[]}}", "50000000"},
+    };
+    for (size_t i = 0; i < sizeof(huge_ids) / sizeof(huge_ids[0]); i++) {
+        write_all(file, huge_ids[i].json, strlen(huge_ids[i].json));
+        err[0] = '\0';
+        Tokenizer *t = tokenizer_load_hf(tmpdir, err, sizeof(err));
+        check(r, t == NULL && !strchr(err, '\n') && strstr(err, huge_ids[i].id), huge_ids[i].name, "t=%p err=\"%s\"",
+              (void *)t, err);
+        tokenizer_free(t);
+    }
     unlink(file);
     err[0] = '\0';
     expect_null(r, "hf_empty_folder", tokenizer_load_hf(tmpdir, err, sizeof(err)), err);
@@ -1050,6 +1183,8 @@ int main(int argc, char **argv)
         r.failed += required;
         /* what needs no assets: a vocabulary built here, the repository's fixtures */
         test_synthetic(&r);
+        test_empty_match_at_end(&r);
+        test_nfc_growth(&r);
         test_hf_fixtures(&r);
         printf("%d passed, %d failed\n", r.passed, r.failed);
         return r.failed ? 1 : 0;
@@ -1085,6 +1220,8 @@ int main(int argc, char **argv)
         test_sentencepiece_texts(&r, llama, t512);
     }
     test_synthetic(&r);
+    test_empty_match_at_end(&r);
+    test_nfc_growth(&r);
     test_gguf_vocabs(&r);
     test_specials(&r);
     test_hf_fixtures(&r);
