@@ -1,8 +1,8 @@
 /* fuzz_encode: any text through two real vocabularies, a SentencePiece one
    with byte fallback and a byte-level BPE whose tokenizer.json normalizes to
    NFC (tests/fixtures/hf/tokenizers). tokenizer.h promises that every id is
-   in range, that 2 * len + 3 ids suffice with special tokens parsed, and that
-   decoding gives back the text as the vocabulary normalizes it: the exact
+   in range, that tokenizer_max_ids(len) ids suffice with special tokens
+   parsed, and that decoding gives back the text as the vocabulary normalizes it: the exact
    text for SentencePiece; for NFC, text that encodes and decodes to itself.
    The first byte picks the vocabulary and whether special tokens are parsed. */
 #include "../../tokenizer.h"
@@ -21,7 +21,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 /* decode(encode(text)) into a new buffer; *out_len gets its length. */
 static char *round_trip(const Tokenizer *t, const char *text, size_t len, int special, size_t *out_len) {
-    int max_ids = 2 * (int)len + 3;
+    int max_ids = (int)tokenizer_max_ids(len);
     int *ids = malloc(sizeof(int) * (size_t)max_ids);
     char *back = malloc(len * 4 + 64);
     if (!ids || !back) fuzz_fail("out of memory");

@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     else {
         const char *text = f.stdin_data ? f.stdin_data : sample;
         size_t len = f.stdin_data ? f.stdin_len : sizeof sample - 1;
-        int max_ids = 2 * (int)len + 3, vocab = tokenizer_n_vocab(t);
+        int max_ids = (int)tokenizer_max_ids(len), vocab = tokenizer_n_vocab(t);
         int *ids = malloc(sizeof(int) * (size_t)max_ids);
         if (!ids) fuzz_fail("out of memory");
         for (int special = 0; special < 2; special++) {
