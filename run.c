@@ -138,7 +138,8 @@ static void usage(void) {
             "  --pool P         NBCE: min-entropy or mean (default min-entropy)\n"
             "  --template T     NBCE: row template with {context} and {question}; \\n is a newline\n"
             "                   (default {context}\\n\\n{question}, in the model's chat format if it has one)\n"
-            "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question)\n"
+            "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question and the answer's\n"
+            "                   room, a quarter of the context up to 256 tokens; -n is at most that room)\n"
             "  --cache-dir DIR  NBCE: keep the documents' KV caches in DIR for later runs\n"
             "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n"
             "  --version        print the version and exit\n"
@@ -1365,10 +1366,11 @@ done:
  *
  * Every regular file under the folder, in byte-wise order of its path
  * relative to the folder, is a document. A document too long to share a
- * row with the question and the answer is cut into consecutive chunks: at
- * blank lines, else at sentence ends, else at line ends, else between
- * words, else between characters. Each chunk is one context with one row; row 0 has
- * none. All rows are prefilled together, then every step runs them forward
+ * row with the question and the answer's fixed room (a quarter of the
+ * context, at most 256 tokens, whatever -n is) is cut into consecutive
+ * chunks: at blank lines, else at sentence ends, else at line ends, else
+ * between words, else between characters. Each chunk is one context with
+ * one row; row 0 has none. All rows are prefilled together, then every step runs them forward
  * as one batch and pools their predictions (model.h's nbce_feed).
  *
  * A row's KV cache serves as long as it can: the next question of the same
@@ -1898,18 +1900,25 @@ static Row *build_rows(const Engine *e, const RowFormat *rf, const Document *doc
 static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, const Document *docs, int n_docs,
                         const char *q, size_t q_len, Row *old, int n_old, int *n_out, uint64_t digest, const Options *o) {
     int ctx_len = e->ctx_len;
-    int budget = o->steps >= 0 ? o->steps : (ctx_len / 4 < 256 ? ctx_len / 4 : 256);
+    /* Every row keeps the same room for the answer, whatever -n asks for, so
+       the chunks (and with them the answer) do not depend on -n: with -n 8
+       the answer is the first 8 tokens of the -n 16 one. */
+    int answer_room = ctx_len / 4 < 256 ? ctx_len / 4 : 256;
+    int budget = o->steps >= 0 ? o->steps : answer_room;
+    if (budget > answer_room)
+        die("-n %d does not fit in the %d tokens every NBCE row keeps for the answer (a quarter of the %d-token context, "
+            "at most 256); lower -n%s", budget, answer_room, ctx_len, answer_room < 256 ? " or raise --ctx" : "");
     /* Chunks leave room for the question rounded up to 32 tokens, so a
        follow-up question of about the same length gets the same chunks and
        their caches serve it. */
     Row probe = {0};
     make_row(e, rf, "", 0, q, q_len, &probe);
-    int overhead = (probe.n + 4 + 31) / 32 * 32, row_max = ctx_len - budget;
+    int overhead = (probe.n + 4 + 31) / 32 * 32, row_max = ctx_len - answer_room;
     int chunk_max = row_max - overhead;
     if (o->nbce_chunk && o->nbce_chunk < chunk_max) chunk_max = o->nbce_chunk;
     if (chunk_max < 16)
-        die("no room for documents: the question takes %d tokens and the answer budget %d of the %d-token context "
-            "(shorten the question, lower -n or raise --ctx)", probe.n, budget, ctx_len);
+        die("no room for documents: the question takes %d tokens and the answer %d of the %d-token context "
+            "(shorten the question or raise --ctx)", probe.n, answer_room, ctx_len);
     free(probe.ids);
     Chunk *chunks;
     int n_rows;

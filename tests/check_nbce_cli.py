@@ -9,8 +9,9 @@ needs none of the developers' assets:
 1. Bad folders and files: one error line and status 1, or a warning and the
    file skipped; the order of documents; text clean-up.
 2. Chunking of a long public-domain text: as many chunks as its tokens
-   need, every row fits, the chunks cover the document in order, cuts fall
-   between words.
+   need, every row fits beside the answer's fixed room, the chunks cover the
+   document in order, cuts fall between words; -n changes neither the
+   chunks nor the start of the answer.
 3. Invariants end to end: one context with beta 0 is plain greedy decoding
    of its row; identical contexts behave as one; renaming the files (so the
    contexts come in another order) changes nothing but the indices; threads.
@@ -157,10 +158,11 @@ text = pride.rstrip(b" \t\n\v\f\r")
 rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "--verbose", "-t", "0", "-n", "20")
 ctx = contexts_of(err)
 n_text = len(rows_of(run([*MODEL, "-f", os.path.join(book, "pride.txt"), "--tokenize"])[1])[0]) - 1
-need = -(-n_text // (512 - 20))  # rows of at most 512 - 20 tokens hold the text's tokens
-check(rc == 0 and len(ctx) >= need > 1 and max(c[4] for c in ctx) <= 512 - 20,
+ROOM = 512 // 4  # every row keeps a quarter of the context, at most 256 tokens, for the answer
+need = -(-n_text // (512 - ROOM))  # rows of at most 512 - ROOM tokens hold the text's tokens
+check(rc == 0 and len(ctx) >= need > 1 and max(c[4] for c in ctx) <= 512 - ROOM,
       f"a 20 kB text of {n_text} tokens in a 512-token context: {len(ctx)} chunks (at least {need}), every row within "
-      f"512 - 20 tokens (longest {max([c[4] for c in ctx] or [0])})")
+      f"512 - {ROOM} tokens (longest {max([c[4] for c in ctx] or [0])})")
 covered = ctx and ctx[0][2] == 0 and ctx[-1][3] == len(text) and all(
     not text[a[3]:b[2]].strip() and a[1] + 1 == b[1] for a, b in zip(ctx, ctx[1:]))
 check(covered, "the chunks cover the document in order, with only whitespace between them")
@@ -171,6 +173,20 @@ at_sentences = sum(text[c[3] - 3:c[3]].rstrip(b"\"')]_*").endswith((b".", b"!", 
 check(between_words and at_paragraphs + at_sentences >= 0.8 * (len(ctx) - 1),
       f"every cut falls between words; of {len(ctx) - 1} cuts {at_paragraphs} at blank lines, {at_sentences} more at "
       f"sentence ends")
+# The chunks depend on the documents, the question and the model, not on
+# the answer budget: with -n 8 and -n 16 the same chunks, and greedy
+# decoding gives the 8-token answer as the start of the 16-token one.
+runs = {n: nbce(book, "-p", "Who is Mr. Bingley?", "--verbose", "-t", "0", "-n", str(n), "--json") for n in (8, 16)}
+short_run, long_run = (answer(runs[n][1]) for n in (8, 16))
+check(contexts_of(runs[8][2]) == contexts_of(runs[16][2]) == ctx,
+      f"-n 8, -n 16 and -n 20 cut the text into the same chunks ({[len(contexts_of(r[2])) for r in runs.values()]})")
+check(short_run and long_run and len(short_run["ids"]) == 8 and long_run["ids"][:8] == short_run["ids"] and
+      long_run["chosen"][:8] == short_run["chosen"],
+      "the greedy answer with -n 8 is the first 8 tokens (and chosen contexts) of the one with -n 16")
+rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "-n", str(ROOM + 1))
+check(one_error(rc, err, f"-n {ROOM + 1}", "--ctx"), f"-n beyond the answer's room: one error ({err.strip()[:200]})")
+rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "-n", str(ROOM + 1), "--ctx", "1024", "--json")
+check(rc == 0 and answer(out) is not None, "with --ctx 1024 (a room of 256) the same -n fits")
 rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "--verbose", "-n", "0", "--nbce-chunk", "100")
 ctx100 = contexts_of(err)
 q_row = len(rows_of(run([*MODEL, "-p", "\n\nWho is Mr. Bingley?", "--tokenize"])[1])[0])
@@ -253,24 +269,19 @@ def warnings(err):
 # answer is a fresh run's, and the file is written again, so the next run
 # loads it without a warning. The folder is given with a trailing slash:
 # the paths printed have one slash before the file's name.
-sizes = {f: os.path.getsize(os.path.join(cache, f)) for f in files}
-for how, offset in (("cut short", None), ("with one byte of its KV changed", -100), ("of another version", 4)):
-    damaged = os.path.join(cache, files[1])
-    with open(damaged, "r+b") as f:
-        if offset is None:
-            f.truncate(40)
-        else:
-            f.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
-            byte = f.read(1)
-            f.seek(-1, os.SEEK_CUR)
-            f.write(bytes([byte[0] ^ 0x10]))
+damaged = os.path.join(cache, files[1])
+good = open(damaged, "rb").read()
+for how, damage in (("cut short", lambda d: d[:40]), ("with one byte of its KV changed", lambda d: d[:-100] + bytes(
+        [d[-100] ^ 0x10]) + d[-99:]), ("of another version", lambda d: d[:4] + bytes([d[4] + 1]) + d[5:])):
+    with open(damaged, "wb") as f:
+        f.write(damage(good))
     rc, out, err = nbce(four, "-p", Q2, "--cache-dir", cache + "/", *GREEDY)
     warned = warnings(err)
     check(rc == 0 and answer(out)["ids"] == fresh["ids"] and len(warned) == 1 and f"'{damaged}'" in warned[0],
           f"a cache file {how}: one warning naming it, and the answer is a fresh run's ({warned})")
     rc, out, err = nbce(four, "-p", Q2, "--cache-dir", cache + "/", *GREEDY)
     check(rc == 0 and answer(out)["ids"] == fresh["ids"] and not warnings(err) and
-          os.path.getsize(damaged) == sizes[files[1]] and sorted(os.listdir(cache)) == files,
+          open(damaged, "rb").read() == good and sorted(os.listdir(cache)) == files,
           f"the cache file {how} was written again: the next run loads it without a warning ({warnings(err)})")
 rc, out, err = nbce(four, "-p", Q2, "--cache-dir", os.path.join(plain, "a.txt"), *GREEDY)
 check(one_error(rc, err, "--cache-dir", "a.txt", "not one"), f"--cache-dir naming a file: one error ({err.strip()[:300]})")
