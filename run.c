@@ -1370,8 +1370,9 @@ done:
  * context, at most 256 tokens, whatever -n is) is cut into consecutive
  * chunks: at blank lines, else at sentence ends, else at line ends, else
  * between words, else between characters. Each chunk is one context with
- * one row; row 0 has none. All rows are prefilled together, then every step runs them forward
- * as one batch and pools their predictions (model.h's nbce_feed).
+ * one row; row 0 has none. All rows are prefilled together, then every
+ * step runs them forward as one batch and pools their predictions (model.h's
+ * nbce_feed).
  *
  * A row's KV cache serves as long as it can: the next question of the same
  * run keeps the longest run of leading tokens the new row shares with the
