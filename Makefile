@@ -23,7 +23,8 @@ CFLAGS += -DMODEL_BLIS
 LDLIBS += -lblis
 endif
 
-ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h message.h unicode_tables.h
+# (with tempfile.h, which run.c and export.c share)
+ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h message.h unicode_tables.h tempfile.h
 # the fuzz targets in tests/fuzz (see Fuzzing below)
 FUZZ_TARGETS = model tokenizer encode json run export
 REPLAY_BINS = $(addprefix build/replay/fuzz_,$(FUZZ_TARGETS))
@@ -55,7 +56,7 @@ static: run.c export.c $(ENGINE)
 	$(CC) $(CFLAGS) -static -o build/static/run run.c tokenizer.c $(LDLIBS)
 	$(CC) $(CFLAGS) -static -o build/static/export export.c tokenizer.c $(LDLIBS)
 
-TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model
+TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model tests/bin/test_tempfile
 
 # everything make test runs (make -j2 test-bins builds it two at a time)
 test-bins: all $(TEST_BINS) $(EXAMPLES) $(REPLAY_BINS)
@@ -67,7 +68,7 @@ test: test-bins
 SAN = build/sanitize
 SANFLAGS = -O1 -g $(ARCH) -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 SAN_CC = $(CC) $(SANFLAGS) -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64
-SAN_BINS = $(addprefix $(SAN)/,run export generate nbce_qa test_kernels test_json test_tokenizer test_model) \
+SAN_BINS = $(addprefix $(SAN)/,run export generate nbce_qa test_kernels test_json test_tokenizer test_model test_tempfile) \
     $(addprefix $(SAN)/fuzz_,$(FUZZ_TARGETS))
 $(SAN)/run $(SAN)/export: $(SAN)/%: %.c $(ENGINE)
 	@mkdir -p $(SAN)
@@ -142,7 +143,7 @@ CROSS_ARCH_riscv64 = -march=rv64gc
 CROSS_QEMU_aarch64 = qemu-aarch64 -cpu max
 CROSS_QEMU_armhf = qemu-arm -cpu max
 CROSS_QEMU_riscv64 = qemu-riscv64
-CROSS_PROGRAMS = run export generate nbce_qa test_kernels test_json test_tokenizer test_model
+CROSS_PROGRAMS = run export generate nbce_qa test_kernels test_json test_tokenizer test_model test_tempfile
 CROSS_OPT = -O2 # Debian's aarch64 gcc 12 crashes vectorizing test_kernels.c at -O3
 
 cross-%: $(ENGINE) run.c export.c tests/*.c tests/check.h examples/*.c

@@ -12,28 +12,28 @@
  * writing that out is one function, so a new source format only needs a
  * reader that produces a Model.
  *
- * OUT is written to a temporary file beside it and renamed at the end, so a
- * failed export never leaves a partial OUT.
+ * OUT is written to a temporary file beside it and renamed at the end
+ * (tempfile.h), so a failed or interrupted export (Ctrl-C, SIGTERM, SIGHUP)
+ * leaves neither a partial OUT nor the temporary file.
  */
 #define MODEL_IMPLEMENTATION
 #include "model.h"
 
 #include "json.h"
 #include "message.h"
+#include "tempfile.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static char temp_path[4096]; /* removed by die() if the export fails midway */
-
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     message_print(stderr, "error: ", fmt, ap);
     va_end(ap);
-    if (temp_path[0]) unlink(temp_path);
+    tempfile_discard(); /* a failed export leaves no partial output */
     exit(1);
 }
 
@@ -1037,7 +1037,7 @@ static int export_fallback(int type, int64_t cols) {
 }
 
 static void write_all(FILE *f, const void *p, size_t n) {
-    if (n && fwrite(p, 1, n, f) != n) die("cannot write '%s': %s", temp_path, strerror(errno));
+    if (n && fwrite(p, 1, n, f) != n) die("cannot write '%s': %s", tempfile_path(), strerror(errno));
 }
 
 /* Writes one tensor, converting row by row so no second copy of a large
@@ -1128,17 +1128,10 @@ int main(int argc, char **argv) {
     if (!tok) note("no tokenizer %s; ./run will need -z for this model", no_tokenizer ? "(--tokenizer none)" : "given (--tokenizer)");
 
     /* Create the output first, so an unwritable destination fails before any work. */
-    if (snprintf(temp_path, sizeof temp_path, "%s.tmp.XXXXXX", out) >= (int)sizeof temp_path) die("output path too long");
-    int fd = mkstemp(temp_path);
-    if (fd < 0) {
-        temp_path[0] = 0;
-        die("cannot create a temporary file beside '%s': %s", out, strerror(errno));
-    }
-    mode_t mask = umask(0); /* mkstemp makes the file private; give it the usual permissions */
-    umask(mask);
-    fchmod(fd, 0666 & ~mask);
+    int fd = tempfile_create(out);
+    if (fd < 0) die("cannot create a temporary file beside '%s': %s", out, strerror(errno));
     FILE *f = fdopen(fd, "wb");
-    if (!f) die("cannot write '%s': %s", temp_path, strerror(errno));
+    if (!f) die("cannot write '%s': %s", tempfile_path(), strerror(errno));
 
     /* The output's tensor table: weights in the chosen type, vectors in f32. */
     OutTable tab = {0};
@@ -1225,9 +1218,8 @@ int main(int argc, char **argv) {
         if (progress) fprintf(stderr, "\r[%d/%d] %-40s %-5s", i + 1, tab.n, o->name, type_name(o->type));
     }
     if (progress) fprintf(stderr, "\n");
-    if (fflush(f) || fsync(fileno(f)) || fclose(f)) die("cannot write '%s': %s", temp_path, strerror(errno));
-    if (rename(temp_path, out)) die("cannot rename '%s' to '%s': %s", temp_path, out, strerror(errno));
-    temp_path[0] = 0;
+    if (fflush(f) || fsync(fileno(f)) || fclose(f)) die("cannot write '%s': %s", tempfile_path(), strerror(errno));
+    if (tempfile_commit(out)) die("cannot rename '%s' to '%s': %s", tempfile_path(), out, strerror(errno));
     fprintf(stderr, "wrote %s: %d tensors, %.2f MiB, weights %s\n", out, tab.n, offset / 1048576.0,
             quant == QUANT_Q4_K_M ? "q4_k_m" : quant == QUANT_KEEP ? "as in the source" : type_name(quant));
     free(row_f32);

@@ -320,9 +320,10 @@ int sequence_copy(Sequence *dst, const Sequence *src, const Model *m, int n);
 /* Writes positions [0, n) of s to f, or reads them from f into s (setting
    n_past = n). Raw values in the cache's layout and type, layer by layer;
    the caller keeps what identifies them (model_digest, the cache type, the
-   tokens). Returns 0, or -1 on a
-   short read or a failed write. */
-int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing);
+   tokens). checksum, when not NULL, is continued (hash_bytes) over the bytes
+   written or read, so a caller can tell a damaged file. Returns 0, or -1 on
+   a short read or a failed write. */
+int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing, uint64_t *checksum);
 /* A 64-bit fingerprint of what a KV cache depends on besides its tokens:
    the configuration, the tensor table, samples of every tensor's bytes and
    the position settings. */
@@ -2608,7 +2609,7 @@ int sequence_copy(Sequence *dst, const Sequence *src, const Model *m, int n) {
     return 0;
 }
 
-int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing) {
+int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing, uint64_t *checksum) {
     KvPart parts[3];
     int np = kv_parts(s, m, parts);
     if (n < 0 || n > s->capacity || (writing && n > s->n_past)) return -1;
@@ -2617,6 +2618,7 @@ int sequence_file_io(Sequence *s, const Model *m, int n, FILE *f, int writing) {
             uint8_t *at = parts[p].base + (size_t)l * s->capacity * parts[p].width;
             size_t bytes = (size_t)n * parts[p].width;
             if ((writing ? fwrite(at, 1, bytes, f) : fread(at, 1, bytes, f)) != bytes) return -1;
+            if (checksum) *checksum = hash_bytes(*checksum, at, bytes);
         }
     if (!writing) s->n_past = n;
     return 0;

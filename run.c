@@ -10,6 +10,7 @@
 #include "model.h"
 #include "json.h" /* --chat-history; the implementation is compiled in tokenizer.c */
 #include "message.h"
+#include "tempfile.h" /* --cache-dir files appear whole or not at all */
 
 #include <errno.h>
 #include <limits.h>
@@ -147,7 +148,8 @@ static void usage(void) {
             "  --pool P         NBCE: min-entropy or mean (default min-entropy)\n"
             "  --template T     NBCE: row template with {context} and {question}; \\n is a newline\n"
             "                   (default {context}\\n\\n{question}, in the model's chat format if it has one)\n"
-            "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question)\n"
+            "  --nbce-chunk N   NBCE: most tokens in one context (default: what fits beside the question and\n"
+            "                   the answer's room, a quarter of the context up to 256 tokens; -n fits in it)\n"
             "  --cache-dir DIR  NBCE: keep the documents' KV caches in DIR for later runs\n"
             "  --mem SIZE       NBCE: memory the rows' KV caches may take, e.g. 2G (default: what is available)\n"
             "  --version        print the version and exit\n"
@@ -1484,11 +1486,13 @@ done:
  *
  * Every regular file under the folder, in byte-wise order of its path
  * relative to the folder, is a document. A document too long to share a
- * row with the question and the answer is cut into consecutive chunks: at
- * blank lines, else at sentence ends, else at line ends, else between
- * words, else between characters. Each chunk is one context with one row; row 0 has
- * none. All rows are prefilled together, then every step runs them forward
- * as one batch and pools their predictions (model.h's nbce_feed).
+ * row with the question and the answer's fixed room (a quarter of the
+ * context, at most 256 tokens, whatever -n is) is cut into consecutive
+ * chunks: at blank lines, else at sentence ends, else at line ends, else
+ * between words, else between characters. Each chunk is one context with
+ * one row; row 0 has none. All rows are prefilled together, then every
+ * step runs them forward as one batch and pools their predictions (model.h's
+ * nbce_feed).
  *
  * A row's KV cache serves as long as it can: the next question of the same
  * run keeps the longest run of leading tokens the new row shares with the
@@ -1534,6 +1538,7 @@ typedef struct {
     int *ids, n;               /* the row's prompt */
     int prefix;                /* leading ids that do not depend on the question */
     Sequence seq;              /* capacity n + the answer budget */
+    int cache_file_damaged;    /* its --cache-dir file was unusable: write it again */
 } Row;
 
 /* How rows are written: the template, wrapped in the model's chat format
@@ -1545,13 +1550,14 @@ typedef struct {
     const char *system;
 } RowFormat;
 
+/* a/b, with one slash between them when a already ends with one ("kv/"). */
 static char *path_join(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
     char *p = malloc(la + lb + 2);
     if (!p) die("out of memory");
     memcpy(p, a, la);
-    p[la] = '/';
-    memcpy(p + la + 1, b, lb + 1);
+    if (!la || a[la - 1] != '/') p[la++] = '/';
+    memcpy(p + la, b, lb + 1);
     return p;
 }
 
@@ -1853,65 +1859,88 @@ static void rows_free(Row *rows, int n) {
     free(rows);
 }
 
-/* ---- KV cache files: "RUNK", version, model digest, n, ids[n], then the KV
-   of positions [0, n) as sequence_file_io writes it ---- */
+/* ---- KV cache files: "RUNK", version, model digest, n, checksum, ids[n],
+   then the KV of positions [0, n) as sequence_file_io writes it. The
+   checksum is FNV-1a (hash_bytes) over the ids and the KV, so a file that
+   was cut short or changed is told apart from a good one. ---- */
 
-#define KV_FILE_VERSION 1
+#define KV_FILE_VERSION 2
+#define KV_FILE_CHECKSUM_AT 20 /* after the magic, version, digest and n */
 
-static void kv_file_path(char *out, size_t cap, const char *dir, uint64_t digest, const Row *row) {
-    uint64_t h = hash_bytes(digest, row->ids, (size_t)row->prefix * sizeof(int));
-    snprintf(out, cap, "%s/%016llx.kv", dir, (unsigned long long)h);
+/* The file for row's prefix (malloc'd): named by the model and its tokens. */
+static char *kv_file_path(const char *dir, uint64_t digest, const Row *row) {
+    char name[32];
+    snprintf(name, sizeof name, "%016llx.kv", (unsigned long long)hash_bytes(digest, row->ids, (size_t)row->prefix * sizeof(int)));
+    return path_join(dir, name);
 }
 
 /* Loads the saved prefix of row into its sequence; returns the positions
-   loaded (0 when there is no such file or it does not fit). */
+   loaded: 0 when there is no such file, and 0 with a warning (and the row
+   marked for kv_file_save to write it again) when the file is short,
+   damaged, of another version or not this row's. */
 static int kv_file_load(Engine *e, Row *row, const char *dir, uint64_t digest) {
-    char path[4096];
-    kv_file_path(path, sizeof path, dir, digest, row);
+    char *path = kv_file_path(dir, digest, row);
     FILE *f = fopen(path, "rb");
-    if (!f) return 0;
+    if (!f) {
+        free(path);
+        return 0;
+    }
     char magic[4];
     uint32_t version;
-    uint64_t d;
+    uint64_t d, stored, checksum = FNV_OFFSET;
     int32_t n;
     int ok = fread(magic, 4, 1, f) == 1 && !memcmp(magic, "RUNK", 4) && fread(&version, 4, 1, f) == 1 &&
              version == KV_FILE_VERSION && fread(&d, 8, 1, f) == 1 && d == digest && fread(&n, 4, 1, f) == 1 &&
-             n == row->prefix;
+             n == row->prefix && fread(&stored, 8, 1, f) == 1;
     for (int i = 0; ok && i < n; i++) {
         int32_t id;
         ok = fread(&id, 4, 1, f) == 1 && id == row->ids[i];
+        checksum = hash_bytes(checksum, &id, sizeof id);
     }
-    ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 0);
+    ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 0, &checksum) && checksum == stored && fgetc(f) == EOF;
     fclose(f);
     if (!ok) {
-        warn("ignoring the KV cache file '%s': it does not match this row or is damaged", path);
+        warn("the KV cache file '%s' is damaged or does not match this row; computing it again", path);
         row->seq.n_past = 0;
-        return 0;
+        row->cache_file_damaged = 1;
     }
-    return n;
+    free(path);
+    return ok ? n : 0;
 }
 
-/* Saves row's prefix: written to a temporary file, then renamed. */
-static void kv_file_save(Engine *e, Row *row, const char *dir, uint64_t digest) {
-    char path[4096], tmp[4200];
-    kv_file_path(path, sizeof path, dir, digest, row);
-    if (!access(path, F_OK)) return;
-    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
+/* Saves row's prefix, unless its file is there already (and was not found
+   damaged): written to a temporary file in the same folder and renamed, so
+   a run sharing the folder never reads a half-written file. Returns 0, or
+   -1 with a warning. */
+static int kv_file_save(Engine *e, Row *row, const char *dir, uint64_t digest) {
+    char *path = kv_file_path(dir, digest, row);
+    if (!row->cache_file_damaged && !access(path, F_OK)) {
+        free(path);
+        return 0;
+    }
+    int fd = tempfile_create(path);
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    if (fd >= 0 && !f) close(fd);
     uint32_t version = KV_FILE_VERSION;
     int32_t n = row->prefix;
+    uint64_t checksum = FNV_OFFSET;
     int ok = f && fwrite("RUNK", 4, 1, f) == 1 && fwrite(&version, 4, 1, f) == 1 && fwrite(&digest, 8, 1, f) == 1 &&
-             fwrite(&n, 4, 1, f) == 1;
+             fwrite(&n, 4, 1, f) == 1 && fwrite(&checksum, 8, 1, f) == 1; /* a placeholder until the payload is written */
     for (int i = 0; ok && i < n; i++) {
         int32_t id = row->ids[i];
         ok = fwrite(&id, 4, 1, f) == 1;
+        checksum = hash_bytes(checksum, &id, sizeof id);
     }
-    ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 1);
+    ok = ok && !sequence_file_io(&row->seq, &e->model, n, f, 1, &checksum);
+    ok = ok && !fseek(f, KV_FILE_CHECKSUM_AT, SEEK_SET) && fwrite(&checksum, 8, 1, f) == 1;
     if (f && fclose(f)) ok = 0;
-    if (!ok || rename(tmp, path)) {
+    if (ok && tempfile_commit(path)) ok = 0;
+    if (!ok) {
         warn("cannot write the KV cache file '%s': %s", path, strerror(errno));
-        remove(tmp);
+        tempfile_discard();
     }
+    free(path);
+    return ok ? 0 : -1;
 }
 
 /* ---- memory ---- */
@@ -2018,18 +2047,25 @@ static Row *build_rows(const Engine *e, const RowFormat *rf, const Document *doc
 static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, const Document *docs, int n_docs,
                         const char *q, size_t q_len, Row *old, int n_old, int *n_out, uint64_t digest, const Options *o) {
     int ctx_len = e->ctx_len;
-    int budget = o->steps >= 0 ? o->steps : (ctx_len / 4 < 256 ? ctx_len / 4 : 256);
+    /* Every row keeps the same room for the answer, whatever -n asks for, so
+       the chunks (and with them the answer) do not depend on -n: with -n 8
+       the answer is the first 8 tokens of the -n 16 one. */
+    int answer_room = ctx_len / 4 < 256 ? ctx_len / 4 : 256;
+    int budget = o->steps >= 0 ? o->steps : answer_room;
+    if (budget > answer_room)
+        die("-n %d does not fit in the %d tokens every NBCE row keeps for the answer (a quarter of the %d-token context, "
+            "at most 256); lower -n%s", budget, answer_room, ctx_len, answer_room < 256 ? " or raise --ctx" : "");
     /* Chunks leave room for the question rounded up to 32 tokens, so a
        follow-up question of about the same length gets the same chunks and
        their caches serve it. */
     Row probe = {0};
     make_row(e, rf, "", 0, q, q_len, &probe);
-    int overhead = (probe.n + 4 + 31) / 32 * 32, row_max = ctx_len - budget;
+    int overhead = (probe.n + 4 + 31) / 32 * 32, row_max = ctx_len - answer_room;
     int chunk_max = row_max - overhead;
     if (o->nbce_chunk && o->nbce_chunk < chunk_max) chunk_max = o->nbce_chunk;
     if (chunk_max < 16)
-        die("no room for documents: the question takes %d tokens and the answer budget %d of the %d-token context "
-            "(shorten the question, lower -n or raise --ctx)", probe.n, budget, ctx_len);
+        die("no room for documents: the question takes %d tokens and the answer %d of the %d-token context "
+            "(shorten the question or raise --ctx)", probe.n, answer_room, ctx_len);
     free(probe.ids);
     Chunk *chunks;
     int n_rows;
@@ -2127,9 +2163,9 @@ static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, co
             run.is_tty ? "\033[K" : "");
     if (reused) fprintf(stderr, "; %lld more came from caches", reused);
     fputc('\n', stderr);
-    if (reuse_ok && o->cache_dir)
+    if (reuse_ok && o->cache_dir) /* after one file could not be written, the others would not be either */
         for (int r = 0; r < n_rows; r++)
-            if (rows[r].prefix > 1 && rows[r].prefix < rows[r].n) kv_file_save(e, &rows[r], o->cache_dir, digest);
+            if (rows[r].prefix > 1 && rows[r].prefix < rows[r].n && kv_file_save(e, &rows[r], o->cache_dir, digest)) break;
 
     run.chosen[run.n_chosen++] = k;
     for (int r = 0; r < n_rows; r++) run.tokens[r] = &run.token, run.ones[r] = 1;
@@ -2221,8 +2257,11 @@ static void run_nbce(Engine *e, const Options *o) {
     if (nbce_init(&nb, e->ctx, o->beta, o->eta, o->nbce_top_p, o->pool, err, sizeof err)) die("%s", err);
     uint64_t digest = model_digest(&e->model, &e->ctx->positions);
     digest = hash_bytes(digest, &e->ctx->kv_type, sizeof e->ctx->kv_type); /* the cache files hold values of this type */
+    struct stat st;
     if (o->cache_dir && mkdir(o->cache_dir, 0777) && errno != EEXIST)
         die("cannot create the cache folder '%s': %s", o->cache_dir, strerror(errno));
+    if (o->cache_dir && (stat(o->cache_dir, &st) || !S_ISDIR(st.st_mode)))
+        die("--cache-dir needs a folder: '%s' is not one", o->cache_dir);
     Sampler s;
     sampler_start(&s, e->model.cfg.vocab_size, o);
     Row *rows = NULL;

@@ -9,8 +9,9 @@ needs none of the developers' assets:
 1. Bad folders and files: one error line and status 1, or a warning and the
    file skipped; the order of documents; text clean-up.
 2. Chunking of a long public-domain text: as many chunks as its tokens
-   need, every row fits, the chunks cover the document in order, cuts fall
-   between words.
+   need, every row fits beside the answer's fixed room, the chunks cover the
+   document in order, cuts fall between words; -n changes neither the
+   chunks nor the start of the answer.
 3. Invariants end to end: one context with beta 0 is plain greedy decoding
    of its row; identical contexts behave as one; renaming the files (so the
    contexts come in another order) changes nothing but the indices; threads.
@@ -26,7 +27,7 @@ import shutil
 import subprocess
 import sys
 
-from harness import BIN, TMP, check, export, finish
+from harness import BIN, TMP, check, export, finish, one_error_line
 
 MODEL = ["models/reader.bin"]
 PRIDE = "tools/data/pride.txt"  # Pride and Prejudice, paragraphs between blank lines (models/PROVENANCE.md)
@@ -65,11 +66,6 @@ def answer(out):
         return None
 
 
-def one_error(rc, err, *words):
-    lines = err.strip().splitlines()
-    return rc == 1 and len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words)
-
-
 def rows_of(out):
     try:
         return [json.loads(line) for line in out.strip().splitlines()]
@@ -101,13 +97,13 @@ GREEDY = ["-t", "0", "-n", "24", "--json"]
 # ---------------------------------------------------------------------------
 # 1. Folders and files
 rc, out, err = nbce(os.path.join(ROOT, "missing"), "-p", Q)
-check(one_error(rc, err, "cannot open document folder", "missing"), f"a missing folder: {err.strip()}")
+check(one_error_line(rc, err, "cannot open document folder", "missing"), f"a missing folder: {err.strip()}")
 plain = folder("plainfile", {"a.txt": stories[0]})
 rc, out, err = nbce(os.path.join(plain, "a.txt"), "-p", Q)
-check(one_error(rc, err, "not one"), f"a file instead of a folder: {err.strip()}")
+check(one_error_line(rc, err, "not one"), f"a file instead of a folder: {err.strip()}")
 empty = folder("empty", {})
 rc, out, err = nbce(empty, "-p", Q)
-check(one_error(rc, err, "no documents", "no files"), f"an empty folder: {err.strip()}")
+check(one_error_line(rc, err, "no documents", "no files"), f"an empty folder: {err.strip()}")
 junk = folder("junk", {"blank.txt": " \n\n\t\n", "zero.txt": b"", "image.bin": bytes(range(256)) * 4})
 rc, out, err = nbce(junk, "-p", Q)
 warned = "skipping 'blank.txt': empty" in err and "skipping 'zero.txt': empty" in err and "skipping 'image.bin': not a text" in err
@@ -122,7 +118,7 @@ if os.geteuid() != 0:
     locked = folder("locked", {"a.txt": stories[0], "b.txt": stories[1]})
     os.chmod(os.path.join(locked, "b.txt"), 0)
     rc, out, err = nbce(locked, "-p", Q)
-    check(one_error(rc, err, "cannot open document", "b.txt"), f"an unreadable document: {err.strip()}")
+    check(one_error_line(rc, err, "cannot open document", "b.txt"), f"an unreadable document: {err.strip()}")
     os.chmod(os.path.join(locked, "b.txt"), 0o644)
 else:
     print("SKIP an unreadable document (running as root, which reads every file)")
@@ -157,10 +153,11 @@ text = pride.rstrip(b" \t\n\v\f\r")
 rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "--verbose", "-t", "0", "-n", "20")
 ctx = contexts_of(err)
 n_text = len(rows_of(run([*MODEL, "-f", os.path.join(book, "pride.txt"), "--tokenize"])[1])[0]) - 1
-need = -(-n_text // (512 - 20))  # rows of at most 512 - 20 tokens hold the text's tokens
-check(rc == 0 and len(ctx) >= need > 1 and max(c[4] for c in ctx) <= 512 - 20,
+ROOM = 512 // 4  # every row keeps a quarter of the context, at most 256 tokens, for the answer
+need = -(-n_text // (512 - ROOM))  # rows of at most 512 - ROOM tokens hold the text's tokens
+check(rc == 0 and len(ctx) >= need > 1 and max(c[4] for c in ctx) <= 512 - ROOM,
       f"a 20 kB text of {n_text} tokens in a 512-token context: {len(ctx)} chunks (at least {need}), every row within "
-      f"512 - 20 tokens (longest {max([c[4] for c in ctx] or [0])})")
+      f"512 - {ROOM} tokens (longest {max([c[4] for c in ctx] or [0])})")
 covered = ctx and ctx[0][2] == 0 and ctx[-1][3] == len(text) and all(
     not text[a[3]:b[2]].strip() and a[1] + 1 == b[1] for a, b in zip(ctx, ctx[1:]))
 check(covered, "the chunks cover the document in order, with only whitespace between them")
@@ -171,6 +168,20 @@ at_sentences = sum(text[c[3] - 3:c[3]].rstrip(b"\"')]_*").endswith((b".", b"!", 
 check(between_words and at_paragraphs + at_sentences >= 0.8 * (len(ctx) - 1),
       f"every cut falls between words; of {len(ctx) - 1} cuts {at_paragraphs} at blank lines, {at_sentences} more at "
       f"sentence ends")
+# The chunks depend on the documents, the question and the model, not on
+# the answer budget: with -n 8 and -n 16 the same chunks, and greedy
+# decoding gives the 8-token answer as the start of the 16-token one.
+runs = {n: nbce(book, "-p", "Who is Mr. Bingley?", "--verbose", "-t", "0", "-n", str(n), "--json") for n in (8, 16)}
+short_run, long_run = (answer(runs[n][1]) for n in (8, 16))
+check(contexts_of(runs[8][2]) == contexts_of(runs[16][2]) == ctx,
+      f"-n 8, -n 16 and -n 20 cut the text into the same chunks ({[len(contexts_of(r[2])) for r in runs.values()]})")
+check(short_run and long_run and len(short_run["ids"]) == 8 and long_run["ids"][:8] == short_run["ids"] and
+      long_run["chosen"][:8] == short_run["chosen"],
+      "the greedy answer with -n 8 is the first 8 tokens (and chosen contexts) of the one with -n 16")
+rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "-n", str(ROOM + 1))
+check(one_error_line(rc, err, f"-n {ROOM + 1}", "--ctx"), f"-n beyond the answer's room: one error ({err.strip()[:200]})")
+rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "-n", str(ROOM + 1), "--ctx", "1024", "--json")
+check(rc == 0 and answer(out) is not None, "with --ctx 1024 (a room of 256) the same -n fits")
 rc, out, err = nbce(book, "-p", "Who is Mr. Bingley?", "--verbose", "-n", "0", "--nbce-chunk", "100")
 ctx100 = contexts_of(err)
 q_row = len(rows_of(run([*MODEL, "-p", "\n\nWho is Mr. Bingley?", "--tokenize"])[1])[0])
@@ -242,21 +253,43 @@ check(rc == 0 and answer(out)["ids"] == base["ids"] and len(files) == 5 and all(
 rc, out, err = nbce(four, "-p", Q2, "--cache-dir", cache, *GREEDY)
 check(rc == 0 and answer(out)["ids"] == fresh["ids"] and "came from caches" in err,
       "a later run with another question loads the documents' caches and answers as a fresh run")
-with open(os.path.join(cache, files[1]), "r+b") as f:
-    f.truncate(40)
-rc, out, err = nbce(four, "-p", Q2, "--cache-dir", cache, *GREEDY)
-check(rc == 0 and answer(out)["ids"] == fresh["ids"] and "ignoring the KV cache file" in err,
-      "a damaged cache file is ignored with a warning and the answer is unchanged")
+
+
+def warnings(err):
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+# Damaged cache files: cut short, one byte of the KV changed (only the
+# checksum tells), the version of another engine. Each is one warning, the
+# answer is a fresh run's, and the file is written again, so the next run
+# loads it without a warning. The folder is given with a trailing slash:
+# the paths printed have one slash before the file's name.
+damaged = os.path.join(cache, files[1])
+good = open(damaged, "rb").read()
+for how, damage in (("cut short", lambda d: d[:40]), ("with one byte of its KV changed", lambda d: d[:-100] + bytes(
+        [d[-100] ^ 0x10]) + d[-99:]), ("of another version", lambda d: d[:4] + bytes([d[4] + 1]) + d[5:])):
+    with open(damaged, "wb") as f:
+        f.write(damage(good))
+    rc, out, err = nbce(four, "-p", Q2, "--cache-dir", cache + "/", *GREEDY)
+    warned = warnings(err)
+    check(rc == 0 and answer(out)["ids"] == fresh["ids"] and len(warned) == 1 and f"'{damaged}'" in warned[0],
+          f"a cache file {how}: one warning naming it, and the answer is a fresh run's ({warned})")
+    rc, out, err = nbce(four, "-p", Q2, "--cache-dir", cache + "/", *GREEDY)
+    check(rc == 0 and answer(out)["ids"] == fresh["ids"] and not warnings(err) and
+          open(damaged, "rb").read() == good and sorted(os.listdir(cache)) == files,
+          f"the cache file {how} was written again: the next run loads it without a warning ({warnings(err)})")
+rc, out, err = nbce(four, "-p", Q2, "--cache-dir", os.path.join(plain, "a.txt"), *GREEDY)
+check(one_error_line(rc, err, "--cache-dir", "a.txt", "not one"), f"--cache-dir naming a file: one error ({err.strip()[:300]})")
 rc, out, err = nbce(four, "-p", Q, "--pos", "rerope", "--window", "64", "--cache-dir", cache, "-n", "1")
 check(rc == 0 and "came from caches" not in err, "caches made under other position settings are not used")
 
 # ---------------------------------------------------------------------------
 # 5. Memory, options, chat rows
 rc, out, err = nbce(four, "-p", Q, "--mem", "100K")
-check(one_error(rc, err, "KV cache", "more than", "--mem", "--nbce-chunk", "-n"),
+check(one_error_line(rc, err, "KV cache", "more than", "--mem", "--nbce-chunk", "-n"),
       f"rows that need more than --mem: one error naming the sizes and the ways out: {err.strip()}")
 rc, out, err = nbce(four, "-p", Q, "--mem", "100K", "--kv", "f32")
-check(one_error(rc, err, "--kv f16"), f"with an f32 cache the memory error also offers an f16 one: {err.strip()}")
+check(one_error_line(rc, err, "--kv f16"), f"with an f32 cache the memory error also offers an f16 one: {err.strip()}")
 rc, out, err = nbce(four, "-p", Q, "-n", "1")
 check(rc == 0 and "nbce: 4 documents, 4 contexts + the unconditional row" in err and "KV cache" in err,
       "the KV memory of all rows is reported before starting")
@@ -272,9 +305,9 @@ for args, words in (
         (["--nbce", four, "--system", "Be brief."], ["--system"]),
         (["--nbce", four, "-p", "word " * 600], ["no room for documents"])):
     rc, out, err = run([*MODEL, *args])
-    check(one_error(rc, err, *words), f"{' '.join(a[:40] for a in args)}: {err.strip()[:200]}")
+    check(one_error_line(rc, err, *words), f"{' '.join(a[:40] for a in args)}: {err.strip()[:200]}")
 rc, out, err = nbce(four, stdin_text="")
-check(one_error(rc, err, "needs a question"), f"no question at all: {err.strip()}")
+check(one_error_line(rc, err, "needs a question"), f"no question at all: {err.strip()}")
 
 chat_model = os.path.join(TMP, "nbce_llama_f32.bin")
 ok, err = export("tests/fixtures/hf/llama", chat_model)

@@ -43,20 +43,22 @@ run_suite() {
     fi
 }
 
-for t in test_kernels test_json test_tokenizer test_model; do
+for t in test_kernels test_json test_tokenizer test_model test_tempfile; do
     run_suite $t $TESTBIN/$t "$ASSETS"
 done
 # TEST_SUBSET=core (make test-cross in CI, where every program runs under
 # qemu): the C unit tests and the command-line checks below, without these
 # Python suites (each runs the engine many times, and qemu is slow).
 if [ "${TEST_SUBSET:-all}" = core ]; then
-    echo "SKIP check_reader, check_hf, check_export_errors, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions, check_gguf, check_gguf_llamacpp: TEST_SUBSET=core"
+    echo "SKIP check_reader, check_hf, check_export_errors, check_interrupt, check_chat, check_nbce_cli, check_nbce, check_reading, check_positions, check_gguf, check_gguf_llamacpp: TEST_SUBSET=core"
 else
     # the shipped model against its oracle fixture (transformers, SentencePiece)
     run_suite check_reader python3 tests/check_reader.py "$BIN" $TMP models/reader.bin
     # Hugging Face checkpoints and tokenizers against transformers (tests/fixtures/hf)
     run_suite check_hf python3 tests/check_hf.py "$BIN" $TMP
     run_suite check_export_errors python3 tests/check_export_errors.py "$BIN" $TMP
+    # ./export stopped by SIGINT, SIGTERM or SIGHUP mid-write leaves no temporary file
+    run_suite check_interrupt python3 tests/check_interrupt.py "$BIN" $TMP models/reader.bin
     run_suite check_chat python3 tests/check_chat.py "$BIN" $TMP
     run_suite check_nbce_cli python3 tests/check_nbce_cli.py "$BIN" $TMP
     run_suite check_nbce python3 tests/check_nbce.py "$BIN" $TMP "$ASSETS"
