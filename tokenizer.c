@@ -2763,7 +2763,8 @@ static int vocab_find(const Vocab *V, const char *s)
 static int hf_read_json(const char *dir, const char *name, JsonDoc *doc, char *path, size_t path_cap, char *err,
                         size_t errlen)
 {
-    snprintf(path, path_cap, "%s/%s", dir, name);
+    size_t dir_len = strlen(dir);
+    snprintf(path, path_cap, "%s%s%s", dir, dir_len && dir[dir_len - 1] == '/' ? "" : "/", name); /* no "//" */
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
     fclose(f);

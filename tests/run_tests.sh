@@ -402,6 +402,8 @@ import json; j=json.load(open('tests/fixtures/hf/tokenizers/bpe/tokenizer.json')
 j['pre_tokenizer']['pretokenizers'][0]['pattern']['Regex']='a\n\x1b[2J(b'
 json.dump(j, open('$TMP/badregex/tokenizer.json', 'w'))"
 expect_error_naming '"a\n\x1b[2J(b"' "a pre-tokenizer regex with control characters" $BIN/run $M -z $TMP/badregex/tokenizer.json -p hi
+# the same through the folder, named with a trailing slash: the path in the message has no "//"
+expect_error_naming "badregex/tokenizer.json:" "a tokenizer folder named with a trailing slash" $BIN/run $M -z $TMP/badregex/ -p hi
 corrupt $((EMB + 88)) '\001'; expect_error_naming "aligned" "misaligned tensor offset" $BIN/run $TMP/bad.bin -p hi
 corrupt $((EMB + 56)) '\377'; expect_error_naming "shape" "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
 corrupt $((SCORES + 88)) '\000\000\000\001'; expect_error "tensor data past the end of the file" $BIN/run $TMP/bad.bin -p hi
