@@ -379,6 +379,16 @@ corrupt 12 '\377\377\377\377'; expect_error "n_tensors far past the file" $BIN/r
 corrupt 156 '\377\377\377\177'; expect_error_naming "expert dimensions" "a dense model with n_shared_experts 2^31-1" $BIN/run $TMP/bad.bin -p hi
 corrupt 160 '\000\000\000\100'; expect_error_naming "expert dimensions" "a dense model with moe_hidden_dim 2^30" $BIN/run $TMP/bad.bin -p hi
 corrupt 136 '\377\377\377\177'; expect_error_naming "latent-attention" "a GQA model with qk_nope_head_dim 2^31-1" $BIN/run $TMP/bad.bin -p hi
+# A trained context of 2^31-1 tokens (field 9) is the default --ctx: its KV cache (terabytes) cannot be
+# allocated, which is said at once and names --ctx; with --ctx 64 the model runs. The address-space limit
+# makes the failure certain whatever the machine's overcommit policy; ASan reserves terabytes of shadow
+# memory, so the sanitized build runs without it and has its allocator return NULL instead of aborting.
+corrupt 68 '\377\377\377\177'
+check "a model trained for 2^31-1 tokens runs two tokens with --ctx 64" sh -c \
+    "$BIN/run $TMP/bad.bin -p hi -n 1 --ctx 64 > $TMP/long_ctx.out 2>/dev/null && test -s $TMP/long_ctx.out"
+case $BIN in *sanitize*) memlimit=: ;; *) memlimit='ulimit -v 33554432' ;; esac
+ASAN_OPTIONS=allocator_may_return_null=1 expect_error_naming "--ctx" "a model trained for 2^31-1 tokens without --ctx" \
+    sh -c "$memlimit; exec $BIN/run $TMP/bad.bin -p hi -n 1"
 corrupt 28 '\001'; expect_error_naming "truncated or padded" "file_bytes not the file's size" $BIN/run $TMP/bad.bin -p hi
 corrupt 32 '\011'; expect_error_naming "architecture" "unknown architecture" $BIN/run $TMP/bad.bin -p hi
 corrupt 36 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
