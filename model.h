@@ -1846,11 +1846,15 @@ static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, in
 /* ---------------------------------------------------------------------------
  * The forward pass.
  */
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+/* Returns -1 when x holds an inf or NaN (or values whose squares overflow):
+   the one comparison that lets the forward pass stop on a residual stream
+   gone non-finite. */
+static int rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     float ss = 0;
     for (int i = 0; i < n; i++) ss += x[i] * x[i];
     float scale = 1.0f / sqrtf(ss / n + eps);
     for (int i = 0; i < n; i++) out[i] = w[i] * (scale * x[i]);
+    return ss <= FLT_MAX ? 0 : -1;
 }
 
 /* Rotates adjacent pairs (2m, 2m+1) of the first rope_dim dims of each head. */
@@ -1881,7 +1885,7 @@ static inline float sum8_tree(__m256 v) {
 static inline __m256 exp8_nonpositive(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.0f);
     __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
+    x = _mm256_max_ps(lo, x); /* in this order a NaN passes (max_ps returns its second operand), as in expf */
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
@@ -2441,6 +2445,17 @@ static void attention_mla_inputs(Context *c, const Layer *L, int n) {
     for (int t = 0; t < n; t++) rmsnorm(c->k + (size_t)t * row, c->k + (size_t)t * row, L->kv_a_norm, lat, cfg->norm_eps);
 }
 
+/* The forward pass's end when the activations are no longer finite (weights
+   that hold inf or NaN, or values past float's range): the positions taken
+   are given back, as for a full sequence. */
+static int forward_nonfinite(Context *c, Sequence *const *seqs, int n, const char *part, int layer) {
+    for (int t = 0; t < n; t++) seqs[t]->n_past--;
+    char of_layer[32] = "";
+    if (layer) snprintf(of_layer, sizeof of_layer, " of layer %d", layer);
+    return seterr(c->error, sizeof c->error, "the activations became non-finite (inf or NaN) in the %s%s: the model's "
+                  "weights hold such values or overflow", part, of_layer);
+}
+
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want) {
     const Model *m = c->model;
     const ModelConfig *cfg = &m->cfg;
@@ -2491,7 +2506,9 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
     for (int l = 0; l < cfg->n_layers; l++) {
         const Layer *L = &m->layers[l];
         /* attention */
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
+        int nonfinite = 0;
+        for (int t = 0; t < n; t++) nonfinite |= rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
+        if (nonfinite) return forward_nonfinite(c, seqs, n, l ? "feed-forward" : "token embeddings", l);
         int rotary = L->pos == POS_ROPE && ps->scheme != POS_NOPE, mla = cfg->attn_kind == ATTN_MLA;
         if (mla) attention_mla_inputs(c, L, n);
         else {
@@ -2547,7 +2564,8 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
 
         /* feed-forward: the routed experts, then w2(silu(w1 x) * w3 x) of the
            dense layer or of the shared experts */
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
+        for (int t = 0; t < n; t++) nonfinite |= rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
+        if (nonfinite) return forward_nonfinite(c, seqs, n, "attention", l + 1);
         if (L->experts) moe(c, L, n);
         if (L->w1.rows) {
             MatmulOut gate_up[2] = {{c->hb, &L->w1}, {c->hb2, &L->w3}};
@@ -2559,12 +2577,15 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         }
     }
     /* final norm and classifier for the wanted rows only */
-    int r = 0;
+    int r = 0, nonfinite = 0;
     for (int t = 0; t < n; t++)
         if (want ? want[t] : t == n - 1)
-            rmsnorm(c->xb + (size_t)r++ * dim, c->x + (size_t)t * dim, m->final_norm, dim, cfg->norm_eps);
+            nonfinite |= rmsnorm(c->xb + (size_t)r++ * dim, c->x + (size_t)t * dim, m->final_norm, dim, cfg->norm_eps);
+    if (nonfinite) return forward_nonfinite(c, seqs, n, "feed-forward", cfg->n_layers);
     MatmulOut cls[1] = {{c->logits, &m->output}};
     if (n_out) matmul(c, c->xb, n_out, cls, 1);
+    for (size_t i = 0; i < (size_t)n_out * cfg->vocab_size; i++) nonfinite |= !(fabsf(c->logits[i]) <= FLT_MAX);
+    if (nonfinite) return forward_nonfinite(c, seqs, n, "classifier", 0);
     return n_out;
 }
 

@@ -403,6 +403,41 @@ corrupt $((EMB + 56)) '\377'; expect_error_naming "shape" "tensor shape that doe
 corrupt $((SCORES + 88)) '\000\000\000\001'; expect_error "tensor data past the end of the file" $BIN/run $TMP/bad.bin -p hi
 corrupt $WQ 'nonexistent_tensor\000'; expect_error_naming "layers.0.attention.wq" "a required tensor missing" $BIN/run $TMP/bad.bin -p hi
 
+# Weights that hold inf or NaN make the activations non-finite: one error line naming the part where
+# it showed, never an integer conversion of a NaN (undefined; UBSan, under make sanitize, reports it
+# as more lines and another status). A NaN in an f32 norm weight reaches the int8 quantization of
+# the activations, in the q8_0 model and in a q4_0 copy (whose kernel subtracts 8 * the block's sum);
+# an inf or NaN f16 block scale (the first two bytes of a q8_0 block) in wq, w2, the embedding row of
+# BOS (id 1) and the last embedding row, the classifier's (tied embeddings, 272 bytes a row).
+# poison SRC TENSOR BYTE BYTES-AS-PRINTF: $TMP/poisoned.bin is SRC with those bytes at BYTE of TENSOR's data
+poison() {
+    cp $1 $TMP/poisoned.bin
+    _at=$(python3 -c "
+import struct; d=open('$1','rb').read(); n,t=struct.unpack_from('<I',d,12)[0],struct.unpack_from('<Q',d,16)[0]
+print([struct.unpack_from('<Q',d,t+104*i+88)[0] for i in range(n) if d[t+104*i:t+104*i+48].split(b'\0')[0]==b'$2'][0] + $3)")
+    printf "$4" | dd of=$TMP/poisoned.bin bs=1 seek=$_at conv=notrunc 2>/dev/null
+}
+NAN32='\000\000\300\177'; INF16='\000\174'; NAN16='\000\176'
+$BIN/export $M $TMP/reader_q4_0.bin --quant q4_0 > /dev/null 2>&1
+for src in $M $TMP/reader_q4_0.bin; do
+    poison $src layers.0.attention_norm 0 $NAN32
+    expect_error_naming "non-finite (inf or NaN) in the attention of layer 1" "$src: a NaN attention_norm weight" \
+        $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+    expect_error_naming "non-finite (inf or NaN) in the attention of layer 1" "$src: a NaN attention_norm weight, one thread, a two-token prompt" \
+        $BIN/run $TMP/poisoned.bin -p hi -n 2 --threads 1
+done
+poison $M layers.0.attention.wq 0 $INF16
+expect_error_naming "non-finite (inf or NaN) in the attention of layer 1" "an inf q8_0 scale in wq (a q8_0 KV cache)" \
+    $BIN/run $TMP/poisoned.bin -p "$P1" -n 2 --kv q8_0
+poison $M layers.0.feed_forward.w2 0 $NAN16
+expect_error_naming "non-finite (inf or NaN) in the feed-forward of layer 1" "a NaN q8_0 scale in w2" $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+poison $M tok_embeddings 272 $INF16
+expect_error_naming "non-finite (inf or NaN) in the token embeddings" "an inf scale in BOS's embedding" $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+poison $M tok_embeddings $((272 * 4095)) $INF16
+expect_error_naming "non-finite (inf or NaN) in the classifier" "an inf scale in the last embedding row, the classifier's" \
+    $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+expect_error_naming "non-finite (inf or NaN) in the classifier" "the same with --ppl" $BIN/run $TMP/poisoned.bin -p "$P1" --ppl
+
 # Bad options.
 expect_error "-n not a number" $BIN/run $M -n abc
 expect_error "-n negative" $BIN/run $M -n -5
