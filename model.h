@@ -310,7 +310,8 @@ void context_free(Context *c);
    sequence may appear several times, in order: a prompt). For the tokens with
    want[i] != 0 (want NULL: only the last token), the next-token logits are
    written, in order, to c->logits. Returns the number of logit rows, or -1
-   with c->error set. */
+   with c->error set: a full sequence, or activations that became inf or NaN
+   (weights that hold them); then the positions taken are given back. */
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want);
 /* Appends tokens[0 .. n) (a prompt, or one sampled token) to s, running
    them forward max_batch at a time. Returns the next-token logits after the

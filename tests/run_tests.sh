@@ -93,6 +93,10 @@ expect_error "no such model" $BIN/run $TMP/does-not-exist.bin -p hi
 expect_error "model is a folder" $BIN/run tests -p hi
 printf 'this is not a model file, just text' > $TMP/garbage.bin
 expect_error "unknown magic" $BIN/run $TMP/garbage.bin -p hi
+# a llama2.c (version 0) header whose vocabulary size is INT32_MIN: negated in 64 bits, too large
+# (negating it in int was undefined; UBSan, under make sanitize, reported it)
+printf '\100\0\0\0\200\0\0\0\001\0\0\0\004\0\0\0\004\0\0\0\0\0\0\200\040\0\0\0' > $TMP/vocab_min.bin
+expect_error "llama2.c header with vocab_size INT32_MIN" $BIN/run $TMP/vocab_min.bin -p hi
 : > $TMP/empty.bin
 expect_error "empty model file" $BIN/run $TMP/empty.bin
 expect_error "export from a missing file" $BIN/export $TMP/does-not-exist.bin $TMP/x.bin
@@ -379,6 +383,13 @@ corrupt 12 '\377\377\377\377'; expect_error "n_tensors far past the file" $BIN/r
 corrupt 156 '\377\377\377\177'; expect_error_naming "expert dimensions" "a dense model with n_shared_experts 2^31-1" $BIN/run $TMP/bad.bin -p hi
 corrupt 160 '\000\000\000\100'; expect_error_naming "expert dimensions" "a dense model with moe_hidden_dim 2^30" $BIN/run $TMP/bad.bin -p hi
 corrupt 136 '\377\377\377\177'; expect_error_naming "latent-attention" "a GQA model with qk_nope_head_dim 2^31-1" $BIN/run $TMP/bad.bin -p hi
+# a latent-attention model (attn_kind 1, field 23; kv_lora_rank 64, field 25) whose nope + rope head
+# dims (fields 26, 27) would overflow int as a sum: refused by the bounds first (UBSan caught the sum)
+corrupt 124 '\001'
+for patch in "132 \100" "136 \377\377\377\177" "140 \001"; do
+    printf "${patch#* }" | dd of=$TMP/bad.bin bs=1 seek=${patch%% *} conv=notrunc 2>/dev/null
+done
+expect_error_naming "latent-attention" "an MLA model with qk_nope_head_dim 2^31-1 and qk_rope_head_dim 1" $BIN/run $TMP/bad.bin -p hi
 # A trained context of 2^31-1 tokens (field 9) is the default --ctx: its KV cache (terabytes) cannot be
 # allocated, which is said at once and names --ctx; with --ctx 64 the model runs. The address-space limit
 # makes the failure certain whatever the machine's overcommit policy; ASan reserves terabytes of shadow
