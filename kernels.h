@@ -10,6 +10,7 @@
 #ifndef KERNELS_H
 #define KERNELS_H
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -307,10 +308,30 @@ static inline uint16_t f32_to_bf16(float f) {
 /* ---------------------------------------------------------------------------
  * Quantization of one row (n a multiple of QK for the block types).
  */
+
+/* The largest |x[i]|, or NaN when some x[i] is NaN (fmaxf would pass over
+   it). The quantizers of the KV cache and of activations take a block whose
+   absmax is not finite (an inf or NaN in it, from weights that hold them) as
+   a NaN scale with zero integers: converting such a value to an integer is
+   undefined, while the NaN scale makes every product with the block NaN, so
+   the forward pass sees it and reports it. */
+static inline float block_absmax(const float *x, int n) {
+    float amax = 0;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > amax || a != a) amax = a; /* once NaN, no comparison is true: it stays */
+    }
+    return amax;
+}
+
 static inline void quantize_row_q8_0(const float *x, BlockQ8_0 *y, int64_t n) {
     for (int64_t b = 0; b < n / QK; b++, x += QK) {
-        float amax = 0;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float amax = block_absmax(x, QK);
+        if (!(amax <= FLT_MAX)) { /* not finite: see block_absmax */
+            y[b].d = f32_to_f16(NAN);
+            memset(y[b].qs, 0, sizeof y[b].qs);
+            continue;
+        }
         y[b].d = f32_to_f16(amax / 127.0f);
         float d = f16_to_f32(y[b].d), id = d ? 1.0f / d : 0.0f; /* quantize with the scale as stored */
         for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
@@ -683,10 +704,15 @@ static inline void quantize_row_q8k(const float *x, BlockQ8K *y, int64_t n) {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float amax = 0, max = 0;
         for (int i = 0; i < QK_K; i++)
-            if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
+            if (fabsf(x[i]) > amax || x[i] != x[i]) amax = fabsf(x[i]), max = x[i]; /* NaN stays, as block_absmax */
         memset(&y[b], 0, sizeof y[b]);
+        if (!(amax <= FLT_MAX)) { /* not finite (block_absmax) */
+            y[b].d = NAN;
+            continue;
+        }
         if (amax == 0) continue;
         float iscale = -127.0f / max;
+        if (isinf(iscale)) continue; /* |max| below 127 / FLT_MAX: zeros, as a zero block */
         for (int i = 0; i < QK_K; i++) {
             long v = lrintf(iscale * x[i]);
             y[b].qs[i] = (int8_t)(v > 127 ? 127 : v);
@@ -697,11 +723,18 @@ static inline void quantize_row_q8k(const float *x, BlockQ8K *y, int64_t n) {
 }
 
 /* Activations: f32 scale, symmetric int8. */
+/* A scale at most 2^-128 has no finite inverse: such a block (|x| below
+   about 3.7e-37) quantizes to zeros. */
+#define Q8A_MIN_SCALE 0x1p-128f
 static inline void quantize_row_q8a_ref(const float *x, BlockQ8A *y, int64_t n) {
     for (int64_t b = 0; b < n / QK; b++, x += QK) {
-        float amax = 0;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        float amax = block_absmax(x, QK);
+        if (!(amax <= FLT_MAX)) { /* not finite (block_absmax) */
+            memset(&y[b], 0, sizeof y[b]);
+            y[b].d = NAN;
+            continue;
+        }
+        float d = amax / 127.0f, id = d > Q8A_MIN_SCALE ? 1.0f / d : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) sum += y[b].qs[j] = (int8_t)lrintf(x[j] * id);
         y[b].d = d;
@@ -719,7 +752,7 @@ static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
         __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        float d = amax / 127.0f, id = d > Q8A_MIN_SCALE ? 1.0f / d : 0.0f;
         __m256i q[4];
         for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
         __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
@@ -728,6 +761,13 @@ static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
         /* packing works within 128-bit halves; the permute puts the groups of four back in order */
         __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        /* a finite block rounds to -127..127; an inf or NaN in it (x * id NaN: the
+           max above may pass over a NaN) converts to INT_MIN, packed to -128 */
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(p, _mm256_set1_epi8(-128)))) {
+            memset(&y[b], 0, sizeof y[b]);
+            y[b].d = NAN;
+            continue;
+        }
         _mm256_storeu_si256((__m256i *)y[b].qs, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         y[b].d = d;
         y[b].sum = _mm_cvtsi128_si32(s4);

@@ -14,7 +14,7 @@
  *   Model     the mapped model file: config, tensor table, weights, tokenizer.
  *             Read-only once loaded; shared by everything that runs it.
  *   Sequence  one token stream's KV cache, allocated once for its capacity.
- *   Context   scratch buffers for a batch of tokens, the RoPE tables and the
+ *   Context   scratch buffers for a batch of tokens, the rotary speeds and the
  *             thread pool. One forward call runs a batch whose tokens may
  *             belong to different sequences (NBCE's rows), so the weights are
  *             read once for all of them.
@@ -240,7 +240,8 @@ typedef struct {
     ThreadPool *pool;
     Positions positions;
     float attn_scale;          /* softmax scale: 1/sqrt(head_dim), times DeepSeek's YaRN correction */
-    float *rope_cos, *rope_sin; /* [ctx_len][rope_dim / 2]; row p for a sequence of p + 1 tokens */
+    double *rope_speeds;       /* [rope_dim / 2]: each pair's rotation per position, for sequences no
+                                  longer than the original context (the only length dynamic NTK depends on) */
     /* batch scratch, [max_batch][width] each */
     float *x, *xb, *xb2, *q, *k, *v, *hb, *hb2;
     BlockQ8A *xq;              /* quantized activations: per 32 for the 32-element types */
@@ -293,7 +294,10 @@ size_t model_kv_bytes_per_token(const Model *m);
    key copy of ReRoPE and Leaky ReRoPE. */
 size_t context_kv_bytes_per_token(const Context *c);
 
-/* A sequence for use with context c (and any context of the same model and positions). */
+/* A sequence for use with context c (and any context of the same model and
+   positions). Returns 0, or -1 with one line in err; -2 (also with the line)
+   when the memory for `capacity` positions is not to be had, so a program
+   can say that a shorter one may fit. */
 int sequence_init(Sequence *s, const Context *c, int capacity, char *err, size_t errlen);
 void sequence_free(Sequence *s);
 
@@ -306,7 +310,8 @@ void context_free(Context *c);
    sequence may appear several times, in order: a prompt). For the tokens with
    want[i] != 0 (want NULL: only the last token), the next-token logits are
    written, in order, to c->logits. Returns the number of logit rows, or -1
-   with c->error set. */
+   with c->error set: a full sequence, or activations that became inf or NaN
+   (weights that hold them); then the positions taken are given back. */
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want);
 /* Appends tokens[0 .. n) (a prompt, or one sampled token) to s, running
    them forward max_batch at a time. Returns the next-token logits after the
@@ -1474,15 +1479,21 @@ int sequence_init(Sequence *s, const Context *ctx, int capacity, char *err, size
     if (!kv_type_fits(c, kt))
         return seterr(err, errlen, "a %s KV cache needs head sizes that are multiples of %d (this model's: %d)", type_name(kt), QK,
                       c->attn_kind == ATTN_MLA ? c->qk_rope_head_dim : c->head_dim);
-    size_t positions = (size_t)capacity * c->n_layers, vw = kv_value_width(c);
+    /* calloc checks its own product; this one may not fit a 32-bit size_t */
+    uint64_t positions = (uint64_t)capacity * (uint64_t)c->n_layers;
+    size_t vw = kv_value_width(c);
     s->kv_type = kt;
-    s->k = calloc(positions, type_row_bytes(kt, (int64_t)kv_key_width(c)));
-    s->v = vw ? calloc(positions, type_row_bytes(kt, (int64_t)vw)) : NULL;
-    if (rectified(&ctx->positions)) s->k_far = calloc(positions, type_row_bytes(kt, (int64_t)kv_far_width(c)));
+    if (positions <= SIZE_MAX) {
+        s->k = calloc((size_t)positions, type_row_bytes(kt, (int64_t)kv_key_width(c)));
+        s->v = vw ? calloc((size_t)positions, type_row_bytes(kt, (int64_t)vw)) : NULL;
+        if (rectified(&ctx->positions)) s->k_far = calloc((size_t)positions, type_row_bytes(kt, (int64_t)kv_far_width(c)));
+    }
     if (!s->k || (vw && !s->v) || (rectified(&ctx->positions) && !s->k_far)) {
         sequence_free(s);
-        return seterr(err, errlen, "out of memory for a %d-token KV cache (%zu bytes)", capacity,
-                      (size_t)capacity * context_kv_bytes_per_token(ctx));
+        double bytes = (double)capacity * (double)context_kv_bytes_per_token(ctx);
+        seterr(err, errlen, "cannot allocate %.1f %s for a KV cache of %d tokens", bytes / (bytes >= 1e9 ? 1e9 : 1e6),
+               bytes >= 1e9 ? "GB" : "MB", capacity);
+        return -2;
     }
     s->capacity = capacity;
     return 0;
@@ -1540,7 +1551,7 @@ static double rope_freq(const ModelConfig *cfg, int m, int len) {
     return freq;
 }
 
-/* YaRN's attention factor: the rotation tables are scaled by it, so both q
+/* YaRN's attention factor: the rotations are scaled by it, so both q
    and k are, and every rotary score by its square (transformers' convention;
    0.1 ln(s) + 1, or the ratio of the two mscale terms when both are given). */
 static double rope_magnitude(const ModelConfig *cfg) {
@@ -1552,27 +1563,27 @@ static double rope_magnitude(const ModelConfig *cfg) {
 }
 
 /* cos and sin of angle * freq(m) for every pair, for a sequence of len
-   tokens: one row of a rotation table. */
-static void rope_row(const Model *model, double angle, int len, float *cos_out, float *sin_out) {
+   tokens: one token's rotation. Computed for each token of a batch rather
+   than kept for every position of the context: its cost is that of the
+   cosines, small beside the token's matrix products, and a context of any
+   length takes no time or memory to set up. */
+static void rope_row(const Context *c, double angle, int len, float *cos_out, float *sin_out) {
+    const Model *model = c->model;
     const ModelConfig *cfg = &model->cfg;
     double mag = rope_magnitude(cfg);
+    int own_speeds = cfg->rope_scaling == ROPE_SCALING_DYNAMIC && len > cfg->rope_orig_ctx;
     for (int m = 0; m < cfg->rope_dim / 2; m++) {
-        double a = angle * rope_freq(cfg, m, len) / (model->rope_divisors ? model->rope_divisors[m] : 1.0);
+        double freq = own_speeds ? rope_freq(cfg, m, len) : c->rope_speeds[m];
+        double a = angle * freq / (model->rope_divisors ? model->rope_divisors[m] : 1.0);
         cos_out[m] = (float)(mag * cos(a));
         sin_out[m] = (float)(mag * sin(a));
     }
 }
 
-static void rope_tables(Context *c) {
-    const ModelConfig *cfg = &c->model->cfg;
-    size_t half = (size_t)(cfg->rope_dim / 2);
-    for (int p = 0; p < c->ctx_len; p++) rope_row(c->model, p, p + 1, c->rope_cos + p * half, c->rope_sin + p * half);
-}
-
 void context_free(Context *c) {
     if (!c) return;
     pool_free(c->pool);
-    free(c->rope_cos); free(c->rope_sin);
+    free(c->rope_speeds);
     free(c->x); free(c->xb); free(c->xb2); free(c->q); free(c->k); free(c->v); free(c->hb); free(c->hb2);
     free(c->xq); free(c->xk); free(c->pos); free(c->tok_cos); free(c->tok_sin); free(c->scores); free(c->logits);
     free(c->q_far); free(c->far_cos); free(c->far_sin); free(c->kfar_cos); free(c->kfar_sin); free(c->k_far_row);
@@ -1633,8 +1644,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
 #if defined(MODEL_BLIS)
     bli_thread_set_num_threads(1); /* each pool thread makes its own single-threaded calls */
 #endif
-    c->rope_cos = context_alloc(c, (size_t)ctx_len, (half ? half : 1), sizeof(float));
-    c->rope_sin = context_alloc(c, (size_t)ctx_len, (half ? half : 1), sizeof(float));
+    c->rope_speeds = context_alloc(c, (half ? half : 1), 1, sizeof(double));
     c->x = context_alloc(c, B, cfg->dim, sizeof(float));
     c->xb = context_alloc(c, B, wide, sizeof(float));
     c->xb2 = context_alloc(c, B, cfg->dim, sizeof(float));
@@ -1686,14 +1696,14 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
             return NULL;
         }
     }
-    if (!extra_ok || !c->pool || !c->rope_cos || !c->rope_sin || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
+    if (!extra_ok || !c->pool || !c->rope_speeds || !c->x || !c->xb || !c->xb2 || !c->q || !c->k || !c->v ||
         !c->hb || !c->hb2 || !c->xq || !c->xk || !c->pos || !c->tok_cos || !c->tok_sin || !c->scores || !c->logits ||
         !c->feed_seqs) {
         context_free(c);
         seterr(err, errlen, "out of memory for the run state");
         return NULL;
     }
-    rope_tables(c);
+    for (size_t i = 0; i < half; i++) c->rope_speeds[i] = rope_freq(cfg, (int)i, 1);
     return c;
 }
 
@@ -1839,11 +1849,15 @@ static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, in
 /* ---------------------------------------------------------------------------
  * The forward pass.
  */
-static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
+/* Returns -1 when x holds an inf or NaN (or values whose squares overflow):
+   the one comparison that lets the forward pass stop on a residual stream
+   gone non-finite. */
+static int rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     float ss = 0;
     for (int i = 0; i < n; i++) ss += x[i] * x[i];
     float scale = 1.0f / sqrtf(ss / n + eps);
     for (int i = 0; i < n; i++) out[i] = w[i] * (scale * x[i]);
+    return ss <= FLT_MAX ? 0 : -1;
 }
 
 /* Rotates adjacent pairs (2m, 2m+1) of the first rope_dim dims of each head. */
@@ -1874,7 +1888,7 @@ static inline float sum8_tree(__m256 v) {
 static inline __m256 exp8_nonpositive(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.0f);
     __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
+    x = _mm256_max_ps(lo, x); /* in this order a NaN passes (max_ps returns its second operand), as in expf */
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
@@ -2434,6 +2448,17 @@ static void attention_mla_inputs(Context *c, const Layer *L, int n) {
     for (int t = 0; t < n; t++) rmsnorm(c->k + (size_t)t * row, c->k + (size_t)t * row, L->kv_a_norm, lat, cfg->norm_eps);
 }
 
+/* The forward pass's end when the activations are no longer finite (weights
+   that hold inf or NaN, or values past float's range): the positions taken
+   are given back, as for a full sequence. */
+static int forward_nonfinite(Context *c, Sequence *const *seqs, int n, const char *part, int layer) {
+    for (int t = 0; t < n; t++) seqs[t]->n_past--;
+    char of_layer[32] = "";
+    if (layer) snprintf(of_layer, sizeof of_layer, " of layer %d", layer);
+    return seterr(c->error, sizeof c->error, "the activations became non-finite (inf or NaN) in the %s%s: the model's "
+                  "weights hold such values or overflow", part, of_layer);
+}
+
 int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, const uint8_t *want) {
     const Model *m = c->model;
     const ModelConfig *cfg = &m->cfg;
@@ -2467,23 +2492,16 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                        c->x + (size_t)t * dim, dim);
     const Positions *ps = &c->positions;
     for (int t = 0; t < n; t++) {
-        /* The table rotates position p for a sequence of p + 1 tokens; a
-           prompt fed for a longer length (dynamic NTK) gets its own rows. */
+        /* position p, for a sequence of p + 1 tokens or of the prompt's full length (dynamic NTK) */
         int p = c->pos[t], len = seqs[t]->rope_len > p + 1 ? seqs[t]->rope_len : p + 1;
-        float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
-        if (cfg->rope_scaling == ROPE_SCALING_DYNAMIC && len > p + 1 && len > cfg->rope_orig_ctx) {
-            rope_row(m, p, len, cs, sn);
-        } else {
-            memcpy(cs, c->rope_cos + (size_t)p * half, (size_t)half * sizeof(float));
-            memcpy(sn, c->rope_sin + (size_t)p * half, (size_t)half * sizeof(float));
-        }
+        rope_row(c, p, len, c->tok_cos + (size_t)t * half, c->tok_sin + (size_t)t * half);
         if (rectified(ps)) {
             /* ReRoPE: every distant key is at distance W: the query turns by
                W, the key stays raw. Leaky: the query turns by (pos + W(K-1)) / K
                and the key by pos / K, so the score sees W + (d - W) / K. */
             double k = ps->leaky_k, q_angle = ps->scheme == POS_REROPE ? ps->window : (c->pos[t] + ps->window * (k - 1)) / k;
-            rope_row(m, q_angle, len, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
-            rope_row(m, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, len, c->kfar_cos + (size_t)t * half,
+            rope_row(c, q_angle, len, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
+            rope_row(c, ps->scheme == POS_REROPE ? 0.0 : c->pos[t] / k, len, c->kfar_cos + (size_t)t * half,
                      c->kfar_sin + (size_t)t * half);
         }
     }
@@ -2491,7 +2509,9 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
     for (int l = 0; l < cfg->n_layers; l++) {
         const Layer *L = &m->layers[l];
         /* attention */
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
+        int nonfinite = 0;
+        for (int t = 0; t < n; t++) nonfinite |= rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->attn_norm, dim, cfg->norm_eps);
+        if (nonfinite) return forward_nonfinite(c, seqs, n, l ? "feed-forward" : "token embeddings", l);
         int rotary = L->pos == POS_ROPE && ps->scheme != POS_NOPE, mla = cfg->attn_kind == ATTN_MLA;
         if (mla) attention_mla_inputs(c, L, n);
         else {
@@ -2547,7 +2567,8 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
 
         /* feed-forward: the routed experts, then w2(silu(w1 x) * w3 x) of the
            dense layer or of the shared experts */
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
+        for (int t = 0; t < n; t++) nonfinite |= rmsnorm(c->xb + (size_t)t * dim, c->x + (size_t)t * dim, L->ffn_norm, dim, cfg->norm_eps);
+        if (nonfinite) return forward_nonfinite(c, seqs, n, "attention", l + 1);
         if (L->experts) moe(c, L, n);
         if (L->w1.rows) {
             MatmulOut gate_up[2] = {{c->hb, &L->w1}, {c->hb2, &L->w3}};
@@ -2559,12 +2580,15 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
         }
     }
     /* final norm and classifier for the wanted rows only */
-    int r = 0;
+    int r = 0, nonfinite = 0;
     for (int t = 0; t < n; t++)
         if (want ? want[t] : t == n - 1)
-            rmsnorm(c->xb + (size_t)r++ * dim, c->x + (size_t)t * dim, m->final_norm, dim, cfg->norm_eps);
+            nonfinite |= rmsnorm(c->xb + (size_t)r++ * dim, c->x + (size_t)t * dim, m->final_norm, dim, cfg->norm_eps);
+    if (nonfinite) return forward_nonfinite(c, seqs, n, "feed-forward", cfg->n_layers);
     MatmulOut cls[1] = {{c->logits, &m->output}};
     if (n_out) matmul(c, c->xb, n_out, cls, 1);
+    for (size_t i = 0; i < (size_t)n_out * cfg->vocab_size; i++) nonfinite |= !(fabsf(c->logits[i]) <= FLT_MAX);
+    if (nonfinite) return forward_nonfinite(c, seqs, n, "classifier", 0);
     return n_out;
 }
 

@@ -787,7 +787,9 @@ static void engine_start(Engine *e, const Options *o) {
     e->ctx = context_new(&e->model, e->ctx_len, batch, o->ppl || o->nbce_dir ? batch : 1, o->threads, &pos, err, sizeof err);
     if (!e->ctx) die("%s", err);
     e->ctx->kv_type = o->kv_type;
-    if (!o->nbce_dir && sequence_init(&e->seq, e->ctx, e->ctx_len, err, sizeof err)) die("%s", err);
+    int made = o->nbce_dir ? 0 : sequence_init(&e->seq, e->ctx, e->ctx_len, err, sizeof err);
+    if (made == -2) die("%s; use --ctx N for a shorter context", err); /* the default is the model's trained length */
+    if (made) die("%s", err);
     if (o->verbose) print_verbose(e, o);
 }
 

@@ -97,6 +97,10 @@ expect_error "no such model" $BIN/run $TMP/does-not-exist.bin -p hi
 expect_error "model is a folder" $BIN/run tests -p hi
 printf 'this is not a model file, just text' > $TMP/garbage.bin
 expect_error "unknown magic" $BIN/run $TMP/garbage.bin -p hi
+# a llama2.c (version 0) header whose vocabulary size is INT32_MIN: negated in 64 bits, too large
+# (negating it in int was undefined; UBSan, under make sanitize, reported it)
+printf '\100\0\0\0\200\0\0\0\001\0\0\0\004\0\0\0\004\0\0\0\0\0\0\200\040\0\0\0' > $TMP/vocab_min.bin
+expect_error "llama2.c header with vocab_size INT32_MIN" $BIN/run $TMP/vocab_min.bin -p hi
 : > $TMP/empty.bin
 expect_error "empty model file" $BIN/run $TMP/empty.bin
 expect_error "export from a missing file" $BIN/export $TMP/does-not-exist.bin $TMP/x.bin
@@ -383,6 +387,32 @@ corrupt 12 '\377\377\377\377'; expect_error "n_tensors far past the file" $BIN/r
 corrupt 156 '\377\377\377\177'; expect_error_naming "expert dimensions" "a dense model with n_shared_experts 2^31-1" $BIN/run $TMP/bad.bin -p hi
 corrupt 160 '\000\000\000\100'; expect_error_naming "expert dimensions" "a dense model with moe_hidden_dim 2^30" $BIN/run $TMP/bad.bin -p hi
 corrupt 136 '\377\377\377\177'; expect_error_naming "latent-attention" "a GQA model with qk_nope_head_dim 2^31-1" $BIN/run $TMP/bad.bin -p hi
+# a latent-attention model (attn_kind 1, field 23; kv_lora_rank 64, field 25) whose nope + rope head
+# dims (fields 26, 27) would overflow int as a sum: refused by the bounds first (UBSan caught the sum)
+corrupt 124 '\001'
+for patch in "132 \100" "136 \377\377\377\177" "140 \001"; do
+    printf "${patch#* }" | dd of=$TMP/bad.bin bs=1 seek=${patch%% *} conv=notrunc 2>/dev/null
+done
+expect_error_naming "latent-attention" "an MLA model with qk_nope_head_dim 2^31-1 and qk_rope_head_dim 1" $BIN/run $TMP/bad.bin -p hi
+# A trained context of 2^31-1 tokens (field 9) is the default --ctx: its KV cache (terabytes) cannot be
+# allocated, which is said at once and names --ctx; with --ctx 64 the model runs. The address-space limit
+# makes the failure certain whatever the machine's overcommit policy; ASan reserves terabytes of shadow
+# memory, so the sanitized build runs without it and has its allocator return NULL instead of aborting
+# (its warning for each refused allocation goes to a log, which must hold nothing else).
+corrupt 68 '\377\377\377\177'
+check "a model trained for 2^31-1 tokens runs a short prompt with --ctx 64" sh -c \
+    "$BIN/run $TMP/bad.bin -p hi -n 1 --ctx 64 > $TMP/long_ctx.out 2>/dev/null && test -s $TMP/long_ctx.out"
+rm -f $TMP/asan_ctx.*
+case $BIN in
+    *sanitize*) memlimit=:; asan_options=allocator_may_return_null=1:log_path=$TMP/asan_ctx ;;
+    *) memlimit='ulimit -v 33554432'; asan_options= ;;
+esac
+expect_error_naming "--ctx" "a model trained for 2^31-1 tokens without --ctx" \
+    env ASAN_OPTIONS=$asan_options sh -c "$memlimit; exec $BIN/run $TMP/bad.bin -p hi -n 1"
+case $BIN in *sanitize*)
+    check "ASan's log of that run holds only its refused allocations" sh -c \
+        "cat $TMP/asan_ctx.* > $TMP/asan_ctx.txt && grep -q 'failed to allocate' $TMP/asan_ctx.txt && ! grep -v 'failed to allocate' $TMP/asan_ctx.txt" ;;
+esac
 corrupt 28 '\001'; expect_error_naming "truncated or padded" "file_bytes not the file's size" $BIN/run $TMP/bad.bin -p hi
 corrupt 32 '\011'; expect_error_naming "architecture" "unknown architecture" $BIN/run $TMP/bad.bin -p hi
 corrupt 36 '\377\377\377\177'; expect_error "impossible dim in the config" $BIN/run $TMP/bad.bin -p hi
@@ -408,6 +438,41 @@ corrupt $((EMB + 88)) '\001'; expect_error_naming "aligned" "misaligned tensor o
 corrupt $((EMB + 56)) '\377'; expect_error_naming "shape" "tensor shape that does not match its size" $BIN/run $TMP/bad.bin -p hi
 corrupt $((SCORES + 88)) '\000\000\000\001'; expect_error "tensor data past the end of the file" $BIN/run $TMP/bad.bin -p hi
 corrupt $WQ 'nonexistent_tensor\000'; expect_error_naming "layers.0.attention.wq" "a required tensor missing" $BIN/run $TMP/bad.bin -p hi
+
+# Weights that hold inf or NaN make the activations non-finite: one error line naming the part where
+# it showed, never an integer conversion of a NaN (undefined; UBSan, under make sanitize, reports it
+# as more lines and another status). A NaN in an f32 norm weight reaches the int8 quantization of
+# the activations, in the q8_0 model and in a q4_0 copy (whose kernel subtracts 8 * the block's sum);
+# an inf or NaN f16 block scale (the first two bytes of a q8_0 block) in wq, w2, the embedding row of
+# BOS (id 1) and the last embedding row, the classifier's (tied embeddings, 272 bytes a row).
+# poison SRC TENSOR BYTE BYTES-AS-PRINTF: $TMP/poisoned.bin is SRC with those bytes at BYTE of TENSOR's data
+poison() {
+    cp $1 $TMP/poisoned.bin
+    _at=$(python3 -c "
+import struct; d=open('$1','rb').read(); n,t=struct.unpack_from('<I',d,12)[0],struct.unpack_from('<Q',d,16)[0]
+print([struct.unpack_from('<Q',d,t+104*i+88)[0] for i in range(n) if d[t+104*i:t+104*i+48].split(b'\0')[0]==b'$2'][0] + $3)")
+    printf "$4" | dd of=$TMP/poisoned.bin bs=1 seek=$_at conv=notrunc 2>/dev/null
+}
+NAN32='\000\000\300\177'; INF16='\000\174'; NAN16='\000\176'
+$BIN/export $M $TMP/reader_q4_0.bin --quant q4_0 > /dev/null 2>&1
+for src in $M $TMP/reader_q4_0.bin; do
+    poison $src layers.0.attention_norm 0 $NAN32
+    expect_error_naming "non-finite (inf or NaN) in the attention of layer 1" "$src: a NaN attention_norm weight" \
+        $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+    expect_error_naming "non-finite (inf or NaN) in the attention of layer 1" "$src: a NaN attention_norm weight, one thread, a two-token prompt" \
+        $BIN/run $TMP/poisoned.bin -p hi -n 2 --threads 1
+done
+poison $M layers.0.attention.wq 0 $INF16
+expect_error_naming "non-finite (inf or NaN) in the attention of layer 1" "an inf q8_0 scale in wq (a q8_0 KV cache)" \
+    $BIN/run $TMP/poisoned.bin -p "$P1" -n 2 --kv q8_0
+poison $M layers.0.feed_forward.w2 0 $NAN16
+expect_error_naming "non-finite (inf or NaN) in the feed-forward of layer 1" "a NaN q8_0 scale in w2" $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+poison $M tok_embeddings 272 $INF16
+expect_error_naming "non-finite (inf or NaN) in the token embeddings" "an inf scale in BOS's embedding" $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+poison $M tok_embeddings $((272 * 4095)) $INF16
+expect_error_naming "non-finite (inf or NaN) in the classifier" "an inf scale in the last embedding row, the classifier's" \
+    $BIN/run $TMP/poisoned.bin -p "$P1" -n 2
+expect_error_naming "non-finite (inf or NaN) in the classifier" "the same with --ppl" $BIN/run $TMP/poisoned.bin -p "$P1" --ppl
 
 # Bad options.
 expect_error "-n not a number" $BIN/run $M -n abc

@@ -274,6 +274,79 @@ static void test_quantize_q8a(void) {
     CHECK(same, "activation quantization: the kernel gives the reference's values, scales and sums");
 }
 
+/* Activations that hold inf or NaN (weights that do) or are too small to
+   invert the scale of: every path writes the same block, its integers zero
+   (no NaN is converted to int: undefined) and, when not finite, a NaN
+   scale, so that every product with it is NaN; the finite blocks next to it
+   are untouched; the dot products and the q4_0 / q8_0 eight-row kernels
+   give NaN; softmax's exp lets NaN through. */
+static void test_quantize_nonfinite(void) {
+    enum { N = 512, B = N / QK, KB = N / QK_K };
+    static float x[N], w[8][N];
+    static BlockQ8A a[B], ref[B], alone[B];
+    static BlockQ8K k[KB];
+    static BlockQ8_0 kv[B], w8[8 * B];
+    static BlockQ4_0 w4[8 * B];
+    static BlockQ8_0x8 p8[B];
+    static BlockQ4_0x8 p4[B];
+    const float bad[3] = {INFINITY, -INFINITY, NAN};
+    const int lanes[4] = {0, 7, 8, 31}; /* first and last of an eight-wide vector, the next one, the block's last */
+    int same = 1, zeroed = 1, kept = 1, k_ok = 1, kv_ok = 1, dots_nan = 1, tiny_zero = 1;
+    for (int r = 0; r < 8; r++) {
+        fill(w[r], N, 0.05f);
+        quantize_row_q8_0(w[r], w8 + r * B, N);
+        quantize_row_q4_0(w[r], w4 + r * B, N);
+    }
+    repack_x8(w8, TYPE_Q8_0, B, p8);
+    repack_x8(w4, TYPE_Q4_0, B, p4);
+    for (int v = 0; v < 3; v++)
+        for (int l = 0; l < 4; l++) {
+            fill(x, N, 1.0f);
+            quantize_row_q8a(x, alone, N);
+            x[QK + lanes[l]] = bad[v]; /* block 1 */
+            quantize_row_q8a(x, a, N);
+            quantize_row_q8a_ref(x, ref, N);
+            same &= !memcmp(a, ref, sizeof a);
+            zeroed &= isnan(a[1].d) && a[1].sum == 0;
+            for (int j = 0; j < QK; j++) zeroed &= a[1].qs[j] == 0;
+            kept &= !memcmp(&a[0], &alone[0], sizeof a[0]) && !memcmp(&a[2], &alone[2], sizeof(BlockQ8A) * (B - 2));
+            quantize_row_q8k(x, k, N);
+            k_ok &= isnan(k[0].d) && !isnan(k[1].d);
+            for (int j = 0; j < QK_K; j++) k_ok &= k[0].qs[j] == 0;
+            for (int j = 0; j < QK_K / 16; j++) k_ok &= k[0].bsums[j] == 0;
+            quantize_row_q8_0(x, kv, N);
+            kv_ok &= isnan(f16_to_f32(kv[1].d)) && !isnan(f16_to_f32(kv[0].d));
+            for (int j = 0; j < QK; j++) kv_ok &= kv[1].qs[j] == 0;
+            float out[8], out_ref[8];
+            for (int t = 0; t < 2; t++) {
+                gemm_x8(t ? (const void *)p4 : (const void *)p8, t ? TYPE_Q4_0 : TYPE_Q8_0, a, B, 1, B, out);
+                gemm_x8_ref(t ? (const void *)p4 : (const void *)p8, t ? TYPE_Q4_0 : TYPE_Q8_0, a, B, 1, B, out_ref);
+                for (int r = 0; r < 8; r++) dots_nan &= isnan(out[r]) && isnan(out_ref[r]);
+            }
+            dots_nan &= isnan(dot_quant(w8, TYPE_Q8_0, a, N)) && isnan(dot_quant(w4, TYPE_Q4_0, a, N));
+        }
+    for (int i = 0; i < N; i++) x[i] = (i % 5 - 2) * 1e-38f; /* scale about 1.6e-40: no finite inverse */
+    quantize_row_q8a(x, a, N);
+    quantize_row_q8a_ref(x, ref, N);
+    quantize_row_q8k(x, k, N);
+    tiny_zero &= !memcmp(a, ref, sizeof a) && a[0].sum == 0 && !isnan(a[0].d) && k[0].d == 0;
+    for (int j = 0; j < QK; j++) tiny_zero &= a[0].qs[j] == 0;
+    for (int j = 0; j < QK_K; j++) tiny_zero &= k[0].qs[j] == 0;
+    CHECK(same, "inf, -inf or NaN in an activation block: the kernel writes the reference's bytes");
+    CHECK(zeroed, "a block that is not finite: NaN scale, zero integers and sum");
+    CHECK(kept, "the finite blocks beside it quantize as without it");
+    CHECK(k_ok, "super-block activations: a block that is not finite gets a NaN scale and zeros");
+    CHECK(kv_ok, "a q8_0 KV-cache block that is not finite: f16 NaN scale, zero integers");
+    CHECK(dots_nan, "q8_0 and q4_0 dot products and eight-row kernels (scalar and SIMD) give NaN for it");
+    CHECK(tiny_zero, "activations below 4e-37: zeros on every path (the scale has no finite inverse)");
+    float e[37];
+    for (int i = 0; i < 37; i++) e[i] = (float)i / 37 - 1;
+    e[20] = NAN;
+    float max = -INFINITY, sum = 0;
+    softmax_tile(e, 37, &max, &sum, NULL, 0);
+    CHECK(isnan(sum) && isnan(e[20]), "softmax with a NaN score: its exp and the sum are NaN (eight-wide and scalar)");
+}
+
 /* Eight interleaved rows: the kernel gives the reference's bits for 1-8
    tokens, each token the same bits whatever else is in the call, and the
    results agree with the row-by-row dot products to rounding. */
@@ -566,6 +639,7 @@ int main(void) {
     test_neon_shims();
     test_softmax_exp();
     test_quantize_q8a();
+    test_quantize_nonfinite();
     test_gemm_x8();
     test_dot_x4();
     test_gemm_float();
