@@ -31,6 +31,11 @@ def temporaries(name):
     return [f for f in os.listdir(ROOT) if f.startswith(name + ".tmp")]
 
 
+def default_signals():
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def interrupted_export(name, sig, old=None):
     """Starts ./export MODEL ROOT/name on a stopped terminal, sends sig once
     its temporary file exists; returns (exit status, temporary files left,
@@ -44,8 +49,10 @@ def interrupted_export(name, sig, old=None):
     attrs[0] |= termios.IXON  # XOFF stops the output
     termios.tcsetattr(slave, termios.TCSANOW, attrs)
     os.write(master, b"\x13")  # XOFF
+    # the signals' default actions, as a program started in the foreground has them (a shell
+    # starts background jobs with SIGINT ignored, and an ignored signal stays ignored)
     p = subprocess.Popen([os.path.join(BIN, "export"), MODEL, out, "--quant", "f32"], stdin=subprocess.DEVNULL,
-                         stdout=slave, stderr=slave)
+                         stdout=slave, stderr=slave, preexec_fn=default_signals)
     os.close(slave)
     seen = False
     deadline = time.monotonic() + 120  # only a guard against a hung test, never a measurement

@@ -34,7 +34,8 @@ static int count_entries(const char *prefix) {
 static void path_in_dir(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", dir, name); }
 
 /* A child that creates the temporary file for `name`, writes to it, says so
-   on the pipe and waits to be signalled. With ignore, the signal is ignored
+   on the pipe and waits to be signalled. Without ignore, the signal starts
+   with its default action; with ignore, the signal is ignored
    before the file is made; the child then removes the file itself and exits
    with 0. */
 static void signalled_child(const char *name, int sig, int ignore) {
@@ -47,7 +48,9 @@ static void signalled_child(const char *name, int sig, int ignore) {
     }
     pid_t pid = fork();
     if (pid == 0) {
-        if (ignore) signal(sig, SIG_IGN);
+        /* as a program started in the foreground, or with the signal ignored (a shell runs
+           background jobs, make test-cross's among them, with SIGINT ignored) */
+        signal(sig, ignore ? SIG_IGN : SIG_DFL);
         int fd = tempfile_create(final_path);
         if (fd < 0 || write(fd, "partial", 7) != 7) _exit(2);
         char c = 1;
