@@ -6,6 +6,7 @@
 #        make examples   -> examples/generate and examples/nbce_qa (model.h in another program)
 #        make static     -> build/static/run and build/static/export, statically linked
 #        make CROSS=aarch64 (or armhf, riscv64) -> static cross builds in build/cross/T; make test-cross
+#        make fuzz       -> every fuzz corpus for FUZZ_TIME seconds (tests/fuzz/README.md; needs clang)
 CC ?= cc
 OPT ?= -O3
 ifeq ($(PORTABLE),1)
