@@ -45,7 +45,6 @@ static void note(const char *fmt, ...) {
     va_end(ap);
 }
 
-/* --help: to stdout, status 0; a wrong command line: to stderr, status 1. */
 /* --help: on standard output, status 0. A wrong command line is one error line instead. */
 static void usage(void) {
     fprintf(stdout, "usage: ./export SRC OUT [--quant TYPE] [--tokenizer tokenizer.bin|none]\n"

@@ -100,7 +100,6 @@ typedef struct {
     int kv_type;        /* --kv: TYPE_F16 (default) or TYPE_F32 */
 } Options;
 
-/* --help: to stdout, status 0; without arguments: to stderr, status 1. */
 /* --help: on standard output, status 0. A wrong command line is one error line instead. */
 static void usage(void) {
     fprintf(stdout,
@@ -1247,12 +1246,19 @@ static void check_roles(const Conversation *c, const char *history) {
         die("--chat needs a user message to answer: give it with -p or -f, or end the chat history with one");
 }
 
+/* How many ids len bytes of text may take (tokenizer_max_ids: NFC can make
+   text three times longer), beside `held` ids a buffer holds already; what
+   names the text if the count would not fit an int. */
+static int id_room(size_t len, int held, const char *what) {
+    size_t most = tokenizer_max_ids(len);
+    if (most > (size_t)(INT_MAX - held)) die("%s is too long to tokenize", what);
+    return (int)most;
+}
+
 /* Tokenizes a rendering: its special tokens parsed, no BOS added (the
    template writes it where it belongs). Appends to ids[*n..]. */
 static void chat_tokenize(const Tokenizer *t, const Str *text, int **ids, int *n, int *cap) {
-    size_t most = tokenizer_max_ids(text->len);
-    if (most > (size_t)(INT_MAX - *n)) die("chat too long");
-    int need = *n + (int)most;
+    int need = *n + id_room(text->len, *n, "the chat");
     if (need > *cap) {
         *cap = need;
         *ids = realloc(*ids, (size_t)need * sizeof(int));
@@ -1676,10 +1682,9 @@ typedef struct {
 } Chunker;
 
 static int count_tokens(Chunker *k, size_t start, size_t end) {
-    size_t most = tokenizer_max_ids(end - start);
-    if (most > (size_t)INT_MAX) die("a document is too long to tokenize");
-    if (most > (size_t)k->cap) {
-        k->cap = (int)most;
+    int most = id_room(end - start, 0, "a document");
+    if (most > k->cap) {
+        k->cap = most;
         k->buf = realloc(k->buf, (size_t)k->cap * sizeof(int));
         if (!k->buf) die("out of memory");
     }
@@ -1822,9 +1827,7 @@ static void render_row(Str *out, const RowFormat *rf, const char *ctx, size_t ct
 /* Tokenizes a row as a prompt: one string, special tokens parsed, BOS in
    front as for a prompt (a chat rendering writes its own). */
 static int tokenize_row(const Tokenizer *t, const RowFormat *rf, const Str *text, int **ids) {
-    size_t most = tokenizer_max_ids(text->len);
-    if (most > (size_t)INT_MAX) die("an NBCE row is too long");
-    int cap = (int)most;
+    int cap = id_room(text->len, 0, "an NBCE row");
     *ids = malloc((size_t)cap * sizeof(int));
     if (!*ids) die("out of memory");
     int n = tokenizer_encode_ex(t, text->s ? text->s : "", text->len, !rf->chat && tokenizer_add_bos(t), 1, *ids, cap);
@@ -2343,9 +2346,7 @@ int main(int argc, char **argv) {
     }
     /* Special tokens written in the prompt (<|im_start|>, <s>) are parsed as
        single tokens, as the tokenizers library does. */
-    size_t most = tokenizer_max_ids(text_len);
-    if (most > (size_t)INT_MAX) die("prompt too long");
-    int max_ids = (int)most;
+    int max_ids = id_room(text_len, 0, "the prompt");
     int *tokens = malloc((size_t)max_ids * sizeof(int));
     if (!tokens) die("out of memory");
     int n = tokenizer_encode_ex(e.tokenizer, text, text_len, tokenizer_add_bos(e.tokenizer), 1, tokens, max_ids);

@@ -613,8 +613,7 @@ if [ -z "$REPLAYBIN" ]; then
     echo "SKIP fuzz replays: not built for $BIN"
 else
     echo "== fuzz replays"
-    for pair in model:model llama2c:model gguf:model tokenizer:tokenizer encode:encode json:json \
-                run:run chat:run nbce:run export:export; do
+    for pair in $(cat tests/fuzz/corpora); do
         corpus=${pair%%:*} target=${pair#*:}
         check "fuzz_$target replays the $corpus seeds" sh -c "$REPLAYBIN/fuzz_$target tests/fuzz/seeds/$corpus > $TMP/replay.log 2>&1 || { tail -n 3 $TMP/replay.log; exit 1; }"
     done

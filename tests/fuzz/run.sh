@@ -13,9 +13,10 @@ FUZZ_TIME=${FUZZ_TIME:-30}
 FUZZ_WORKERS=${FUZZ_WORKERS:-1}
 cores=$(nproc 2>/dev/null || echo 2)
 FUZZ_JOBS=${FUZZ_JOBS:-$(( cores / 2 > 0 ? cores / 2 : 1 ))}
-# corpus:target; the model target reads all three model formats, the run
-# target ./run's command line with its chat and NBCE inputs
-CORPORA=${FUZZ_CORPORA:-"model:model llama2c:model gguf:model tokenizer:tokenizer encode:encode json:json run:run chat:run nbce:run export:export"}
+# corpus:target pairs (tests/fuzz/corpora, which make test replays too); the
+# model target reads all three model formats, the run target ./run's command
+# line with its chat and NBCE inputs
+CORPORA=${FUZZ_CORPORA:-$(cat tests/fuzz/corpora)}
 OUT=$ROOT/build/fuzz
 mkdir -p "$OUT/corpus" "$OUT/crashes" "$OUT/logs" "$OUT/tmp"
 
