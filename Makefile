@@ -1,7 +1,7 @@
 # Build: make            -> ./run and ./export
 #        make test       -> the whole test suite (last line: N passed, N failed)
 #        make sanitize   -> the test suite on ASan + UBSan builds (build/sanitize)
-#        make PORTABLE=1 -> no -march=native (scalar kernels unless CFLAGS adds SIMD flags)
+#        make ARCH=-march=native -> the code around the kernels compiled for this CPU too
 #        make BLIS=1     -> f32 prefill through BLIS (opt-in; rebuild with `make clean` first)
 #        make examples   -> examples/generate and examples/nbce_qa (model.h in another program)
 #        make static     -> build/static/run and build/static/export, statically linked
@@ -9,11 +9,10 @@
 #        make fuzz       -> every fuzz corpus for FUZZ_TIME seconds (tests/fuzz/README.md; needs clang)
 CC ?= cc
 OPT ?= -O3
-ifeq ($(PORTABLE),1)
+# No -march by default: the kernels for every instruction-set level are in
+# the binary and chosen when a model is loaded (kernels.h), so one build runs
+# on any CPU of its architecture at that CPU's best level.
 ARCH ?=
-else
-ARCH ?= -march=native
-endif
 CFLAGS ?= $(OPT) $(ARCH)
 CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-function
 LDLIBS += -lm -lpthread
@@ -60,7 +59,8 @@ static: run.c export.c $(ENGINE)
 TEST_BINS = tests/bin/test_kernels tests/bin/test_json tests/bin/test_tokenizer tests/bin/test_model tests/bin/test_tempfile
 
 # everything make test runs (make -j2 test-bins builds it two at a time)
-test-bins: all $(TEST_BINS) $(EXAMPLES) $(REPLAY_BINS)
+# (static: run_tests.sh runs the static binary on an SSE2-only CPU under qemu-x86_64)
+test-bins: all static $(TEST_BINS) $(EXAMPLES) $(REPLAY_BINS)
 
 test: test-bins
 	@sh tests/run_tests.sh
@@ -138,7 +138,7 @@ endif
 CROSS_CC_aarch64 = aarch64-linux-gnu-gcc
 CROSS_CC_armhf = arm-linux-gnueabihf-gcc
 CROSS_CC_riscv64 = riscv64-linux-gnu-gcc
-CROSS_ARCH_aarch64 = -march=armv8.2-a+dotprod
+CROSS_ARCH_aarch64 = -march=armv8-a # any AArch64: the dot-product kernels are chosen at run time where the CPU has them
 CROSS_ARCH_armhf = -march=armv7-a -mfpu=neon-vfpv4 -mfloat-abi=hard # VFPv4 (Cortex-A7 on, Raspberry Pi 2 on): its fused multiply-add turns on the NEON kernels (kernels.h)
 CROSS_ARCH_riscv64 = -march=rv64gc
 CROSS_QEMU_aarch64 = qemu-aarch64 -cpu max

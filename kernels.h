@@ -17,12 +17,14 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define KERNELS_AVX2 1
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h> /* every level's intrinsics, usable in functions that target the level */
+#define KERNELS_X86 1
 #endif
 /* NEON: always on AArch64; on 32-bit ARM only with VFPv4's fused
    multiply-add (-mfpu=neon-vfpv4: Cortex-A7/A15 and later, Raspberry Pi 2
@@ -33,7 +35,10 @@
    reference below 1.2e-38; each output is still computed one way only. */
 #if defined(__ARM_NEON) && defined(__ARM_FEATURE_FMA)
 #include <arm_neon.h>
-#define KERNELS_NEON 1
+#define KERNELS_ARM_NEON 1
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
 #endif
 
 /* ---------------------------------------------------------------------------
@@ -275,21 +280,9 @@ static inline uint16_t f32_to_f16_soft(float f) {
     return (uint16_t)(sign | h);
 }
 
-static inline float f16_to_f32(uint16_t h) {
-#if defined(KERNELS_AVX2)
-    return _cvtsh_ss(h);
-#else
-    return f16_to_f32_soft(h);
-#endif
-}
-
-static inline uint16_t f32_to_f16(float f) {
-#if defined(KERNELS_AVX2)
-    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
-#else
-    return f32_to_f16_soft(f);
-#endif
-}
+/* The portable conversions; each kernel level has its own (kernels_simd.h). */
+static inline float f16_to_f32(uint16_t h) { return f16_to_f32_soft(h); }
+static inline uint16_t f32_to_f16(float f) { return f32_to_f16_soft(f); }
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -488,15 +481,7 @@ static inline void quantize_row_q4_k(const float *x, BlockQ4_K *y, int64_t n) {
 static inline void quantize_row(int type, const float *x, void *out, int64_t n) {
     switch (type) {
     case TYPE_F32: memcpy(out, x, (size_t)n * 4); break;
-    case TYPE_F16: {
-        int64_t i = 0;
-#if defined(KERNELS_AVX2)
-        for (; i + 8 <= n; i += 8) /* round to nearest even, as f32_to_f16 */
-            _mm_storeu_si128((__m128i *)((uint16_t *)out + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-#endif
-        for (; i < n; i++) ((uint16_t *)out)[i] = f32_to_f16(x[i]);
-        break;
-    }
+    case TYPE_F16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_f16(x[i]); break;
     case TYPE_BF16: for (int64_t i = 0; i < n; i++) ((uint16_t *)out)[i] = f32_to_bf16(x[i]); break;
     case TYPE_Q8_0: quantize_row_q8_0(x, out, n); break;
     case TYPE_Q4_0: quantize_row_q4_0(x, out, n); break;
@@ -661,20 +646,17 @@ static inline void superblock_unpack(const void *row, int type, int64_t b, int8_
     }
 }
 
+/* The bias the SIMD kernels add to make a super-block type's integers
+   unsigned: 2^this (32 for q6_k, 4 for q3_k); -1 for none. */
+static inline int superblock_bias_log2(int type) { return type == TYPE_Q6_K ? 5 : type == TYPE_Q3_K ? 2 : -1; }
+
 /* Floats from a row of any weight type. For the block types this is ggml's
    arithmetic, operation for operation, so GGUF weights come out bit for bit
    as llama.cpp sees them. */
 static inline void dequantize_row(int type, const void *row, float *y, int64_t n) {
     switch (type) {
     case TYPE_F32: memcpy(y, row, (size_t)n * 4); return;
-    case TYPE_F16: {
-        int64_t i = 0;
-#if defined(KERNELS_AVX2)
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i))));
-#endif
-        for (; i < n; i++) y[i] = f16_to_f32(((const uint16_t *)row)[i]);
-        return;
-    }
+    case TYPE_F16: for (int64_t i = 0; i < n; i++) y[i] = f16_to_f32(((const uint16_t *)row)[i]); return;
     case TYPE_BF16: for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(((const uint16_t *)row)[i]); return;
     }
     int offset = type_has_offset(type);
@@ -742,51 +724,10 @@ static inline void quantize_row_q8a_ref(const float *x, BlockQ8A *y, int64_t n) 
     }
 }
 
-static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
-#if defined(KERNELS_AVX2)
-    /* the reference's operations eight at a time: |x|, max, x * (1 / d) rounded to nearest even */
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (int64_t b = 0; b < n / QK; b++, x += QK) {
-        __m256 v[4], m = _mm256_setzero_ps();
-        for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 8 * i), m = _mm256_max_ps(m, _mm256_and_ps(v[i], abs_mask));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-        float d = amax / 127.0f, id = d > Q8A_MIN_SCALE ? 1.0f / d : 0.0f;
-        __m256i q[4];
-        for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(id)));
-        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-        /* packing works within 128-bit halves; the permute puts the groups of four back in order */
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        /* a finite block rounds to -127..127; an inf or NaN in it (x * id NaN: the
-           max above may pass over a NaN) converts to INT_MIN, packed to -128 */
-        if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(p, _mm256_set1_epi8(-128)))) {
-            memset(&y[b], 0, sizeof y[b]);
-            y[b].d = NAN;
-            continue;
-        }
-        _mm256_storeu_si256((__m256i *)y[b].qs, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-        y[b].d = d;
-        y[b].sum = _mm_cvtsi128_si32(s4);
-    }
-#else
-    quantize_row_q8a_ref(x, y, n);
-#endif
-}
-
 /* Bytes that n activations take in either quantized form (the larger). */
 static inline size_t activation_bytes(int64_t n) {
     size_t a = (size_t)(n / QK + 1) * sizeof(BlockQ8A), k = (size_t)(n / QK_K + 1) * sizeof(BlockQ8K);
     return a > k ? a : k;
-}
-
-/* n activations in the form a weight type's dot products take. */
-static inline void quantize_activations(int type, const float *x, void *out, int64_t n) {
-    if (TYPE_INFO[type].act == ACT_Q8K) quantize_row_q8k(x, out, n);
-    else quantize_row_q8a(x, out, n);
 }
 
 /* ---------------------------------------------------------------------------
@@ -853,652 +794,6 @@ static inline float dot_superblock_ref(const void *w, int type, const BlockQ8K *
     return s;
 }
 
-#if defined(KERNELS_AVX2)
-static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* Sum of products of 32 unsigned by 32 signed bytes, as 8 int32 lanes. */
-static inline __m256i dot_u8s8(__m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
-
-/* The fifth bits of a 5-bit block: byte j is 0x10 where bit j of qh is set. */
-static inline __m256i fifth_bits(const uint8_t qh4[4]) {
-    uint32_t qh;
-    memcpy(&qh, qh4, 4);
-    const __m256i spread = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread); /* byte j: byte j / 8 of qh */
-    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
-}
-
-/* Block b of a row of a 32-element type as 32 bytes (block32_unpack's q),
-   with its scale and offset. */
-static inline __attribute__((always_inline)) __m256i weight_block_i8(const void *w, int type, int b, float *d, float *m) {
-    *m = 0;
-    if (type == TYPE_Q8_0) {
-        const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
-        *d = f16_to_f32(blk->d);
-        return _mm256_loadu_si256((const __m256i *)blk->qs);
-    }
-    const uint8_t *qs;
-    switch (type) {
-    case TYPE_Q4_0: qs = ((const BlockQ4_0 *)w + b)->qs, *d = f16_to_f32(((const BlockQ4_0 *)w + b)->d); break;
-    case TYPE_Q4_1: {
-        const BlockQ4_1 *blk = (const BlockQ4_1 *)w + b;
-        qs = blk->qs, *d = f16_to_f32(blk->d), *m = f16_to_f32(blk->m);
-        break;
-    }
-    case TYPE_Q5_0: qs = ((const BlockQ5_0 *)w + b)->qs, *d = f16_to_f32(((const BlockQ5_0 *)w + b)->d); break;
-    case TYPE_Q5_1: {
-        const BlockQ5_1 *blk = (const BlockQ5_1 *)w + b;
-        qs = blk->qs, *d = f16_to_f32(blk->d), *m = f16_to_f32(blk->m);
-        break;
-    }
-    default: qs = ((const BlockIQ4_NL *)w + b)->qs, *d = f16_to_f32(((const BlockIQ4_NL *)w + b)->d); break;
-    }
-    const __m128i low4 = _mm_set1_epi8(15);
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs);
-    __m128i lo = _mm_and_si128(packed, low4), hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-    if (type == TYPE_IQ4_NL) {
-        const __m128i levels = _mm_loadu_si128((const __m128i *)IQ4_LEVELS);
-        return _mm256_set_m128i(_mm_shuffle_epi8(levels, hi), _mm_shuffle_epi8(levels, lo));
-    }
-    __m256i q = _mm256_set_m128i(hi, lo);
-    if (type == TYPE_Q4_0) return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
-    if (type == TYPE_Q4_1) return q;
-    q = _mm256_or_si256(q, fifth_bits(type == TYPE_Q5_0 ? ((const BlockQ5_0 *)w + b)->qh : ((const BlockQ5_1 *)w + b)->qh));
-    return type == TYPE_Q5_0 ? _mm256_sub_epi8(q, _mm256_set1_epi8(16)) : q;
-}
-
-/* One row of a 32-element type against n_x activation rows (stride blocks
-   apart). Each result goes through exactly the operations it would alone,
-   in the same order, so a batch gives the same bits as single tokens; the
-   weight block is loaded and made unsigned once for all of them. maddubs and
-   dpbusd want one unsigned operand, so the weight's sign moves onto the
-   activation: |w| * sign(w)x = wx. */
-static inline __attribute__((always_inline)) void dot_quant_avx2(const void *w, int type, const BlockQ8A *x,
-                                                                  size_t stride, int n_x, int n, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    float offsets[4] = {0, 0, 0, 0};
-    for (int b = 0; b < n / QK; b++) {
-        float dw, mw;
-        __m256i wq = weight_block_i8(w, type, b, &dw, &mw), uw = _mm256_sign_epi8(wq, wq);
-        for (int k = 0; k < n_x; k++) {
-            const BlockQ8A *xb = x + k * stride + b;
-            __m256i sx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->qs), wq);
-            __m256 p = _mm256_cvtepi32_ps(dot_u8s8(uw, sx));
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xb->d), p, acc[k]);
-            if (type_has_offset(type)) offsets[k] += mw * xb->d * (float)xb->sum;
-        }
-    }
-    for (int k = 0; k < n_x; k++) out[k] = hsum256(acc[k]) + offsets[k];
-}
-
-/* acc + a[2i] * b[2i] + a[2i + 1] * b[2i + 1] per int32 lane, for int16 a
-   and b; exact (no saturation), so any of the three gives the same sums. */
-static inline __m256i dpwssd_add(__m256i acc, __m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpwssd_epi32(acc, a, b);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpwssd_avx_epi32(acc, a, b);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-#endif
-}
-
-/* A super-block's scales in registers: superblock_scales' sixteen scales
-   and offsets as int16 lanes (offsets 0 where the type has none), d, dmin. */
-static inline __attribute__((always_inline)) void superblock_scales_avx2(const uint8_t *blk, int type, __m256i *sc, __m256i *mn,
-                                                                          float *d, float *dmin) {
-    const __m128i m15 = _mm_set1_epi8(15);
-    *mn = _mm256_setzero_si256(), *dmin = 0;
-    switch (type) {
-    case TYPE_Q2_K: { /* a scale in the low nibble, an offset in the high, per 16 */
-        const BlockQ2_K *k = (const BlockQ2_K *)blk;
-        __m128i s = _mm_loadu_si128((const __m128i *)k->scales);
-        *sc = _mm256_cvtepu8_epi16(_mm_and_si128(s, m15)), *mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), m15));
-        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-        return;
-    }
-    case TYPE_Q3_K: { /* low nibbles of bytes 0-7 (scales 0-7), their high nibbles (8-15), two bits from bytes 8-11 */
-        const BlockQ3_K *k = (const BlockQ3_K *)blk;
-        uint32_t top;
-        memcpy(&top, k->scales + 8, 4);
-        __m128i s = _mm_loadl_epi64((const __m128i *)k->scales);
-        __m128i low = _mm_unpacklo_epi64(_mm_and_si128(s, m15), _mm_and_si128(_mm_srli_epi16(s, 4), m15));
-        /* scale g's high bits: bits 2(g / 4) of byte 8 + g % 4; the 32-bit shifts keep each byte's bits in the byte after the mask */
-        __m128i high = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)top), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));
-        *sc = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_or_si128(low, _mm_slli_epi16(high, 4))), _mm256_set1_epi16(32));
-        *d = f16_to_f32(k->d);
-        return;
-    }
-    case TYPE_Q4_K:
-    case TYPE_Q5_K: { /* k4_scale_offset for all eight at once, on 32-bit words u0 u1 u2 of the 12 bytes */
-        const BlockQ4_K *k = (const BlockQ4_K *)blk; /* q5_k begins as q4_k does */
-        __m128i head = _mm_loadu_si128((const __m128i *)blk); /* words: d and dmin, u0, u1, u2 */
-        __m128i a = _mm_shuffle_epi32(head, 0xa5);            /* u0 u0 u1 u1 */
-        __m128i u2 = _mm_srlv_epi32(_mm_shuffle_epi32(head, 0xff), _mm_setr_epi32(0, 0, 0, 4));
-        __m128i low6 = _mm_and_si128(a, _mm_set1_epi8(63)); /* words 0, 2: scales 0-3, offsets 0-3 */
-        __m128i high = _mm_or_si128(_mm_and_si128(u2, m15), _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(a, 6), _mm_set1_epi8(3)), 4));
-        __m128i so = _mm_blend_epi32(low6, high, 0xa); /* bytes 0-7: the eight scales, 8-15: the eight offsets */
-        *sc = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(so, so)), *mn = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(so, so));
-        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
-        return;
-    }
-    case TYPE_Q6_K: {
-        const BlockQ6_K *k = (const BlockQ6_K *)blk;
-        *sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)k->scales));
-        *d = f16_to_f32(k->d);
-        return;
-    }
-    default: { /* TYPE_IQ4_XS: nibbles of scales_l and bit pairs of scales_h, eight scales biased by 32 */
-        const BlockIQ4_XS *k = (const BlockIQ4_XS *)blk;
-        uint32_t l4;
-        memcpy(&l4, k->scales_l, 4);
-        __m128i l = _mm_cvtsi32_si128((int)l4);
-        l = _mm_unpacklo_epi8(_mm_and_si128(l, m15), _mm_and_si128(_mm_srli_epi16(l, 4), m15)); /* bytes 0-7: scale j's low bits */
-        __m256i h = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(k->scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
-                                     _mm256_set1_epi32(3));
-        __m128i h16 = _mm_packs_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        __m128i s8 = _mm_sub_epi16(_mm_add_epi16(_mm_cvtepu8_epi16(l), _mm_slli_epi16(h16, 4)), _mm_set1_epi16(32));
-        *sc = _mm256_set_m128i(_mm_unpackhi_epi16(s8, s8), _mm_unpacklo_epi16(s8, s8));
-        *d = f16_to_f32(k->d);
-        return;
-    }
-    }
-}
-
-/* Elements 32v..32v+31 of a super-block as bytes: superblock_unpack's q plus
-   a bias that makes them unsigned (2^superblock_bias_log2: 32 for q6_k, 4
-   for q3_k), except iq4_xs's, which stay signed. */
-static inline int superblock_bias_log2(int type) { return type == TYPE_Q6_K ? 5 : type == TYPE_Q3_K ? 2 : -1; }
-
-static inline __attribute__((always_inline)) __m256i superblock_vec_avx2(const uint8_t *blk, int type, int v) {
-    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
-    switch (type) {
-    case TYPE_Q2_K: return _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(((const BlockQ2_K *)blk)->qs + v / 4 * 32)), 2 * (v % 4)), m3);
-    case TYPE_Q3_K: {
-        const BlockQ3_K *k = (const BlockQ3_K *)blk;
-        __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(k->qs + v / 4 * 32)), 2 * (v % 4)), m3);
-        __m256i third = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)k->hmask), v), _mm256_set1_epi8(1));
-        return _mm256_or_si256(low, _mm256_slli_epi16(third, 2));
-    }
-    case TYPE_Q4_K:
-    case TYPE_Q5_K: {
-        const uint8_t *qs = type == TYPE_Q4_K ? ((const BlockQ4_K *)blk)->qs : ((const BlockQ5_K *)blk)->qs;
-        __m256i p = _mm256_loadu_si256((const __m256i *)(qs + v / 2 * 32));
-        __m256i q = _mm256_and_si256(v % 2 ? _mm256_srli_epi16(p, 4) : p, m15);
-        if (type == TYPE_Q4_K) return q;
-        /* bit v of each qh byte moved to bit 4: 16-bit shifts of at most 4 keep it within its byte */
-        __m256i hb = _mm256_loadu_si256((const __m256i *)((const BlockQ5_K *)blk)->qh);
-        hb = v < 4 ? _mm256_slli_epi16(hb, 4 - v) : _mm256_srli_epi16(hb, v - 4);
-        return _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(0x10)));
-    }
-    case TYPE_Q6_K: { /* low nibbles of ql[64h..+31], of ql[64h+32..], then the high nibbles; bit pair `part` of qh[32h..] */
-        const BlockQ6_K *k = (const BlockQ6_K *)blk;
-        int h = v / 4, part = v % 4;
-        __m256i l = _mm256_loadu_si256((const __m256i *)(k->ql + 64 * h + 32 * (part % 2)));
-        __m256i hh = _mm256_loadu_si256((const __m256i *)(k->qh + 32 * h));
-        hh = part == 0 ? _mm256_slli_epi16(hh, 4) : part == 1 ? _mm256_slli_epi16(hh, 2) : part == 2 ? hh : _mm256_srli_epi16(hh, 2);
-        return _mm256_or_si256(_mm256_and_si256(part < 2 ? l : _mm256_srli_epi16(l, 4), m15), _mm256_and_si256(hh, _mm256_set1_epi8(0x30)));
-    }
-    default: { /* TYPE_IQ4_XS: 16 bytes, low nibbles (elements 0-15) in the low half, high nibbles in the high */
-        const BlockIQ4_XS *k = (const BlockIQ4_XS *)blk;
-        __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(k->qs + 16 * v)));
-        __m256i idx = _mm256_and_si256(_mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4)), m15);
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_LEVELS)), idx);
-    }
-    }
-}
-
-/* A super-block row against n_x (at most 4) BlockQ8K rows, stride blocks
-   apart, unpacking and multiplying 32 elements at a time (the type is a
-   constant, so each type compiles to its own fused kernel). Per 32: bytes
-   multiplied pairwise into int16 (maddubs; no sum of two products exceeds
-   2 * 127 * 127), then by the two 16-element scales into int32 (dpwssd).
-   q6_k's and q3_k's bias comes off with the sums of 16 (bsums) times the
-   scales. That much is exact integer arithmetic; the eight int32 lanes of a
-   super-block then go into eight float sums (d x.d times the lanes, less
-   dmin x.d times the offsets' lanes, each one fused multiply-add), added up
-   once at the end of the row: no horizontal sum per super-block, which the
-   reference's combination (superblock_combine) would cost. So the result
-   differs from the reference by float rounding only (tests/test_kernels.c
-   bounds it); each token still gets the same operations in any batch. */
-static inline __attribute__((always_inline)) void dot_superblock_avx2(const void *w, int type, const BlockQ8K *x, size_t stride,
-                                                                       int n_x, int n, float *out) {
-    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    const int bias_log2 = superblock_bias_log2(type);
-    for (int b = 0; b < n / QK_K; b++) {
-        const uint8_t *blk = (const uint8_t *)w + (size_t)b * TYPE_INFO[type].block_bytes;
-        __m256i sc, mn, acc[4][2]; /* two chains per token, even and odd v: half the latency of one */
-        for (int k = 0; k < n_x; k++) acc[k][0] = acc[k][1] = _mm256_setzero_si256();
-        float d, dmin;
-        superblock_scales_avx2(blk, type, &sc, &mn, &d, &dmin);
-        /* scales 0-7 and 8-15 in both 128-bit halves, for the shuffles that spread two of them over a vector's halves */
-        const __m256i halves[2] = {_mm256_permute2x128_si256(sc, sc, 0x00), _mm256_permute2x128_si256(sc, sc, 0x11)};
-#pragma GCC unroll 8 /* v must be a constant: it picks shifts, loads and the accumulator (GCC leaves the loop rolled otherwise) */
-        for (int v = 0; v < 8; v++) {
-            __m256i q = superblock_vec_avx2(blk, type, v), u = type == TYPE_IQ4_XS ? _mm256_sign_epi8(q, q) : q;
-            int i = v % 4; /* the low half takes int16 scale 2i of halves[v / 4], the high half 2i + 1 */
-            __m256i pick = _mm256_set_m128i(_mm_set1_epi16((short)((4 * i + 3) << 8 | (4 * i + 2))), _mm_set1_epi16((short)((4 * i + 1) << 8 | 4 * i)));
-            __m256i scv = _mm256_shuffle_epi8(halves[v / 4], pick);
-            for (int k = 0; k < n_x; k++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(x[k * stride + b].qs + 32 * v));
-                if (type == TYPE_IQ4_XS) xv = _mm256_sign_epi8(xv, q); /* |q| * sign(q)x = qx, for maddubs' unsigned operand */
-                acc[k][v % 2] = dpwssd_add(acc[k][v % 2], _mm256_maddubs_epi16(u, xv), scv);
-            }
-        }
-        for (int k = 0; k < n_x; k++) {
-            const BlockQ8K *xb = x + k * stride + b;
-            __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-            __m256i sum = _mm256_add_epi32(acc[k][0], acc[k][1]);
-            if (bias_log2 >= 0) sum = _mm256_sub_epi32(sum, _mm256_slli_epi32(_mm256_madd_epi16(bs, sc), bias_log2));
-            s[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb->d), _mm256_cvtepi32_ps(sum), s[k]);
-            if (type_has_offset(type))
-                s[k] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * xb->d), _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mn)), s[k]);
-        }
-    }
-    for (int k = 0; k < n_x; k++) out[k] = hsum256(s[k]);
-}
-#endif
-
-#if defined(KERNELS_NEON)
-/* What the NEON kernels use of AArch64's additions to NEON, written with
-   ARMv7's instructions where those are missing: one kernel serves both, and
-   the two give the same bits (each shim sums in the AArch64 order). */
-
-/* (v0 + v1) + (v2 + v3) */
-static inline float hsum_f32x4(float32x4_t v) {
-#if defined(__aarch64__)
-    return vaddvq_f32(v);
-#else
-    float32x2_t s = vpadd_f32(vget_low_f32(v), vget_high_f32(v));
-    return vget_lane_f32(vpadd_f32(s, s), 0);
-#endif
-}
-
-/* a0 + a1, a2 + a3, b0 + b1, b2 + b3 */
-static inline int32x4_t padd_s32(int32x4_t a, int32x4_t b) {
-#if defined(__aarch64__)
-    return vpaddq_s32(a, b);
-#else
-    return vcombine_s32(vpadd_s32(vget_low_s32(a), vget_high_s32(a)), vpadd_s32(vget_low_s32(b), vget_high_s32(b)));
-#endif
-}
-
-/* The products of the high eight bytes of a and b as int16 (and those added to acc). */
-static inline int16x8_t mull_high_s8(int8x16_t a, int8x16_t b) {
-#if defined(__aarch64__)
-    return vmull_high_s8(a, b);
-#else
-    return vmull_s8(vget_high_s8(a), vget_high_s8(b));
-#endif
-}
-
-static inline int16x8_t mlal_high_s8(int16x8_t acc, int8x16_t a, int8x16_t b) {
-#if defined(__aarch64__)
-    return vmlal_high_s8(acc, a, b);
-#else
-    return vmlal_s8(acc, vget_high_s8(a), vget_high_s8(b));
-#endif
-}
-
-/* Four halves from h, as f32. GCC's 32-bit arm_neon.h declares the
-   conversion only under -mfp16-format=ieee; the instruction itself comes
-   with VFPv4, which KERNELS_NEON requires there. */
-static inline float32x4_t load_f16x4(const uint16_t *h) {
-#if defined(__aarch64__)
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
-#else
-    float32x4_t f;
-    __asm__("vcvt.f32.f16 %q0, %P1" : "=w"(f) : "w"(vld1_u16(h)));
-    return f;
-#endif
-}
-#endif
-
-/* ---------------------------------------------------------------------------
- * Float weights (f32, f16, bf16) against float activations, a block of rows
- * against a block of tokens:
- *
- *   out[t * out_stride + r] = row r of w (rows row_bytes apart) . x row t
- *                             (x_stride floats apart), r < n_rows, t < n_x.
- *
- * Each output is one chain, the same whatever is computed beside it: a
- * vector accumulator takes one fused multiply-add per 8 elements (4 on NEON)
- * along the row, its lanes are summed in a fixed order, and the n % 8 (n % 4)
- * elements left over are added one fmaf at a time. So a token gives the same
- * bits in a batch as alone, and any split of rows over threads gives the same
- * bits. Blocking only decides how many chains run side by side: R rows by T
- * tokens cost R + T vector loads per R * T multiply-adds (one row by four
- * tokens: five per four, and the loads are the limit).
- *
- * gemm_float takes any n_rows and n_x and blocks them itself: tokens
- * GEMM_FLOAT_TOKENS at a time, rows GEMM_FLOAT_ROWS at a time against them,
- * and more rows at a time against fewer tokens (decoding, one token: eight
- * rows, so that eight chains hide the multiply-add latency). It reads the
- * rows once per token block, so callers pass tiles of rows that stay in cache
- * (multiples of GEMM_FLOAT_ROWS: the rows left over go in smaller blocks)
- * with all their tokens.
- */
-#if defined(KERNELS_AVX2) && defined(__AVX512VL__)
-/* AVX-512 only for its 32 registers: the same eight-lane operations as
-   AVX2, so the same bits, with 4 x 4 accumulators. */
-#define GEMM_FLOAT_ROWS 4
-#define GEMM_FLOAT_TOKENS 4
-#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) <= 2 ? 8 : 4) /* rows per block against t tokens */
-#elif defined(KERNELS_NEON) && defined(__aarch64__)
-/* 32 q registers: 4 x 4 accumulators, 4 weight vectors, a token's vector. */
-#define GEMM_FLOAT_ROWS 4
-#define GEMM_FLOAT_TOKENS 4
-#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) <= 2 ? 8 : 4)
-#elif defined(KERNELS_AVX2) || defined(KERNELS_NEON)
-/* 3 x 4 accumulators, 3 weight vectors and a token's vector fill the 16
-   registers (AVX2's ymm, ARMv7's q). */
-#define GEMM_FLOAT_ROWS 3
-#define GEMM_FLOAT_TOKENS 4
-#define GEMM_FLOAT_BLOCK_ROWS(t) ((t) == 1 ? 8 : (t) == 2 ? 4 : 3)
-#else
-/* the plain loop: nothing to gain from blocking */
-#define GEMM_FLOAT_ROWS 1
-#define GEMM_FLOAT_TOKENS 1
-#endif
-
-/* Element i of an f32, f16 or bf16 row. */
-static inline float float_weight(const void *w, int type, int i) {
-    if (type == TYPE_F32) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return type == TYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-}
-
-/* s plus the products of elements [from, n) of a weight row and x, in order
-   (the elements a vector loop leaves over). */
-static inline float float_dot_tail(float s, const void *w, int type, const float *x, int from, int n) {
-    for (int j = from; j < n; j++) s = fmaf(float_weight(w, type, j), x[j], s);
-    return s;
-}
-
-#if defined(KERNELS_AVX2)
-/* Eight weights of an f32, f16 or bf16 row from index i, as f32. */
-static inline __m256 weight8(const void *w, int type, int i) {
-    if (type == TYPE_F32) return _mm256_loadu_ps((const float *)w + i);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
-    if (type == TYPE_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-/* n_rows x n_x outputs, at most 8 x 4 (and as many as the registers hold);
-   a constant type, n_rows and n_x make the accumulators registers. */
-static inline __attribute__((always_inline)) void gemm_float_block(const void *w, int type, size_t row_bytes, int n_rows,
-                                                                    const float *x, size_t x_stride, int n_x, int n,
-                                                                    float *out, size_t out_stride) {
-    __m256 acc[8][4];
-    for (int r = 0; r < n_rows; r++)
-        for (int t = 0; t < n_x; t++) acc[r][t] = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        /* Each vector is loaded once into a register: left alone, GCC folds
-           the load into every multiply-add that uses it, and the extra loads
-           (two per cycle) become the limit. The empty asm hides the value. */
-        if (n_x == 1) { /* the token's vector stays, each weight vector is used once */
-            __m256 xv = _mm256_loadu_ps(x + i);
-            if (n_rows > 1) __asm__("" : "+x"(xv));
-            /* Short rows (768 f16 weights are 24 cache lines) end before the
-               prefetcher has ramped up on each of the eight streams: ask for
-               the next block's lines, one per 64 bytes (hints: past the
-               matrix's end they are dropped). f16 decode 1.1-1.5x against the same blocks without it. */
-            size_t at = (size_t)i * (type == TYPE_F32 ? 4 : 2);
-            if (at % 64 == 0)
-                for (int r = 0; r < n_rows; r++) __builtin_prefetch((const uint8_t *)w + (n_rows + r) * row_bytes + at);
-            for (int r = 0; r < n_rows; r++) acc[r][0] = _mm256_fmadd_ps(weight8((const uint8_t *)w + r * row_bytes, type, i), xv, acc[r][0]);
-            continue;
-        }
-        __m256 wv[8];
-        for (int r = 0; r < n_rows; r++) {
-            wv[r] = weight8((const uint8_t *)w + r * row_bytes, type, i);
-            __asm__("" : "+x"(wv[r]));
-        }
-        for (int t = 0; t < n_x; t++) {
-            __m256 xv = _mm256_loadu_ps(x + t * x_stride + i);
-            if (n_rows > 1) __asm__("" : "+x"(xv));
-            for (int r = 0; r < n_rows; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
-        }
-    }
-    for (int r = 0; r < n_rows; r++)
-        for (int t = 0; t < n_x; t++)
-            out[t * out_stride + r] = float_dot_tail(hsum256(acc[r][t]), (const uint8_t *)w + r * row_bytes, type, x + t * x_stride, i, n);
-}
-#elif defined(KERNELS_NEON)
-/* Four weights of an f32, f16 or bf16 row from index i, as f32. */
-static inline float32x4_t weight4(const void *w, int type, int i) {
-    if (type == TYPE_F32) return vld1q_f32((const float *)w + i);
-    if (type == TYPE_F16) return load_f16x4((const uint16_t *)w + i);
-    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)w + i), 16));
-}
-
-/* n_rows x n_x outputs, at most 8 x 4 (and at most 16 of them). */
-static inline __attribute__((always_inline)) void gemm_float_block(const void *w, int type, size_t row_bytes, int n_rows,
-                                                                    const float *x, size_t x_stride, int n_x, int n,
-                                                                    float *out, size_t out_stride) {
-    float32x4_t acc[8][4];
-    for (int r = 0; r < n_rows; r++)
-        for (int t = 0; t < n_x; t++) acc[r][t] = vdupq_n_f32(0);
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        float32x4_t wv[8];
-        for (int r = 0; r < n_rows; r++) wv[r] = weight4((const uint8_t *)w + r * row_bytes, type, i);
-        for (int t = 0; t < n_x; t++) {
-            float32x4_t xv = vld1q_f32(x + t * x_stride + i);
-            for (int r = 0; r < n_rows; r++) acc[r][t] = vfmaq_f32(acc[r][t], wv[r], xv);
-        }
-    }
-    for (int r = 0; r < n_rows; r++)
-        for (int t = 0; t < n_x; t++)
-            out[t * out_stride + r] = float_dot_tail(hsum_f32x4(acc[r][t]), (const uint8_t *)w + r * row_bytes, type, x + t * x_stride, i, n);
-}
-#endif
-
-#if defined(GEMM_FLOAT_BLOCK_ROWS)
-/* All rows against n_x (constant) tokens: blocks of `block_rows` rows, then
-   what is left in blocks of 4, 2 and 1 (each size a constant, so the
-   accumulators stay registers). */
-static inline __attribute__((always_inline)) void gemm_float_rows(const void *w, int type, size_t row_bytes, int n_rows,
-                                                                   int block_rows, const float *x, size_t x_stride, int n_x,
-                                                                   int n, float *out, size_t out_stride) {
-#define GEMM_FLOAT_BLOCK(rows)                                                                                         \
-    do {                                                                                                               \
-        gemm_float_block((const uint8_t *)w + (size_t)r * row_bytes, type, row_bytes, rows, x, x_stride, n_x, n, out + r, \
-                         out_stride);                                                                                  \
-        r += rows;                                                                                                     \
-    } while (0)
-    int r = 0;
-    while (r + block_rows <= n_rows) GEMM_FLOAT_BLOCK(block_rows);
-    if (block_rows > 4 && r + 4 <= n_rows) GEMM_FLOAT_BLOCK(4);
-    if (block_rows > 2 && r + 2 <= n_rows) GEMM_FLOAT_BLOCK(2);
-    if (r < n_rows) GEMM_FLOAT_BLOCK(1);
-#undef GEMM_FLOAT_BLOCK
-}
-
-/* Constant type: one specialized copy per type and token count (up to
-   GEMM_FLOAT_TOKENS, four on every SIMD path). */
-static inline __attribute__((always_inline)) void gemm_float_typed(const void *w, int type, size_t row_bytes, int n_rows,
-                                                                    const float *x, size_t x_stride, int n_x, int n,
-                                                                    float *out, size_t out_stride) {
-    _Static_assert(GEMM_FLOAT_TOKENS == 4, "the token counts below");
-    for (int t = 0; t < n_x; t += GEMM_FLOAT_TOKENS) {
-        const float *xt = x + (size_t)t * x_stride;
-        float *ot = out + (size_t)t * out_stride;
-        switch (n_x - t) {
-        case 1: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(1), xt, x_stride, 1, n, ot, out_stride); break;
-        case 2: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(2), xt, x_stride, 2, n, ot, out_stride); break;
-        case 3: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(3), xt, x_stride, 3, n, ot, out_stride); break;
-        default: gemm_float_rows(w, type, row_bytes, n_rows, GEMM_FLOAT_BLOCK_ROWS(4), xt, x_stride, 4, n, ot, out_stride); break;
-        }
-    }
-}
-#endif
-
-static inline void gemm_float(const void *w, int type, size_t row_bytes, int n_rows, const float *x, size_t x_stride,
-                              int n_x, int n, float *out, size_t out_stride) {
-#if defined(GEMM_FLOAT_BLOCK_ROWS)
-    if (type == TYPE_F32) gemm_float_typed(w, TYPE_F32, row_bytes, n_rows, x, x_stride, n_x, n, out, out_stride);
-    else if (type == TYPE_F16) gemm_float_typed(w, TYPE_F16, row_bytes, n_rows, x, x_stride, n_x, n, out, out_stride);
-    else gemm_float_typed(w, TYPE_BF16, row_bytes, n_rows, x, x_stride, n_x, n, out, out_stride);
-#else
-    for (int t = 0; t < n_x; t++)
-        for (int r = 0; r < n_rows; r++) {
-            const void *wr = (const uint8_t *)w + (size_t)r * row_bytes;
-            const float *xt = x + (size_t)t * x_stride;
-            out[(size_t)t * out_stride + r] = type == TYPE_F32 ? dot_f32_ref(wr, xt, n)
-                                            : type == TYPE_F16 ? dot_f16_ref(wr, xt, n) : dot_bf16_ref(wr, xt, n);
-        }
-#endif
-}
-
-/* An f32, f16 or bf16 weight row against one activation row. */
-static inline float dot_float(const void *w, int type, const float *x, int n) {
-    float r;
-    gemm_float(w, type, 0, 1, x, 0, 1, n, &r, 1);
-    return r;
-}
-
-#if defined(KERNELS_NEON)
-/* The sum of a vector's four int32 lanes. */
-static inline int32_t hsum_s32x4(int32x4_t v) {
-#if defined(__aarch64__)
-    return vaddvq_s32(v);
-#else
-    int32x2_t s = vpadd_s32(vget_low_s32(v), vget_high_s32(v));
-    return vget_lane_s32(vpadd_s32(s, s), 0);
-#endif
-}
-
-/* Sums of four products of 16 signed bytes each: the dot-product
-   instruction where the CPU has it, widening multiplies where not (the same
-   integers either way). */
-static inline int32x4_t dot_s8x16(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, a, b);
-#else
-    return vaddq_s32(acc, vaddq_s32(vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b))), vpaddlq_s16(mull_high_s8(a, b))));
-#endif
-}
-
-/* One row of a 32-element type against one activation row, NEON: the
-   block's weights as two vectors of 16 signed bytes (q8_0 and q4_0 unpacked
-   in vector registers, the others by block32_unpack). */
-static inline float dot_quant_neon(const void *w, int type, const BlockQ8A *x, int n) {
-    float32x4_t acc = vdupq_n_f32(0);
-    float offsets = 0;
-    for (int b = 0; b < n / QK; b++) {
-        int8x16_t w0, w1;
-        float dw, mw = 0;
-        if (type == TYPE_Q8_0) {
-            const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
-            w0 = vld1q_s8(blk->qs), w1 = vld1q_s8(blk->qs + 16), dw = f16_to_f32(blk->d);
-        } else if (type == TYPE_Q4_0) {
-            const BlockQ4_0 *blk = (const BlockQ4_0 *)w + b;
-            uint8x16_t packed = vld1q_u8(blk->qs);
-            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(15))), vdupq_n_s8(8));
-            w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), vdupq_n_s8(8));
-            dw = f16_to_f32(blk->d);
-        } else {
-            int8_t q[QK];
-            dw = block32_unpack(w, type, b, q, &mw);
-            w0 = vld1q_s8(q), w1 = vld1q_s8(q + 16);
-        }
-        int32x4_t p = dot_s8x16(dot_s8x16(vdupq_n_s32(0), w0, vld1q_s8(x[b].qs)), w1, vld1q_s8(x[b].qs + 16));
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(p), vdupq_n_f32(dw * x[b].d));
-        if (type_has_offset(type)) offsets += mw * x[b].d * (float)x[b].sum;
-    }
-    return hsum_f32x4(acc) + offsets;
-}
-
-/* A super-block row against n_x (at most 4) BlockQ8K rows: unpacked by
-   superblock_unpack once for all of them, multiplied 16 bytes at a time;
-   the reference's integers and float operations. */
-static inline void dot_superblock_neon(const void *w, int type, const BlockQ8K *x, size_t stride, int n_x, int n, float *out) {
-    float s[4] = {0, 0, 0, 0};
-    for (int b = 0; b < n / QK_K; b++) {
-        int8_t q[QK_K];
-        int16_t sc[16], mn[16];
-        float d, dmin;
-        superblock_unpack(w, type, b, q, sc, mn, &d, &dmin);
-        for (int k = 0; k < n_x; k++) {
-            const BlockQ8K *xb = x + k * stride + b;
-            int32_t isum = 0, imin = 0;
-            for (int g = 0; g < 16; g++) {
-                isum += sc[g] * hsum_s32x4(dot_s8x16(vdupq_n_s32(0), vld1q_s8(q + 16 * g), vld1q_s8(xb->qs + 16 * g)));
-                imin += mn[g] * xb->bsums[g];
-            }
-            s[k] = superblock_combine(s[k], d, dmin, xb, isum, imin);
-        }
-    }
-    for (int k = 0; k < n_x; k++) out[k] = s[k];
-}
-#endif
-
-/* A quantized row against n_x (1 or 4) activation rows, `stride` blocks
-   apart: BlockQ8A rows for the 32-element types, BlockQ8K for the
-   super-block types (TYPE_INFO's act). On AVX2 each type gets its own
-   specialized copy (the type is a constant in each case). */
-static inline void dot_quant_rows(const void *w, int type, const void *x, size_t stride, int n_x, int n, float *out) {
-#if defined(KERNELS_AVX2)
-#define DOT_CASE(T, kernel, X)                                                           \
-    case T:                                                                              \
-        if (n_x == 4) kernel(w, T, (const X *)x, stride, 4, n, out);                     \
-        else kernel(w, T, (const X *)x, stride, 1, n, out);                              \
-        return;
-    switch (type) {
-    DOT_CASE(TYPE_Q8_0, dot_quant_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q4_0, dot_quant_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q4_1, dot_quant_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q5_0, dot_quant_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q5_1, dot_quant_avx2, BlockQ8A)
-    DOT_CASE(TYPE_IQ4_NL, dot_quant_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q2_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q3_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q4_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q5_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q6_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_IQ4_XS, dot_superblock_avx2, BlockQ8K)
-    }
-#undef DOT_CASE
-#elif defined(KERNELS_NEON)
-    if (TYPE_INFO[type].act == ACT_Q8K) dot_superblock_neon(w, type, (const BlockQ8K *)x, stride, n_x, n, out);
-    else
-        for (int k = 0; k < n_x; k++) out[k] = dot_quant_neon(w, type, (const BlockQ8A *)x + k * stride, n);
-#else
-    for (int k = 0; k < n_x; k++)
-        out[k] = TYPE_INFO[type].act == ACT_Q8K ? dot_superblock_ref(w, type, (const BlockQ8K *)x + k * stride, n)
-                                                : dot_block32_ref(w, type, (const BlockQ8A *)x + k * stride, n);
-#endif
-}
-
-/* A quantized row against one activation row. */
-static inline float dot_quant(const void *w, int type, const void *x, int n) {
-    float r = 0;
-    dot_quant_rows(w, type, x, 0, 1, n, &r);
-    return r;
-}
-
-/* The same row against four activation rows, `stride` blocks apart: the same
-   results as four dot_quant calls, bit for bit. */
-static inline void dot_quant_x4(const void *w, int type, const void *x, size_t stride, int n, float out[4]) {
-    dot_quant_rows(w, type, x, stride, 4, n, out);
-}
-
 /* ---------------------------------------------------------------------------
  * Eight interleaved rows (BlockQ8_0x8 / BlockQ4_0x8) against n_x <= 8
  * activation rows, `stride` blocks apart: out[k * 8 + r] = row r . x_k.
@@ -1539,212 +834,6 @@ static inline void gemm_x8_ref(const void *w, int type, const BlockQ8A *x, size_
     }
 }
 
-#if defined(KERNELS_AVX2)
-/* acc + the sums of four products of unsigned u by signed s bytes, per int32 lane. */
-static inline __m256i dpbusd_add(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-#endif
-}
-
-static inline __attribute__((always_inline)) void gemm_x8_avx2(const void *w, int type, const BlockQ8A *x, size_t stride,
-                                                                int n_x, int blocks, float *out) {
-    __m256 acc[8];
-    for (int k = 0; k < n_x; k++) acc[k] = _mm256_setzero_ps();
-    for (int b = 0; b < blocks; b++) {
-        __m256i dot[8];
-        for (int k = 0; k < n_x; k++) dot[k] = _mm256_setzero_si256();
-        const uint16_t *d;
-        if (type == TYPE_Q8_0) {
-            const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
-            d = blk->d;
-            for (int st = 0; st < 8; st++) { /* |w| by x with w's sign: the unsigned-by-signed product */
-                __m256i wq = _mm256_loadu_si256((const __m256i *)(blk->qs + st * 32)), uw = _mm256_abs_epi8(wq);
-                for (int k = 0; k < n_x; k++) {
-                    int32_t x4;
-                    memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
-                    dot[k] = dpbusd_add(dot[k], uw, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
-                }
-            }
-        } else {
-            const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
-            d = blk->d;
-            const __m256i low4 = _mm256_set1_epi8(15);
-            for (int st = 0; st < 4; st++) {
-                __m256i packed = _mm256_loadu_si256((const __m256i *)(blk->qs + st * 32));
-                __m256i lo = _mm256_and_si256(packed, low4), hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
-                for (int k = 0; k < n_x; k++) {
-                    int32_t xl, xh;
-                    memcpy(&xl, x[k * stride + b].qs + 4 * st, 4);
-                    memcpy(&xh, x[k * stride + b].qs + 4 * st + 16, 4);
-                    dot[k] = dpbusd_add(dpbusd_add(dot[k], lo, _mm256_set1_epi32(xl)), hi, _mm256_set1_epi32(xh));
-                }
-            }
-            for (int k = 0; k < n_x; k++) dot[k] = _mm256_sub_epi32(dot[k], _mm256_set1_epi32(8 * x[k * stride + b].sum));
-        }
-        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
-        for (int k = 0; k < n_x; k++)
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[k]), _mm256_mul_ps(dw, _mm256_set1_ps(x[k * stride + b].d)), acc[k]);
-    }
-    for (int k = 0; k < n_x; k++) _mm256_storeu_ps(out + 8 * k, acc[k]);
-}
-#endif
-
-#if defined(KERNELS_NEON)
-/* The same operations with NEON: rows 0-3 and 4-7 of a step are one vector
-   each, and every four-byte group of a row meets the token's four values of
-   that step. With the dot-product extension, one sdot per vector (x's group
-   picked by lane); without it, widening multiplies whose int16 products are
-   summed pairwise into int32 (every product of int8 fits int16 exactly).
-   At most GEMM_X8_NEON_TOKENS tokens a call: each token's int32 sums take
-   four q registers, so four tokens fill half of AArch64's 32 but would
-   leave nothing of ARMv7's 16 for the weights (they spill). */
-#if defined(__aarch64__)
-#define GEMM_X8_NEON_TOKENS 4
-#else
-#define GEMM_X8_NEON_TOKENS 2
-#endif
-static inline __attribute__((always_inline)) void gemm_x8_neon(const void *w, int type, const BlockQ8A *x, size_t stride,
-                                                                int n_x, int blocks, float *out) {
-    float32x4_t acc[GEMM_X8_NEON_TOKENS][2];
-    for (int k = 0; k < GEMM_X8_NEON_TOKENS; k++) acc[k][0] = acc[k][1] = vdupq_n_f32(0);
-    for (int b = 0; b < blocks; b++) {
-        int32x4_t dot[GEMM_X8_NEON_TOKENS][2]; /* token k, rows 0-3 and 4-7 */
-        const uint16_t *d;
-#if defined(__ARM_FEATURE_DOTPROD)
-        int8x16_t xv[GEMM_X8_NEON_TOKENS][2]; /* token k's values 0-15 and 16-31 */
-        for (int k = 0; k < n_x; k++) {
-            const BlockQ8A *xb = x + k * stride + b;
-            xv[k][0] = vld1q_s8(xb->qs), xv[k][1] = vld1q_s8(xb->qs + 16);
-            dot[k][0] = dot[k][1] = vdupq_n_s32(0);
-        }
-        if (type == TYPE_Q8_0) {
-            const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
-            d = blk->d;
-#define X8_Q8_STEP(st)                                                                                     \
-    do {                                                                                                   \
-        int8x16_t w0 = vld1q_s8(blk->qs + (st) * 32), w1 = vld1q_s8(blk->qs + (st) * 32 + 16);             \
-        for (int k = 0; k < n_x; k++) {                                                                    \
-            dot[k][0] = vdotq_laneq_s32(dot[k][0], w0, xv[k][(st) / 4], (st) % 4);                         \
-            dot[k][1] = vdotq_laneq_s32(dot[k][1], w1, xv[k][(st) / 4], (st) % 4);                         \
-        }                                                                                                  \
-    } while (0)
-            X8_Q8_STEP(0); X8_Q8_STEP(1); X8_Q8_STEP(2); X8_Q8_STEP(3);
-            X8_Q8_STEP(4); X8_Q8_STEP(5); X8_Q8_STEP(6); X8_Q8_STEP(7);
-#undef X8_Q8_STEP
-        } else {
-            const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
-            d = blk->d;
-            const uint8x16_t low4 = vdupq_n_u8(15);
-            /* nibbles 0..15 as signed bytes: low ones meet values 4st.., high ones 16 + 4st.. */
-#define X8_Q4_STEP(st)                                                                                     \
-    do {                                                                                                   \
-        uint8x16_t p0 = vld1q_u8(blk->qs + (st) * 32), p1 = vld1q_u8(blk->qs + (st) * 32 + 16);            \
-        int8x16_t l0 = vreinterpretq_s8_u8(vandq_u8(p0, low4)), h0 = vreinterpretq_s8_u8(vshrq_n_u8(p0, 4)); \
-        int8x16_t l1 = vreinterpretq_s8_u8(vandq_u8(p1, low4)), h1 = vreinterpretq_s8_u8(vshrq_n_u8(p1, 4)); \
-        for (int k = 0; k < n_x; k++) {                                                                    \
-            dot[k][0] = vdotq_laneq_s32(vdotq_laneq_s32(dot[k][0], l0, xv[k][0], (st)), h0, xv[k][1], (st)); \
-            dot[k][1] = vdotq_laneq_s32(vdotq_laneq_s32(dot[k][1], l1, xv[k][0], (st)), h1, xv[k][1], (st)); \
-        }                                                                                                  \
-    } while (0)
-            X8_Q4_STEP(0); X8_Q4_STEP(1); X8_Q4_STEP(2); X8_Q4_STEP(3);
-#undef X8_Q4_STEP
-        }
-#else
-        int32x4_t pair[GEMM_X8_NEON_TOKENS][4]; /* token k, rows 0-1, 2-3, 4-5, 6-7: two partial sums per row */
-        for (int k = 0; k < n_x; k++)
-            for (int j = 0; j < 4; j++) pair[k][j] = vdupq_n_s32(0);
-        if (type == TYPE_Q8_0) {
-            const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
-            d = blk->d;
-            for (int st = 0; st < 8; st++) {
-                int8x16_t w0 = vld1q_s8(blk->qs + st * 32), w1 = vld1q_s8(blk->qs + st * 32 + 16);
-                for (int k = 0; k < n_x; k++) {
-                    int32_t x4;
-                    memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
-                    int8x16_t xg = vreinterpretq_s8_s32(vdupq_n_s32(x4));
-                    pair[k][0] = vpadalq_s16(pair[k][0], vmull_s8(vget_low_s8(w0), vget_low_s8(xg)));
-                    pair[k][1] = vpadalq_s16(pair[k][1], mull_high_s8(w0, xg));
-                    pair[k][2] = vpadalq_s16(pair[k][2], vmull_s8(vget_low_s8(w1), vget_low_s8(xg)));
-                    pair[k][3] = vpadalq_s16(pair[k][3], mull_high_s8(w1, xg));
-                }
-            }
-        } else {
-            const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
-            d = blk->d;
-            const uint8x16_t low4 = vdupq_n_u8(15);
-            for (int st = 0; st < 4; st++) {
-                uint8x16_t p0 = vld1q_u8(blk->qs + st * 32), p1 = vld1q_u8(blk->qs + st * 32 + 16);
-                int8x16_t l0 = vreinterpretq_s8_u8(vandq_u8(p0, low4)), h0 = vreinterpretq_s8_u8(vshrq_n_u8(p0, 4));
-                int8x16_t l1 = vreinterpretq_s8_u8(vandq_u8(p1, low4)), h1 = vreinterpretq_s8_u8(vshrq_n_u8(p1, 4));
-                for (int k = 0; k < n_x; k++) { /* |nibble * x| <= 15 * 128: a low and a high product fit int16 */
-                    int32_t xl4, xh4;
-                    memcpy(&xl4, x[k * stride + b].qs + 4 * st, 4);
-                    memcpy(&xh4, x[k * stride + b].qs + 4 * st + 16, 4);
-                    int8x16_t xl = vreinterpretq_s8_s32(vdupq_n_s32(xl4)), xh = vreinterpretq_s8_s32(vdupq_n_s32(xh4));
-                    pair[k][0] = vpadalq_s16(pair[k][0], vmlal_s8(vmull_s8(vget_low_s8(l0), vget_low_s8(xl)), vget_low_s8(h0), vget_low_s8(xh)));
-                    pair[k][1] = vpadalq_s16(pair[k][1], mlal_high_s8(mull_high_s8(l0, xl), h0, xh));
-                    pair[k][2] = vpadalq_s16(pair[k][2], vmlal_s8(vmull_s8(vget_low_s8(l1), vget_low_s8(xl)), vget_low_s8(h1), vget_low_s8(xh)));
-                    pair[k][3] = vpadalq_s16(pair[k][3], mlal_high_s8(mull_high_s8(l1, xl), h1, xh));
-                }
-            }
-        }
-        for (int k = 0; k < n_x; k++)
-            dot[k][0] = padd_s32(pair[k][0], pair[k][1]), dot[k][1] = padd_s32(pair[k][2], pair[k][3]);
-#endif
-        if (type == TYPE_Q4_0)
-            for (int k = 0; k < n_x; k++) {
-                int32x4_t off = vdupq_n_s32(8 * x[k * stride + b].sum);
-                dot[k][0] = vsubq_s32(dot[k][0], off), dot[k][1] = vsubq_s32(dot[k][1], off);
-            }
-        float32x4_t dw0 = load_f16x4(d), dw1 = load_f16x4(d + 4);
-        for (int k = 0; k < n_x; k++) {
-            float xd = x[k * stride + b].d;
-            acc[k][0] = vfmaq_f32(acc[k][0], vcvtq_f32_s32(dot[k][0]), vmulq_n_f32(dw0, xd));
-            acc[k][1] = vfmaq_f32(acc[k][1], vcvtq_f32_s32(dot[k][1]), vmulq_n_f32(dw1, xd));
-        }
-    }
-    for (int k = 0; k < n_x; k++) vst1q_f32(out + 8 * k, acc[k][0]), vst1q_f32(out + 8 * k + 4, acc[k][1]);
-}
-#endif
-
-static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out) {
-#if defined(KERNELS_AVX2)
-    /* constant types and token counts: specialized copies */
-    if (type == TYPE_Q8_0) {
-        if (n_x == 8) gemm_x8_avx2(w, TYPE_Q8_0, x, stride, 8, blocks, out);
-        else if (n_x == 1) gemm_x8_avx2(w, TYPE_Q8_0, x, stride, 1, blocks, out);
-        else gemm_x8_avx2(w, TYPE_Q8_0, x, stride, n_x, blocks, out);
-    } else {
-        if (n_x == 8) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 8, blocks, out);
-        else if (n_x == 1) gemm_x8_avx2(w, TYPE_Q4_0, x, stride, 1, blocks, out);
-        else gemm_x8_avx2(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
-    }
-#elif defined(KERNELS_NEON)
-    /* constant types and token counts: one token is decoding, GEMM_X8_NEON_TOKENS at a time the bulk of a batch */
-    enum { T = GEMM_X8_NEON_TOKENS };
-    for (int k0 = 0; k0 < n_x; k0 += T) {
-        int m = n_x - k0 < T ? n_x - k0 : T;
-        const BlockQ8A *xk = x + (size_t)k0 * stride;
-        if (type == TYPE_Q8_0) {
-            if (m == T) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, T, blocks, out + 8 * k0);
-            else if (m == 1) gemm_x8_neon(w, TYPE_Q8_0, xk, stride, 1, blocks, out + 8 * k0);
-            else gemm_x8_neon(w, TYPE_Q8_0, xk, stride, m, blocks, out + 8 * k0);
-        } else {
-            if (m == T) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, T, blocks, out + 8 * k0);
-            else if (m == 1) gemm_x8_neon(w, TYPE_Q4_0, xk, stride, 1, blocks, out + 8 * k0);
-            else gemm_x8_neon(w, TYPE_Q4_0, xk, stride, m, blocks, out + 8 * k0);
-        }
-    }
-#else
-    gemm_x8_ref(w, type, x, stride, n_x, blocks, out);
-#endif
-}
-
 /* Rows r0..r0+7 of a q8_0 or q4_0 matrix (each `blocks` blocks) as one
    run of interleaved blocks. */
 static inline void repack_x8(const void *rows, int type, int blocks, void *out) {
@@ -1764,14 +853,185 @@ static inline void repack_x8(const void *rows, int type, int blocks, void *out) 
         }
 }
 
-/* y += a * x */
-static inline void axpy(float *y, float a, const float *x, int n) {
-    int i = 0;
-#if defined(KERNELS_AVX2)
-    __m256 va = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+/* ---------------------------------------------------------------------------
+ * Kernel levels. kernels_simd.h is compiled once per instruction-set level
+ * (the names get the level's suffix), and each copy fills one of these
+ * tables; the engine calls its kernels through the table that
+ * kernels_select picks when a model is loaded: the best level this CPU has,
+ * or the one the RUN_KERNELS environment variable names.
+ */
+typedef struct {
+    const char *name;  /* "scalar", "avx2", "avxvnni", "avx512", "neon", "dotprod" */
+    int repack_pays;   /* the eight-row kernels (gemm_x8) beat the row-by-row ones */
+    int superblock_exact; /* the super-block dots give dot_superblock_ref's bits (AVX2's sum in another order) */
+    void (*quantize_row_q8a)(const float *x, BlockQ8A *y, int64_t n);
+    void (*quantize_activations)(int type, const float *x, void *out, int64_t n);
+    void (*row_from_float)(int type, const float *x, void *out, int64_t n);  /* quantize_row's result */
+    void (*row_to_float)(int type, const void *row, float *y, int64_t n);    /* dequantize_row's */
+    void (*dot_quant_rows)(const void *w, int type, const void *x, size_t stride, int n_x, int n, float *out);
+    void (*gemm_float)(const void *w, int type, size_t row_bytes, int n_rows, const float *x, size_t x_stride, int n_x, int n,
+                       float *out, size_t out_stride);
+    void (*gemm_x8)(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out);
+    void (*axpy)(float *y, float a, const float *x, int n);
+    void (*softmax_tile)(float *x, int n, float *max, float *sum, float *out, int m);
+    void (*softmax)(float *x, int n);
+    void (*attn_scores)(const float *q, size_t q_stride, int n_q, const void *k, int type, size_t k_stride, int count, int n,
+                        float scale, int add, float *s, size_t s_stride);
+    void (*attn_weighted_sum)(float *out, size_t o_stride, int n_q, const float *w, size_t w_stride, const void *v, int type,
+                              size_t v_stride, int count, int n);
+} Kernels;
+
+/* Element `index` of a row of a cache type (f32, f16, q8_0: multiples of
+   32 for q8_0). */
+static inline void *kv_at(const void *base, int type, size_t index) { return (uint8_t *)base + type_row_bytes(type, (int64_t)index); }
+
+#define KERNELS_CAT(name, level) name##_##level
+#define KERNELS_CAT2(name, level) KERNELS_CAT(name, level)
+#define KERNELS_NAME(name) KERNELS_CAT2(name, KERNELS_SUFFIX)
+
+/* The compiler's instructions for a level: every function up to the
+   matching KERNELS_TARGET_END targets it. */
+#if defined(__clang__)
+#define KERNELS_PRAGMA(x) _Pragma(#x)
+#define KERNELS_TARGET(isa) KERNELS_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define KERNELS_TARGET_END _Pragma("clang attribute pop")
+#else
+#define KERNELS_PRAGMA(x) _Pragma(#x)
+#define KERNELS_TARGET(isa) _Pragma("GCC push_options") KERNELS_PRAGMA(GCC target(isa))
+#define KERNELS_TARGET_END _Pragma("GCC pop_options")
 #endif
-    for (; i < n; i++) y[i] += a * x[i];
+
+#define KERNELS_SUFFIX scalar
+#define KERNELS_LEVEL "scalar"
+#include "kernels_simd.h"
+#undef KERNELS_SUFFIX
+#undef KERNELS_LEVEL
+
+#if defined(KERNELS_X86)
+#define KERNELS_AVX2 1
+#define KERNELS_SUFFIX avx2
+#define KERNELS_LEVEL "avx2"
+KERNELS_TARGET("avx2,fma,f16c")
+#include "kernels_simd.h"
+KERNELS_TARGET_END
+#undef KERNELS_SUFFIX
+#undef KERNELS_LEVEL
+
+#define KERNELS_AVXVNNI 1
+#define KERNELS_SUFFIX avxvnni
+#define KERNELS_LEVEL "avxvnni"
+KERNELS_TARGET("avx2,fma,f16c,avxvnni")
+#include "kernels_simd.h"
+KERNELS_TARGET_END
+#undef KERNELS_SUFFIX
+#undef KERNELS_LEVEL
+#undef KERNELS_AVXVNNI
+
+#define KERNELS_AVX512 1
+#define KERNELS_SUFFIX avx512
+#define KERNELS_LEVEL "avx512"
+KERNELS_TARGET("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+#include "kernels_simd.h"
+KERNELS_TARGET_END
+#undef KERNELS_SUFFIX
+#undef KERNELS_LEVEL
+#undef KERNELS_AVX512
+#undef KERNELS_AVX2
+#endif
+
+#if defined(KERNELS_ARM_NEON)
+#define KERNELS_NEON 1
+#define KERNELS_SUFFIX neon
+#define KERNELS_LEVEL "neon"
+#include "kernels_simd.h"
+#undef KERNELS_SUFFIX
+#undef KERNELS_LEVEL
+#if defined(__aarch64__) && !defined(__clang__)
+#define KERNELS_DOTPROD 1
+#define KERNELS_SUFFIX dotprod
+#define KERNELS_LEVEL "dotprod"
+KERNELS_TARGET("arch=armv8.2-a+dotprod")
+#include "kernels_simd.h"
+KERNELS_TARGET_END
+#undef KERNELS_SUFFIX
+#undef KERNELS_LEVEL
+#undef KERNELS_DOTPROD
+#endif
+#undef KERNELS_NEON
+#endif
+
+/* What this CPU can run of each level. */
+#if defined(KERNELS_X86)
+static inline int cpu_x86_has(int level) { /* 1: AVX2+FMA+F16C, 2: and AVX-VNNI, 3: and AVX-512 F/BW/VL/VNNI */
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int fma = c >> 12 & 1, osxsave = c >> 27 & 1, avx = c >> 28 & 1, f16c = c >> 29 & 1;
+    if (!(fma && osxsave && avx && f16c)) return 0;
+    uint32_t xcr0, xcr0_high;
+    __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(xcr0_high) : "c"(0)); /* what the OS saves: ymm (bits 1-2), zmm (5-7) */
+    if ((xcr0 & 6) != 6 || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b >> 5 & 1)) return 0;
+    if (level == 1) return 1;
+    if (level == 3) return (b >> 16 & 1) && (b >> 30 & 1) && (b >> 31 & 1) && (c >> 11 & 1) && (xcr0 & 0xe6) == 0xe6;
+    unsigned a1, b1, c1, d1;
+    return __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (a1 >> 4 & 1);
+}
+#endif
+
+typedef struct {
+    const Kernels *kernels;
+    int cpu_level; /* passed to the CPU check (0: always available) */
+} KernelLevel;
+
+/* Lowest first. */
+static const KernelLevel KERNEL_LEVELS[] = {
+    {&kernels_scalar, 0},
+#if defined(KERNELS_X86)
+    {&kernels_avx2, 1},
+    {&kernels_avxvnni, 2},
+    {&kernels_avx512, 3},
+#endif
+#if defined(KERNELS_ARM_NEON)
+    {&kernels_neon, 0},
+#if defined(__aarch64__) && !defined(__clang__)
+    {&kernels_dotprod, 1},
+#endif
+#endif
+};
+#define KERNEL_LEVEL_COUNT (int)(sizeof KERNEL_LEVELS / sizeof KERNEL_LEVELS[0])
+
+static inline int kernels_available(int i) {
+    if (KERNEL_LEVELS[i].cpu_level == 0) return 1;
+#if defined(KERNELS_X86)
+    return cpu_x86_has(KERNEL_LEVELS[i].cpu_level);
+#elif defined(__aarch64__) && defined(__linux__) && defined(HWCAP_ASIMDDP)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#else
+    return 0;
+#endif
+}
+
+/* The names of the levels this CPU has, lowest first, ", " between. */
+static inline void kernels_names(char *out, size_t size) {
+    size_t used = 0;
+    out[0] = 0;
+    for (int i = 0; i < KERNEL_LEVEL_COUNT && used < size; i++)
+        if (kernels_available(i)) used += (size_t)snprintf(out + used, size - used, "%s%s", used ? ", " : "", KERNEL_LEVELS[i].kernels->name);
+}
+
+/* The best level this CPU has, or the one `want` names (RUN_KERNELS): NULL
+   with a message in err when that one is unknown or not available here. */
+static inline const Kernels *kernels_select(const char *want, char *err, size_t errlen) {
+    const Kernels *best = NULL;
+    for (int i = 0; i < KERNEL_LEVEL_COUNT; i++)
+        if (kernels_available(i)) {
+            best = KERNEL_LEVELS[i].kernels;
+            if (want && !strcmp(want, best->name)) return best;
+        }
+    if (!want || !*want) return best;
+    char names[128];
+    kernels_names(names, sizeof names);
+    snprintf(err, errlen, "RUN_KERNELS=%s: not a kernel level this CPU has (it has: %s)", want, names);
+    return NULL;
 }
 
 /* ---------------------------------------------------------------------------

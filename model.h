@@ -197,6 +197,7 @@ typedef struct {
     void *owned;               /* weights the loader had to convert (llama2.c int8 files) */
     void *repacked;            /* model_repack's interleaved copies */
     size_t repacked_bytes;
+    const Kernels *kernels;    /* the instruction-set level the forward pass runs on (kernels_select) */
 } Model;
 
 typedef struct {
@@ -232,6 +233,7 @@ typedef struct {
 
 typedef struct {
     const Model *model;
+    const Kernels *kern;       /* model->kernels */
     int ctx_len;               /* longest sequence this context serves */
     int kv_type;               /* the KV caches of sequences made for it: TYPE_F32 (context_new's default),
                                   TYPE_F16 or TYPE_Q8_0 (set before making them) */
@@ -275,18 +277,20 @@ typedef struct {
     char error[256];
 } Context;
 
-/* Loads a model file written by ./export, or a llama2.c checkpoint (versions
-   0, 1 and 2). Returns 0, or -1 with one line in err. */
+/* Loads a model file written by ./export, a llama2.c checkpoint (versions
+   0, 1 and 2) or a GGUF file, and picks the kernels it runs on: the best
+   level this CPU has, or the one the environment variable RUN_KERNELS
+   names (kernels.h: kernels_select). Returns 0, or -1 with one line in err. */
 int model_load(Model *m, const char *path, char *err, size_t errlen);
 void model_free(Model *m);
 /* Copies the q8_0 and q4_0 matrices that only matmul reads into the
-   interleaved layout its eight-row kernels use (faster wherever a SIMD
-   version of them is compiled: model_repack_pays), provided they take at most
+   interleaved layout its eight-row kernels use (faster at every level but
+   the portable one: model_repack_pays), provided they take at most
    `limit` bytes. Results change in the last bits, not between thread counts
    or batch sizes. Returns the bytes copied (0: nothing, or too large), or -1
    when memory runs out (the model is unchanged). */
 long long model_repack(Model *m, size_t limit);
-int model_repack_pays(void);
+int model_repack_pays(const Model *m);
 const Tensor *model_tensor(const Model *m, const char *name);
 /* KV-cache bytes one token takes in one sequence, f32. */
 size_t model_kv_bytes_per_token(const Model *m);
@@ -473,7 +477,6 @@ size_t model_kv_bytes_per_token(const Model *m) {
 /* Element `index` of a cache part: f32, f16 or q8_0 (whose indices are at
    block starts: every width and head offset is a multiple of 32, which
    kv_type_fits checks). */
-static void *kv_at(const void *base, int type, size_t index) { return (uint8_t *)base + type_row_bytes(type, (int64_t)index); }
 
 /* Whether a q8_0 cache can hold this model's rows: each head's keys and
    values (MLA: the latent and the rotary key) start and end on blocks. */
@@ -606,6 +609,8 @@ static int check_config(const ModelConfig *c, char *err, size_t errlen) {
 
 static int model_bind(Model *m, char *err, size_t errlen) {
     const ModelConfig *c = &m->cfg;
+    char why[256];
+    if (!(m->kernels = kernels_select(getenv("RUN_KERNELS"), why, sizeof why))) return seterr(err, errlen, "%s", why);
     if (check_config(c, err, errlen)) return -1;
     char name[96]; /* longer than any stored name: a name that does not fit is simply not found */
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
@@ -1427,13 +1432,7 @@ static int do_repack(Model *m, Matrix *w, void *arg) {
     return 0;
 }
 
-int model_repack_pays(void) {
-#if defined(KERNELS_AVX2) || defined(KERNELS_NEON)
-    return 1;
-#else
-    return 0; /* the portable eight-row kernel is no faster than the row-by-row ones */
-#endif
-}
+int model_repack_pays(const Model *m) { return m->kernels->repack_pays; }
 
 long long model_repack(Model *m, size_t limit) {
     size_t total = 0;
@@ -1623,6 +1622,7 @@ Context *context_new(const Model *m, int ctx_len, int max_batch, int max_logits,
     Context *c = calloc(1, sizeof *c);
     if (!c) { seterr(err, errlen, "out of memory"); return NULL; }
     c->model = m;
+    c->kern = m->kernels;
     c->positions = pos;
     c->ctx_len = ctx_len;
     c->kv_type = TYPE_F32;
@@ -1728,11 +1728,15 @@ typedef struct {
     const MatmulOut *outs;
     int n_outs;
     int64_t total_rows;
+    const Kernels *kern;
 } MatmulJob;
 
-static inline float row_dot(const Matrix *w, int r, const float *x, const void *xq) {
+static inline float row_dot(const Kernels *kern, const Matrix *w, int r, const float *x, const void *xq) {
     const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-    return type_is_quantized(w->type) ? dot_quant(row, w->type, xq, w->cols) : dot_float(row, w->type, x, w->cols);
+    float out;
+    if (type_is_quantized(w->type)) kern->dot_quant_rows(row, w->type, xq, 0, 1, w->cols, &out);
+    else kern->gemm_float(row, w->type, 0, 1, x, 0, 1, w->cols, &out, 1);
+    return out;
 }
 
 #define MATMUL_TILE 16 /* rows kept hot in cache while the batch streams past */
@@ -1756,7 +1760,7 @@ static void matmul_task(void *arg, int ith, int nth) {
                     int k = job->n - t < 8 ? job->n - t : 8;
                     for (int64_t g = r0; g < r1; g += 8) {
                         float r32[64];
-                        gemm_x8((const uint8_t *)w->data + (size_t)(g - first) * w->row_bytes, w->type,
+                        job->kern->gemm_x8((const uint8_t *)w->data + (size_t)(g - first) * w->row_bytes, w->type,
                                 job->inq + (size_t)t * blocks, blocks, k, (int)blocks, r32);
                         for (int kk = 0; kk < k; kk++)
                             memcpy(job->outs[o].out + (size_t)(t + kk) * w->rows + (g - first), r32 + 8 * kk, 8 * sizeof(float));
@@ -1779,7 +1783,7 @@ static void matmul_task(void *arg, int ith, int nth) {
             }
 #endif
             if (!type_is_quantized(w->type)) { /* the tile of rows against the whole batch, register-blocked */
-                gemm_float((const uint8_t *)w->data + (size_t)(r0 - first) * w->row_bytes, w->type, w->row_bytes, (int)(r1 - r0),
+                job->kern->gemm_float((const uint8_t *)w->data + (size_t)(r0 - first) * w->row_bytes, w->type, w->row_bytes, (int)(r1 - r0),
                            job->in, (size_t)job->cols, job->n, w->cols, job->outs[o].out + (r0 - first), (size_t)w->rows);
                 continue;
             }
@@ -1792,14 +1796,15 @@ static void matmul_task(void *arg, int ith, int nth) {
                 float *y = job->outs[o].out + (size_t)t * w->rows - first, r4[4];
                 for (int64_t r = r0; r < r1; r++) {
                     const void *row = (const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes;
-                    dot_quant_x4(row, w->type, TOKEN_ACT(t), stride, w->cols, r4);
+                    job->kern->dot_quant_rows(row, w->type, TOKEN_ACT(t), stride, 4, w->cols, r4);
                     for (int k = 0; k < 4; k++) y[(size_t)k * w->rows + r] = r4[k];
                 }
             }
             for (; t < job->n; t++) {
                 const void *xq = TOKEN_ACT(t);
                 float *y = job->outs[o].out + (size_t)t * w->rows - first;
-                for (int64_t r = r0; r < r1; r++) y[r] = dot_quant((const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes, w->type, xq, w->cols);
+                for (int64_t r = r0; r < r1; r++)
+                    job->kern->dot_quant_rows((const uint8_t *)w->data + (size_t)(r - first) * w->row_bytes, w->type, xq, 0, 1, w->cols, y + r);
             }
 #undef TOKEN_ACT
         }
@@ -1812,6 +1817,7 @@ typedef struct {
     BlockQ8A *out;   /* NULL when no matrix takes this form */
     BlockQ8K *out_k;
     int n, cols;
+    const Kernels *kern;
 } QuantizeJob;
 
 static void quantize_task(void *arg, int ith, int nth) {
@@ -1819,13 +1825,13 @@ static void quantize_task(void *arg, int ith, int nth) {
     int64_t lo, hi;
     split_range(job->n, ith, nth, 1, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
-        if (job->out) quantize_row_q8a(job->in + t * job->cols, job->out + t * (job->cols / QK), job->cols);
+        if (job->out) job->kern->quantize_row_q8a(job->in + t * job->cols, job->out + t * (job->cols / QK), job->cols);
         if (job->out_k) quantize_row_q8k(job->in + t * job->cols, job->out_k + t * (job->cols / QK_K), job->cols);
     }
 }
 
 static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, int n_outs) {
-    MatmulJob job = {.in = in, .inq = c->xq, .ink = c->xk, .n = n, .cols = outs[0].w->cols, .outs = outs, .n_outs = n_outs};
+    MatmulJob job = {.in = in, .inq = c->xq, .ink = c->xk, .n = n, .cols = outs[0].w->cols, .outs = outs, .n_outs = n_outs, .kern = c->kern};
     int forms[3] = {0, 0, 0}, aligned = 1; /* which activation forms (ACT_*) the matrices take */
     for (int o = 0; o < n_outs; o++) {
         aligned &= !outs[o].w->interleaved || job.total_rows % 8 == 0; /* its eight-row groups fall on tile bounds */
@@ -1833,7 +1839,7 @@ static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, in
         forms[TYPE_INFO[outs[o].w->type].act] = 1;
     }
     if (forms[ACT_Q8A] || forms[ACT_Q8K]) {
-        QuantizeJob q = {in, forms[ACT_Q8A] ? c->xq : NULL, forms[ACT_Q8K] ? c->xk : NULL, n, job.cols};
+        QuantizeJob q = {in, forms[ACT_Q8A] ? c->xq : NULL, forms[ACT_Q8K] ? c->xk : NULL, n, job.cols, c->kern};
         pool_run(c->pool, quantize_task, &q);
     }
     if (aligned) {
@@ -1841,7 +1847,7 @@ static void matmul(Context *c, const float *in, int n, const MatmulOut *outs, in
         return;
     }
     for (int o = 0; o < n_outs; o++) { /* one matrix at a time */
-        MatmulJob one = {.in = in, .inq = c->xq, .ink = c->xk, .n = n, .cols = job.cols, .outs = outs + o, .n_outs = 1, .total_rows = outs[o].w->rows};
+        MatmulJob one = {.in = in, .inq = c->xq, .ink = c->xk, .n = n, .cols = job.cols, .outs = outs + o, .n_outs = 1, .total_rows = outs[o].w->rows, .kern = c->kern};
         pool_run(c->pool, matmul_task, &one);
     }
 }
@@ -1870,259 +1876,6 @@ static void rope(float *vec, int n_heads, int head_dim, int rope_dim, const floa
             v[2 * m + 1] = x0 * sin_p[m] + x1 * cos_p[m];
         }
     }
-}
-
-/* Eight partial sums added in a fixed tree: (0+1 + 2+3) + (4+5 + 6+7). */
-#if defined(KERNELS_AVX2)
-static inline float sum8_tree(__m256 v) {
-    __m256 h = _mm256_hadd_ps(v, v);
-    h = _mm256_hadd_ps(h, h);
-    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-}
-#endif
-
-#if defined(KERNELS_AVX2)
-/* exp of eight values at most 0 (a softmax's x - max), within 2 ulp of
-   expf: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts), exp(r) by
-   Cephes' polynomial, 2^n put in the exponent; below -87 it is 0. */
-static inline __m256 exp8_nonpositive(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.0f);
-    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(lo, x); /* in this order a NaN passes (max_ps returns its second operand), as in expf */
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-}
-#endif
-
-/* One step of an online softmax (a tile of a row at a time): x[0..n) become
-   exp(x[j] - max'), max' = the larger of *max and the tile's largest; the
-   running *sum, and the output accumulated from earlier tiles (out[0..m)),
-   are rescaled from the old max to max'. Starting from *max = -INFINITY and
-   *sum = 0, the row's softmax is the final out divided by *sum. Eight at a
-   time where AVX2 is: the tile's sum is kept in eight lanes and added in a
-   fixed order, so the result does not depend on how n splits. */
-static void softmax_tile(float *x, int n, float *max, float *sum, float *out, int m) {
-    float new_max = *max, tile_sum = 0;
-    int j = 0;
-#if defined(KERNELS_AVX2)
-    if (n >= 8) {
-        __m256 vm = _mm256_loadu_ps(x);
-        for (j = 8; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
-        __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
-        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-        if (_mm_cvtss_f32(h) > new_max) new_max = _mm_cvtss_f32(h);
-    }
-#endif
-    for (; j < n; j++)
-        if (x[j] > new_max) new_max = x[j];
-    if (new_max > *max) { /* exp(-inf) = 0 on the first tile: nothing to rescale but zeros */
-        float alpha = expf(*max - new_max);
-        *sum *= alpha;
-        for (int i = 0; i < m; i++) out[i] *= alpha;
-        *max = new_max;
-    }
-    j = 0;
-#if defined(KERNELS_AVX2)
-    __m256 vmax = _mm256_set1_ps(new_max), vsum = _mm256_setzero_ps();
-    for (; j + 8 <= n; j += 8) {
-        __m256 e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + j), vmax));
-        _mm256_storeu_ps(x + j, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    tile_sum = sum8_tree(vsum);
-#endif
-    for (; j < n; j++) {
-        x[j] = expf(x[j] - new_max);
-        tile_sum += x[j];
-    }
-    *sum += tile_sum;
-}
-
-/* In place: x[j] = exp(x[j] - max) / sum (routing, sampling): one tile. */
-static void softmax(float *x, int n) {
-    float max = -INFINITY, sum = 0;
-    softmax_tile(x, n, &max, &sum, NULL, 0);
-    float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) x[j] *= inv;
-}
-
-/* Attention's two inner loops over a tile of cached positions, for one or
-   more query heads that share the keys and values (a KV head's group). Each
-   result is computed the same way whichever block of heads and positions it
-   falls in, so splitting a range (near and far keys, tiles) or a batch
-   changes no bit; grouping only saves loads: a key or value row is read and
-   widened once for several heads. */
-
-/* Eight cached values from element i of a row, as f32. */
-#if defined(KERNELS_AVX2)
-static inline __m256 kv_load8(const void *row, int type, size_t i) {
-    if (type == TYPE_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
-    if (type == TYPE_Q8_0) { /* eight of a block's int8s, times its scale */
-        const BlockQ8_0 *b = (const BlockQ8_0 *)row + i / QK;
-        __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + i % QK))));
-        return _mm256_mul_ps(q, _mm256_set1_ps(f16_to_f32(b->d)));
-    }
-    return _mm256_loadu_ps((const float *)row + i);
-}
-#endif
-
-static inline float kv_value(const void *row, int type, size_t i) {
-    if (type == TYPE_Q8_0) {
-        const BlockQ8_0 *b = (const BlockQ8_0 *)row + i / QK;
-        return f16_to_f32(b->d) * b->qs[i % QK];
-    }
-    return type == TYPE_F16 ? f16_to_f32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
-}
-
-/* One score: base + q . k over n elements, the SIMD part already in acc. */
-static inline float score_finish(float d, const float *q, const void *k, int type, int from, int n, float base, float scale) {
-    for (int i = from; i < n; i++) d += q[i] * kv_value(k, type, i);
-    return (base + d) * scale;
-}
-
-#if defined(KERNELS_AVX2)
-/* H query heads against K keys (H * K <= 8 accumulators, constants after
-   inlining): one eight-wide FMA chain per score along the elements. */
-static inline __attribute__((always_inline)) void scores_block(const float *q, size_t q_stride, int H, const void *k, int type,
-                                                                size_t k_stride, int K, int n, float scale, int add, float *s,
-                                                                size_t s_stride) {
-    __m256 acc[8]; /* [h * K + u] */
-    for (int i = 0; i < H * K; i++) acc[i] = _mm256_setzero_ps();
-    int n8 = n & ~7;
-    for (int i = 0; i < n8; i += 8) {
-        __m256 kv[4];
-        for (int u = 0; u < K; u++) kv[u] = kv_load8(k, type, (size_t)u * k_stride + i);
-        for (int h = 0; h < H; h++) {
-            __m256 qv = _mm256_loadu_ps(q + h * q_stride + i);
-            for (int u = 0; u < K; u++) acc[h * K + u] = _mm256_fmadd_ps(qv, kv[u], acc[h * K + u]);
-        }
-    }
-    float d[8];
-    if (H * K == 8) { /* eight sum8_trees at once, the same bits: pairs, quads, then the two halves */
-        __m256 r[4];
-        for (int i = 0; i < 4; i++) r[i] = _mm256_hadd_ps(acc[2 * i], acc[2 * i + 1]);
-        __m256 lo = _mm256_hadd_ps(r[0], r[1]), hi = _mm256_hadd_ps(r[2], r[3]);
-        _mm256_storeu_ps(d, _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31)));
-    } else
-        for (int i = 0; i < H * K; i++) d[i] = sum8_tree(acc[i]);
-    for (int h = 0; h < H; h++)
-        for (int u = 0; u < K; u++) {
-            float *sj = s + h * s_stride + u;
-            *sj = score_finish(d[h * K + u], q + h * q_stride, kv_at(k, type, (size_t)u * k_stride), type, n8, n, add ? *sj : 0, scale);
-        }
-}
-
-/* All count keys for H heads: blocks of 8/H keys, then one at a time. */
-static inline __attribute__((always_inline)) void scores_heads(const float *q, size_t q_stride, int H, const void *k, int type,
-                                                                size_t k_stride, int count, int n, float scale, int add, float *s,
-                                                                size_t s_stride) {
-    int j = 0, K = H == 4 ? 2 : 4;
-    for (; j + K <= count; j += K)
-        scores_block(q, q_stride, H, kv_at(k, type, (size_t)j * k_stride), type, k_stride, K, n, scale, add, s + j, s_stride);
-    for (; j < count; j++)
-        scores_block(q, q_stride, H, kv_at(k, type, (size_t)j * k_stride), type, k_stride, 1, n, scale, add, s + j, s_stride);
-}
-#endif
-
-/* s[g * s_stride + j] = scale * (base + q_g . k_j) for the n_q query rows
-   q_g (q_stride apart) and count key rows k_j of a cache part (k_stride
-   elements apart), n elements used; base = the score already there with
-   add, else 0. */
-static inline __attribute__((always_inline)) void attn_scores_typed(const float *q, size_t q_stride, int n_q, const void *k,
-                                                                     int type, size_t k_stride, int count, int n, float scale,
-                                                                     int add, float *s, size_t s_stride) {
-#if defined(KERNELS_AVX2)
-    int g = 0;
-    for (; g + 4 <= n_q; g += 4) scores_heads(q + g * q_stride, q_stride, 4, k, type, k_stride, count, n, scale, add, s + g * s_stride, s_stride);
-    for (; g + 2 <= n_q; g += 2) scores_heads(q + g * q_stride, q_stride, 2, k, type, k_stride, count, n, scale, add, s + g * s_stride, s_stride);
-    for (; g < n_q; g++) scores_heads(q + g * q_stride, q_stride, 1, k, type, k_stride, count, n, scale, add, s + g * s_stride, s_stride);
-#else
-    for (int g = 0; g < n_q; g++)
-        for (int j = 0; j < count; j++) {
-            float *sj = s + g * s_stride + j;
-            *sj = score_finish(0, q + g * q_stride, kv_at(k, type, (size_t)j * k_stride), type, 0, n, add ? *sj : 0, scale);
-        }
-#endif
-}
-
-static void attn_scores(const float *q, size_t q_stride, int n_q, const void *k, int type, size_t k_stride, int count, int n,
-                        float scale, int add, float *s, size_t s_stride) {
-    if (type == TYPE_F16) attn_scores_typed(q, q_stride, n_q, k, TYPE_F16, k_stride, count, n, scale, add, s, s_stride);
-    else if (type == TYPE_Q8_0) attn_scores_typed(q, q_stride, n_q, k, TYPE_Q8_0, k_stride, count, n, scale, add, s, s_stride);
-    else attn_scores_typed(q, q_stride, n_q, k, TYPE_F32, k_stride, count, n, scale, add, s, s_stride);
-}
-
-#if defined(KERNELS_AVX2)
-/* H heads' output columns [c0, c0 + 8C) += their weights times count value
-   rows (constants H, C after inlining; H * C <= 8 accumulators). */
-static inline __attribute__((always_inline)) void wsum_block(float *out, size_t o_stride, int H, const float *w, size_t w_stride,
-                                                              const void *v, int type, size_t v_stride, int count, int C, int c0) {
-    __m256 acc[4][8];
-    for (int h = 0; h < H; h++)
-        for (int u = 0; u < C; u++) acc[h][u] = _mm256_loadu_ps(out + h * o_stride + c0 + 8 * u);
-    for (int j = 0; j < count; j++) {
-        __m256 vv[8];
-        for (int u = 0; u < C; u++) vv[u] = kv_load8(v, type, (size_t)j * v_stride + c0 + 8 * u);
-        for (int h = 0; h < H; h++) {
-            __m256 wj = _mm256_set1_ps(w[h * w_stride + j]);
-            for (int u = 0; u < C; u++) acc[h][u] = _mm256_fmadd_ps(wj, vv[u], acc[h][u]);
-        }
-    }
-    for (int h = 0; h < H; h++)
-        for (int u = 0; u < C; u++) _mm256_storeu_ps(out + h * o_stride + c0 + 8 * u, acc[h][u]);
-}
-
-/* All n columns for H heads: blocks of 64 / H columns, then eight at a time. */
-static inline __attribute__((always_inline)) int wsum_heads(float *out, size_t o_stride, int H, const float *w, size_t w_stride,
-                                                             const void *v, int type, size_t v_stride, int count, int n) {
-    int c0 = 0, C = 8 / H;
-    for (; c0 + 8 * C <= n; c0 += 8 * C) wsum_block(out, o_stride, H, w, w_stride, v, type, v_stride, count, C, c0);
-    for (; c0 + 8 <= n; c0 += 8) wsum_block(out, o_stride, H, w, w_stride, v, type, v_stride, count, 1, c0);
-    return c0;
-}
-#endif
-
-/* out_g += sum over j of w_g[j] * v_j for the n_q heads (outputs o_stride
-   apart, weights w_stride apart) and count value rows v_j (v_stride elements
-   apart, n used). Each column adds its rows in order with fused multiply-adds
-   whatever the block. */
-static inline __attribute__((always_inline)) void attn_weighted_sum_typed(float *out, size_t o_stride, int n_q, const float *w,
-                                                                           size_t w_stride, const void *v, int type,
-                                                                           size_t v_stride, int count, int n) {
-    for (int g = 0; g < n_q;) {
-        int H = 1, c0 = 0;
-#if defined(KERNELS_AVX2)
-        H = n_q - g >= 4 ? 4 : n_q - g >= 2 ? 2 : 1;
-        if (H == 4) c0 = wsum_heads(out, o_stride, 4, w, w_stride, v, type, v_stride, count, n);
-        else if (H == 2) c0 = wsum_heads(out, o_stride, 2, w, w_stride, v, type, v_stride, count, n);
-        else c0 = wsum_heads(out, o_stride, 1, w, w_stride, v, type, v_stride, count, n);
-#endif
-        for (int h = 0; h < H; h++)
-            for (int col = c0; col < n; col++) {
-                float acc = out[h * o_stride + col];
-                for (int j = 0; j < count; j++) acc = fmaf(w[h * w_stride + j], kv_value(v, type, (size_t)j * v_stride + col), acc);
-                out[h * o_stride + col] = acc;
-            }
-        g += H, out += H * o_stride, w += H * w_stride;
-    }
-}
-
-static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float *w, size_t w_stride, const void *v, int type,
-                              size_t v_stride, int count, int n) {
-    if (type == TYPE_F16) attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_F16, v_stride, count, n);
-    else if (type == TYPE_Q8_0) attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_Q8_0, v_stride, count, n);
-    else attn_weighted_sum_typed(out, o_stride, n_q, w, w_stride, v, TYPE_F32, v_stride, count, n);
 }
 
 typedef struct {
@@ -2160,11 +1913,12 @@ typedef struct {
     float *scores;             /* [n_q][ATTN_TILE] */
     float *max, *sum;          /* [n_q] */
     int n_q;
+    const Kernels *kern;
 } AttnTiles;
 
 static AttnTiles attn_tiles(Context *c, int ith, int n_q) {
     float *base = c->scores + (size_t)ith * c->scores_stride;
-    AttnTiles a = {base, base + (size_t)n_q * ATTN_TILE, base + (size_t)n_q * (ATTN_TILE + 1), n_q};
+    AttnTiles a = {base, base + (size_t)n_q * ATTN_TILE, base + (size_t)n_q * (ATTN_TILE + 1), n_q, c->kern};
     for (int g = 0; g < n_q; g++) a.max[g] = -INFINITY, a.sum[g] = 0;
     return a;
 }
@@ -2173,8 +1927,8 @@ static AttnTiles attn_tiles(Context *c, int ith, int n_q) {
    values (count rows from v) into the heads' outputs (o_stride apart, n). */
 static void attn_tile_values(AttnTiles *a, float *out, size_t o_stride, const void *v, int type, size_t v_stride, int count, int n) {
     for (int g = 0; g < a->n_q; g++)
-        softmax_tile(a->scores + (size_t)g * ATTN_TILE, count, &a->max[g], &a->sum[g], out + (size_t)g * o_stride, n);
-    attn_weighted_sum(out, o_stride, a->n_q, a->scores, ATTN_TILE, v, type, v_stride, count, n);
+        a->kern->softmax_tile(a->scores + (size_t)g * ATTN_TILE, count, &a->max[g], &a->sum[g], out + (size_t)g * o_stride, n);
+    a->kern->attn_weighted_sum(out, o_stride, a->n_q, a->scores, ATTN_TILE, v, type, v_stride, count, n);
 }
 
 static void attn_tiles_finish(const AttnTiles *a, float *out, size_t o_stride, int n) {
@@ -2213,9 +1967,9 @@ static void attention_task(void *arg, int ith, int nth) {
             prefetch_rows(kv_at(vc, kt, (size_t)j0 * v_stride), kt, v_stride, j1 - j0, vd); /* in flight during the scores */
             if (j1 + ATTN_TILE <= p + 1) prefetch_rows(kv_at(kc, kt, (size_t)j1 * kv_stride), kt, kv_stride, ATTN_TILE, hd);
             if (m > j0) /* keys before near_from: the far query on the far copy */
-                attn_scores(qf, hd, group, kv_at(kf, kt, (size_t)j0 * kv_stride), kt, kv_stride, m - j0, hd, scale, 0, a.scores, ATTN_TILE);
+                c->kern->attn_scores(qf, hd, group, kv_at(kf, kt, (size_t)j0 * kv_stride), kt, kv_stride, m - j0, hd, scale, 0, a.scores, ATTN_TILE);
             if (j1 > m)
-                attn_scores(q, hd, group, kv_at(kc, kt, (size_t)m * kv_stride), kt, kv_stride, j1 - m, hd, scale, 0, a.scores + (m - j0),
+                c->kern->attn_scores(q, hd, group, kv_at(kc, kt, (size_t)m * kv_stride), kt, kv_stride, j1 - m, hd, scale, 0, a.scores + (m - j0),
                             ATTN_TILE);
             attn_tile_values(&a, out, vd, kv_at(vc, kt, (size_t)j0 * v_stride), kt, v_stride, j1 - j0, vd);
         }
@@ -2243,8 +1997,8 @@ static void attention_mla_task(void *arg, int ith, int nth) {
         int t = (int)(item / cfg->n_heads), h = (int)(item % cfg->n_heads), p = c->pos[t];
         const Sequence *s = job->seqs[t];
         const float *q = c->q + (size_t)t * q_dim + (size_t)h * cfg->head_dim; /* [nope | rotated rope] */
-        if (type_is_quantized(L->wk_b.type)) quantize_activations(L->wk_b.type, q, xq, dn);
-        for (int i = 0; i < lat; i++) q_abs[i] = row_dot(&L->wk_b, h * lat + i, q, xq);
+        if (type_is_quantized(L->wk_b.type)) c->kern->quantize_activations(L->wk_b.type, q, xq, dn);
+        for (int i = 0; i < lat; i++) q_abs[i] = row_dot(c->kern, &L->wk_b, h * lat + i, q, xq);
         memcpy(q_abs + lat, q + dn, (size_t)dr * sizeof(float));
         int kt = s->kv_type, near_from = first_near_key(job, p);
         const void *kc = kv_at(s->k, kt, (size_t)job->layer * s->capacity * row);
@@ -2255,20 +2009,20 @@ static void attention_mla_task(void *arg, int ith, int nth) {
         for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
             int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
             if (m > j0) { /* distant keys: the latent part as it is, the rotary part from the far copy */
-                attn_scores(q_abs, 0, 1, kv_at(kc, kt, (size_t)j0 * row), kt, row, m - j0, lat, 1.0f, 0, a.scores, 0);
-                attn_scores(qf, 0, 1, kv_at(kf, kt, (size_t)j0 * dr), kt, (size_t)dr, m - j0, dr, c->attn_scale, 1, a.scores, 0);
+                c->kern->attn_scores(q_abs, 0, 1, kv_at(kc, kt, (size_t)j0 * row), kt, row, m - j0, lat, 1.0f, 0, a.scores, 0);
+                c->kern->attn_scores(qf, 0, 1, kv_at(kf, kt, (size_t)j0 * dr), kt, (size_t)dr, m - j0, dr, c->attn_scale, 1, a.scores, 0);
             }
             if (j1 > m)
-                attn_scores(q_abs, 0, 1, kv_at(kc, kt, (size_t)m * row), kt, row, j1 - m, (int)row, c->attn_scale, 0, a.scores + (m - j0), 0);
+                c->kern->attn_scores(q_abs, 0, 1, kv_at(kc, kt, (size_t)m * row), kt, row, j1 - m, (int)row, c->attn_scale, 0, a.scores + (m - j0), 0);
             attn_tile_values(&a, o_lat, 0, kv_at(kc, kt, (size_t)j0 * row), kt, row, j1 - j0, lat);
         }
         attn_tiles_finish(&a, o_lat, 0, lat);
         /* the value up-projection: wv_b's rows h·dv + i, or wkv_b's h·(dn+dv) + dn + i */
         const Matrix *v_up = L->wv_b.rows ? &L->wv_b : &L->wkv_b;
         int v_first = L->wv_b.rows ? h * dv : h * (dn + dv) + dn;
-        if (type_is_quantized(v_up->type)) quantize_activations(v_up->type, o_lat, xq, lat);
+        if (type_is_quantized(v_up->type)) c->kern->quantize_activations(v_up->type, o_lat, xq, lat);
         float *out = c->xb + (size_t)t * cfg->n_heads * dv + (size_t)h * dv;
-        for (int i = 0; i < dv; i++) out[i] = row_dot(v_up, v_first + i, o_lat, xq);
+        for (int i = 0; i < dv; i++) out[i] = row_dot(c->kern, v_up, v_first + i, o_lat, xq);
     }
 }
 
@@ -2299,11 +2053,11 @@ static void attention_mla_expanded_task(void *arg, int ith, int nth) {
         memset(out, 0, (size_t)dv * sizeof(float));
         for (int j0 = 0; j0 <= p; j0 += ATTN_TILE) {
             int j1 = j0 + ATTN_TILE <= p + 1 ? j0 + ATTN_TILE : p + 1, m = near_from < j0 ? j0 : near_from > j1 ? j1 : near_from;
-            attn_scores(q, 0, 1, kv + (size_t)j0 * kv_row, TYPE_F32, kv_row, j1 - j0, dn, 1.0f, 0, a.scores, 0); /* nope part */
+            c->kern->attn_scores(q, 0, 1, kv + (size_t)j0 * kv_row, TYPE_F32, kv_row, j1 - j0, dn, 1.0f, 0, a.scores, 0); /* nope part */
             if (m > j0)
-                attn_scores(qf, 0, 1, kv_at(kf, kt, (size_t)j0 * dr), kt, (size_t)dr, m - j0, dr, c->attn_scale, 1, a.scores, 0);
+                c->kern->attn_scores(qf, 0, 1, kv_at(kf, kt, (size_t)j0 * dr), kt, (size_t)dr, m - j0, dr, c->attn_scale, 1, a.scores, 0);
             if (j1 > m)
-                attn_scores(q + dn, 0, 1, kv_at(kc, kt, (size_t)m * row + lat), kt, row, j1 - m, dr, c->attn_scale, 1,
+                c->kern->attn_scores(q + dn, 0, 1, kv_at(kc, kt, (size_t)m * row + lat), kt, row, j1 - m, dr, c->attn_scale, 1,
                             a.scores + (m - j0), 0);
             attn_tile_values(&a, out, 0, kv + (size_t)j0 * kv_row + dn, TYPE_F32, kv_row, j1 - j0, dv);
         }
@@ -2343,7 +2097,7 @@ static void mla_expand(Context *c, const Layer *L, const Sequence *s, int layer,
         int m = positions - j0 < c->max_batch ? positions - j0 : c->max_batch;
         for (int j = 0, p = j0; j < m; j++, p++)
             if (p >= c->pos[0]) memcpy(c->mla_lat + j * lat, c->k + (size_t)(p - c->pos[0]) * row, lat * sizeof(float));
-            else dequantize_row(s->kv_type, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + p) * row), c->mla_lat + j * lat, (int64_t)lat);
+            else c->kern->row_to_float(s->kv_type, kv_at(s->k, s->kv_type, ((size_t)layer * s->capacity + p) * row), c->mla_lat + j * lat, (int64_t)lat);
         MatmulOut kv[1] = {{c->mla_kv + (size_t)j0 * kv_row, &L->wkv_b}};
         matmul(c, c->mla_lat, m, kv, 1);
     }
@@ -2354,11 +2108,11 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 /* Chooses a token's experts from its router logits (FORMAT.md, "Mixture of
    experts"): ids[k] and weights w[k] for k < n_experts_used. logits is
    overwritten with the probabilities. */
-static void route(const ModelConfig *cfg, float *logits, const float *bias, int *ids, float *w) {
+static void route(const Kernels *kern, const ModelConfig *cfg, float *logits, const float *bias, int *ids, float *w) {
     int E = cfg->n_experts, K = cfg->n_experts_used, groups = cfg->n_expert_groups > 1 ? cfg->n_expert_groups : 1;
     int per = E / groups;
     float choose[4096]; /* the scores experts are chosen by; E <= 4096 (check_config) */
-    if (cfg->router == ROUTER_SOFTMAX) softmax(logits, E);
+    if (cfg->router == ROUTER_SOFTMAX) kern->softmax(logits, E);
     else
         for (int e = 0; e < E; e++) logits[e] = 1.0f / (1.0f + expf(-logits[e]));
     for (int e = 0; e < E; e++) choose[e] = logits[e] + (bias ? bias[e] : 0.0f);
@@ -2410,7 +2164,7 @@ static void moe(Context *c, const Layer *L, int n) {
     MatmulOut r[1] = {{c->router_logits, &L->router}};
     matmul(c, c->xb, n, r, 1);
     for (int t = 0; t < n; t++)
-        route(cfg, c->router_logits + (size_t)t * E, L->router_bias, c->route_id + (size_t)t * K, c->route_w + (size_t)t * K);
+        route(c->kern, cfg, c->router_logits + (size_t)t * E, L->router_bias, c->route_id + (size_t)t * K, c->route_w + (size_t)t * K);
     for (int e = 0; e < E; e++) {
         int m = 0;
         for (int slot = 0; slot < n * K; slot++)
@@ -2427,7 +2181,7 @@ static void moe(Context *c, const Layer *L, int n) {
         matmul(c, c->hb, m, down, 1);
         for (int i = 0; i < m; i++) {
             int slot = c->moe_tokens[i];
-            axpy(c->x + (size_t)(slot / K) * dim, c->route_w[slot], c->moe_out + (size_t)i * dim, dim);
+            c->kern->axpy(c->x + (size_t)(slot / K) * dim, c->route_w[slot], c->moe_out + (size_t)i * dim, dim);
         }
     }
 }
@@ -2488,8 +2242,8 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
             return seterr(c->error, sizeof c->error, "the sequence was made for a context without ReRoPE");
         }
     for (int t = 0; t < n; t++)
-        dequantize_row(m->tok_emb.type, (const uint8_t *)m->tok_emb.data + (size_t)tokens[t] * m->tok_emb.row_bytes,
-                       c->x + (size_t)t * dim, dim);
+        c->kern->row_to_float(m->tok_emb.type, (const uint8_t *)m->tok_emb.data + (size_t)tokens[t] * m->tok_emb.row_bytes,
+                              c->x + (size_t)t * dim, dim);
     const Positions *ps = &c->positions;
     for (int t = 0; t < n; t++) {
         /* position p, for a sequence of p + 1 tokens or of the prompt's full length (dynamic NTK) */
@@ -2548,14 +2302,14 @@ int model_forward(Context *c, Sequence *const *seqs, const int *tokens, int n, c
                     memcpy(kf, k_rot, far_width * sizeof(float));
                     rope(qf + (q_rot - q), cfg->n_heads, hd, cfg->rope_dim, c->far_cos + (size_t)t * half, c->far_sin + (size_t)t * half);
                     rope(kf, k_heads, k_stride, cfg->rope_dim, c->kfar_cos + (size_t)t * half, c->kfar_sin + (size_t)t * half);
-                    quantize_row(s->kv_type, kf, kv_at(s->k_far, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * far_width), (int64_t)far_width);
+                    c->kern->row_from_float(s->kv_type, kf, kv_at(s->k_far, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * far_width), (int64_t)far_width);
                 }
                 const float *cs = c->tok_cos + (size_t)t * half, *sn = c->tok_sin + (size_t)t * half;
                 rope(q_rot, cfg->n_heads, hd, cfg->rope_dim, cs, sn);
                 rope(k_rot, k_heads, k_stride, cfg->rope_dim, cs, sn);
             }
-            quantize_row(s->kv_type, k, kv_at(s->k, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * k_width), k_width);
-            if (v_dim) quantize_row(s->kv_type, v, kv_at(s->v, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * v_dim), v_dim);
+            c->kern->row_from_float(s->kv_type, k, kv_at(s->k, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * k_width), k_width);
+            if (v_dim) c->kern->row_from_float(s->kv_type, v, kv_at(s->v, s->kv_type, ((size_t)l * s->capacity + c->pos[t]) * v_dim), v_dim);
         }
         AttentionJob aj = {c, seqs, l, n, rotary && rectified(ps)};
         int expand = mla && L->wkv_b.rows && mla_expand_pays(c, seqs, n);
@@ -2950,7 +2704,7 @@ static int sorted_candidates(Sampler *s, float cutoff) {
 int sampler_sample(Sampler *s, const float *logits) {
     if (s->temperature == 0) return argmax(logits, s->vocab);
     for (int i = 0; i < s->vocab; i++) s->probs[i] = logits[i] / s->temperature;
-    softmax(s->probs, s->vocab);
+    kernels_scalar.softmax(s->probs, s->vocab); /* the portable exp: a seed samples the same tokens on any CPU */
     if (s->top_k > 0 && s->top_k < s->vocab) { /* keep the k largest: everything below the k-th goes */
         int n = sorted_candidates(s, 0);
         float kth = s->cand[s->top_k - 1].prob;

@@ -552,6 +552,9 @@ static void print_verbose(const Engine *e, const Options *o) {
         fprintf(stderr, "rerope/leaky far keys: %zu more bytes per token (%.2f MiB for %d tokens)\n", far,
                 (double)far * e->ctx_len / 1048576.0, e->ctx_len);
     }
+    char levels[128];
+    kernels_names(levels, sizeof levels);
+    fprintf(stderr, "kernels: %s (this CPU has: %s; RUN_KERNELS=NAME picks another)\n", e->model.kernels->name, levels);
     fprintf(stderr, "threads: %d, seed: %llu\n", o->threads, o->seed);
     /* The budget. Weights are used from the mapped file, which the kernel
        reads in as they are used and may drop again, except the matrices
@@ -2312,7 +2315,7 @@ int main(int argc, char **argv) {
     override_rope(&e.model.cfg, &o);
     /* Interleaved copies of the quantized matrices, where that is faster and
        they fit beside everything else; otherwise the mapped file serves. */
-    if (!o.no_repack && !o.tokenize && model_repack_pays()) {
+    if (!o.no_repack && !o.tokenize && model_repack_pays(&e.model)) {
         /* a copy only while it takes at most half of the memory left: a model
            near or above that runs from the mapped file as it is */
         double half = available_memory() / 2;

@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
        memory, where a SIMD version of those kernels is compiled (as ./run
        does, so both give the same numbers). Leave it out when the model
        barely fits in RAM; the model as stored works as well. */
-    if (model_repack_pays()) model_repack(&model, SIZE_MAX);
+    if (model_repack_pays(&model)) model_repack(&model, SIZE_MAX);
 
     /* One context (scratch and threads) and one sequence (its KV cache),
        both sized once: nothing below allocates per token. */

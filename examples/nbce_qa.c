@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
        memory, where a SIMD version of those kernels is compiled (as ./run
        does, so both give the same numbers). Leave it out when the model
        barely fits in RAM; the model as stored works as well. */
-    if (model_repack_pays()) model_repack(&model, SIZE_MAX);
+    if (model_repack_pays(&model)) model_repack(&model, SIZE_MAX);
     int n_rows = argc - 2, ctx_len = model.cfg.max_seq_len;
 
     /* Row texts: the question after nothing, then after each document. */

@@ -242,6 +242,54 @@ import json
 a=json.loads(open('$TMP/ppl.json').read()); b=json.loads(open('$TMP/ppl64.json').read())
 assert a['tokens']==b['tokens'] and b['mean_nll']>a['mean_nll'], (a,b)"
 
+# ---------------------------------------------------------------------------
+# Kernel levels (docs/BUILD.md): the binary holds every level of its
+# architecture and runs the best one this CPU has; RUN_KERNELS picks another.
+# Each level this CPU has is checked against transformers' float64 numbers
+# for the shipped model: the task text's perplexity (1%, as check_reader.py),
+# the greedy prefix of P1, and threads that do not change a sampled text.
+levels=$($BIN/run $M -p x -n 1 --verbose 2>&1 >/dev/null | sed -n 's/^kernels: [a-z0-9]* (this CPU has: \([a-z0-9, ]*\);.*/\1/p' | tr -d ,)
+check "--verbose names the kernel level in use and the levels this CPU has (scalar among them)" \
+    sh -c "echo ' $levels ' | grep -q ' scalar '"
+for L in $levels; do
+    RUN_KERNELS=$L $BIN/run $M -p x -n 1 --verbose 2> $TMP/lv_$L.err > /dev/null
+    check "RUN_KERNELS=$L: --verbose says the model runs on $L" grep -q "^kernels: $L " $TMP/lv_$L.err
+    RUN_KERNELS=$L $BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 512 > $TMP/lv_ppl_$L.json 2>/dev/null
+    check "RUN_KERNELS=$L: the task text's mean NLL within 1% of transformers' float64" python3 -c "
+import json
+o=json.loads(open('$TMP/lv_ppl_$L.json').read()); t=[t for t in json.load(open('$RFIX'))['texts'] if t['name']=='task'][0]
+assert o['tokens']==len(t['ids']) and abs(o['mean_nll']-t['mean_nll'])<=0.01*t['mean_nll'], (o, t['mean_nll'])"
+    RUN_KERNELS=$L $BIN/run $M -p "$P1" -t 0 -n 32 --ignore-eos --json > $TMP/lv_greedy_$L.json 2>/dev/null
+    check "RUN_KERNELS=$L: greedy ids of P1 are transformers' float64 ones up to the first margin below 1 nat" python3 -c "
+import json
+f=json.load(open('$RFIX')); $greedy_prefix
+o=json.loads(open('$TMP/lv_greedy_$L.json').read().strip().splitlines()[-1])
+assert len(want)>=8 and o['ids'][:len(want)]==want[:32], (o['ids'], want)"
+    for t in 1 3; do
+        RUN_KERNELS=$L $BIN/run $M -p "$P2" -t 0.9 -s 42 -n 60 --threads $t > $TMP/lv_sample_${L}_$t.out 2>/dev/null
+    done
+    check "RUN_KERNELS=$L: a sampled text with a fixed seed is the same at 1 and 3 threads" \
+        sh -c "test -s $TMP/lv_sample_${L}_1.out && cmp -s $TMP/lv_sample_${L}_1.out $TMP/lv_sample_${L}_3.out"
+done
+expect_error_naming "scalar" "RUN_KERNELS naming no level: one line listing the levels this CPU has" env RUN_KERNELS=avx1024 $BIN/run $M -p x -n 1
+# The static binary carries the same levels: on an SSE2-only x86-64 (qemu's
+# qemu64 CPU) it runs the portable level, on an AVX2 one (Haswell) the AVX2
+# level, each printing what the native binary prints at that level.
+if [ "$BIN" = . ] && [ "$(uname -m)" = x86_64 ]; then
+    if ! command -v qemu-x86_64 >/dev/null 2>&1 || [ ! -x build/static/run ]; then
+        if [ "$CI" = true ]; then fail "qemu-x86_64 and build/static/run found (required when CI=true)"
+        else echo "SKIP the static binary under qemu-x86_64: needs qemu-user and make static"; fi
+    else
+        for cpu in qemu64:scalar Haswell:avx2; do
+            c=${cpu%%:*} L=${cpu#*:}
+            qemu-x86_64 -cpu $c build/static/run $M -p "$P1" -t 0 -n 24 --verbose > $TMP/q_$c.out 2> $TMP/q_$c.err
+            RUN_KERNELS=$L $BIN/run $M -p "$P1" -t 0 -n 24 > $TMP/q_native_$L.out 2>/dev/null
+            check "the static binary on qemu's $c CPU runs the $L level and prints the native binary's $L text" \
+                sh -c "grep -q '^kernels: $L ' $TMP/q_$c.err && test -s $TMP/q_$c.out && cmp -s $TMP/q_$c.out $TMP/q_native_$L.out"
+        done
+    fi
+fi
+
 # Positions from the command line: the invariants end to end.
 $BIN/run $M -f $TMP/r_task.txt --ppl --json --ctx 128 --pos rerope --window 100000 > $TMP/pos_rerope_wide.json 2>/dev/null
 check "--pos rerope with a window beyond the context scores exactly as RoPE" \

@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[512];
     if (model_load(&m, "model", err, sizeof err)) fuzz_expect_error_line("model_load", err);
     else {
-        if (model_repack_pays() && model_repack(&m, (size_t)64 << 20) < 0) fuzz_fail("model_repack ran out of memory");
+        if (model_repack_pays(&m) && model_repack(&m, (size_t)64 << 20) < 0) fuzz_fail("model_repack ran out of memory");
         run_two_tokens(&m);
         model_free(&m);
     }
