@@ -1,11 +1,13 @@
-/* kernels.h - weight types, quantization blocks, dot-product kernels and the
- * thread pool. Included by model.h; not a public API of its own.
+/* kernels.h - weight types, quantization blocks, the scalar reference dot
+ * products, the kernel levels and the thread pool. Included by model.h; not
+ * a public API of its own.
  *
- * Every kernel has a portable scalar version, which is the reference the
- * tests compare against, and SIMD versions chosen at compile time (AVX2+FMA+F16C,
- * AVX-512 VNNI for the int8 dots, NEON on AArch64 and on ARMv7 with VFPv4).
- * SIMD and scalar agree to float rounding; the integer parts of the quantized
- * dots agree exactly.
+ * The kernels themselves are in kernels_simd.h, compiled below once per
+ * instruction-set level (portable C; AVX2+FMA+F16C, AVX-VNNI, AVX-512 on
+ * x86-64; NEON and dotprod on AArch64, NEON on ARMv7 with VFPv4) into a
+ * Kernels table each; kernels_select picks the table at run time. SIMD and
+ * scalar agree to float rounding; the integer parts of the quantized dots
+ * agree exactly.
  */
 #ifndef KERNELS_H
 #define KERNELS_H

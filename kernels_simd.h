@@ -18,12 +18,9 @@
 #define attn_weighted_sum KERNELS_NAME(attn_weighted_sum)
 #define attn_weighted_sum_typed KERNELS_NAME(attn_weighted_sum_typed)
 #define axpy KERNELS_NAME(axpy)
-#define dot_float KERNELS_NAME(dot_float)
-#define dot_quant KERNELS_NAME(dot_quant)
 #define dot_block32_avx2 KERNELS_NAME(dot_block32_avx2)
 #define dot_block32_neon KERNELS_NAME(dot_block32_neon)
 #define dot_quant_rows KERNELS_NAME(dot_quant_rows)
-#define dot_quant_x4 KERNELS_NAME(dot_quant_x4)
 #define dot_s8x16 KERNELS_NAME(dot_s8x16)
 #define dot_superblock_avx2 KERNELS_NAME(dot_superblock_avx2)
 #define dot_superblock_neon KERNELS_NAME(dot_superblock_neon)
@@ -46,11 +43,13 @@
 #define hsum256 KERNELS_NAME(hsum256)
 #define hsum_f32x4 KERNELS_NAME(hsum_f32x4)
 #define hsum_s32x4 KERNELS_NAME(hsum_s32x4)
+#define iq4_levels KERNELS_NAME(iq4_levels)
 #define kv_load8 KERNELS_NAME(kv_load8)
 #define kv_value KERNELS_NAME(kv_value)
 #define load_f16x4 KERNELS_NAME(load_f16x4)
 #define mlal_high_s8 KERNELS_NAME(mlal_high_s8)
 #define mull_high_s8 KERNELS_NAME(mull_high_s8)
+#define nibbles_u8 KERNELS_NAME(nibbles_u8)
 #define padd_s32 KERNELS_NAME(padd_s32)
 #define quantize_activations KERNELS_NAME(quantize_activations)
 #define quantize_row_q8a KERNELS_NAME(quantize_row_q8a)
@@ -59,14 +58,21 @@
 #define score_finish KERNELS_NAME(score_finish)
 #define scores_block KERNELS_NAME(scores_block)
 #define scores_heads KERNELS_NAME(scores_heads)
+#define shr_u8 KERNELS_NAME(shr_u8)
 #define softmax KERNELS_NAME(softmax)
 #define softmax_tile KERNELS_NAME(softmax_tile)
 #define sum8_tree KERNELS_NAME(sum8_tree)
 #define superblock_scales_avx2 KERNELS_NAME(superblock_scales_avx2)
+#define superblock_scales_neon KERNELS_NAME(superblock_scales_neon)
 #define superblock_vec_avx2 KERNELS_NAME(superblock_vec_avx2)
+#define superblock_vec_neon KERNELS_NAME(superblock_vec_neon)
+#define table16_s8 KERNELS_NAME(table16_s8)
+#define twice_u8 KERNELS_NAME(twice_u8)
 #define weight4 KERNELS_NAME(weight4)
 #define weight8 KERNELS_NAME(weight8)
 #define weight_block_i8 KERNELS_NAME(weight_block_i8)
+#define weight_block_neon KERNELS_NAME(weight_block_neon)
+#define widen_s8 KERNELS_NAME(widen_s8)
 #define wsum_block KERNELS_NAME(wsum_block)
 #define wsum_heads KERNELS_NAME(wsum_heads)
 
@@ -457,6 +463,17 @@ static inline int16x8_t mlal_high_s8(int16x8_t acc, int8x16_t a, int8x16_t b) {
 #endif
 }
 
+/* table[idx[i]] for sixteen indices below 16 (ARMv7 looks up each half
+   of the indices in the table's two halves). */
+static inline int8x16_t table16_s8(int8x16_t table, uint8x16_t idx) {
+#if defined(__aarch64__)
+    return vqtbl1q_s8(table, idx);
+#else
+    int8x8x2_t t = {{vget_low_s8(table), vget_high_s8(table)}};
+    return vcombine_s8(vtbl2_s8(t, vreinterpret_s8_u8(vget_low_u8(idx))), vtbl2_s8(t, vreinterpret_s8_u8(vget_high_u8(idx))));
+#endif
+}
+
 /* Four halves from h, as f32. GCC's 32-bit arm_neon.h declares the
    conversion only under -mfp16-format=ieee; the instruction itself comes
    with VFPv4, which KERNELS_NEON requires there. */
@@ -669,13 +686,6 @@ static inline void gemm_float(const void *w, int type, size_t row_bytes, int n_r
 #endif
 }
 
-/* An f32, f16 or bf16 weight row against one activation row. */
-static inline float dot_float(const void *w, int type, const float *x, int n) {
-    float r;
-    gemm_float(w, type, 0, 1, x, 0, 1, n, &r, 1);
-    return r;
-}
-
 #if defined(KERNELS_NEON)
 /* The sum of a vector's four int32 lanes. */
 static inline int32_t hsum_s32x4(int32x4_t v) {
@@ -698,54 +708,257 @@ static inline int32x4_t dot_s8x16(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #endif
 }
 
-/* One row of a 32-element type against one activation row, NEON: the
-   block's weights as two vectors of 16 signed bytes (q8_0 and q4_0 unpacked
-   in vector registers, the others by block32_unpack). */
-static inline float dot_block32_neon(const void *w, int type, const BlockQ8A *x, int n) {
-    float32x4_t acc = vdupq_n_f32(0);
-    float offsets = 0;
-    for (int b = 0; b < n / QK; b++) {
-        int8x16_t w0, w1;
-        float dw, mw = 0;
-        if (type == TYPE_Q8_0) {
-            const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
-            w0 = vld1q_s8(blk->qs), w1 = vld1q_s8(blk->qs + 16), dw = f16_to_f32(blk->d);
-        } else if (type == TYPE_Q4_0) {
-            const BlockQ4_0 *blk = (const BlockQ4_0 *)w + b;
-            uint8x16_t packed = vld1q_u8(blk->qs);
-            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(15))), vdupq_n_s8(8));
-            w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(packed, 4)), vdupq_n_s8(8));
-            dw = f16_to_f32(blk->d);
-        } else {
-            int8_t q[QK];
-            dw = block32_unpack(w, type, b, q, &mw);
-            w0 = vld1q_s8(q), w1 = vld1q_s8(q + 16);
-        }
-        int32x4_t p = dot_s8x16(dot_s8x16(vdupq_n_s32(0), w0, vld1q_s8(x[b].qs)), w1, vld1q_s8(x[b].qs + 16));
-        acc = vfmaq_f32(acc, vcvtq_f32_s32(p), vdupq_n_f32(dw * x[b].d));
-        if (type_has_offset(type)) offsets += mw * x[b].d * (float)x[b].sum;
-    }
-    return hsum_f32x4(acc) + offsets;
+/* Sixteen bytes as their low nibbles (nib[0]) and high nibbles (nib[1]):
+   elements 0-15 and 16-31 of the 4- and 5-bit blocks' qs, of iq4's per 32. */
+static inline void nibbles_u8(const uint8_t *qs, uint8x16_t nib[2]) {
+    uint8x16_t packed = vld1q_u8(qs);
+    nib[0] = vandq_u8(packed, vdupq_n_u8(15)), nib[1] = vshrq_n_u8(packed, 4);
 }
 
-/* A super-block row against n_x (at most 4) BlockQ8K rows: unpacked by
-   superblock_unpack once for all of them, multiplied 16 bytes at a time;
-   the reference's integers and float operations. */
-static inline void dot_superblock_neon(const void *w, int type, const BlockQ8K *x, size_t stride, int n_x, int n, float *out) {
+/* iq4_nl's and iq4_xs's levels of sixteen indices. */
+static inline int8x16_t iq4_levels(uint8x16_t idx) { return table16_s8(vld1q_s8(IQ4_LEVELS), idx); }
+
+/* Block b of a row of a 32-element type as two vectors of 16 signed bytes
+   (block32_unpack's q), with its scale and offset. q5's fifth bits: byte j
+   of qh spread over lanes 8j..8j+7, each lane testing its own bit. */
+static inline __attribute__((always_inline)) void weight_block_neon(const void *w, int type, int b, float *d, float *m,
+                                                                    int8x16_t q[2]) {
+    *m = 0;
+    if (type == TYPE_Q8_0) {
+        const BlockQ8_0 *blk = (const BlockQ8_0 *)w + b;
+        *d = f16_to_f32(blk->d), q[0] = vld1q_s8(blk->qs), q[1] = vld1q_s8(blk->qs + 16);
+        return;
+    }
+    uint8x16_t nib[2];
+    const uint8_t *qh = NULL;
+    switch (type) {
+    case TYPE_Q4_0: nibbles_u8(((const BlockQ4_0 *)w + b)->qs, nib), *d = f16_to_f32(((const BlockQ4_0 *)w + b)->d); break;
+    case TYPE_Q4_1: {
+        const BlockQ4_1 *blk = (const BlockQ4_1 *)w + b;
+        nibbles_u8(blk->qs, nib), *d = f16_to_f32(blk->d), *m = f16_to_f32(blk->m);
+        break;
+    }
+    case TYPE_Q5_0: {
+        const BlockQ5_0 *blk = (const BlockQ5_0 *)w + b;
+        nibbles_u8(blk->qs, nib), *d = f16_to_f32(blk->d), qh = blk->qh;
+        break;
+    }
+    case TYPE_Q5_1: {
+        const BlockQ5_1 *blk = (const BlockQ5_1 *)w + b;
+        nibbles_u8(blk->qs, nib), *d = f16_to_f32(blk->d), *m = f16_to_f32(blk->m), qh = blk->qh;
+        break;
+    }
+    default: nibbles_u8(((const BlockIQ4_NL *)w + b)->qs, nib), *d = f16_to_f32(((const BlockIQ4_NL *)w + b)->d); break;
+    }
+    if (type == TYPE_IQ4_NL) {
+        q[0] = iq4_levels(nib[0]), q[1] = iq4_levels(nib[1]);
+        return;
+    }
+    if (qh) {
+        uint32_t bits;
+        memcpy(&bits, qh, 4);
+        uint8x8_t h = vcreate_u8(bits);
+        const uint8x16_t lane_bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ull));
+        uint8x16_t lo = vcombine_u8(vdup_lane_u8(h, 0), vdup_lane_u8(h, 1)), hi = vcombine_u8(vdup_lane_u8(h, 2), vdup_lane_u8(h, 3));
+        nib[0] = vorrq_u8(nib[0], vandq_u8(vtstq_u8(lo, lane_bit), vdupq_n_u8(0x10)));
+        nib[1] = vorrq_u8(nib[1], vandq_u8(vtstq_u8(hi, lane_bit), vdupq_n_u8(0x10)));
+    }
+    /* q4_0's values are the nibbles less 8, q5_0's less 16; q4_1's and q5_1's are the nibbles */
+    int8x16_t bias = vdupq_n_s8(type == TYPE_Q4_0 ? 8 : type == TYPE_Q5_0 ? 16 : 0);
+    q[0] = vsubq_s8(vreinterpretq_s8_u8(nib[0]), bias), q[1] = vsubq_s8(vreinterpretq_s8_u8(nib[1]), bias);
+}
+
+/* One row of a 32-element type against n_x activation rows (stride blocks
+   apart), NEON: each block unpacked once for all of them (weight_block_neon),
+   each token's float operations those it gets alone. */
+static inline __attribute__((always_inline)) void dot_block32_neon(const void *w, int type, const BlockQ8A *x, size_t stride,
+                                                                  int n_x, int n, float *out) {
+    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+    float offsets[4] = {0, 0, 0, 0};
+    for (int b = 0; b < n / QK; b++) {
+        int8x16_t wq[2];
+        float dw, mw;
+        weight_block_neon(w, type, b, &dw, &mw, wq);
+        for (int k = 0; k < n_x; k++) {
+            const BlockQ8A *xb = x + k * stride + b;
+            int32x4_t p = dot_s8x16(dot_s8x16(vdupq_n_s32(0), wq[0], vld1q_s8(xb->qs)), wq[1], vld1q_s8(xb->qs + 16));
+            acc[k] = vfmaq_f32(acc[k], vcvtq_f32_s32(p), vdupq_n_f32(dw * xb->d));
+            if (type_has_offset(type)) offsets[k] += mw * xb->d * (float)xb->sum;
+        }
+    }
+    for (int k = 0; k < n_x; k++) out[k] = hsum_f32x4(acc[k]) + offsets[k];
+}
+
+/* Sixteen bytes as int16 lanes: bytes 0-7 in out[0], 8-15 in out[1]. */
+static inline void widen_s8(int8x16_t b, int16x8_t out[2]) { out[0] = vmovl_s8(vget_low_s8(b)), out[1] = vmovl_s8(vget_high_s8(b)); }
+
+/* Eight bytes, each twice: one per 32 elements made one per 16. */
+static inline uint8x16_t twice_u8(uint8x8_t b) {
+    uint8x8x2_t z = vzip_u8(b, b);
+    return vcombine_u8(z.val[0], z.val[1]);
+}
+
+/* A super-block's scales in registers: superblock_scales' sixteen scales
+   and offsets as int16 lanes, groups 0-7 in [0] and 8-15 in [1] (offsets
+   0 where the type has none), d, dmin. */
+static inline __attribute__((always_inline)) void superblock_scales_neon(const uint8_t *blk, int type, int16x8_t sc[2], int16x8_t mn[2],
+                                                                          float *d, float *dmin) {
+    const uint8x16_t m15 = vdupq_n_u8(15);
+    mn[0] = mn[1] = vdupq_n_s16(0), *dmin = 0;
+    switch (type) {
+    case TYPE_Q2_K: { /* a scale in the low nibble, an offset in the high, per 16 */
+        const BlockQ2_K *k = (const BlockQ2_K *)blk;
+        uint8x16_t s = vld1q_u8(k->scales);
+        widen_s8(vreinterpretq_s8_u8(vandq_u8(s, m15)), sc), widen_s8(vreinterpretq_s8_u8(vshrq_n_u8(s, 4)), mn);
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        return;
+    }
+    case TYPE_Q3_K: { /* low nibbles of bytes 0-7 (scales 0-7), their high nibbles (8-15), two bits from bytes 8-11 */
+        const BlockQ3_K *k = (const BlockQ3_K *)blk;
+        static const int32_t pair_shifts[4] = {0, -2, -4, -6};
+        uint32_t top;
+        memcpy(&top, k->scales + 8, 4);
+        uint8x8_t s = vld1_u8(k->scales);
+        uint8x16_t low = vcombine_u8(vand_u8(s, vget_low_u8(m15)), vshr_n_u8(s, 4));
+        /* scale g's high bits: bits 2(g / 4) of byte 8 + g % 4; the 32-bit shifts keep each byte's bits in the byte after the mask */
+        uint8x16_t high = vandq_u8(vreinterpretq_u8_u32(vshlq_u32(vdupq_n_u32(top), vld1q_s32(pair_shifts))), vdupq_n_u8(3));
+        widen_s8(vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, vshlq_n_u8(high, 4))), vdupq_n_s8(32)), sc);
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    case TYPE_Q4_K:
+    case TYPE_Q5_K: { /* k4_scale_offset for all eight at once */
+        const BlockQ4_K *k = (const BlockQ4_K *)blk; /* q5_k begins as q4_k does */
+        static const int8_t nibble_shifts[8] = {0, 0, 0, 0, -4, -4, -4, -4};
+        uint32_t u2;
+        memcpy(&u2, k->scales + 8, 4);
+        uint8x8_t head = vld1_u8(k->scales), tail = vreinterpret_u8_u32(vdup_n_u32(u2)); /* bytes 0-7; 8-11 twice */
+        uint8x8_t first = vand_u8(head, vdup_n_u8(63));                                  /* scales 0-3, offsets 0-3 */
+        uint8x8_t second = vorr_u8(vand_u8(vshl_u8(tail, vld1_s8(nibble_shifts)), vget_low_u8(m15)),
+                                   vshl_n_u8(vshr_n_u8(head, 6), 4));                    /* scales 4-7, offsets 4-7 */
+        uint32x2x2_t so = vzip_u32(vreinterpret_u32_u8(first), vreinterpret_u32_u8(second)); /* the eight scales, the eight offsets */
+        widen_s8(vreinterpretq_s8_u8(twice_u8(vreinterpret_u8_u32(so.val[0]))), sc);
+        widen_s8(vreinterpretq_s8_u8(twice_u8(vreinterpret_u8_u32(so.val[1]))), mn);
+        *d = f16_to_f32(k->d), *dmin = f16_to_f32(k->dmin);
+        return;
+    }
+    case TYPE_Q6_K: {
+        const BlockQ6_K *k = (const BlockQ6_K *)blk;
+        widen_s8(vld1q_s8(k->scales), sc);
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    default: { /* TYPE_IQ4_XS: nibbles of scales_l and bit pairs of scales_h, eight scales biased by 32 */
+        const BlockIQ4_XS *k = (const BlockIQ4_XS *)blk;
+        static const int16_t pair_shifts[8] = {0, -2, -4, -6, -8, -10, -12, -14};
+        uint32_t l4;
+        memcpy(&l4, k->scales_l, 4);
+        uint8x8_t l = vcreate_u8(l4);
+        uint8x8x2_t low = vzip_u8(vand_u8(l, vget_low_u8(m15)), vshr_n_u8(l, 4)); /* val[0]: scale j's low bits */
+        uint8x8_t high = vmovn_u16(vandq_u16(vshlq_u16(vdupq_n_u16(k->scales_h), vld1q_s16(pair_shifts)), vdupq_n_u16(3)));
+        widen_s8(vsubq_s8(vreinterpretq_s8_u8(twice_u8(vorr_u8(low.val[0], vshl_n_u8(high, 4)))), vdupq_n_s8(32)), sc);
+        *d = f16_to_f32(k->d);
+        return;
+    }
+    }
+}
+
+/* q >> shift, shift a variable (the immediate forms want a constant that
+   only unrolling makes). A negative shift is a left shift. */
+static inline uint8x16_t shr_u8(uint8x16_t q, int shift) { return vshlq_u8(q, vdupq_n_s8((int8_t)-shift)); }
+
+/* Elements 32v..32v+31 of a super-block as two vectors of 16 signed bytes:
+   superblock_unpack's q, the same bits pulled out in registers. */
+static inline __attribute__((always_inline)) void superblock_vec_neon(const uint8_t *blk, int type, int v, int8x16_t q[2]) {
+    const uint8x16_t m3 = vdupq_n_u8(3), m15 = vdupq_n_u8(15);
+    switch (type) {
+    case TYPE_Q2_K: {
+        const uint8_t *qs = ((const BlockQ2_K *)blk)->qs + v / 4 * 32;
+        for (int i = 0; i < 2; i++) q[i] = vreinterpretq_s8_u8(vandq_u8(shr_u8(vld1q_u8(qs + 16 * i), 2 * (v % 4)), m3));
+        return;
+    }
+    case TYPE_Q3_K: { /* the low two bits, and 4 where the hmask bit is set, less 4 */
+        const BlockQ3_K *k = (const BlockQ3_K *)blk;
+        for (int i = 0; i < 2; i++) {
+            uint8x16_t low = vandq_u8(shr_u8(vld1q_u8(k->qs + v / 4 * 32 + 16 * i), 2 * (v % 4)), m3);
+            uint8x16_t four = vandq_u8(shr_u8(vld1q_u8(k->hmask + 16 * i), v - 2), vdupq_n_u8(4));
+            q[i] = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, four)), vdupq_n_s8(4));
+        }
+        return;
+    }
+    case TYPE_Q4_K:
+    case TYPE_Q5_K: {
+        const uint8_t *qs = (type == TYPE_Q4_K ? ((const BlockQ4_K *)blk)->qs : ((const BlockQ5_K *)blk)->qs) + v / 2 * 32;
+        for (int i = 0; i < 2; i++) {
+            uint8x16_t packed = vld1q_u8(qs + 16 * i), nib = v % 2 ? vshrq_n_u8(packed, 4) : vandq_u8(packed, m15);
+            if (type == TYPE_Q5_K) /* bit v of qh[l] to bit 4 */
+                nib = vorrq_u8(nib, vandq_u8(shr_u8(vld1q_u8(((const BlockQ5_K *)blk)->qh + 16 * i), v - 4), vdupq_n_u8(0x10)));
+            q[i] = vreinterpretq_s8_u8(nib);
+        }
+        return;
+    }
+    case TYPE_Q6_K: { /* low nibbles of ql[64h..+31], of ql[64h+32..], then the high nibbles; bit pair `part` of qh[32h..], less 32 */
+        const BlockQ6_K *k = (const BlockQ6_K *)blk;
+        int h = v / 4, part = v % 4;
+        for (int i = 0; i < 2; i++) {
+            uint8x16_t packed = vld1q_u8(k->ql + 64 * h + 32 * (part % 2) + 16 * i);
+            uint8x16_t low = part < 2 ? vandq_u8(packed, m15) : vshrq_n_u8(packed, 4);
+            uint8x16_t high = vandq_u8(shr_u8(vld1q_u8(k->qh + 32 * h + 16 * i), 2 * part - 4), vdupq_n_u8(0x30));
+            q[i] = vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(low, high)), vdupq_n_s8(32));
+        }
+        return;
+    }
+    default: { /* TYPE_IQ4_XS: per 32, 16 bytes of indices as iq4_nl's */
+        uint8x16_t nib[2];
+        nibbles_u8(((const BlockIQ4_XS *)blk)->qs + 16 * v, nib);
+        q[0] = iq4_levels(nib[0]), q[1] = iq4_levels(nib[1]);
+        return;
+    }
+    }
+}
+
+/* A super-block row against n_x (at most 4) BlockQ8K rows, stride blocks
+   apart (the type is a constant, so each type compiles to its own fused
+   kernel). Per 32 elements: unpacked in registers once for all tokens
+   (superblock_vec_neon), two dots of 16 and pairwise sums that leave, every
+   64 elements, four groups' sums in a vector, multiplied by their four
+   scales into an int32 accumulator; the offsets times the sums of 16 (bsums)
+   likewise. Exact integers, the reference's, in another order; then the
+   reference's float operations (superblock_combine), so its bits. */
+static inline __attribute__((always_inline)) void dot_superblock_neon(const void *w, int type, const BlockQ8K *x, size_t stride,
+                                                                       int n_x, int n, float *out) {
     float s[4] = {0, 0, 0, 0};
     for (int b = 0; b < n / QK_K; b++) {
-        int8_t q[QK_K];
-        int16_t sc[16], mn[16];
+        const uint8_t *blk = (const uint8_t *)w + (size_t)b * TYPE_INFO[type].block_bytes;
+        int16x8_t sc[2], mn[2];
         float d, dmin;
-        superblock_unpack(w, type, b, q, sc, mn, &d, &dmin);
+        superblock_scales_neon(blk, type, sc, mn, &d, &dmin);
+        int32x4_t acc[4], half[4]; /* per token: the sum so far; after even v, groups 2v and 2v + 1 in two lanes each */
+        for (int k = 0; k < n_x; k++) acc[k] = vdupq_n_s32(0);
+#pragma GCC unroll 8 /* v must be a constant: it picks shifts, loads and scales (GCC leaves the loop rolled otherwise) */
+        for (int v = 0; v < 8; v++) {
+            int8x16_t q[2];
+            superblock_vec_neon(blk, type, v, q);
+            /* after odd v: groups 4j..4j + 3 (j = v / 2) summed, and their scales as int32 */
+            int32x4_t scales = vmovl_s16(v % 4 == 1 ? vget_low_s16(sc[v / 4]) : vget_high_s16(sc[v / 4]));
+            for (int k = 0; k < n_x; k++) {
+                const int8_t *xq = x[k * stride + b].qs + 32 * v;
+                int32x4_t pair = padd_s32(dot_s8x16(vdupq_n_s32(0), q[0], vld1q_s8(xq)), dot_s8x16(vdupq_n_s32(0), q[1], vld1q_s8(xq + 16)));
+                if (v % 2 == 0) half[k] = pair;
+                else acc[k] = vmlaq_s32(acc[k], padd_s32(half[k], pair), scales);
+            }
+        }
         for (int k = 0; k < n_x; k++) {
             const BlockQ8K *xb = x + k * stride + b;
-            int32_t isum = 0, imin = 0;
-            for (int g = 0; g < 16; g++) {
-                isum += sc[g] * hsum_s32x4(dot_s8x16(vdupq_n_s32(0), vld1q_s8(q + 16 * g), vld1q_s8(xb->qs + 16 * g)));
-                imin += mn[g] * xb->bsums[g];
+            int32_t imin = 0;
+            if (type_has_offset(type)) {
+                int16x8_t bs[2] = {vld1q_s16(xb->bsums), vld1q_s16(xb->bsums + 8)};
+                int32x4_t m = vmull_s16(vget_low_s16(mn[0]), vget_low_s16(bs[0]));
+                m = vmlal_s16(m, vget_high_s16(mn[0]), vget_high_s16(bs[0]));
+                m = vmlal_s16(m, vget_low_s16(mn[1]), vget_low_s16(bs[1]));
+                imin = hsum_s32x4(vmlal_s16(m, vget_high_s16(mn[1]), vget_high_s16(bs[1])));
             }
-            s[k] = superblock_combine(s[k], d, dmin, xb, isum, imin);
+            s[k] = superblock_combine(s[k], d, dmin, xb, hsum_s32x4(acc[k]), imin);
         }
     }
     for (int k = 0; k < n_x; k++) out[k] = s[k];
@@ -754,52 +967,44 @@ static inline void dot_superblock_neon(const void *w, int type, const BlockQ8K *
 
 /* A quantized row against n_x (1 or 4) activation rows, `stride` blocks
    apart: BlockQ8A rows for the 32-element types, BlockQ8K for the
-   super-block types (TYPE_INFO's act). On AVX2 each type gets its own
-   specialized copy (the type is a constant in each case). */
+   super-block types (TYPE_INFO's act). On AVX2 and NEON each type gets its
+   own specialized copy (the type is a constant in each case). */
 static inline void dot_quant_rows(const void *w, int type, const void *x, size_t stride, int n_x, int n, float *out) {
+#if defined(KERNELS_AVX2) || defined(KERNELS_NEON)
 #if defined(KERNELS_AVX2)
+#define DOT_BLOCK32 dot_block32_avx2
+#define DOT_SUPERBLOCK dot_superblock_avx2
+#else
+#define DOT_BLOCK32 dot_block32_neon
+#define DOT_SUPERBLOCK dot_superblock_neon
+#endif
 #define DOT_CASE(T, kernel, X)                                                           \
     case T:                                                                              \
         if (n_x == 4) kernel(w, T, (const X *)x, stride, 4, n, out);                     \
         else kernel(w, T, (const X *)x, stride, 1, n, out);                              \
         return;
     switch (type) {
-    DOT_CASE(TYPE_Q8_0, dot_block32_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q4_0, dot_block32_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q4_1, dot_block32_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q5_0, dot_block32_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q5_1, dot_block32_avx2, BlockQ8A)
-    DOT_CASE(TYPE_IQ4_NL, dot_block32_avx2, BlockQ8A)
-    DOT_CASE(TYPE_Q2_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q3_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q4_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q5_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_Q6_K, dot_superblock_avx2, BlockQ8K)
-    DOT_CASE(TYPE_IQ4_XS, dot_superblock_avx2, BlockQ8K)
+    DOT_CASE(TYPE_Q8_0, DOT_BLOCK32, BlockQ8A)
+    DOT_CASE(TYPE_Q4_0, DOT_BLOCK32, BlockQ8A)
+    DOT_CASE(TYPE_Q4_1, DOT_BLOCK32, BlockQ8A)
+    DOT_CASE(TYPE_Q5_0, DOT_BLOCK32, BlockQ8A)
+    DOT_CASE(TYPE_Q5_1, DOT_BLOCK32, BlockQ8A)
+    DOT_CASE(TYPE_IQ4_NL, DOT_BLOCK32, BlockQ8A)
+    DOT_CASE(TYPE_Q2_K, DOT_SUPERBLOCK, BlockQ8K)
+    DOT_CASE(TYPE_Q3_K, DOT_SUPERBLOCK, BlockQ8K)
+    DOT_CASE(TYPE_Q4_K, DOT_SUPERBLOCK, BlockQ8K)
+    DOT_CASE(TYPE_Q5_K, DOT_SUPERBLOCK, BlockQ8K)
+    DOT_CASE(TYPE_Q6_K, DOT_SUPERBLOCK, BlockQ8K)
+    DOT_CASE(TYPE_IQ4_XS, DOT_SUPERBLOCK, BlockQ8K)
     }
 #undef DOT_CASE
-#elif defined(KERNELS_NEON)
-    if (TYPE_INFO[type].act == ACT_Q8K) dot_superblock_neon(w, type, (const BlockQ8K *)x, stride, n_x, n, out);
-    else
-        for (int k = 0; k < n_x; k++) out[k] = dot_block32_neon(w, type, (const BlockQ8A *)x + k * stride, n);
+#undef DOT_BLOCK32
+#undef DOT_SUPERBLOCK
 #else
     for (int k = 0; k < n_x; k++)
         out[k] = TYPE_INFO[type].act == ACT_Q8K ? dot_superblock_ref(w, type, (const BlockQ8K *)x + k * stride, n)
                                                 : dot_block32_ref(w, type, (const BlockQ8A *)x + k * stride, n);
 #endif
-}
-
-/* A quantized row against one activation row. */
-static inline float dot_quant(const void *w, int type, const void *x, int n) {
-    float r = 0;
-    dot_quant_rows(w, type, x, 0, 1, n, &r);
-    return r;
-}
-
-/* The same row against four activation rows, `stride` blocks apart: the same
-   results as four dot_quant calls, bit for bit. */
-static inline void dot_quant_x4(const void *w, int type, const void *x, size_t stride, int n, float out[4]) {
-    dot_quant_rows(w, type, x, stride, 4, n, out);
 }
 
 #if defined(KERNELS_AVX2)
@@ -1279,12 +1484,9 @@ static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float 
 #undef attn_weighted_sum
 #undef attn_weighted_sum_typed
 #undef axpy
-#undef dot_float
-#undef dot_quant
 #undef dot_block32_avx2
 #undef dot_block32_neon
 #undef dot_quant_rows
-#undef dot_quant_x4
 #undef dot_s8x16
 #undef dot_superblock_avx2
 #undef dot_superblock_neon
@@ -1307,11 +1509,13 @@ static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float 
 #undef hsum256
 #undef hsum_f32x4
 #undef hsum_s32x4
+#undef iq4_levels
 #undef kv_load8
 #undef kv_value
 #undef load_f16x4
 #undef mlal_high_s8
 #undef mull_high_s8
+#undef nibbles_u8
 #undef padd_s32
 #undef quantize_activations
 #undef quantize_row_q8a
@@ -1320,14 +1524,21 @@ static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float 
 #undef score_finish
 #undef scores_block
 #undef scores_heads
+#undef shr_u8
 #undef softmax
 #undef softmax_tile
 #undef sum8_tree
 #undef superblock_scales_avx2
+#undef superblock_scales_neon
 #undef superblock_vec_avx2
+#undef superblock_vec_neon
+#undef table16_s8
+#undef twice_u8
 #undef weight4
 #undef weight8
 #undef weight_block_i8
+#undef weight_block_neon
+#undef widen_s8
 #undef wsum_block
 #undef wsum_heads
 #undef GEMM_FLOAT_ROWS

@@ -445,7 +445,12 @@ static void test_neon_shims(void) {
     ok &= !memcmp(&s, &want, sizeof s);
     vst1q_f32(f, load_f16x4_neon(h));
     for (int i = 0; i < 4; i++) ok &= f[i] == f16_to_f32_soft(h[i]);
-    CHECK(ok, "NEON shims: widening products, pairwise sums, the horizontal sum's order, four halves to f32");
+    uint8_t idx[16];
+    int8_t looked_up[16];
+    for (int i = 0; i < 16; i++) idx[i] = (uint8_t)((7 * i + 3) % 16); /* every index once, both halves from both */
+    vst1q_s8(looked_up, table16_s8_neon(vld1q_s8(a), vld1q_u8(idx)));
+    for (int i = 0; i < 16; i++) ok &= looked_up[i] == a[idx[i]];
+    CHECK(ok, "NEON shims: widening products, pairwise sums, the horizontal sum's order, four halves to f32, table lookup");
 #elif defined(__arm__) || defined(__aarch64__)
     printf("SKIP NEON kernels not compiled (32-bit ARM needs NEON with VFPv4: -mfpu=neon-vfpv4)\n");
 #endif
@@ -580,6 +585,27 @@ static void test_gguf_types(void) {
                   type_name(type), worst_simd);
         else CHECK(bad_simd == 0, "%s: the kernel %s the scalar reference", type_name(type), k_form ? "gives the bits of" : "agrees to rounding with");
         CHECK(bad_x4 == 0, "%s: four tokens at a time give each token its bits alone", type_name(type));
+    }
+    /* With unit scales and offsets every float operation is exact, so the
+       32-element kernels give the reference's bits as well: a wrong weight
+       anywhere shows, however small. */
+    for (int type = TYPE_Q8_0; type <= TYPE_IQ4_NL; type++) {
+        if (TYPE_INFO[type].act != ACT_Q8A) continue;
+        enum { B = 4 };
+        static float xs[B * QK];
+        BlockQ8A a[B];
+        fill(xs, B * QK, 1.0f);
+        K->quantize_row_q8a(xs, a, B * QK);
+        for (int b = 0; b < B; b++) a[b].d = 1.0f;
+        random_blocks(type, row, B * QK);
+        uint16_t one = f32_to_f16(1.0f);
+        for (int b = 0; b < B; b++) {
+            uint8_t *blk = row + b * TYPE_INFO[type].block_bytes; /* d first, then m where there is one */
+            memcpy(blk, &one, 2);
+            if (type_has_offset(type)) memcpy(blk + 2, &one, 2);
+        }
+        CHECK(dot_quant(row, type, a, B * QK) == dot_block32_ref(row, type, a, B * QK),
+              "%s with unit scales: the kernel in use gives the bits of the scalar reference", type_name(type));
     }
     /* Q8_K activations as ggml makes them: the largest magnitude becomes -127 and d = max / -127; the sums of 16 add up. */
     float v[QK_K];
