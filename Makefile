@@ -24,7 +24,7 @@ LDLIBS += -lblis
 endif
 
 # (with tempfile.h, which run.c and export.c share)
-ENGINE = model.h kernels.h tokenizer.h tokenizer.c json.h gguf.h message.h unicode_tables.h tempfile.h
+ENGINE = model.h kernels.h kernels_simd.h tokenizer.h tokenizer.c json.h gguf.h message.h unicode_tables.h tempfile.h
 # the fuzz targets in tests/fuzz (see Fuzzing below)
 FUZZ_TARGETS = model tokenizer encode json run export
 REPLAY_BINS = $(addprefix build/replay/fuzz_,$(FUZZ_TARGETS))

@@ -684,7 +684,7 @@ static inline void dequantize_row(int type, const void *row, float *y, int64_t n
 
 /* Activations for the super-block types, as ggml quantizes them: the value
    of largest magnitude becomes -127 exactly. */
-static inline void quantize_row_q8k(const float *x, BlockQ8K *y, int64_t n) {
+static inline void quantize_row_q8k_ref(const float *x, BlockQ8K *y, int64_t n) {
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         float amax = 0, max = 0;
         for (int i = 0; i < QK_K; i++)
@@ -867,6 +867,7 @@ typedef struct {
     int repack_pays;   /* the eight-row kernels (gemm_x8) beat the row-by-row ones */
     int superblock_exact; /* the super-block dots give dot_superblock_ref's bits (AVX2's sum in another order) */
     void (*quantize_row_q8a)(const float *x, BlockQ8A *y, int64_t n);
+    void (*quantize_row_q8k)(const float *x, BlockQ8K *y, int64_t n);
     void (*quantize_activations)(int type, const float *x, void *out, int64_t n);
     void (*row_from_float)(int type, const float *x, void *out, int64_t n);  /* quantize_row's result */
     void (*row_to_float)(int type, const void *row, float *y, int64_t n);    /* dequantize_row's */

@@ -53,6 +53,7 @@
 #define padd_s32 KERNELS_NAME(padd_s32)
 #define quantize_activations KERNELS_NAME(quantize_activations)
 #define quantize_row_q8a KERNELS_NAME(quantize_row_q8a)
+#define quantize_row_q8k KERNELS_NAME(quantize_row_q8k)
 #define row_from_float KERNELS_NAME(row_from_float)
 #define row_to_float KERNELS_NAME(row_to_float)
 #define score_finish KERNELS_NAME(score_finish)
@@ -154,6 +155,58 @@ static inline void quantize_row_q8a(const float *x, BlockQ8A *y, int64_t n) {
     }
 #else
     quantize_row_q8a_ref(x, y, n);
+#endif
+}
+
+/* Super-block activations: quantize_row_q8k_ref's bytes, scales and sums.
+   The scale comes from the first value of largest magnitude (its sign
+   matters: it becomes -127), found by comparing each vector with the
+   block's largest |x|. */
+static inline void quantize_row_q8k(const float *x, BlockQ8K *y, int64_t n) {
+#if defined(KERNELS_AVX2)
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), big = _mm256_set1_ps(FLT_MAX);
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int i = 0; i < QK_K; i += 8) {
+            __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask);
+            m = _mm256_max_ps(m, a);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, big, _CMP_NLE_UQ)); /* inf or NaN */
+        }
+        memset(&y[b], 0, sizeof y[b]);
+        if (_mm256_movemask_ps(bad)) { /* not finite (block_absmax) */
+            y[b].d = NAN;
+            continue;
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        if (amax == 0) continue;
+        int first = 0;
+        for (int i = 0; i < QK_K; i += 8) {
+            int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask), _mm256_set1_ps(amax), _CMP_EQ_OQ));
+            if (hit) {
+                first = i + __builtin_ctz((unsigned)hit);
+                break;
+            }
+        }
+        float iscale = -127.0f / x[first];
+        if (isinf(iscale)) continue; /* |max| below 127 / FLT_MAX: zeros, as a zero block */
+        for (int g = 0; g < QK_K; g += 16) { /* rounded to nearest even (lrintf), at most 127, two vectors a group of 16 */
+            __m256i lo = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_set1_ps(iscale), _mm256_loadu_ps(x + g))), _mm256_set1_epi32(127));
+            __m256i hi = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_set1_ps(iscale), _mm256_loadu_ps(x + g + 8))), _mm256_set1_epi32(127));
+            __m256i s = _mm256_add_epi32(lo, hi);
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+            y[b].bsums[g / 16] = (int16_t)_mm_cvtsi128_si32(s4);
+            __m128i p = _mm_packs_epi16(_mm_packs_epi32(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1)),
+                                        _mm_packs_epi32(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1)));
+            _mm_storeu_si128((__m128i *)(y[b].qs + g), p);
+        }
+        y[b].d = 1 / iscale;
+    }
+#else
+    quantize_row_q8k_ref(x, y, n);
 #endif
 }
 
@@ -1519,6 +1572,7 @@ static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float 
 #undef padd_s32
 #undef quantize_activations
 #undef quantize_row_q8a
+#undef quantize_row_q8k
 #undef row_from_float
 #undef row_to_float
 #undef score_finish
@@ -1560,6 +1614,7 @@ static const Kernels KERNELS_NAME(kernels) = {
     .superblock_exact = 1,
 #endif
     .quantize_row_q8a = KERNELS_NAME(quantize_row_q8a),
+    .quantize_row_q8k = KERNELS_NAME(quantize_row_q8k),
     .quantize_activations = KERNELS_NAME(quantize_activations),
     .row_from_float = KERNELS_NAME(row_from_float),
     .row_to_float = KERNELS_NAME(row_to_float),

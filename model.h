@@ -1826,7 +1826,7 @@ static void quantize_task(void *arg, int ith, int nth) {
     split_range(job->n, ith, nth, 1, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
         if (job->out) job->kern->quantize_row_q8a(job->in + t * job->cols, job->out + t * (job->cols / QK), job->cols);
-        if (job->out_k) quantize_row_q8k(job->in + t * job->cols, job->out_k + t * (job->cols / QK_K), job->cols);
+        if (job->out_k) job->kern->quantize_row_q8k(job->in + t * job->cols, job->out_k + t * (job->cols / QK_K), job->cols);
     }
 }
 

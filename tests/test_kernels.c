@@ -281,11 +281,14 @@ static void test_quantize_q8a(void) {
     enum { N = 4096 };
     static float x[N];
     static BlockQ8A a[N / QK], b[N / QK];
-    int same = 1;
-    for (int rep = 0; rep < 20; rep++) {
+    static BlockQ8K ka[N / QK_K], kb[N / QK_K];
+    int same = 1, same_k = 1;
+    for (int rep = 0; rep < 24; rep++) {
         fill(x, N, rep % 2 ? 1.0f : 30.0f);
         if (rep == 3) memset(x, 0, sizeof x); /* all zero: scale 0 */
         if (rep == 4) for (int i = 0; i < N; i++) x[i] = (i % 7) - 3.5f; /* ties: x * (1 / d) on .5 */
+        if (rep == 5) for (int i = 0; i < N; i++) x[i] = i % 8 == 1 ? -3.0f : i % 8 == 5 ? 3.0f : (float)(i % 5) * 0.5f; /* -max, then +max in one vector: the first decides */
+        if (rep == 6) for (int i = 0; i < N; i++) x[i] *= 1e-37f; /* some super-blocks too small to invert */
         K->quantize_row_q8a(x, a, N);
         quantize_row_q8a_ref(x, b, N);
         for (int k = 0; k < N / QK; k++) {
@@ -293,8 +296,12 @@ static void test_quantize_q8a(void) {
             for (int j = 0; j < QK; j++) sum += b[k].qs[j];
             same &= a[k].d == b[k].d && a[k].sum == b[k].sum && sum == b[k].sum && !memcmp(a[k].qs, b[k].qs, QK);
         }
+        K->quantize_row_q8k(x, ka, N);
+        quantize_row_q8k_ref(x, kb, N);
+        same_k &= !memcmp(ka, kb, sizeof ka);
     }
     CHECK(same, "activation quantization: the kernel gives the reference's values, scales and sums");
+    CHECK(same_k, "super-block activation quantization: the kernel gives the reference's bytes (values, scale, sums of 16)");
 }
 
 /* Activations that hold inf or NaN (weights that do) or are too small to
@@ -333,7 +340,7 @@ static void test_quantize_nonfinite(void) {
             zeroed &= isnan(a[1].d) && a[1].sum == 0;
             for (int j = 0; j < QK; j++) zeroed &= a[1].qs[j] == 0;
             kept &= !memcmp(&a[0], &alone[0], sizeof a[0]) && !memcmp(&a[2], &alone[2], sizeof(BlockQ8A) * (B - 2));
-            quantize_row_q8k(x, k, N);
+            K->quantize_row_q8k(x, k, N);
             k_ok &= isnan(k[0].d) && !isnan(k[1].d);
             for (int j = 0; j < QK_K; j++) k_ok &= k[0].qs[j] == 0;
             for (int j = 0; j < QK_K / 16; j++) k_ok &= k[0].bsums[j] == 0;
@@ -351,7 +358,7 @@ static void test_quantize_nonfinite(void) {
     for (int i = 0; i < N; i++) x[i] = (i % 5 - 2) * 1e-38f; /* scale about 1.6e-40: no finite inverse */
     K->quantize_row_q8a(x, a, N);
     quantize_row_q8a_ref(x, ref, N);
-    quantize_row_q8k(x, k, N);
+    K->quantize_row_q8k(x, k, N);
     tiny_zero &= !memcmp(a, ref, sizeof a) && a[0].sum == 0 && !isnan(a[0].d) && k[0].d == 0;
     for (int j = 0; j < QK; j++) tiny_zero &= a[0].qs[j] == 0;
     for (int j = 0; j < QK_K; j++) tiny_zero &= k[0].qs[j] == 0;
@@ -612,7 +619,7 @@ static void test_gguf_types(void) {
     for (int i = 0; i < QK_K; i++) v[i] = (float)(i % 7) - 3.0f;
     v[100] = 5.0f;
     BlockQ8K q;
-    quantize_row_q8k(v, &q, QK_K);
+    K->quantize_row_q8k(v, &q, QK_K);
     int sums_ok = 1;
     for (int g = 0; g < 16; g++) {
         int s = 0;
