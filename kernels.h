@@ -98,10 +98,13 @@ typedef struct {
    row r's values 4s..4s+3 at qs[(s * 8 + r) * 4], q4_0 keeps row r's byte
    4s + e (values 4s + e and 4s + e + 16 in its two nibbles) at
    qs[(s * 8 + r) * 4 + e] for s < 4. Each is exactly eight plain blocks
-   long. */
+   long. q8_0's values are stored plus 128, as unsigned bytes: x86's
+   multiply-add (vpdpbusd, pmaddubsw) takes one operand unsigned, and the
+   128 times the activations' sum comes off once a block (x.sum), cheaper
+   than moving each weight's sign onto the activations. */
 typedef struct {
     uint16_t d[8];
-    int8_t qs[8 * QK];
+    uint8_t qs[8 * QK]; /* value + 128 */
 } BlockQ8_0x8;
 
 typedef struct {
@@ -818,7 +821,7 @@ static inline void gemm_x8_ref(const void *w, int type, const BlockQ8A *x, size_
                 d = blk->d;
                 for (int st = 0; st < 8; st++)
                     for (int r = 0; r < 8; r++)
-                        for (int e = 0; e < 4; e++) dot[r] += blk->qs[(st * 8 + r) * 4 + e] * xb->qs[4 * st + e];
+                        for (int e = 0; e < 4; e++) dot[r] += (blk->qs[(st * 8 + r) * 4 + e] - 128) * xb->qs[4 * st + e];
             } else {
                 const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
                 d = blk->d;
@@ -845,7 +848,8 @@ static inline void repack_x8(const void *rows, int type, int blocks, void *out) 
                 const BlockQ8_0 *in = (const BlockQ8_0 *)rows + (size_t)r * blocks + b;
                 BlockQ8_0x8 *o = (BlockQ8_0x8 *)out + b;
                 o->d[r] = in->d;
-                for (int st = 0; st < 8; st++) memcpy(o->qs + (st * 8 + r) * 4, in->qs + 4 * st, 4);
+                for (int st = 0; st < 8; st++)
+                    for (int e = 0; e < 4; e++) o->qs[(st * 8 + r) * 4 + e] = (uint8_t)(in->qs[4 * st + e] + 128);
             } else {
                 const BlockQ4_0 *in = (const BlockQ4_0 *)rows + (size_t)r * blocks + b;
                 BlockQ4_0x8 *o = (BlockQ4_0x8 *)out + b;

@@ -51,6 +51,7 @@
 #define mull_high_s8 KERNELS_NAME(mull_high_s8)
 #define nibbles_u8 KERNELS_NAME(nibbles_u8)
 #define padd_s32 KERNELS_NAME(padd_s32)
+#define q8_x8_weights KERNELS_NAME(q8_x8_weights)
 #define quantize_activations KERNELS_NAME(quantize_activations)
 #define quantize_row_q8a KERNELS_NAME(quantize_row_q8a)
 #define quantize_row_q8k KERNELS_NAME(quantize_row_q8k)
@@ -1083,14 +1084,30 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_avx2(const void *
         if (type == TYPE_Q8_0) {
             const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
             d = blk->d;
-            for (int st = 0; st < 8; st++) { /* |w| by x with w's sign: the unsigned-by-signed product */
-                __m256i wq = _mm256_loadu_si256((const __m256i *)(blk->qs + st * 32)), uw = _mm256_abs_epi8(wq);
+#if defined(KERNELS_AVX512) || defined(KERNELS_AVXVNNI)
+            /* the stored weights (value + 128) by x, 128 x.sum taken off first */
+            for (int k = 0; k < n_x; k++) dot[k] = _mm256_set1_epi32(-128 * x[k * stride + b].sum);
+            for (int st = 0; st < 8; st++) {
+                __m256i uw = _mm256_loadu_si256((const __m256i *)(blk->qs + st * 32));
+                for (int k = 0; k < n_x; k++) {
+                    int32_t x4;
+                    memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
+                    dot[k] = dpbusd_add(dot[k], uw, _mm256_set1_epi32(x4));
+                }
+            }
+#else
+            /* pmaddubsw saturates pairs of products at 32767, which 255 * 127 * 2 passes:
+               |w| by x with w's sign instead (at most 127 * 128 * 2) */
+            for (int st = 0; st < 8; st++) {
+                __m256i wq = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk->qs + st * 32)), _mm256_set1_epi8(-128));
+                __m256i uw = _mm256_abs_epi8(wq);
                 for (int k = 0; k < n_x; k++) {
                     int32_t x4;
                     memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
                     dot[k] = dpbusd_add(dot[k], uw, _mm256_sign_epi8(_mm256_set1_epi32(x4), wq));
                 }
             }
+#endif
         } else {
             const BlockQ4_0x8 *blk = (const BlockQ4_0x8 *)w + b;
             d = blk->d;
@@ -1129,6 +1146,9 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_avx2(const void *
 #else
 #define GEMM_X8_NEON_TOKENS 2
 #endif
+/* Sixteen of BlockQ8_0x8's stored weights (value + 128) as the signed values. */
+static inline int8x16_t q8_x8_weights(const uint8_t *qs) { return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(qs), vdupq_n_u8(0x80))); }
+
 static inline __attribute__((always_inline)) void gemm_x8_tile_neon(const void *w, int type, const BlockQ8A *x, size_t stride,
                                                                 int n_x, int blocks, float *out) {
     float32x4_t acc[GEMM_X8_NEON_TOKENS][2];
@@ -1148,7 +1168,7 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_neon(const void *
             d = blk->d;
 #define X8_Q8_STEP(st)                                                                                     \
     do {                                                                                                   \
-        int8x16_t w0 = vld1q_s8(blk->qs + (st) * 32), w1 = vld1q_s8(blk->qs + (st) * 32 + 16);             \
+        int8x16_t w0 = q8_x8_weights(blk->qs + (st) * 32), w1 = q8_x8_weights(blk->qs + (st) * 32 + 16); \
         for (int k = 0; k < n_x; k++) {                                                                    \
             dot[k][0] = vdotq_laneq_s32(dot[k][0], w0, xv[k][(st) / 4], (st) % 4);                         \
             dot[k][1] = vdotq_laneq_s32(dot[k][1], w1, xv[k][(st) / 4], (st) % 4);                         \
@@ -1183,7 +1203,7 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_neon(const void *
             const BlockQ8_0x8 *blk = (const BlockQ8_0x8 *)w + b;
             d = blk->d;
             for (int st = 0; st < 8; st++) {
-                int8x16_t w0 = vld1q_s8(blk->qs + st * 32), w1 = vld1q_s8(blk->qs + st * 32 + 16);
+                int8x16_t w0 = q8_x8_weights(blk->qs + st * 32), w1 = q8_x8_weights(blk->qs + st * 32 + 16);
                 for (int k = 0; k < n_x; k++) {
                     int32_t x4;
                     memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
@@ -1570,6 +1590,7 @@ static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float 
 #undef mull_high_s8
 #undef nibbles_u8
 #undef padd_s32
+#undef q8_x8_weights
 #undef quantize_activations
 #undef quantize_row_q8a
 #undef quantize_row_q8k
