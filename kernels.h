@@ -801,7 +801,8 @@ static inline float dot_superblock_ref(const void *w, int type, const BlockQ8K *
 
 /* ---------------------------------------------------------------------------
  * Eight interleaved rows (BlockQ8_0x8 / BlockQ4_0x8) against n_x <= 8
- * activation rows, `stride` blocks apart: out[k * 8 + r] = row r . x_k.
+ * activation rows, `stride` blocks apart: out[k * out_stride + r] = row r .
+ * x_k.
  * Per block, the integer dot of each row is exact; then acc_r +=
  * (float)dot_r * (d_r * d_x) in one fused multiply-add, block after block.
  * The SIMD versions do exactly these operations, so they give the scalar
@@ -809,7 +810,8 @@ static inline float dot_superblock_ref(const void *w, int type, const BlockQ8K *
  * its batch. q4_0's nibbles are used unsigned and 8 * sum(x) comes off
  * after.
  */
-static inline void gemm_x8_ref(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out) {
+static inline void gemm_x8_ref(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out,
+                               size_t out_stride) {
     for (int k = 0; k < n_x; k++) {
         float acc[8] = {0};
         for (int b = 0; b < blocks; b++) {
@@ -835,7 +837,7 @@ static inline void gemm_x8_ref(const void *w, int type, const BlockQ8A *x, size_
             }
             for (int r = 0; r < 8; r++) acc[r] = fmaf((float)dot[r], f16_to_f32(d[r]) * xb->d, acc[r]);
         }
-        memcpy(out + 8 * k, acc, sizeof acc);
+        memcpy(out + k * out_stride, acc, sizeof acc);
     }
 }
 
@@ -878,7 +880,10 @@ typedef struct {
     void (*dot_quant_rows)(const void *w, int type, const void *x, size_t stride, int n_x, int n, float *out);
     void (*gemm_float)(const void *w, int type, size_t row_bytes, int n_rows, const float *x, size_t x_stride, int n_x, int n,
                        float *out, size_t out_stride);
-    void (*gemm_x8)(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out);
+    /* `groups` (1 or 2) groups of eight interleaved rows, group_bytes apart, against n_x <= 8 tokens:
+       out[k * out_stride + 8 g + r] (gemm_x8_ref for each group) */
+    void (*gemm_x8)(const void *w, int type, size_t group_bytes, int groups, const BlockQ8A *x, size_t stride, int n_x, int blocks,
+                    float *out, size_t out_stride);
     void (*axpy)(float *y, float a, const float *x, int n);
     void (*softmax_tile)(float *x, int n, float *max, float *sum, float *out, int m);
     void (*softmax)(float *x, int n);

@@ -38,6 +38,8 @@
 #define gemm_float_rows KERNELS_NAME(gemm_float_rows)
 #define gemm_float_typed KERNELS_NAME(gemm_float_typed)
 #define gemm_x8 KERNELS_NAME(gemm_x8)
+#define gemm_x8_group KERNELS_NAME(gemm_x8_group)
+#define gemm_x16_tile_avx512 KERNELS_NAME(gemm_x16_tile_avx512)
 #define gemm_x8_tile_avx2 KERNELS_NAME(gemm_x8_tile_avx2)
 #define gemm_x8_tile_neon KERNELS_NAME(gemm_x8_tile_neon)
 #define hsum256 KERNELS_NAME(hsum256)
@@ -1074,7 +1076,7 @@ static inline __m256i dpbusd_add(__m256i acc, __m256i u, __m256i s) {
 }
 
 static inline __attribute__((always_inline)) void gemm_x8_tile_avx2(const void *w, int type, const BlockQ8A *x, size_t stride,
-                                                                int n_x, int blocks, float *out) {
+                                                                     int n_x, int blocks, float *out, size_t out_stride) {
     __m256 acc[8];
     for (int k = 0; k < n_x; k++) acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < blocks; b++) {
@@ -1128,7 +1130,70 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_avx2(const void *
         for (int k = 0; k < n_x; k++)
             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[k]), _mm256_mul_ps(dw, _mm256_set1_ps(x[k * stride + b].d)), acc[k]);
     }
-    for (int k = 0; k < n_x; k++) _mm256_storeu_ps(out + 8 * k, acc[k]);
+    for (int k = 0; k < n_x; k++) _mm256_storeu_ps(out + k * out_stride, acc[k]);
+}
+#endif
+
+#if defined(KERNELS_AVX512)
+/* Sixteen rows, two groups of eight (group_bytes apart), in 512-bit
+   registers: lane 8g + r holds group g's row r and goes through the
+   eight-row kernel's operations, so every output keeps its bits. On the
+   development machine (Zen 4) a 512-bit vpdpbusd does twice the
+   multiply-adds of a 256-bit one in the same time, given enough
+   independent sums to cover its latency (measured: 24 chains run at the
+   peak, 8 at half of it): each token's integer sums go in two chains, the
+   even and the odd steps, 16 for eight tokens (exact integers, so the
+   split changes no bit). */
+static inline __attribute__((always_inline)) void gemm_x16_tile_avx512(const void *w, int type, size_t group_bytes,
+                                                                        const BlockQ8A *x, size_t stride, int n_x, int blocks,
+                                                                        float *out, size_t out_stride) {
+    __m512 acc[8];
+    for (int k = 0; k < n_x; k++) acc[k] = _mm512_setzero_ps();
+    const uint8_t *g0 = w, *g1 = (const uint8_t *)w + group_bytes;
+#define BOTH_GROUPS(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a))), _mm256_loadu_si256((const __m256i *)(b)), 1)
+    for (int b = 0; b < blocks; b++) {
+        __m512i dot[8][2];
+        const uint16_t *d0, *d1;
+        if (type == TYPE_Q8_0) {
+            const BlockQ8_0x8 *lo = (const BlockQ8_0x8 *)g0 + b, *hi = (const BlockQ8_0x8 *)g1 + b;
+            d0 = lo->d, d1 = hi->d;
+            for (int k = 0; k < n_x; k++) /* the stored +128 */
+                dot[k][0] = _mm512_set1_epi32(-128 * x[k * stride + b].sum), dot[k][1] = _mm512_setzero_si512();
+#pragma GCC unroll 8 /* st % 2 must be a constant: it picks the register */
+            for (int st = 0; st < 8; st++) {
+                __m512i uw = BOTH_GROUPS(lo->qs + st * 32, hi->qs + st * 32);
+                for (int k = 0; k < n_x; k++) {
+                    int32_t x4;
+                    memcpy(&x4, x[k * stride + b].qs + 4 * st, 4);
+                    dot[k][st % 2] = _mm512_dpbusd_epi32(dot[k][st % 2], uw, _mm512_set1_epi32(x4));
+                }
+            }
+        } else {
+            const BlockQ4_0x8 *lo = (const BlockQ4_0x8 *)g0 + b, *hi = (const BlockQ4_0x8 *)g1 + b;
+            d0 = lo->d, d1 = hi->d;
+            const __m512i low4 = _mm512_set1_epi8(15);
+            for (int k = 0; k < n_x; k++) /* the nibbles' +8 */
+                dot[k][0] = _mm512_set1_epi32(-8 * x[k * stride + b].sum), dot[k][1] = _mm512_setzero_si512();
+            for (int st = 0; st < 4; st++) {
+                __m512i packed = BOTH_GROUPS(lo->qs + st * 32, hi->qs + st * 32);
+                __m512i l = _mm512_and_si512(packed, low4), h = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+                for (int k = 0; k < n_x; k++) {
+                    int32_t xl, xh;
+                    memcpy(&xl, x[k * stride + b].qs + 4 * st, 4);
+                    memcpy(&xh, x[k * stride + b].qs + 4 * st + 16, 4);
+                    dot[k][0] = _mm512_dpbusd_epi32(dot[k][0], l, _mm512_set1_epi32(xl));
+                    dot[k][1] = _mm512_dpbusd_epi32(dot[k][1], h, _mm512_set1_epi32(xh));
+                }
+            }
+        }
+        __m512 dw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)d0)),
+                                                            _mm_loadu_si128((const __m128i *)d1), 1));
+        for (int k = 0; k < n_x; k++)
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot[k][0], dot[k][1])),
+                                     _mm512_mul_ps(dw, _mm512_set1_ps(x[k * stride + b].d)), acc[k]);
+    }
+#undef BOTH_GROUPS
+    for (int k = 0; k < n_x; k++) _mm512_storeu_ps(out + k * out_stride, acc[k]);
 }
 #endif
 
@@ -1150,7 +1215,7 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_avx2(const void *
 static inline int8x16_t q8_x8_weights(const uint8_t *qs) { return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(qs), vdupq_n_u8(0x80))); }
 
 static inline __attribute__((always_inline)) void gemm_x8_tile_neon(const void *w, int type, const BlockQ8A *x, size_t stride,
-                                                                int n_x, int blocks, float *out) {
+                                                                     int n_x, int blocks, float *out, size_t out_stride) {
     float32x4_t acc[GEMM_X8_NEON_TOKENS][2];
     for (int k = 0; k < GEMM_X8_NEON_TOKENS; k++) acc[k][0] = acc[k][1] = vdupq_n_f32(0);
     for (int b = 0; b < blocks; b++) {
@@ -1249,41 +1314,48 @@ static inline __attribute__((always_inline)) void gemm_x8_tile_neon(const void *
             acc[k][1] = vfmaq_f32(acc[k][1], vcvtq_f32_s32(dot[k][1]), vmulq_n_f32(dw1, xd));
         }
     }
-    for (int k = 0; k < n_x; k++) vst1q_f32(out + 8 * k, acc[k][0]), vst1q_f32(out + 8 * k + 4, acc[k][1]);
+    for (int k = 0; k < n_x; k++) vst1q_f32(out + k * out_stride, acc[k][0]), vst1q_f32(out + k * out_stride + 4, acc[k][1]);
 }
 #endif
 
-static inline void gemm_x8(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out) {
+/* One group of eight rows; constant types and token counts make specialized copies. */
+static inline void gemm_x8_group(const void *w, int type, const BlockQ8A *x, size_t stride, int n_x, int blocks, float *out,
+                                 size_t out_stride) {
 #if defined(KERNELS_AVX2)
-    /* constant types and token counts: specialized copies */
-    if (type == TYPE_Q8_0) {
-        if (n_x == 8) gemm_x8_tile_avx2(w, TYPE_Q8_0, x, stride, 8, blocks, out);
-        else if (n_x == 1) gemm_x8_tile_avx2(w, TYPE_Q8_0, x, stride, 1, blocks, out);
-        else gemm_x8_tile_avx2(w, TYPE_Q8_0, x, stride, n_x, blocks, out);
-    } else {
-        if (n_x == 8) gemm_x8_tile_avx2(w, TYPE_Q4_0, x, stride, 8, blocks, out);
-        else if (n_x == 1) gemm_x8_tile_avx2(w, TYPE_Q4_0, x, stride, 1, blocks, out);
-        else gemm_x8_tile_avx2(w, TYPE_Q4_0, x, stride, n_x, blocks, out);
-    }
+#define X8_CALL(T, n) gemm_x8_tile_avx2(w, T, x, stride, n, blocks, out, out_stride)
+    if (type == TYPE_Q8_0) n_x == 8 ? X8_CALL(TYPE_Q8_0, 8) : n_x == 1 ? X8_CALL(TYPE_Q8_0, 1) : X8_CALL(TYPE_Q8_0, n_x);
+    else n_x == 8 ? X8_CALL(TYPE_Q4_0, 8) : n_x == 1 ? X8_CALL(TYPE_Q4_0, 1) : X8_CALL(TYPE_Q4_0, n_x);
+#undef X8_CALL
 #elif defined(KERNELS_NEON)
-    /* constant types and token counts: one token is decoding, GEMM_X8_NEON_TOKENS at a time the bulk of a batch */
+    /* one token is decoding, GEMM_X8_NEON_TOKENS at a time the bulk of a batch */
     enum { T = GEMM_X8_NEON_TOKENS };
     for (int k0 = 0; k0 < n_x; k0 += T) {
         int m = n_x - k0 < T ? n_x - k0 : T;
         const BlockQ8A *xk = x + (size_t)k0 * stride;
-        if (type == TYPE_Q8_0) {
-            if (m == T) gemm_x8_tile_neon(w, TYPE_Q8_0, xk, stride, T, blocks, out + 8 * k0);
-            else if (m == 1) gemm_x8_tile_neon(w, TYPE_Q8_0, xk, stride, 1, blocks, out + 8 * k0);
-            else gemm_x8_tile_neon(w, TYPE_Q8_0, xk, stride, m, blocks, out + 8 * k0);
-        } else {
-            if (m == T) gemm_x8_tile_neon(w, TYPE_Q4_0, xk, stride, T, blocks, out + 8 * k0);
-            else if (m == 1) gemm_x8_tile_neon(w, TYPE_Q4_0, xk, stride, 1, blocks, out + 8 * k0);
-            else gemm_x8_tile_neon(w, TYPE_Q4_0, xk, stride, m, blocks, out + 8 * k0);
-        }
+        float *ok = out + (size_t)k0 * out_stride;
+#define X8_CALL(T_, n) gemm_x8_tile_neon(w, T_, xk, stride, n, blocks, ok, out_stride)
+        if (type == TYPE_Q8_0) m == T ? X8_CALL(TYPE_Q8_0, T) : m == 1 ? X8_CALL(TYPE_Q8_0, 1) : X8_CALL(TYPE_Q8_0, m);
+        else m == T ? X8_CALL(TYPE_Q4_0, T) : m == 1 ? X8_CALL(TYPE_Q4_0, 1) : X8_CALL(TYPE_Q4_0, m);
+#undef X8_CALL
     }
 #else
-    gemm_x8_ref(w, type, x, stride, n_x, blocks, out);
+    gemm_x8_ref(w, type, x, stride, n_x, blocks, out, out_stride);
 #endif
+}
+
+static inline void gemm_x8(const void *w, int type, size_t group_bytes, int groups, const BlockQ8A *x, size_t stride, int n_x,
+                           int blocks, float *out, size_t out_stride) {
+#if defined(KERNELS_AVX512)
+    if (groups == 2) {
+#define X16_CALL(T, n) gemm_x16_tile_avx512(w, T, group_bytes, x, stride, n, blocks, out, out_stride)
+        if (type == TYPE_Q8_0) n_x == 8 ? X16_CALL(TYPE_Q8_0, 8) : n_x == 1 ? X16_CALL(TYPE_Q8_0, 1) : X16_CALL(TYPE_Q8_0, n_x);
+        else n_x == 8 ? X16_CALL(TYPE_Q4_0, 8) : n_x == 1 ? X16_CALL(TYPE_Q4_0, 1) : X16_CALL(TYPE_Q4_0, n_x);
+#undef X16_CALL
+        return;
+    }
+#endif
+    for (int g = 0; g < groups; g++)
+        gemm_x8_group((const uint8_t *)w + g * group_bytes, type, x, stride, n_x, blocks, out + 8 * g, out_stride);
 }
 
 /* y += a * x */
@@ -1577,6 +1649,8 @@ static void attn_weighted_sum(float *out, size_t o_stride, int n_q, const float 
 #undef gemm_float_rows
 #undef gemm_float_typed
 #undef gemm_x8
+#undef gemm_x8_group
+#undef gemm_x16_tile_avx512
 #undef gemm_x8_tile_avx2
 #undef gemm_x8_tile_neon
 #undef hsum256

@@ -1755,16 +1755,14 @@ static void matmul_task(void *arg, int ith, int nth) {
             int64_t r1 = r0 + MATMUL_TILE;
             if (r1 > hi) r1 = hi;
             if (r1 > end) r1 = end;
-            if (w->interleaved) { /* eight rows at a time, up to eight tokens each call (tiles start at multiples of 8) */
+            if (w->interleaved) { /* sixteen rows (two groups of eight) at a time, up to eight tokens each call (tiles start at multiples of 8) */
+                size_t group_bytes = 8 * w->row_bytes;
                 for (int t = 0; t < job->n; t += 8) {
                     int k = job->n - t < 8 ? job->n - t : 8;
-                    for (int64_t g = r0; g < r1; g += 8) {
-                        float r32[64];
-                        job->kern->gemm_x8((const uint8_t *)w->data + (size_t)(g - first) * w->row_bytes, w->type,
-                                job->inq + (size_t)t * blocks, blocks, k, (int)blocks, r32);
-                        for (int kk = 0; kk < k; kk++)
-                            memcpy(job->outs[o].out + (size_t)(t + kk) * w->rows + (g - first), r32 + 8 * kk, 8 * sizeof(float));
-                    }
+                    for (int64_t g = r0; g < r1; g += 16)
+                        job->kern->gemm_x8((const uint8_t *)w->data + (size_t)(g - first) * w->row_bytes, w->type, group_bytes,
+                                           r1 - g >= 16 ? 2 : 1, job->inq + (size_t)t * blocks, blocks, k, (int)blocks,
+                                           job->outs[o].out + (size_t)t * w->rows + (g - first), (size_t)w->rows);
                 }
                 continue;
             }

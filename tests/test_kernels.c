@@ -349,8 +349,8 @@ static void test_quantize_nonfinite(void) {
             for (int j = 0; j < QK; j++) kv_ok &= kv[1].qs[j] == 0;
             float out[8], out_ref[8];
             for (int t = 0; t < 2; t++) {
-                K->gemm_x8(t ? (const void *)p4 : (const void *)p8, t ? TYPE_Q4_0 : TYPE_Q8_0, a, B, 1, B, out);
-                gemm_x8_ref(t ? (const void *)p4 : (const void *)p8, t ? TYPE_Q4_0 : TYPE_Q8_0, a, B, 1, B, out_ref);
+                K->gemm_x8(t ? (const void *)p4 : (const void *)p8, t ? TYPE_Q4_0 : TYPE_Q8_0, 0, 1, a, B, 1, B, out, 8);
+                gemm_x8_ref(t ? (const void *)p4 : (const void *)p8, t ? TYPE_Q4_0 : TYPE_Q8_0, a, B, 1, B, out_ref, 8);
                 for (int r = 0; r < 8; r++) dots_nan &= isnan(out[r]) && isnan(out_ref[r]);
             }
             dots_nan &= isnan(dot_quant(w8, TYPE_Q8_0, a, N)) && isnan(dot_quant(w4, TYPE_Q4_0, a, N));
@@ -377,21 +377,23 @@ static void test_quantize_nonfinite(void) {
     CHECK(isnan(sum) && isnan(e[20]), "softmax with a NaN score: its exp and the sum are NaN (eight-wide and scalar)");
 }
 
-/* Eight interleaved rows: the kernel gives the reference's bits for 1-8
-   tokens, each token the same bits whatever else is in the call, and the
-   results agree with the row-by-row dot products to rounding. */
+/* Interleaved rows, one group of eight or two (sixteen rows, as matmul
+   calls it): the kernel gives the reference's bits for 1-8 tokens, each
+   token the same bits whatever else is in the call, and the results agree
+   with the row-by-row dot products to rounding; outputs go out_stride
+   apart and nothing else is written. */
 static void test_gemm_x8(void) {
-    enum { N = 2048, B = N / QK };
-    static float w[8][N], x[8][N];
-    static BlockQ8_0 w8[8 * B];
-    static BlockQ4_0 w4[8 * B];
-    static BlockQ8_0x8 p8[B];
-    static BlockQ4_0x8 p4[B];
+    enum { N = 2048, B = N / QK, ROWS = 16, STRIDE = ROWS + 3 };
+    static float w[ROWS][N], x[8][N];
+    static BlockQ8_0 w8[ROWS * B];
+    static BlockQ4_0 w4[ROWS * B];
+    static BlockQ8_0x8 p8[2 * B];
+    static BlockQ4_0x8 p4[2 * B];
     static BlockQ8A xq[8 * B];
-    int same_ref = 1, same_batch = 1;
+    int same_ref = 1, same_batch = 1, untouched = 1;
     double worst = 0;
-    for (int rep = 0; rep < 10; rep++) {
-        for (int r = 0; r < 8; r++) {
+    for (int rep = 0; rep < 6; rep++) {
+        for (int r = 0; r < ROWS; r++) {
             fill(w[r], N, 0.05f);
             quantize_row_q8_0(w[r], w8 + r * B, N);
             quantize_row_q4_0(w[r], w4 + r * B, N);
@@ -400,32 +402,42 @@ static void test_gemm_x8(void) {
             fill(x[k], N, 1.0f);
             K->quantize_row_q8a(x[k], xq + k * B, N);
         }
-        repack_x8(w8, TYPE_Q8_0, B, p8);
-        repack_x8(w4, TYPE_Q4_0, B, p4);
-        const void *packed[2] = {p8, p4}, *plain[2] = {w8, w4};
-        const int types[2] = {TYPE_Q8_0, TYPE_Q4_0}, rowb[2] = {sizeof(BlockQ8_0), sizeof(BlockQ4_0)};
-        for (int i = 0; i < 2; i++) {
-            float all[64], ref[64];
-            K->gemm_x8(packed[i], types[i], xq, B, 8, B, all);
-            gemm_x8_ref(packed[i], types[i], xq, B, 8, B, ref);
-            same_ref &= !memcmp(all, ref, sizeof all);
-            for (int n_x = 1; n_x <= 7; n_x++)
-                for (int k0 = 0; k0 + n_x <= 8; k0++) {
-                    float part[64];
-                    K->gemm_x8(packed[i], types[i], xq + k0 * B, B, n_x, B, part);
-                    same_batch &= !memcmp(part, all + 8 * k0, (size_t)n_x * 8 * sizeof(float));
-                }
-            for (int k = 0; k < 8; k++)
-                for (int r = 0; r < 8; r++) {
-                    float one = dot_quant((const uint8_t *)plain[i] + (size_t)r * B * rowb[i], types[i], xq + k * B, N);
-                    double e = fabs(one - all[8 * k + r]) / (fabs(one) + 1.0); /* these dots are about 2 in size */
-                    if (e > worst) worst = e;
-                }
+        for (int g = 0; g < 2; g++) {
+            repack_x8(w8 + g * 8 * B, TYPE_Q8_0, B, p8 + g * B);
+            repack_x8(w4 + g * 8 * B, TYPE_Q4_0, B, p4 + g * B);
         }
+        const void *packed[2] = {p8, p4}, *plain[2] = {w8, w4};
+        const int types[2] = {TYPE_Q8_0, TYPE_Q4_0};
+        const size_t rowb[2] = {sizeof(BlockQ8_0), sizeof(BlockQ4_0)}, group[2] = {B * sizeof(BlockQ8_0x8), B * sizeof(BlockQ4_0x8)};
+        for (int i = 0; i < 2; i++)
+            for (int groups = 1; groups <= 2; groups++) {
+                float all[8][STRIDE], ref[8][STRIDE];
+                for (int k = 0; k < 8; k++)
+                    for (int r = 0; r < STRIDE; r++) all[k][r] = ref[k][r] = -1e30f;
+                K->gemm_x8(packed[i], types[i], group[i], groups, xq, B, 8, B, all[0], STRIDE);
+                for (int g = 0; g < groups; g++)
+                    gemm_x8_ref((const uint8_t *)packed[i] + g * group[i], types[i], xq, B, 8, B, ref[0] + 8 * g, STRIDE);
+                same_ref &= !memcmp(all, ref, sizeof all);
+                for (int k = 0; k < 8; k++)
+                    for (int r = 8 * groups; r < STRIDE; r++) untouched &= all[k][r] == -1e30f;
+                for (int n_x = 1; n_x <= 7; n_x++)
+                    for (int k0 = 0; k0 + n_x <= 8; k0++) {
+                        float part[8][STRIDE];
+                        K->gemm_x8(packed[i], types[i], group[i], groups, xq + k0 * B, B, n_x, B, part[0], STRIDE);
+                        for (int k = 0; k < n_x; k++) same_batch &= !memcmp(part[k], all[k0 + k], 8 * groups * sizeof(float));
+                    }
+                for (int k = 0; k < 8; k++)
+                    for (int r = 0; r < 8 * groups; r++) {
+                        float one = dot_quant((const uint8_t *)plain[i] + (size_t)r * B * rowb[i], types[i], xq + k * B, N);
+                        double e = fabs(one - all[k][r]) / (fabs(one) + 1.0); /* these dots are about 2 in size */
+                        if (e > worst) worst = e;
+                    }
+            }
     }
-    CHECK(same_ref, "eight interleaved rows: the kernel gives the scalar reference's bits (q8_0, q4_0)");
-    CHECK(same_batch, "eight interleaved rows: 1 to 7 tokens in a call give the bits they get among 8");
-    CHECK(worst < 1e-5, "eight interleaved rows agree with the row-by-row dot products to rounding (worst rel %.2g)", worst);
+    CHECK(same_ref, "interleaved rows (8 and 16): the kernel gives the scalar reference's bits (q8_0, q4_0)");
+    CHECK(same_batch, "interleaved rows: 1 to 7 tokens in a call give the bits they get among 8");
+    CHECK(untouched, "interleaved rows: nothing is written past the rows asked for");
+    CHECK(worst < 1e-5, "interleaved rows agree with the row-by-row dot products to rounding (worst rel %.2g)", worst);
 }
 
 /* The NEON kernels' shims for AArch64 instructions that ARMv7 lacks, against
