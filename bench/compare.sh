@@ -142,18 +142,24 @@ runcmd() {  # runcmd OUT ERR cmd...: with the timeout; -v echoes the output
 # sampled every 0.25 s) during a measurement, minus the benchmark's own threads
 # and the sampler. Clearly above 0 (say > 0.3): something else had the cores
 # and the row is suspect. Short single-threaded phases (loading) pull it below 0.
+# wait_idle: the CPUs' busy share over half a second, from /proc/stat's
+# jiffies (not procs_running, which counts the probe's own shell and sed as
+# runnable, so on 2 cores it never looked idle); idle = less than a quarter
+# of one core busy, four probes in a row.
+cpu_busy_permille() {
+    local a b i idle total=0
+    read -r -a a < <(sed -n 's/^cpu  //p' /proc/stat); sleep 0.5
+    read -r -a b < <(sed -n 's/^cpu  //p' /proc/stat)
+    idle=$(( b[3] + b[4] - a[3] - a[4] ))  # idle, iowait
+    for i in 0 1 2 3 4 5 6 7; do total=$(( total + b[i] - a[i] )); done
+    echo $(( total > 0 ? 1000 * (total - idle) / total : 0 ))
+}
 wait_idle() {
     [ "$WAIT_IDLE" -gt 0 ] || return 0
-    local t0=$SECONDS i busy
-    while :; do
-        busy=0
-        for i in 1 2 3 4 5 6 7 8; do
-            [ "$(sed -n 's/^procs_running //p' /proc/stat)" -gt 1 ] && busy=1
-            sleep 0.25
-        done
-        [ $busy = 0 ] && return 0
+    local t0=$SECONDS quiet=0 limit=$(( 250 / $(nproc) ))
+    while [ $quiet -lt 4 ]; do
+        if [ "$(cpu_busy_permille)" -le "$limit" ]; then quiet=$((quiet + 1)); else quiet=0; fi
         [ $((SECONDS - t0)) -ge "$WAIT_IDLE" ] && { log "still busy after ${WAIT_IDLE}s, measuring anyway"; return 0; }
-        sleep 2
     done
 }
 sampler_start() {  # sampler_start NTHREADS
@@ -187,13 +193,13 @@ jfield() { tail -1 "$1" | sed -nE "s/.*\"$2\": ([0-9.eE+-]+).*/\1/p"; }
 # llama.cpp and ik_llama.cpp: llama-bench -r 1 with their default settings (their own
 # warm-up runs first: a full pp, one gen token), JSON (one field a line in both forks);
 # pp = the n_prompt=PP test, tg = the n_gen=TG test (from an empty cache).
-m_llamacpp() {  # KEY GGUF THREADS DOPP BINARY
-    local key="$1" m="$2" n="$3" p=0 bin="$5"
+m_llamacpp() {  # KEY GGUF THREADS DOPP BINARY [EXTRA llama-bench ARGS]
+    local key="$1" m="$2" n="$3" p=0 bin="$5"; shift 5
     [ "$4" = 1 ] && p="$PP"
     sampler_start "$n"
     # each fork's .so files beside its binary come first (the two forks' libllama.so differ)
     if ! runcmd "$TMP/lb.out" "$TMP/lb.err" env LD_LIBRARY_PATH="$(cd "$(dirname "$bin")" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-        "$bin" -m "$m" -p "$p" -n "$TG" -t "$n" -r 1 -o json; then
+        "$bin" -m "$m" -p "$p" -n "$TG" -t "$n" -r 1 -o json "$@"; then
         sampler_stop "$D/$key.other"; log "$bin failed on $m:"; tail -5 "$TMP/lb.err" >&2; return
     fi
     sampler_stop "$D/$key.other"
@@ -308,7 +314,7 @@ for shape in $SHAPES; do
                     bw_sample "$n" "$gid.bw" "bw_all_$n"   # before every engine's run: the bandwidth swings
                     case "${key##*|}" in
                         llama.cpp)          m_llamacpp "$key" "$g" "$n" "$dopp" "$LLAMA_BENCH" ;;
-                        ik_llama.cpp)       m_llamacpp "$key" "$g" "$n" "$dopp" "$IK_BENCH" ;;
+                        ik_llama.cpp)       m_llamacpp "$key" "$g" "$n" "$dopp" "$IK_BENCH" -rtr 1 ;; # run-time repacking: its fastest CPU setting
                         ours)               m_ours "$key" "$o" "$n" "$dopp" ;;
                         "ours, no repack")  m_ours "$key" "$o" "$n" "$dopp" --no-repack ;;
                         "llama2.c $(basename "${L2C_RUN:-/-}")")  m_l2c "$key" "$L2C_RUN" "$MODELS/$shape-v0.bin" "$n" ;;
@@ -402,7 +408,7 @@ echo "tg$TG: $TG tokens decoded one at a time from an empty context (llama-bench
 echo "llama2.c's \"achieved tok/s\", which has no batched prefill). Ratios are to llama.cpp's row of the same model, weights"
 echo "and threads; llama2.c runq's int8 with an f32 scale per 64 weights (1.0625 bytes a weight, as q8_0) is set against q8_0."
 echo "\"vs ik\": to ik_llama.cpp's row of the same GGUF file. The GGUF rows (--gguf-types) run one file through every engine."
-echo "Both llama-benches run with their defaults (ik_llama.cpp: flash attention on, no run-time repack)."
+echo "Both llama-benches run with their defaults; ik_llama.cpp also with -rtr 1 (run-time repacking, its fastest CPU setting; flash attention is on by default there)."
 echo "read GB/s: bench/bandwidth.c ($BW_MB MiB read sequentially by the row's threads, median of $BW_SAMPLES passes) sampled before"
 echo "every engine's run; the median of the samples taken for the rows of the same model, weights and threads."
 echo "MB/step: the weights a decode step reads (every layer matrix and the classifier at the"
