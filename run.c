@@ -2105,11 +2105,19 @@ static Row *nbce_answer(Engine *e, Nbce *nb, Sampler *s, const RowFormat *rf, co
     for (int r = 0; r < n_old; r++) held += (double)old[r].seq.capacity * per_token;
     double limit = o->mem ? o->mem : available_memory() + held;
     char b1[32], b2[32];
-    if (need > limit)
-        die("the %d NBCE rows (%lld prompt tokens, %d more each for the answer) need %s of KV cache at %zu bytes per "
-            "token, more than the %s available%s; use fewer or shorter contexts (fewer documents, or --nbce-chunk N), "
-            "a smaller answer budget (-n)%s", n_rows, prompt_tokens, budget, mib(need, b1, sizeof b1), per_token,
-            mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "", o->kv_type == TYPE_F32 ? " or an f16 cache (--kv f16)" : "");
+    if (need > limit) {
+        char why[512];
+        snprintf(why, sizeof why, "the %d NBCE rows (%lld prompt tokens, %d more each for the answer) need %s of KV cache at "
+                 "%zu bytes per token, more than the %s available%s; use fewer or shorter contexts (fewer documents, or "
+                 "--nbce-chunk N), a smaller answer budget (-n)%s", n_rows, prompt_tokens, budget, mib(need, b1, sizeof b1),
+                 per_token, mib(limit, b2, sizeof b2), o->mem ? " (--mem)" : "",
+                 o->kv_type == TYPE_F32 ? " or an f16 cache (--kv f16)" : "");
+        /* given back first: after the last use of `rows` the compiler may keep no pointer to them, and
+           LeakSanitizer then reports the exit as a leak */
+        rows_free(rows, n_rows);
+        free(chunks);
+        die("%s", why);
+    }
     fprintf(stderr, "nbce: %d documents, %d contexts + the unconditional row, %lld prompt tokens; KV cache %s "
             "(%zu bytes per token, %s available)\n", n_docs, n_rows - 1, prompt_tokens, mib(need, b1, sizeof b1), per_token,
             mib(limit, b2, sizeof b2));
