@@ -23,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* KERNELS_SCALAR_ONLY (the fuzz builds, which test parsing, not speed):
+   the portable level alone, compiled in a quarter of the time. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(KERNELS_SCALAR_ONLY)
 #include <cpuid.h>
 #include <immintrin.h> /* every level's intrinsics, usable in functions that target the level */
 #define KERNELS_X86 1
@@ -35,7 +37,7 @@
    (-mfpu=neon) gets the portable kernels. ARMv7's NEON arithmetic flushes
    subnormal floats to zero, so there the kernels can differ from the scalar
    reference below 1.2e-38; each output is still computed one way only. */
-#if defined(__ARM_NEON) && defined(__ARM_FEATURE_FMA)
+#if defined(__ARM_NEON) && defined(__ARM_FEATURE_FMA) && !defined(KERNELS_SCALAR_ONLY)
 #include <arm_neon.h>
 #define KERNELS_ARM_NEON 1
 #endif
