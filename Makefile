@@ -13,7 +13,7 @@ OPT ?= -O3
 # the binary and chosen when a model is loaded (kernels.h), so one build runs
 # on any CPU of its architecture at that CPU's best level.
 ARCH ?=
-CFLAGS ?= $(OPT) $(ARCH)
+CFLAGS ?= $(strip $(OPT) $(ARCH))
 CFLAGS += -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Wno-unused-function
 LDLIBS += -lm -lpthread
 # make BLIS=1: f32 matrices against batches of 16+ tokens go through BLIS
